@@ -1,0 +1,109 @@
+//! The command line, as users type it. Parsed here, validated in `config`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+/// A TLS-terminating reverse proxy that relays Server-Sent Events unbuffered.
+///
+/// Responses with Content-Type text/event-stream (or X-Accel-Buffering: no)
+/// are streamed event by event with a long idle timeout; everything else is
+/// proxied with ordinary timeouts.
+#[derive(Debug, Parser)]
+#[command(name = "ssegate", version, subcommand_negates_reqs = true)]
+pub struct Cli {
+    #[command(flatten)]
+    pub proxy: ProxyArgs,
+
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run a demo: an SSE backend and an EventSource page behind the proxy,
+    /// using the built-in development certificate.
+    Demo(DemoArgs),
+    /// Write a self-signed development certificate and key (PEM).
+    Cert(CertArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ProxyArgs {
+    /// Address to accept TLS connections on. Port 0 picks a free port.
+    #[arg(long, env = "SSEGATE_LISTEN", default_value = "0.0.0.0:8443")]
+    pub listen: SocketAddr,
+
+    /// PEM certificate chain, leaf first.
+    #[arg(long, env = "SSEGATE_CERT", required = true)]
+    pub cert: Option<PathBuf>,
+
+    /// PEM private key for --cert (PKCS#8, PKCS#1 RSA or SEC1 EC).
+    #[arg(long, env = "SSEGATE_KEY", required = true)]
+    pub key: Option<PathBuf>,
+
+    /// Backend to forward to: http://host:port[/base-path].
+    #[arg(long, env = "SSEGATE_UPSTREAM", required = true)]
+    pub upstream: Option<String>,
+
+    #[command(flatten)]
+    pub timeouts: TimeoutArgs,
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct TimeoutArgs {
+    /// How long to wait for the upstream's response headers (then 504), and the
+    /// longest silence inside an ordinary (non-SSE) response body (then the body is cut).
+    #[arg(long, env = "SSEGATE_REQUEST_TIMEOUT", default_value = "60s")]
+    pub request_timeout: humantime::Duration,
+
+    /// The longest silence from the upstream on an event stream before the proxy
+    /// ends the stream (the browser's EventSource then reconnects).
+    #[arg(long, env = "SSEGATE_SSE_IDLE_TIMEOUT", default_value = "1h")]
+    pub sse_idle_timeout: humantime::Duration,
+
+    /// How long to wait for a TCP connection to the upstream (then 502).
+    #[arg(long, env = "SSEGATE_CONNECT_TIMEOUT", default_value = "5s")]
+    pub connect_timeout: humantime::Duration,
+
+    /// A client that has not sent complete request headers by then is
+    /// disconnected (slowloris protection).
+    #[arg(long, env = "SSEGATE_HEADER_READ_TIMEOUT", default_value = "10s")]
+    pub header_read_timeout: humantime::Duration,
+
+    /// A client that has not completed the TLS handshake by then is disconnected.
+    #[arg(long, env = "SSEGATE_TLS_HANDSHAKE_TIMEOUT", default_value = "10s")]
+    pub tls_handshake_timeout: humantime::Duration,
+}
+
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    /// Address the demo proxy listens on.
+    #[arg(long, default_value = "127.0.0.1:8443")]
+    pub listen: SocketAddr,
+
+    /// PEM certificate chain; the built-in certs/localhost.pem when omitted.
+    #[arg(long, requires = "key")]
+    pub cert: Option<PathBuf>,
+
+    /// PEM private key for --cert.
+    #[arg(long, requires = "cert")]
+    pub key: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct CertArgs {
+    /// Directory to write <name>.pem and <name>-key.pem into.
+    #[arg(long, default_value = "certs")]
+    pub out_dir: PathBuf,
+
+    /// Subject alternative names (DNS names or IP addresses). The first also
+    /// names the files.
+    #[arg(long = "name", default_values = ["localhost", "127.0.0.1", "::1"])]
+    pub names: Vec<String>,
+
+    /// Validity in days.
+    #[arg(long, default_value_t = 3650)]
+    pub days: u32,
+}

@@ -1,0 +1,182 @@
+//! The validated configuration. Everything that can be checked before serving
+//! (files, keys, URLs) is checked here, so a running proxy has no late surprises.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::uri::{Authority, Scheme};
+use http::Uri;
+
+use crate::cli::{ProxyArgs, TimeoutArgs};
+use crate::error::StartError;
+use crate::tls::{self, CertPair, CertStore};
+
+pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
+pub const DEFAULT_SSE_IDLE_TIMEOUT: Duration = Duration::from_secs(60 * 60);
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+pub const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+pub const DEFAULT_TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long an unused upstream keep-alive connection stays in the pool.
+pub const UPSTREAM_POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
+/// Request header sections larger than this get 431. Browsers send a few kB;
+/// nginx's default limit is 8 kB per line and 32 kB in all.
+pub const MAX_REQUEST_HEADER_BYTES: usize = 64 * 1024;
+/// How long shutdown waits for open connections before exiting anyway.
+pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+
+#[derive(Debug, Clone)]
+pub struct Timeouts {
+    pub request: Duration,
+    pub sse_idle: Duration,
+    pub connect: Duration,
+    pub header_read: Duration,
+    pub tls_handshake: Duration,
+    pub drain: Duration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Timeouts {
+            request: DEFAULT_REQUEST_TIMEOUT,
+            sse_idle: DEFAULT_SSE_IDLE_TIMEOUT,
+            connect: DEFAULT_CONNECT_TIMEOUT,
+            header_read: DEFAULT_HEADER_READ_TIMEOUT,
+            tls_handshake: DEFAULT_TLS_HANDSHAKE_TIMEOUT,
+            drain: DEFAULT_DRAIN_TIMEOUT,
+        }
+    }
+}
+
+impl From<&TimeoutArgs> for Timeouts {
+    fn from(args: &TimeoutArgs) -> Self {
+        Timeouts {
+            request: args.request_timeout.into(),
+            sse_idle: args.sse_idle_timeout.into(),
+            connect: args.connect_timeout.into(),
+            header_read: args.header_read_timeout.into(),
+            tls_handshake: args.tls_handshake_timeout.into(),
+            ..Timeouts::default()
+        }
+    }
+}
+
+/// Where requests go: `http://host:port` plus an optional base path that is
+/// prefixed to every request path.
+#[derive(Debug, Clone)]
+pub struct UpstreamUrl {
+    pub authority: Authority,
+    /// Empty, or a path starting with `/` and without a trailing `/`.
+    pub base_path: String,
+}
+
+impl UpstreamUrl {
+    pub fn parse(url: &str) -> Result<Self, StartError> {
+        let invalid = |reason: &str| StartError::Upstream {
+            url: url.to_owned(),
+            reason: reason.to_owned(),
+        };
+        let uri: Uri = url.parse().map_err(|e: http::uri::InvalidUri| invalid(&e.to_string()))?;
+        match uri.scheme() {
+            Some(s) if *s == Scheme::HTTP => {}
+            Some(_) => return Err(invalid("only http:// upstreams are supported")),
+            None => return Err(invalid("expected http://host:port[/base-path]")),
+        }
+        let authority = uri.authority().cloned().ok_or_else(|| invalid("missing host"))?;
+        if authority.as_str().contains('@') {
+            return Err(invalid("user information is not supported"));
+        }
+        if uri.query().is_some() {
+            return Err(invalid("a query string is not supported"));
+        }
+        let base_path = uri.path().trim_end_matches('/').to_owned();
+        Ok(UpstreamUrl {
+            authority,
+            base_path,
+        })
+    }
+
+    /// The upstream URI for a client request's path and query.
+    pub fn join(&self, path_and_query: &str) -> Result<Uri, http::Error> {
+        Uri::builder()
+            .scheme(Scheme::HTTP)
+            .authority(self.authority.clone())
+            .path_and_query(format!("{}{}", self.base_path, path_and_query))
+            .build()
+    }
+}
+
+#[derive(Clone)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub tls: Arc<rustls::ServerConfig>,
+    pub upstream: UpstreamUrl,
+    pub timeouts: Timeouts,
+}
+
+impl std::fmt::Debug for Config {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Config")
+            .field("listen", &self.listen)
+            .field("upstream", &self.upstream)
+            .field("timeouts", &self.timeouts)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Config {
+    /// A configuration with default timeouts.
+    pub fn new(listen: SocketAddr, tls: Arc<rustls::ServerConfig>, upstream: UpstreamUrl) -> Self {
+        Config {
+            listen,
+            tls,
+            upstream,
+            timeouts: Timeouts::default(),
+        }
+    }
+
+    /// Validates the command line: loads and checks the certificate and key,
+    /// parses the upstream URL.
+    pub fn from_args(args: &ProxyArgs) -> Result<Self, StartError> {
+        let missing = |flag: &str| StartError::Config(format!("{flag} is required"));
+        let pair = CertPair {
+            cert: args.cert.clone().ok_or_else(|| missing("--cert"))?,
+            key: args.key.clone().ok_or_else(|| missing("--key"))?,
+        };
+        let upstream = args.upstream.as_deref().ok_or_else(|| missing("--upstream"))?;
+        let upstream = UpstreamUrl::parse(upstream)?;
+        let key = tls::load_certified_key(&pair)?;
+        let tls = tls::server_config(CertStore::new(key))?;
+        let mut config = Config::new(args.listen, tls, upstream);
+        config.timeouts = Timeouts::from(&args.timeouts);
+        Ok(config)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn upstream_url_with_and_without_base_path() {
+        let plain = UpstreamUrl::parse("http://127.0.0.1:3000").unwrap();
+        assert_eq!(plain.base_path, "");
+        assert_eq!(
+            plain.join("/stream?x=1").unwrap().to_string(),
+            "http://127.0.0.1:3000/stream?x=1"
+        );
+        let based = UpstreamUrl::parse("http://backend:3000/api/").unwrap();
+        assert_eq!(based.base_path, "/api");
+        assert_eq!(
+            based.join("/events").unwrap().to_string(),
+            "http://backend:3000/api/events"
+        );
+    }
+
+    #[test]
+    fn upstream_url_rejects_what_it_cannot_serve() {
+        for bad in ["https://x:1", "127.0.0.1:3000", "http://x:1/?q=1", "http://u@x:1", "http://"] {
+            assert!(UpstreamUrl::parse(bad).is_err(), "{bad} should be rejected");
+        }
+    }
+}

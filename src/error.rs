@@ -1,0 +1,77 @@
+//! Typed errors. Start-up errors name the file and the reason; request errors
+//! say which side failed, which decides the status code the client sees.
+
+use std::path::PathBuf;
+
+use http::StatusCode;
+
+/// Anything that stops ssegate from starting. Printed as one line by `main`.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("{path}: {reason}")]
+    File { path: PathBuf, reason: String },
+    #[error("invalid --upstream {url:?}: {reason}")]
+    Upstream { url: String, reason: String },
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: std::net::SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("TLS configuration: {0}")]
+    Tls(#[from] rustls::Error),
+    #[error("{0}")]
+    Config(String),
+}
+
+impl StartError {
+    pub fn file(path: impl Into<PathBuf>, reason: impl std::fmt::Display) -> Self {
+        StartError::File {
+            path: path.into(),
+            reason: reason.to_string(),
+        }
+    }
+}
+
+/// Why one proxied request failed before a response could be relayed.
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    /// The upstream refused the connection or could not be reached.
+    #[error("upstream unreachable: {0}")]
+    UpstreamConnect(String),
+    /// The upstream accepted the request but failed before sending headers.
+    #[error("upstream failed: {0}")]
+    Upstream(String),
+    /// No response headers within `--request-timeout`.
+    #[error("upstream sent no response headers within {0:?}")]
+    UpstreamTimeout(std::time::Duration),
+    /// The client's request cannot be forwarded as it is.
+    #[error("bad request: {0}")]
+    BadRequest(&'static str),
+    /// The request's header section exceeds the proxy's limit.
+    #[error("request headers larger than {0} bytes")]
+    HeadersTooLarge(usize),
+}
+
+impl ProxyError {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ProxyError::UpstreamConnect(_) | ProxyError::Upstream(_) => StatusCode::BAD_GATEWAY,
+            ProxyError::UpstreamTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
+            ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ProxyError::HeadersTooLarge(_) => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+        }
+    }
+
+    /// The short text body sent to the client: status reason only, no internals.
+    pub fn client_message(&self) -> &'static str {
+        match self {
+            ProxyError::UpstreamConnect(_) | ProxyError::Upstream(_) => "502 Bad Gateway\n",
+            ProxyError::UpstreamTimeout(_) => "504 Gateway Timeout\n",
+            ProxyError::BadRequest(_) => "400 Bad Request\n",
+            ProxyError::HeadersTooLarge(_) => "431 Request Header Fields Too Large\n",
+        }
+    }
+}
+
+/// Error type carried by relayed bodies.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;

@@ -1,0 +1,171 @@
+//! Header rewriting, as small pure functions over `HeaderMap`.
+
+use std::net::IpAddr;
+
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+
+pub static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+pub static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+pub static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+pub static X_ACCEL_BUFFERING: HeaderName = HeaderName::from_static("x-accel-buffering");
+static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+
+/// Hop-by-hop headers (RFC 9110 §7.6.1) that never cross the proxy. HTTP/2
+/// forbids them outright, and Express sends `Connection: keep-alive` on every
+/// response, so they must be removed before a response reaches an h2 client.
+fn is_fixed_hop_by_hop(name: &HeaderName) -> bool {
+    name == header::CONNECTION
+        || name == KEEP_ALIVE
+        || name == header::TE
+        || name == header::TRAILER
+        || name == header::TRANSFER_ENCODING
+        || name == header::UPGRADE
+        || name.as_str().starts_with("proxy-")
+}
+
+/// Removes hop-by-hop headers, including every header that `Connection` names.
+pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|token| HeaderName::from_bytes(token.trim().as_bytes()).ok())
+        .collect();
+    for name in named {
+        headers.remove(name);
+    }
+    let fixed: Vec<HeaderName> = headers
+        .keys()
+        .filter(|name| is_fixed_hop_by_hop(name))
+        .cloned()
+        .collect();
+    for name in fixed {
+        headers.remove(name);
+    }
+}
+
+/// Adds the `X-Forwarded-*` headers: the client address is appended to any
+/// existing `X-Forwarded-For` chain; proto is `https`; host is the host the
+/// client asked for.
+pub fn add_forwarded(headers: &mut HeaderMap, client_ip: IpAddr, host: Option<&HeaderValue>) {
+    let chain = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
+        Some(prior) if !prior.trim().is_empty() => format!("{prior}, {client_ip}"),
+        _ => client_ip.to_string(),
+    };
+    // Both parts are visible ASCII, so this cannot fail; if it ever did, the
+    // header is dropped rather than forwarded wrong.
+    match HeaderValue::from_str(&chain) {
+        Ok(chain) => headers.insert(X_FORWARDED_FOR.clone(), chain),
+        Err(_) => headers.remove(&X_FORWARDED_FOR),
+    };
+    headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("https"));
+    match host {
+        Some(host) => {
+            headers.insert(X_FORWARDED_HOST.clone(), host.clone());
+        }
+        None => {
+            headers.remove(&X_FORWARDED_HOST);
+        }
+    }
+}
+
+/// Whether a response must be relayed as an event stream: its media type is
+/// `text/event-stream` (any case, any parameters) or the upstream asked for no
+/// buffering with `X-Accel-Buffering: no`.
+pub fn is_event_stream(headers: &HeaderMap) -> bool {
+    let sse_content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .map(|v| {
+            v.split(';')
+                .next()
+                .unwrap_or("")
+                .trim()
+                .eq_ignore_ascii_case("text/event-stream")
+        })
+        .unwrap_or(false);
+    let no_buffering = headers
+        .get(&X_ACCEL_BUFFERING)
+        .and_then(|v| v.to_str().ok())
+        .map(|v| v.trim().eq_ignore_ascii_case("no"))
+        .unwrap_or(false);
+    sse_content_type || no_buffering
+}
+
+/// Total size of a header section as it would appear on the wire.
+pub fn header_section_len(headers: &HeaderMap) -> usize {
+    headers
+        .iter()
+        .map(|(name, value)| name.as_str().len() + value.len() + 4)
+        .sum()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn map(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        for (name, value) in pairs {
+            headers.append(
+                HeaderName::from_bytes(name.as_bytes()).unwrap(),
+                HeaderValue::from_str(value).unwrap(),
+            );
+        }
+        headers
+    }
+
+    #[test]
+    fn hop_by_hop_headers_and_those_named_in_connection_are_removed() {
+        let mut headers = map(&[
+            ("connection", "keep-alive, X-Secret"),
+            ("keep-alive", "timeout=5"),
+            ("x-secret", "1"),
+            ("proxy-authorization", "Basic x"),
+            ("proxy-connection", "keep-alive"),
+            ("te", "trailers"),
+            ("trailer", "x-checksum"),
+            ("transfer-encoding", "chunked"),
+            ("upgrade", "h2c"),
+            ("last-event-id", "42"),
+            ("cache-control", "no-cache"),
+        ]);
+        remove_hop_by_hop(&mut headers);
+        let left: Vec<&str> = headers.keys().map(|k| k.as_str()).collect();
+        assert_eq!(left, ["last-event-id", "cache-control"]);
+    }
+
+    #[test]
+    fn forwarded_for_appends_to_an_existing_chain() {
+        let mut headers = map(&[("x-forwarded-for", "203.0.113.7")]);
+        let host = HeaderValue::from_static("example.com");
+        add_forwarded(&mut headers, "127.0.0.1".parse().unwrap(), Some(&host));
+        assert_eq!(headers["x-forwarded-for"], "203.0.113.7, 127.0.0.1");
+        assert_eq!(headers["x-forwarded-proto"], "https");
+        assert_eq!(headers["x-forwarded-host"], "example.com");
+
+        let mut fresh = HeaderMap::new();
+        add_forwarded(&mut fresh, "::1".parse().unwrap(), None);
+        assert_eq!(fresh["x-forwarded-for"], "::1");
+        assert!(fresh.get("x-forwarded-host").is_none());
+    }
+
+    #[test]
+    fn event_streams_are_recognised_by_media_type_or_accel_buffering() {
+        for ct in [
+            "text/event-stream",
+            "text/event-stream; charset=utf-8",
+            "TEXT/EVENT-STREAM",
+            " Text/Event-Stream ;charset=UTF-8",
+        ] {
+            assert!(is_event_stream(&map(&[("content-type", ct)])), "{ct}");
+        }
+        for ct in ["text/html", "text/event-streamx", "application/json"] {
+            assert!(!is_event_stream(&map(&[("content-type", ct)])), "{ct}");
+        }
+        assert!(is_event_stream(&map(&[("content-type", "application/json"), ("x-accel-buffering", "no")])));
+        assert!(!is_event_stream(&map(&[("x-accel-buffering", "yes")])));
+        assert!(!is_event_stream(&HeaderMap::new()));
+    }
+}

@@ -1,0 +1,26 @@
+//! ssegate: a TLS-terminating reverse proxy that relays Server-Sent Events
+//! event by event. The binary is a thin shell over this library so tests and
+//! benchmarks start the same proxy in-process.
+
+pub mod cli;
+pub mod config;
+pub mod demo;
+pub mod error;
+pub mod headers;
+pub mod proxy;
+pub mod server;
+pub mod sse;
+pub mod tls;
+pub mod upstream;
+
+pub use config::Config;
+pub use error::StartError;
+pub use server::Server;
+pub use tokio_util::sync::CancellationToken;
+
+/// Binds and serves until `shutdown` is cancelled.
+pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), StartError> {
+    let server = Server::bind(config).await?;
+    server.run(shutdown).await;
+    Ok(())
+}

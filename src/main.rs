@@ -1,0 +1,89 @@
+use std::io::IsTerminal;
+use std::process::ExitCode;
+
+use clap::Parser;
+use ssegate::cli::{CertArgs, Cli, Command};
+use ssegate::{CancellationToken, Config, StartError};
+use tracing_subscriber::EnvFilter;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")))
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .init();
+
+    let result = match &cli.command {
+        Some(Command::Cert(args)) => write_dev_cert(args),
+        _ => serve(cli),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("ssegate: {err}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn serve(cli: Cli) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    runtime.block_on(async {
+        let shutdown = CancellationToken::new();
+        tokio::spawn(cancel_on_signal(shutdown.clone()));
+        match &cli.command {
+            Some(Command::Demo(args)) => ssegate::demo::run(args, shutdown).await?,
+            _ => {
+                let config = Config::from_args(&cli.proxy)?;
+                ssegate::run(config, shutdown).await?
+            }
+        }
+        Ok::<(), StartError>(())
+    })?;
+    Ok(())
+}
+
+/// The first SIGINT or SIGTERM starts a graceful drain; a second exits at once.
+async fn cancel_on_signal(shutdown: CancellationToken) {
+    wait_for_signal().await;
+    tracing::info!("signal received: draining (send it again to exit now)");
+    shutdown.cancel();
+    wait_for_signal().await;
+    tracing::warn!("second signal: exiting now");
+    std::process::exit(130);
+}
+
+#[cfg(unix)]
+async fn wait_for_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    match (signal(SignalKind::interrupt()), signal(SignalKind::terminate())) {
+        (Ok(mut int), Ok(mut term)) => {
+            tokio::select! {
+                _ = int.recv() => {}
+                _ = term.recv() => {}
+            }
+        }
+        _ => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
+
+#[cfg(not(unix))]
+async fn wait_for_signal() {
+    let _ = tokio::signal::ctrl_c().await;
+}
+
+fn write_dev_cert(args: &CertArgs) -> anyhow::Result<()> {
+    let (cert, key) = ssegate::tls::generate_self_signed(&args.names, args.days)?;
+    std::fs::create_dir_all(&args.out_dir)
+        .map_err(|e| StartError::file(&args.out_dir, e))?;
+    let stem = args.names.first().map(String::as_str).unwrap_or("localhost");
+    let cert_path = args.out_dir.join(format!("{stem}.pem"));
+    let key_path = args.out_dir.join(format!("{stem}-key.pem"));
+    std::fs::write(&cert_path, cert).map_err(|e| StartError::file(&cert_path, e))?;
+    std::fs::write(&key_path, key).map_err(|e| StartError::file(&key_path, e))?;
+    println!("wrote {} and {}", cert_path.display(), key_path.display());
+    Ok(())
+}

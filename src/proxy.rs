@@ -1,0 +1,180 @@
+//! The per-request service: rewrite, forward, classify, relay.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::header::{self, HeaderValue};
+use http::{Request, Response, Version};
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{Config, MAX_REQUEST_HEADER_BYTES};
+use crate::error::{BoxError, ProxyError};
+use crate::headers;
+use crate::sse::{AccessLog, BodyKind, RelayBody, RelaySettings};
+use crate::upstream::{self, UpstreamPool};
+
+/// Body type of every response ssegate sends.
+pub type ProxyBody = BoxBody<Bytes, BoxError>;
+
+/// Shared by every connection: configuration, the upstream pool, shutdown.
+pub struct Proxy {
+    config: Config,
+    pool: UpstreamPool,
+    shutdown: CancellationToken,
+}
+
+impl Proxy {
+    pub fn new(config: Config, shutdown: CancellationToken) -> Arc<Self> {
+        let pool = upstream::pool(config.timeouts.connect);
+        Arc::new(Proxy {
+            config,
+            pool,
+            shutdown,
+        })
+    }
+
+    /// Handles one request. Never fails: every error becomes a response.
+    pub async fn handle(
+        self: Arc<Self>,
+        req: Request<Incoming>,
+        peer: SocketAddr,
+    ) -> Result<Response<ProxyBody>, std::convert::Infallible> {
+        let path = req
+            .uri()
+            .path_and_query()
+            .map(|pq| pq.as_str().to_owned())
+            .unwrap_or_else(|| "/".to_owned());
+        let mut access = AccessLog::new(peer, req.method().clone(), path, req.version());
+        match self.forward(req, peer).await {
+            Ok((response, kind)) => {
+                access.status = response.status();
+                let settings = self.relay_settings(kind);
+                Ok(response.map(|body| RelayBody::new(body, settings, &self.shutdown, access).boxed()))
+            }
+            Err(err) => {
+                access.status = err.status();
+                access.outcome = "proxy error";
+                tracing::warn!(peer = %peer, path = %access.path, status = err.status().as_u16(), "{err}");
+                Ok(error_response(&err))
+            }
+        }
+    }
+
+    fn relay_settings(&self, kind: BodyKind) -> RelaySettings {
+        let timeouts = &self.config.timeouts;
+        RelaySettings {
+            kind,
+            idle_timeout: match kind {
+                BodyKind::Ordinary => timeouts.request,
+                BodyKind::EventStream => timeouts.sse_idle,
+            },
+            heartbeat: None,
+            drain_retry: None,
+        }
+    }
+
+    async fn forward(
+        &self,
+        req: Request<Incoming>,
+        peer: SocketAddr,
+    ) -> Result<(Response<Incoming>, BodyKind), ProxyError> {
+        let upstream_req = self.upstream_request(req, peer)?;
+        let timeout = self.config.timeouts.request;
+        let response = match tokio::time::timeout(timeout, self.pool.request(upstream_req)).await {
+            Err(_) => return Err(ProxyError::UpstreamTimeout(timeout)),
+            Ok(Err(err)) if err.is_connect() => {
+                return Err(ProxyError::UpstreamConnect(error_chain(&err)))
+            }
+            Ok(Err(err)) => return Err(ProxyError::Upstream(error_chain(&err))),
+            Ok(Ok(response)) => response,
+        };
+        Ok(prepare_response(response))
+    }
+
+    /// Rewrites a client request for the upstream: URI, Host, hop-by-hop and
+    /// forwarding headers. The body streams through untouched.
+    fn upstream_request(
+        &self,
+        req: Request<Incoming>,
+        peer: SocketAddr,
+    ) -> Result<Request<upstream::UpstreamBody>, ProxyError> {
+        let (mut parts, body) = req.into_parts();
+        if headers::header_section_len(&parts.headers) > MAX_REQUEST_HEADER_BYTES {
+            return Err(ProxyError::HeadersTooLarge(MAX_REQUEST_HEADER_BYTES));
+        }
+        let path_and_query = parts
+            .uri
+            .path_and_query()
+            .map(|pq| pq.as_str())
+            .unwrap_or("/");
+        if !path_and_query.starts_with('/') {
+            // CONNECT and absolute-form targets without a path are not proxied.
+            return Err(ProxyError::BadRequest("request target must be a path"));
+        }
+        // HTTP/2 carries the host in :authority; the upstream speaks HTTP/1.1
+        // and needs it as Host.
+        let host = match parts.headers.get(header::HOST) {
+            Some(host) => Some(host.clone()),
+            None => parts
+                .uri
+                .authority()
+                .and_then(|a| HeaderValue::from_str(a.as_str()).ok()),
+        };
+        parts.uri = self
+            .config
+            .upstream
+            .join(path_and_query)
+            .map_err(|_| ProxyError::BadRequest("request target cannot be forwarded"))?;
+        let host = host.ok_or(ProxyError::BadRequest("missing Host"))?;
+        headers::remove_hop_by_hop(&mut parts.headers);
+        parts.headers.insert(header::HOST, host.clone());
+        headers::add_forwarded(&mut parts.headers, peer.ip(), Some(&host));
+        parts.version = Version::HTTP_11;
+
+        let body = body.map_err(BoxError::from).boxed();
+        Ok(Request::from_parts(parts, body))
+    }
+}
+
+/// Strips hop-by-hop headers and decides how the body is relayed.
+fn prepare_response(response: Response<Incoming>) -> (Response<Incoming>, BodyKind) {
+    let (mut parts, body) = response.into_parts();
+    headers::remove_hop_by_hop(&mut parts.headers);
+    let kind = if headers::is_event_stream(&parts.headers) {
+        // Open-ended: never a length, and the body is written as it arrives.
+        parts.headers.remove(header::CONTENT_LENGTH);
+        BodyKind::EventStream
+    } else {
+        BodyKind::Ordinary
+    };
+    (Response::from_parts(parts, body), kind)
+}
+
+fn error_response(err: &ProxyError) -> Response<ProxyBody> {
+    let body = Full::new(Bytes::from_static(err.client_message().as_bytes()))
+        .map_err(|never| match never {})
+        .boxed();
+    let mut response = Response::new(body);
+    *response.status_mut() = err.status();
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    response
+}
+
+/// The error with its sources, e.g. "client error (Connect): tcp connect error: Connection refused".
+fn error_chain(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}

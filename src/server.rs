@@ -1,0 +1,174 @@
+//! Listening: bind, accept, TLS handshake, HTTP/1.1 or HTTP/2, shutdown.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::net::{TcpListener, TcpStream};
+use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{Config, MAX_REQUEST_HEADER_BYTES};
+use crate::error::StartError;
+use crate::proxy::Proxy;
+
+/// hyper's read buffer limit for HTTP/1.1. Above the proxy's own header limit,
+/// so an oversized header section usually reaches the proxy and gets a 431
+/// with a body; past this hyper answers 431 itself.
+const H1_MAX_BUF_SIZE: usize = 2 * MAX_REQUEST_HEADER_BYTES;
+/// Pause after an accept error such as EMFILE, so the loop does not spin.
+const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(50);
+
+/// A bound, not yet serving, proxy. Binding first lets callers learn the real
+/// address when they asked for port 0.
+pub struct Server {
+    listener: TcpListener,
+    local_addr: SocketAddr,
+    config: Config,
+}
+
+impl Server {
+    pub async fn bind(config: Config) -> Result<Self, StartError> {
+        let listener = TcpListener::bind(config.listen)
+            .await
+            .map_err(|source| StartError::Bind {
+                addr: config.listen,
+                source,
+            })?;
+        let local_addr = listener.local_addr().map_err(|source| StartError::Bind {
+            addr: config.listen,
+            source,
+        })?;
+        Ok(Server {
+            listener,
+            local_addr,
+            config,
+        })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Serves until `shutdown` is cancelled, then stops accepting, lets open
+    /// connections finish (event streams end at an event boundary) and returns
+    /// once they have, or when the drain timeout runs out.
+    pub async fn run(self, shutdown: CancellationToken) {
+        let Server {
+            listener,
+            local_addr,
+            config,
+        } = self;
+        tracing::info!("listening on https://{local_addr}");
+        let drain_timeout = config.timeouts.drain;
+        let connections = Arc::new(ConnectionSettings::new(&config));
+        let proxy = Proxy::new(config, shutdown.clone());
+        let graceful = GracefulShutdown::new();
+
+        loop {
+            let (tcp, peer) = tokio::select! {
+                accepted = listener.accept() => match accepted {
+                    Ok(accepted) => accepted,
+                    Err(err) => {
+                        tracing::warn!(error = %err, "accept failed");
+                        tokio::time::sleep(ACCEPT_ERROR_BACKOFF).await;
+                        continue;
+                    }
+                },
+                () = shutdown.cancelled() => break,
+            };
+            let watcher = graceful.watcher();
+            let proxy = proxy.clone();
+            let connections = connections.clone();
+            tokio::spawn(async move {
+                let Some(tls) = connections.handshake(tcp, peer).await else {
+                    return;
+                };
+                let service = service_fn(move |req| proxy.clone().handle(req, peer));
+                let conn = connections
+                    .http
+                    .serve_connection(TokioIo::new(tls), service)
+                    .into_owned();
+                if let Err(err) = watcher.watch(conn).await {
+                    log_connection_error(peer, err.as_ref());
+                }
+            });
+        }
+
+        drop(listener);
+        tracing::info!("shutting down: listener closed, draining open connections");
+        tokio::select! {
+            () = graceful.shutdown() => tracing::info!("all connections closed"),
+            () = tokio::time::sleep(drain_timeout) => {
+                tracing::warn!(?drain_timeout, "drain timeout reached; closing remaining connections")
+            }
+        }
+    }
+}
+
+/// What every connection needs: the TLS acceptor and the HTTP builder.
+struct ConnectionSettings {
+    tls: TlsAcceptor,
+    tls_handshake_timeout: Duration,
+    http: auto::Builder<TokioExecutor>,
+}
+
+impl ConnectionSettings {
+    fn new(config: &Config) -> Self {
+        let mut http = auto::Builder::new(TokioExecutor::new());
+        http.http1()
+            .timer(TokioTimer::new())
+            .header_read_timeout(config.timeouts.header_read)
+            .max_buf_size(H1_MAX_BUF_SIZE)
+            .keep_alive(true);
+        http.http2()
+            .timer(TokioTimer::new())
+            .max_header_list_size(H1_MAX_BUF_SIZE as u32);
+        ConnectionSettings {
+            tls: TlsAcceptor::from(config.tls.clone()),
+            tls_handshake_timeout: config.timeouts.tls_handshake,
+            http,
+        }
+    }
+
+    async fn handshake(
+        &self,
+        tcp: TcpStream,
+        peer: SocketAddr,
+    ) -> Option<tokio_rustls::server::TlsStream<TcpStream>> {
+        // Events are small writes; Nagle would hold them back 40-200 ms.
+        if let Err(err) = tcp.set_nodelay(true) {
+            tracing::debug!(%peer, error = %err, "cannot set TCP_NODELAY");
+        }
+        match tokio::time::timeout(self.tls_handshake_timeout, self.tls.accept(tcp)).await {
+            Ok(Ok(tls)) => Some(tls),
+            Ok(Err(err)) => {
+                tracing::debug!(%peer, error = %err, "TLS handshake failed");
+                None
+            }
+            Err(_) => {
+                tracing::debug!(%peer, timeout = ?self.tls_handshake_timeout, "TLS handshake timed out");
+                None
+            }
+        }
+    }
+}
+
+fn log_connection_error(peer: SocketAddr, err: &(dyn std::error::Error + 'static)) {
+    match err.downcast_ref::<hyper::Error>() {
+        Some(e) if e.is_parse_too_large() => {
+            tracing::warn!(%peer, "request header section too large: 431 sent, connection closed")
+        }
+        Some(e) if e.is_parse() => {
+            tracing::warn!(%peer, error = %e, "malformed request: 400 sent, connection closed")
+        }
+        Some(e) if e.is_timeout() => {
+            tracing::info!(%peer, "request headers not received in time; connection closed")
+        }
+        _ => tracing::debug!(%peer, error = %err, "connection ended with an error"),
+    }
+}

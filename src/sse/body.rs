@@ -1,0 +1,252 @@
+//! `RelayBody`: the upstream response body on its way to the client.
+//!
+//! Every frame is passed on the moment it arrives; hyper flushes when the body
+//! next returns `Pending`, so an event written upstream is written downstream
+//! at once. The body also enforces the idle timeout that fits its kind, writes
+//! heartbeats and ends event streams at event boundaries on shutdown, and logs
+//! one access line when it is done.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::task::{ready, Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Method, StatusCode, Version};
+use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
+use tokio::time::{Instant, Sleep};
+use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
+
+use super::framing::EventBoundary;
+use crate::error::BoxError;
+
+/// The comment written as a heartbeat: ignored by EventSource, but traffic for
+/// every idle timer between the proxy and the browser.
+const HEARTBEAT: &[u8] = b":\n\n";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BodyKind {
+    /// Ordinary response: cut when the upstream is silent for the request timeout.
+    Ordinary,
+    /// Event stream: relayed event by event, long idle timeout, ended cleanly.
+    EventStream,
+}
+
+/// How one body is relayed.
+#[derive(Debug, Clone)]
+pub struct RelaySettings {
+    pub kind: BodyKind,
+    /// Longest silence from the upstream before the body is ended.
+    pub idle_timeout: Duration,
+    /// Event streams only: write a comment after this much silence, at a boundary.
+    pub heartbeat: Option<Duration>,
+    /// Event streams only: on shutdown, tell the browser to reconnect after this.
+    pub drain_retry: Option<Duration>,
+}
+
+/// One access-log line per request, written when the response is finished
+/// or abandoned, whichever comes first.
+#[derive(Debug)]
+pub struct AccessLog {
+    pub peer: SocketAddr,
+    pub method: Method,
+    pub path: String,
+    pub version: Version,
+    pub status: StatusCode,
+    pub started: std::time::Instant,
+    pub bytes: u64,
+    pub sse: bool,
+    pub outcome: &'static str,
+}
+
+impl AccessLog {
+    pub fn new(peer: SocketAddr, method: Method, path: String, version: Version) -> Self {
+        AccessLog {
+            peer,
+            method,
+            path,
+            version,
+            status: StatusCode::OK,
+            started: std::time::Instant::now(),
+            bytes: 0,
+            sse: false,
+            // Replaced when the body completes; still set if the client left first.
+            outcome: "client closed",
+        }
+    }
+}
+
+impl Drop for AccessLog {
+    fn drop(&mut self) {
+        tracing::info!(
+            target: "ssegate::access",
+            peer = %self.peer,
+            method = %self.method,
+            path = %self.path,
+            version = ?self.version,
+            status = self.status.as_u16(),
+            duration_ms = self.started.elapsed().as_millis() as u64,
+            bytes = self.bytes,
+            sse = self.sse,
+            outcome = self.outcome,
+            "request"
+        );
+    }
+}
+
+pin_project_lite::pin_project! {
+    pub struct RelayBody {
+        #[pin]
+        inner: Incoming,
+        #[pin]
+        idle: Sleep,
+        settings: RelaySettings,
+        heartbeat: Option<Pin<Box<Sleep>>>,
+        boundary: EventBoundary,
+        // Fires when the proxy shuts down; `None` once it has fired.
+        shutdown: Option<Pin<Box<WaitForCancellationFutureOwned>>>,
+        draining: bool,
+        done: bool,
+        access: AccessLog,
+    }
+}
+
+impl RelayBody {
+    pub fn new(
+        inner: Incoming,
+        settings: RelaySettings,
+        shutdown: &CancellationToken,
+        mut access: AccessLog,
+    ) -> Self {
+        access.sse = settings.kind == BodyKind::EventStream;
+        let now = Instant::now();
+        let heartbeat = match (settings.kind, settings.heartbeat) {
+            (BodyKind::EventStream, Some(every)) => Some(Box::pin(tokio::time::sleep_until(now + every))),
+            _ => None,
+        };
+        let shutdown = match settings.kind {
+            BodyKind::EventStream => Some(Box::pin(shutdown.clone().cancelled_owned())),
+            BodyKind::Ordinary => None,
+        };
+        RelayBody {
+            inner,
+            idle: tokio::time::sleep_until(now + settings.idle_timeout),
+            settings,
+            heartbeat,
+            boundary: EventBoundary::new(),
+            shutdown,
+            draining: false,
+            done: false,
+            access,
+        }
+    }
+}
+
+impl Body for RelayBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let mut this = self.project();
+        if *this.done {
+            return Poll::Ready(None);
+        }
+
+        // Shutdown: an event stream ends at its next event boundary.
+        if let Some(shutdown) = this.shutdown.as_mut() {
+            if shutdown.as_mut().poll(cx).is_ready() {
+                *this.shutdown = None;
+                *this.draining = true;
+            }
+        }
+        if *this.draining && this.boundary.at_boundary() {
+            *this.done = true;
+            this.access.outcome = "shutdown";
+            if let Some(retry) = this.settings.drain_retry {
+                let line = format!("retry: {}\n\n", retry.as_millis());
+                this.access.bytes += line.len() as u64;
+                return Poll::Ready(Some(Ok(Frame::data(Bytes::from(line)))));
+            }
+            return Poll::Ready(None);
+        }
+
+        match this.inner.as_mut().poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                let now = Instant::now();
+                this.idle.as_mut().reset(now + this.settings.idle_timeout);
+                if let Some(data) = frame.data_ref() {
+                    this.access.bytes += data.len() as u64;
+                    if this.settings.kind == BodyKind::EventStream {
+                        this.boundary.feed(data);
+                    }
+                    if let (Some(heartbeat), Some(every)) = (this.heartbeat.as_mut(), this.settings.heartbeat) {
+                        heartbeat.as_mut().reset(now + every);
+                    }
+                }
+                return Poll::Ready(Some(Ok(frame)));
+            }
+            Poll::Ready(Some(Err(err))) => {
+                *this.done = true;
+                this.access.outcome = "upstream error";
+                tracing::warn!(path = %this.access.path, error = %err, "upstream body failed");
+                // An event stream ends cleanly so EventSource reconnects; an
+                // ordinary body is cut so the client sees it is incomplete.
+                return match this.settings.kind {
+                    BodyKind::EventStream => Poll::Ready(None),
+                    BodyKind::Ordinary => Poll::Ready(Some(Err(err.into()))),
+                };
+            }
+            Poll::Ready(None) => {
+                *this.done = true;
+                this.access.outcome = "complete";
+                return Poll::Ready(None);
+            }
+            Poll::Pending => {}
+        }
+
+        if this.idle.as_mut().poll(cx).is_ready() {
+            *this.done = true;
+            this.access.outcome = "idle timeout";
+            let idle = this.settings.idle_timeout;
+            return match this.settings.kind {
+                BodyKind::EventStream => {
+                    tracing::info!(path = %this.access.path, ?idle, "event stream idle; ended");
+                    Poll::Ready(None)
+                }
+                BodyKind::Ordinary => {
+                    tracing::warn!(path = %this.access.path, ?idle, "upstream body idle; cut");
+                    Poll::Ready(Some(Err(format!("upstream body idle for {idle:?}").into())))
+                }
+            };
+        }
+
+        if let (Some(heartbeat), Some(every)) = (this.heartbeat.as_mut(), this.settings.heartbeat) {
+            ready!(heartbeat.as_mut().poll(cx));
+            heartbeat.as_mut().reset(Instant::now() + every);
+            if this.boundary.at_boundary() {
+                this.access.bytes += HEARTBEAT.len() as u64;
+                return Poll::Ready(Some(Ok(Frame::data(Bytes::from_static(HEARTBEAT)))));
+            }
+            // Mid-event: no heartbeat. Register the re-armed timer's waker.
+            let _ = heartbeat.as_mut().poll(cx);
+        }
+        Poll::Pending
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.done
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self.settings.kind {
+            BodyKind::Ordinary => self.inner.size_hint(),
+            // Never a Content-Length on an event stream: it is open-ended.
+            BodyKind::EventStream => SizeHint::default(),
+        }
+    }
+}

@@ -1,0 +1,119 @@
+//! Event boundaries in an event stream, tracked byte by byte across chunks.
+//!
+//! Per the HTML standard's event-stream parsing rules, lines end with CRLF, LF
+//! or CR, and a blank line dispatches the event. The tracker only observes the
+//! relayed bytes; it never copies or holds them back.
+
+/// Whether the bytes relayed so far end between events, where the proxy may
+/// insert a comment or end the stream without splitting an event.
+#[derive(Debug, Clone)]
+pub struct EventBoundary {
+    /// Bytes seen on the current, unfinished line.
+    line_has_bytes: bool,
+    /// A field line has ended but no blank line has dispatched its event yet.
+    event_pending: bool,
+    /// The previous byte was CR: a following LF belongs to the same line end.
+    after_cr: bool,
+}
+
+impl Default for EventBoundary {
+    fn default() -> Self {
+        EventBoundary {
+            line_has_bytes: false,
+            event_pending: false,
+            after_cr: false,
+        }
+    }
+}
+
+impl EventBoundary {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// True when the stream sits between events: no partial line, no
+    /// undispatched field lines.
+    pub fn at_boundary(&self) -> bool {
+        !self.line_has_bytes && !self.event_pending
+    }
+
+    /// Observes the next relayed bytes.
+    pub fn feed(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            if self.after_cr {
+                self.after_cr = false;
+                if b == b'\n' {
+                    continue; // the LF of a CRLF pair
+                }
+            }
+            match b {
+                b'\r' | b'\n' => {
+                    // A line ends: a non-empty one adds to the pending event,
+                    // an empty one dispatches it.
+                    self.event_pending = self.line_has_bytes;
+                    self.line_has_bytes = false;
+                    self.after_cr = b == b'\r';
+                }
+                _ => self.line_has_bytes = true,
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn boundary_after(chunks: &[&[u8]]) -> bool {
+        let mut tracker = EventBoundary::new();
+        for chunk in chunks {
+            tracker.feed(chunk);
+        }
+        tracker.at_boundary()
+    }
+
+    #[test]
+    fn a_fresh_stream_is_at_a_boundary() {
+        assert!(EventBoundary::new().at_boundary());
+    }
+
+    #[test]
+    fn blank_line_ends_an_event_with_any_line_ending() {
+        assert!(boundary_after(&[b"data: a\n\n"]));
+        assert!(boundary_after(&[b"data: a\r\n\r\n"]));
+        assert!(boundary_after(&[b"data: a\r\r"]));
+        assert!(boundary_after(&[b"id: 1\nevent: x\ndata: a\ndata: b\n\n"]));
+        assert!(boundary_after(&[b"retry: 3000\n\n"]));
+    }
+
+    #[test]
+    fn inside_an_event_is_not_a_boundary() {
+        assert!(!boundary_after(&[b"data: a"]));
+        assert!(!boundary_after(&[b"data: a\n"]));
+        assert!(!boundary_after(&[b"data: a\r\n"]));
+        assert!(!boundary_after(&[b"id: 1\ndata: a\n\ndata: b\n"]));
+    }
+
+    #[test]
+    fn crlf_split_across_chunks_is_one_line_end() {
+        // "data: a\r" | "\n" | "\r\n": the LF after CR must not count as a blank line.
+        assert!(!boundary_after(&[b"data: a\r", b"\n"]));
+        assert!(boundary_after(&[b"data: a\r", b"\n", b"\r", b"\n"]));
+        assert!(boundary_after(&[b"data: a\r", b"\n\r\n"]));
+    }
+
+    #[test]
+    fn every_split_point_agrees_with_the_whole() {
+        let stream: &[u8] = b"retry: 1000\n\nid: 1\r\nevent: date\r\ndata: x\r\ndata: y\r\n\r\n: comment\n\ndata: z\r\rdata: w\n";
+        for end in 0..=stream.len() {
+            let whole = boundary_after(&[&stream[..end]]);
+            for split in 0..=end {
+                assert_eq!(
+                    boundary_after(&[&stream[..split], &stream[split..end]]),
+                    whole,
+                    "prefix {end} split at {split}"
+                );
+            }
+        }
+    }
+}

@@ -1,0 +1,7 @@
+//! Server-Sent Events: where events begin and end, and the relaying body.
+
+pub mod body;
+pub mod framing;
+
+pub use body::{AccessLog, BodyKind, RelayBody, RelaySettings};
+pub use framing::EventBoundary;

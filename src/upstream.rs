@@ -1,0 +1,33 @@
+//! The pool of keep-alive HTTP/1.1 connections toward the upstream.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::combinators::BoxBody;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+
+use crate::config::UPSTREAM_POOL_IDLE_TIMEOUT;
+use crate::error::BoxError;
+
+/// Body type of requests sent upstream: the client's streamed body, or none.
+pub type UpstreamBody = BoxBody<Bytes, BoxError>;
+
+/// A pooled HTTP/1.1 client with TCP_NODELAY and a connect timeout.
+pub type UpstreamPool = Client<HttpConnector, UpstreamBody>;
+
+pub fn pool(connect_timeout: Duration) -> UpstreamPool {
+    let mut connector = HttpConnector::new();
+    // Small event writes must not wait for Nagle's algorithm (40-200 ms).
+    connector.set_nodelay(true);
+    connector.set_connect_timeout(Some(connect_timeout));
+    connector.enforce_http(true);
+    Client::builder(TokioExecutor::new())
+        .pool_idle_timeout(UPSTREAM_POOL_IDLE_TIMEOUT)
+        .pool_timer(TokioTimer::new())
+        .timer(TokioTimer::new())
+        // Keep the client's Host header: set below from the client request.
+        .set_host(false)
+        .build(connector)
+}
