@@ -76,13 +76,18 @@ impl UpstreamUrl {
             url: url.to_owned(),
             reason: reason.to_owned(),
         };
-        let uri: Uri = url.parse().map_err(|e: http::uri::InvalidUri| invalid(&e.to_string()))?;
+        let uri: Uri = url
+            .parse()
+            .map_err(|e: http::uri::InvalidUri| invalid(&e.to_string()))?;
         match uri.scheme() {
             Some(s) if *s == Scheme::HTTP => {}
             Some(_) => return Err(invalid("only http:// upstreams are supported")),
             None => return Err(invalid("expected http://host:port[/base-path]")),
         }
-        let authority = uri.authority().cloned().ok_or_else(|| invalid("missing host"))?;
+        let authority = uri
+            .authority()
+            .cloned()
+            .ok_or_else(|| invalid("missing host"))?;
         if authority.as_str().contains('@') {
             return Err(invalid("user information is not supported"));
         }
@@ -143,7 +148,10 @@ impl Config {
             cert: args.cert.clone().ok_or_else(|| missing("--cert"))?,
             key: args.key.clone().ok_or_else(|| missing("--key"))?,
         };
-        let upstream = args.upstream.as_deref().ok_or_else(|| missing("--upstream"))?;
+        let upstream = args
+            .upstream
+            .as_deref()
+            .ok_or_else(|| missing("--upstream"))?;
         let upstream = UpstreamUrl::parse(upstream)?;
         let key = tls::load_certified_key(&pair)?;
         let tls = tls::server_config(CertStore::new(key))?;
@@ -175,7 +183,13 @@ mod tests {
 
     #[test]
     fn upstream_url_rejects_what_it_cannot_serve() {
-        for bad in ["https://x:1", "127.0.0.1:3000", "http://x:1/?q=1", "http://u@x:1", "http://"] {
+        for bad in [
+            "https://x:1",
+            "127.0.0.1:3000",
+            "http://x:1/?q=1",
+            "http://u@x:1",
+            "http://",
+        ] {
             assert!(UpstreamUrl::parse(bad).is_err(), "{bad} should be rejected");
         }
     }

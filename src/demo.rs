@@ -52,12 +52,17 @@ impl Body for ChannelBody {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
-        self.rx.poll_recv(cx).map(|chunk| chunk.map(|c| Ok(Frame::data(c))))
+        self.rx
+            .poll_recv(cx)
+            .map(|chunk| chunk.map(|c| Ok(Frame::data(c))))
     }
 }
 
 /// Starts the demo backend on `addr` (plain HTTP) and returns its address.
-pub async fn spawn_backend(addr: SocketAddr, shutdown: CancellationToken) -> std::io::Result<SocketAddr> {
+pub async fn spawn_backend(
+    addr: SocketAddr,
+    shutdown: CancellationToken,
+) -> std::io::Result<SocketAddr> {
     let listener = TcpListener::bind(addr).await?;
     let local = listener.local_addr()?;
     tokio::spawn(async move {
@@ -118,14 +123,22 @@ fn full(text: &'static str) -> DemoBody {
 fn date_stream(first_id: u64) -> ChannelBody {
     let (tx, rx) = mpsc::channel(16);
     tokio::spawn(async move {
-        if tx.send(Bytes::from(format!("retry: {RETRY_MS}\n\n"))).await.is_err() {
+        if tx
+            .send(Bytes::from(format!("retry: {RETRY_MS}\n\n")))
+            .await
+            .is_err()
+        {
             return;
         }
         let mut ticker = tokio::time::interval(EVENT_INTERVAL);
         for id in first_id.. {
             ticker.tick().await;
             let date = humantime::format_rfc3339_seconds(SystemTime::now());
-            for line in [format!("id: {id}\n"), "event: date\n".to_owned(), format!("data: {date}\n\n")] {
+            for line in [
+                format!("id: {id}\n"),
+                "event: date\n".to_owned(),
+                format!("data: {date}\n\n"),
+            ] {
                 if tx.send(Bytes::from(line)).await.is_err() {
                     return; // the client went away
                 }
@@ -137,7 +150,10 @@ fn date_stream(first_id: u64) -> ChannelBody {
 
 /// Runs the demo: the backend on a free loopback port, the proxy on
 /// `args.listen` with the built-in development certificate (or the given one).
-pub async fn run(args: &crate::cli::DemoArgs, shutdown: CancellationToken) -> Result<(), StartError> {
+pub async fn run(
+    args: &crate::cli::DemoArgs,
+    shutdown: CancellationToken,
+) -> Result<(), StartError> {
     let backend = spawn_backend(SocketAddr::from(([127, 0, 0, 1], 0)), shutdown.clone())
         .await
         .map_err(|e| StartError::Config(format!("demo backend: {e}")))?;
@@ -149,7 +165,11 @@ pub async fn run(args: &crate::cli::DemoArgs, shutdown: CancellationToken) -> Re
         _ => tls::certified_key_from_pem(tls::DEV_CERT_PEM, tls::DEV_KEY_PEM)?,
     };
     let upstream = UpstreamUrl::parse(&format!("http://{backend}"))?;
-    let config = Config::new(args.listen, tls::server_config(CertStore::new(key))?, upstream);
+    let config = Config::new(
+        args.listen,
+        tls::server_config(CertStore::new(key))?,
+        upstream,
+    );
     let server = Server::bind(config).await?;
     let port = server.local_addr().port();
     tracing::info!("demo backend on http://{backend}");

@@ -164,7 +164,10 @@ mod tests {
         for ct in ["text/html", "text/event-streamx", "application/json"] {
             assert!(!is_event_stream(&map(&[("content-type", ct)])), "{ct}");
         }
-        assert!(is_event_stream(&map(&[("content-type", "application/json"), ("x-accel-buffering", "no")])));
+        assert!(is_event_stream(&map(&[
+            ("content-type", "application/json"),
+            ("x-accel-buffering", "no")
+        ])));
         assert!(!is_event_stream(&map(&[("x-accel-buffering", "yes")])));
         assert!(!is_event_stream(&HeaderMap::new()));
     }

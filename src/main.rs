@@ -9,7 +9,9 @@ use tracing_subscriber::EnvFilter;
 fn main() -> ExitCode {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
-        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")))
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+        )
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
         .init();
@@ -28,7 +30,9 @@ fn main() -> ExitCode {
 }
 
 fn serve(cli: Cli) -> anyhow::Result<()> {
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
     runtime.block_on(async {
         let shutdown = CancellationToken::new();
         tokio::spawn(cancel_on_signal(shutdown.clone()));
@@ -57,7 +61,10 @@ async fn cancel_on_signal(shutdown: CancellationToken) {
 #[cfg(unix)]
 async fn wait_for_signal() {
     use tokio::signal::unix::{signal, SignalKind};
-    match (signal(SignalKind::interrupt()), signal(SignalKind::terminate())) {
+    match (
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::terminate()),
+    ) {
         (Ok(mut int), Ok(mut term)) => {
             tokio::select! {
                 _ = int.recv() => {}
@@ -77,9 +84,12 @@ async fn wait_for_signal() {
 
 fn write_dev_cert(args: &CertArgs) -> anyhow::Result<()> {
     let (cert, key) = ssegate::tls::generate_self_signed(&args.names, args.days)?;
-    std::fs::create_dir_all(&args.out_dir)
-        .map_err(|e| StartError::file(&args.out_dir, e))?;
-    let stem = args.names.first().map(String::as_str).unwrap_or("localhost");
+    std::fs::create_dir_all(&args.out_dir).map_err(|e| StartError::file(&args.out_dir, e))?;
+    let stem = args
+        .names
+        .first()
+        .map(String::as_str)
+        .unwrap_or("localhost");
     let cert_path = args.out_dir.join(format!("{stem}.pem"));
     let key_path = args.out_dir.join(format!("{stem}-key.pem"));
     std::fs::write(&cert_path, cert).map_err(|e| StartError::file(&cert_path, e))?;

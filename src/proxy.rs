@@ -53,7 +53,8 @@ impl Proxy {
             Ok((response, kind)) => {
                 access.status = response.status();
                 let settings = self.relay_settings(kind);
-                Ok(response.map(|body| RelayBody::new(body, settings, &self.shutdown, access).boxed()))
+                Ok(response
+                    .map(|body| RelayBody::new(body, settings, &self.shutdown, access).boxed()))
             }
             Err(err) => {
                 access.status = err.status();

@@ -33,12 +33,13 @@ pub struct Server {
 
 impl Server {
     pub async fn bind(config: Config) -> Result<Self, StartError> {
-        let listener = TcpListener::bind(config.listen)
-            .await
-            .map_err(|source| StartError::Bind {
-                addr: config.listen,
-                source,
-            })?;
+        let listener =
+            TcpListener::bind(config.listen)
+                .await
+                .map_err(|source| StartError::Bind {
+                    addr: config.listen,
+                    source,
+                })?;
         let local_addr = listener.local_addr().map_err(|source| StartError::Bind {
             addr: config.listen,
             source,

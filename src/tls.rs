@@ -68,7 +68,8 @@ pub fn certified_key_from_pem(cert_pem: &str, key_pem: &str) -> Result<Certified
     let chain = CertificateDer::pem_slice_iter(cert_pem.as_bytes())
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| StartError::file(name, e))?;
-    let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).map_err(|e| StartError::file(name, e))?;
+    let key =
+        PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).map_err(|e| StartError::file(name, e))?;
     certified_key_from_der(chain, key, name, name)
 }
 
@@ -131,13 +132,13 @@ pub fn server_config(certs: CertStore) -> Result<Arc<ServerConfig>, StartError> 
 }
 
 /// A self-signed certificate for local development, as PEM (certificate, key).
-pub fn generate_self_signed(
-    names: &[String],
-    days: u32,
-) -> Result<(String, String), rcgen::Error> {
+pub fn generate_self_signed(names: &[String], days: u32) -> Result<(String, String), rcgen::Error> {
     let mut params = rcgen::CertificateParams::new(names.to_vec())?;
     let mut dn = rcgen::DistinguishedName::new();
-    dn.push(rcgen::DnType::CommonName, names.first().cloned().unwrap_or_default());
+    dn.push(
+        rcgen::DnType::CommonName,
+        names.first().cloned().unwrap_or_default(),
+    );
     dn.push(rcgen::DnType::OrganizationName, "ssegate development");
     params.distinguished_name = dn;
     let now = std::time::SystemTime::now();

@@ -123,7 +123,9 @@ impl RelayBody {
         access.sse = settings.kind == BodyKind::EventStream;
         let now = Instant::now();
         let heartbeat = match (settings.kind, settings.heartbeat) {
-            (BodyKind::EventStream, Some(every)) => Some(Box::pin(tokio::time::sleep_until(now + every))),
+            (BodyKind::EventStream, Some(every)) => {
+                Some(Box::pin(tokio::time::sleep_until(now + every)))
+            }
             _ => None,
         };
         let shutdown = match settings.kind {
@@ -184,7 +186,9 @@ impl Body for RelayBody {
                     if this.settings.kind == BodyKind::EventStream {
                         this.boundary.feed(data);
                     }
-                    if let (Some(heartbeat), Some(every)) = (this.heartbeat.as_mut(), this.settings.heartbeat) {
+                    if let (Some(heartbeat), Some(every)) =
+                        (this.heartbeat.as_mut(), this.settings.heartbeat)
+                    {
                         heartbeat.as_mut().reset(now + every);
                     }
                 }
