@@ -49,6 +49,44 @@ pub struct ProxyArgs {
 
     #[command(flatten)]
     pub timeouts: TimeoutArgs,
+
+    #[command(flatten)]
+    pub streams: StreamArgs,
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct StreamArgs {
+    /// Write an SSE comment (":") on an event stream that has been silent this
+    /// long, only between events, so idle timers along the way do not cut it.
+    /// Off by default.
+    #[arg(long, env = "SSEGATE_SSE_HEARTBEAT")]
+    pub sse_heartbeat: Option<humantime::Duration>,
+
+    /// Serve GET requests under this path prefix as shared public broadcast
+    /// streams: one upstream request per path+query, fanned out to every
+    /// client, with Last-Event-ID replay. Repeatable. Authorization and Cookie
+    /// are never sent upstream for these; put only public streams here.
+    #[arg(
+        long = "sse-shared",
+        env = "SSEGATE_SSE_SHARED",
+        value_name = "PATH-PREFIX",
+        value_delimiter = ','
+    )]
+    pub sse_shared: Vec<String>,
+
+    /// Events kept per shared stream for clients that reconnect with Last-Event-ID.
+    #[arg(long, env = "SSEGATE_SSE_REPLAY", default_value_t = crate::sse::hub::DEFAULT_REPLAY)]
+    pub sse_replay: usize,
+
+    /// On shutdown, how long to wait for ordinary requests to finish and event
+    /// streams to reach an event boundary before exiting anyway.
+    #[arg(long, env = "SSEGATE_DRAIN_TIMEOUT", default_value = "30s")]
+    pub drain_timeout: humantime::Duration,
+
+    /// On shutdown, end each event stream with "retry: <ms>" so browsers
+    /// reconnect (to another instance) after this delay. Off by default.
+    #[arg(long, env = "SSEGATE_DRAIN_RETRY")]
+    pub drain_retry: Option<humantime::Duration>,
 }
 
 #[derive(Debug, Args, Clone)]

@@ -8,8 +8,9 @@ use std::time::Duration;
 use http::uri::{Authority, Scheme};
 use http::Uri;
 
-use crate::cli::{ProxyArgs, TimeoutArgs};
+use crate::cli::{ProxyArgs, StreamArgs, TimeoutArgs};
 use crate::error::StartError;
+use crate::sse::hub::{DEFAULT_LINGER, DEFAULT_REPLAY, DEFAULT_SUBSCRIBER_QUEUE};
 use crate::tls::{self, CertPair, CertStore};
 
 pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
@@ -111,12 +112,67 @@ impl UpstreamUrl {
     }
 }
 
+/// Event-stream features beyond plain relaying.
+#[derive(Debug, Clone)]
+pub struct StreamSettings {
+    /// Comment written after this much silence, at an event boundary.
+    pub heartbeat: Option<Duration>,
+    /// `retry:` written to each event stream when it is drained at shutdown.
+    pub drain_retry: Option<Duration>,
+    /// Path prefixes served as shared streams.
+    pub shared_prefixes: Vec<String>,
+    /// Replay buffer length per shared stream.
+    pub replay: usize,
+    /// Events queued per shared-stream subscriber before it is dropped.
+    pub subscriber_queue: usize,
+    /// How long a shared stream's upstream stays open without subscribers.
+    pub linger: Duration,
+}
+
+impl Default for StreamSettings {
+    fn default() -> Self {
+        StreamSettings {
+            heartbeat: None,
+            drain_retry: None,
+            shared_prefixes: Vec::new(),
+            replay: DEFAULT_REPLAY,
+            subscriber_queue: DEFAULT_SUBSCRIBER_QUEUE,
+            linger: DEFAULT_LINGER,
+        }
+    }
+}
+
+impl StreamSettings {
+    fn from_args(args: &StreamArgs) -> Result<Self, StartError> {
+        for prefix in &args.sse_shared {
+            if !prefix.starts_with('/') {
+                return Err(StartError::Config(format!(
+                    "--sse-shared {prefix:?}: a path prefix must start with /"
+                )));
+            }
+        }
+        if args.sse_heartbeat.is_some_and(|d| d.is_zero()) {
+            return Err(StartError::Config(
+                "--sse-heartbeat must be longer than 0s".into(),
+            ));
+        }
+        Ok(StreamSettings {
+            heartbeat: args.sse_heartbeat.map(Into::into),
+            drain_retry: args.drain_retry.map(Into::into),
+            shared_prefixes: args.sse_shared.clone(),
+            replay: args.sse_replay,
+            ..StreamSettings::default()
+        })
+    }
+}
+
 #[derive(Clone)]
 pub struct Config {
     pub listen: SocketAddr,
     pub tls: Arc<rustls::ServerConfig>,
     pub upstream: UpstreamUrl,
     pub timeouts: Timeouts,
+    pub streams: StreamSettings,
 }
 
 impl std::fmt::Debug for Config {
@@ -125,6 +181,7 @@ impl std::fmt::Debug for Config {
             .field("listen", &self.listen)
             .field("upstream", &self.upstream)
             .field("timeouts", &self.timeouts)
+            .field("streams", &self.streams)
             .finish_non_exhaustive()
     }
 }
@@ -137,6 +194,7 @@ impl Config {
             tls,
             upstream,
             timeouts: Timeouts::default(),
+            streams: StreamSettings::default(),
         }
     }
 
@@ -157,6 +215,8 @@ impl Config {
         let tls = tls::server_config(CertStore::new(key))?;
         let mut config = Config::new(args.listen, tls, upstream);
         config.timeouts = Timeouts::from(&args.timeouts);
+        config.timeouts.drain = args.streams.drain_timeout.into();
+        config.streams = StreamSettings::from_args(&args.streams)?;
         Ok(config)
     }
 }

@@ -14,6 +14,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::{Config, MAX_REQUEST_HEADER_BYTES};
 use crate::error::{BoxError, ProxyError};
 use crate::headers;
+use crate::sse::hub::{Hub, HubSettings};
 use crate::sse::{AccessLog, BodyKind, RelayBody, RelaySettings};
 use crate::upstream::{self, UpstreamPool};
 
@@ -24,17 +25,43 @@ pub type ProxyBody = BoxBody<Bytes, BoxError>;
 pub struct Proxy {
     config: Config,
     pool: UpstreamPool,
+    hub: Arc<Hub>,
     shutdown: CancellationToken,
 }
 
 impl Proxy {
     pub fn new(config: Config, shutdown: CancellationToken) -> Arc<Self> {
         let pool = upstream::pool(config.timeouts.connect);
+        let hub_settings = HubSettings {
+            prefixes: config.streams.shared_prefixes.clone(),
+            replay: config.streams.replay,
+            queue: config.streams.subscriber_queue,
+            linger: config.streams.linger,
+            response_timeout: config.timeouts.request,
+            idle_timeout: config.timeouts.sse_idle,
+        };
+        let hub = Hub::new(
+            hub_settings,
+            config.upstream.clone(),
+            pool.clone(),
+            shutdown.clone(),
+        );
         Arc::new(Proxy {
             config,
             pool,
+            hub,
             shutdown,
         })
+    }
+
+    /// The shared-stream hub (for its counters).
+    pub fn hub(&self) -> &Arc<Hub> {
+        &self.hub
+    }
+
+    /// Cancelled when the proxy starts to drain.
+    pub fn shutdown_token(&self) -> &CancellationToken {
+        &self.shutdown
     }
 
     /// Handles one request. Never fails: every error becomes a response.
@@ -49,6 +76,9 @@ impl Proxy {
             .map(|pq| pq.as_str().to_owned())
             .unwrap_or_else(|| "/".to_owned());
         let mut access = AccessLog::new(peer, req.method().clone(), path, req.version());
+        if req.method() == http::Method::GET && self.hub.is_shared(req.uri().path()) {
+            return Ok(self.subscribe(req, access).await);
+        }
         match self.forward(req, peer).await {
             Ok((response, kind)) => {
                 access.status = response.status();
@@ -73,8 +103,47 @@ impl Proxy {
                 BodyKind::Ordinary => timeouts.request,
                 BodyKind::EventStream => timeouts.sse_idle,
             },
-            heartbeat: None,
-            drain_retry: None,
+            heartbeat: self.config.streams.heartbeat,
+            drain_retry: self.config.streams.drain_retry,
+        }
+    }
+
+    /// Joins a shared stream: one upstream request serves every subscriber.
+    async fn subscribe(
+        &self,
+        req: Request<Incoming>,
+        mut access: AccessLog,
+    ) -> Response<ProxyBody> {
+        let host = request_host(&req);
+        let last_event_id = req
+            .headers()
+            .get("last-event-id")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        match self
+            .hub
+            .subscribe(&access.path, host, last_event_id.as_deref())
+            .await
+        {
+            Ok(subscription) => {
+                access.status = http::StatusCode::OK;
+                let settings = self.relay_settings(BodyKind::EventStream);
+                let body = RelayBody::new(subscription, settings, &self.shutdown, access).boxed();
+                let mut response = Response::new(body);
+                let headers = response.headers_mut();
+                headers.insert(
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static("text/event-stream"),
+                );
+                headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+                response
+            }
+            Err(err) => {
+                access.status = err.status();
+                access.outcome = "proxy error";
+                tracing::warn!(peer = %access.peer, path = %access.path, status = err.status().as_u16(), "shared stream: {err}");
+                error_response(&err)
+            }
         }
     }
 
@@ -116,15 +185,7 @@ impl Proxy {
             // CONNECT and absolute-form targets without a path are not proxied.
             return Err(ProxyError::BadRequest("request target must be a path"));
         }
-        // HTTP/2 carries the host in :authority; the upstream speaks HTTP/1.1
-        // and needs it as Host.
-        let host = match parts.headers.get(header::HOST) {
-            Some(host) => Some(host.clone()),
-            None => parts
-                .uri
-                .authority()
-                .and_then(|a| HeaderValue::from_str(a.as_str()).ok()),
-        };
+        let host = host_of(&parts.headers, &parts.uri);
         parts.uri = self
             .config
             .upstream
@@ -139,6 +200,21 @@ impl Proxy {
         let body = body.map_err(BoxError::from).boxed();
         Ok(Request::from_parts(parts, body))
     }
+}
+
+/// The host the client asked for. HTTP/2 carries it in `:authority`; the
+/// upstream speaks HTTP/1.1 and needs it as Host.
+fn host_of(headers: &http::HeaderMap, uri: &http::Uri) -> Option<HeaderValue> {
+    match headers.get(header::HOST) {
+        Some(host) => Some(host.clone()),
+        None => uri
+            .authority()
+            .and_then(|a| HeaderValue::from_str(a.as_str()).ok()),
+    }
+}
+
+fn request_host<B>(req: &Request<B>) -> Option<HeaderValue> {
+    host_of(req.headers(), req.uri())
 }
 
 /// Strips hop-by-hop headers and decides how the body is relayed.

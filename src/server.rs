@@ -29,6 +29,7 @@ pub struct Server {
     listener: TcpListener,
     local_addr: SocketAddr,
     config: Config,
+    proxy: Arc<Proxy>,
 }
 
 impl Server {
@@ -44,15 +45,23 @@ impl Server {
             addr: config.listen,
             source,
         })?;
+        // The proxy's own token: cancelled by `run` when its caller's fires.
+        let proxy = Proxy::new(config.clone(), CancellationToken::new());
         Ok(Server {
             listener,
             local_addr,
             config,
+            proxy,
         })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// The shared-stream hub, e.g. to read its counters.
+    pub fn hub(&self) -> Arc<crate::sse::hub::Hub> {
+        self.proxy.hub().clone()
     }
 
     /// Serves until `shutdown` is cancelled, then stops accepting, lets open
@@ -63,11 +72,11 @@ impl Server {
             listener,
             local_addr,
             config,
+            proxy,
         } = self;
         tracing::info!("listening on https://{local_addr}");
         let drain_timeout = config.timeouts.drain;
         let connections = Arc::new(ConnectionSettings::new(&config));
-        let proxy = Proxy::new(config, shutdown.clone());
         let graceful = GracefulShutdown::new();
 
         loop {
@@ -101,6 +110,10 @@ impl Server {
         }
 
         drop(listener);
+        // Event streams end at their next event boundary; hyper finishes
+        // in-flight requests, closes idle keep-alive connections and sends
+        // HTTP/2 GOAWAY.
+        proxy.shutdown_token().cancel();
         tracing::info!("shutting down: listener closed, draining open connections");
         tokio::select! {
             () = graceful.shutdown() => tracing::info!("all connections closed"),

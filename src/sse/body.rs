@@ -97,9 +97,9 @@ impl Drop for AccessLog {
 }
 
 pin_project_lite::pin_project! {
-    pub struct RelayBody {
+    pub struct RelayBody<B = Incoming> {
         #[pin]
-        inner: Incoming,
+        inner: B,
         #[pin]
         idle: Sleep,
         settings: RelaySettings,
@@ -113,9 +113,9 @@ pin_project_lite::pin_project! {
     }
 }
 
-impl RelayBody {
+impl<B> RelayBody<B> {
     pub fn new(
-        inner: Incoming,
+        inner: B,
         settings: RelaySettings,
         shutdown: &CancellationToken,
         mut access: AccessLog,
@@ -146,7 +146,11 @@ impl RelayBody {
     }
 }
 
-impl Body for RelayBody {
+impl<B> Body for RelayBody<B>
+where
+    B: Body<Data = Bytes>,
+    B::Error: Into<BoxError> + std::fmt::Display,
+{
     type Data = Bytes;
     type Error = BoxError;
 

@@ -6,7 +6,7 @@
 
 /// Whether the bytes relayed so far end between events, where the proxy may
 /// insert a comment or end the stream without splitting an event.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct EventBoundary {
     /// Bytes seen on the current, unfinished line.
     line_has_bytes: bool,
@@ -14,16 +14,6 @@ pub struct EventBoundary {
     event_pending: bool,
     /// The previous byte was CR: a following LF belongs to the same line end.
     after_cr: bool,
-}
-
-impl Default for EventBoundary {
-    fn default() -> Self {
-        EventBoundary {
-            line_has_bytes: false,
-            event_pending: false,
-            after_cr: false,
-        }
-    }
 }
 
 impl EventBoundary {

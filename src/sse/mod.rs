@@ -2,6 +2,8 @@
 
 pub mod body;
 pub mod framing;
+pub mod hub;
+pub mod parser;
 
 pub use body::{AccessLog, BodyKind, RelayBody, RelaySettings};
 pub use framing::EventBoundary;

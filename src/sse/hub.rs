@@ -1,0 +1,622 @@
+//! Shared streams: one upstream request per path+query, fanned out to every
+//! subscriber, with a replay buffer that serves `Last-Event-ID` reconnects.
+//!
+//! Locking: `Hub::streams`, then `SharedStream::state`, always in that order,
+//! and never across an await. Subscribing and removing an unused stream both
+//! hold the hub lock, so a stream is never removed under a new subscriber.
+
+use std::collections::{HashMap, VecDeque};
+use std::convert::Infallible;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::{self, HeaderValue};
+use http::{Request, StatusCode};
+use http_body::{Body, Frame};
+use http_body_util::{BodyExt, Empty};
+use tokio::sync::{mpsc, watch, Notify};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use super::parser::{EventParser, ParsedEvent};
+use crate::config::UpstreamUrl;
+use crate::error::ProxyError;
+use crate::headers::{self, X_FORWARDED_HOST, X_FORWARDED_PROTO};
+use crate::upstream::UpstreamPool;
+
+/// Reconnect delay when the upstream has not sent `retry:` (EventSource's usual default).
+const DEFAULT_RETRY: Duration = Duration::from_secs(3);
+/// Longest wait between reconnect attempts after repeated failures.
+const MAX_RECONNECT_BACKOFF: Duration = Duration::from_secs(30);
+static LAST_EVENT_ID: header::HeaderName = header::HeaderName::from_static("last-event-id");
+
+#[derive(Debug, Clone)]
+pub struct HubSettings {
+    /// Path prefixes whose GET requests are shared streams.
+    pub prefixes: Vec<String>,
+    /// Events kept per stream for `Last-Event-ID` replay.
+    pub replay: usize,
+    /// Events queued per subscriber before it counts as too slow and is dropped.
+    pub queue: usize,
+    /// How long an upstream stays open after its last subscriber left.
+    pub linger: Duration,
+    /// How long the first subscriber waits for the upstream's response headers.
+    pub response_timeout: Duration,
+    /// Longest upstream silence before the hub reconnects.
+    pub idle_timeout: Duration,
+}
+
+pub const DEFAULT_REPLAY: usize = 1000;
+pub const DEFAULT_SUBSCRIBER_QUEUE: usize = 256;
+pub const DEFAULT_LINGER: Duration = Duration::from_secs(5);
+
+/// Counters per shared stream, for tests now and metrics later.
+#[derive(Debug, Default)]
+pub struct StreamStats {
+    pub subscribers: AtomicUsize,
+    pub events_in: AtomicU64,
+    pub events_out: AtomicU64,
+    pub subscribers_dropped: AtomicU64,
+    pub upstream_requests: AtomicU64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StatsSnapshot {
+    pub subscribers: usize,
+    pub events_in: u64,
+    pub events_out: u64,
+    pub subscribers_dropped: u64,
+    pub upstream_requests: u64,
+}
+
+impl StreamStats {
+    fn snapshot(&self) -> StatsSnapshot {
+        StatsSnapshot {
+            subscribers: self.subscribers.load(Ordering::Relaxed),
+            events_in: self.events_in.load(Ordering::Relaxed),
+            events_out: self.events_out.load(Ordering::Relaxed),
+            subscribers_dropped: self.subscribers_dropped.load(Ordering::Relaxed),
+            upstream_requests: self.upstream_requests.load(Ordering::Relaxed),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Status {
+    Connecting,
+    Live,
+    Failed(String),
+}
+
+/// An event kept for replay, tagged with the stream's last event ID after it.
+#[derive(Debug)]
+struct ReplayEntry {
+    last_id: Option<String>,
+    raw: Bytes,
+}
+
+#[derive(Debug, Default)]
+struct StreamState {
+    replay: VecDeque<ReplayEntry>,
+    subscribers: Vec<mpsc::Sender<Bytes>>,
+    retry: Option<u64>,
+    last_id: Option<String>,
+}
+
+/// One upstream event stream and its subscribers.
+#[derive(Debug)]
+pub struct SharedStream {
+    key: String,
+    state: Mutex<StreamState>,
+    status: watch::Sender<Status>,
+    subscriber_left: Notify,
+    stats: StreamStats,
+}
+
+impl SharedStream {
+    fn state(&self) -> MutexGuard<'_, StreamState> {
+        // A panic while holding the lock cannot leave the state half-updated
+        // in a way that matters more than losing the stream, so keep serving.
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Registers a subscriber: the `retry:` line, missed events from the
+    /// replay buffer, then live events through a bounded queue.
+    fn add_subscriber(
+        &self,
+        last_event_id: Option<&str>,
+        queue: usize,
+    ) -> (VecDeque<Bytes>, mpsc::Receiver<Bytes>) {
+        let mut state = self.state();
+        let mut initial = VecDeque::new();
+        if let Some(retry) = state.retry {
+            initial.push_back(Bytes::from(format!("retry: {retry}\n\n")));
+        }
+        if let Some(id) = last_event_id {
+            if let Some(seen) = state
+                .replay
+                .iter()
+                .rposition(|e| e.last_id.as_deref() == Some(id))
+            {
+                initial.extend(state.replay.iter().skip(seen + 1).map(|e| e.raw.clone()));
+            }
+        }
+        let (tx, rx) = mpsc::channel(queue.max(1));
+        state.subscribers.push(tx);
+        self.stats
+            .subscribers
+            .store(state.subscribers.len(), Ordering::Relaxed);
+        (initial, rx)
+    }
+
+    /// Records an upstream event and queues it for every subscriber. A
+    /// subscriber whose queue is full is dropped, so it never slows the rest.
+    fn publish(&self, event: ParsedEvent, replay_capacity: usize) {
+        let mut state = self.state();
+        if let Some(retry) = event.retry {
+            state.retry = Some(retry);
+        }
+        if let Some(id) = &event.id {
+            state.last_id = (!id.is_empty()).then(|| id.clone());
+        }
+        if (event.has_data || event.id.is_some()) && replay_capacity > 0 {
+            if state.replay.len() == replay_capacity {
+                state.replay.pop_front();
+            }
+            let last_id = state.last_id.clone();
+            state.replay.push_back(ReplayEntry {
+                last_id,
+                raw: event.raw.clone(),
+            });
+        }
+        self.stats.events_in.fetch_add(1, Ordering::Relaxed);
+        let mut delivered = 0;
+        let mut dropped = 0;
+        state
+            .subscribers
+            .retain(|tx| match tx.try_send(event.raw.clone()) {
+                Ok(()) => {
+                    delivered += 1;
+                    true
+                }
+                Err(mpsc::error::TrySendError::Full(_)) => {
+                    dropped += 1;
+                    false
+                }
+                Err(mpsc::error::TrySendError::Closed(_)) => false,
+            });
+        self.stats
+            .events_out
+            .fetch_add(delivered, Ordering::Relaxed);
+        if dropped > 0 {
+            self.stats
+                .subscribers_dropped
+                .fetch_add(dropped, Ordering::Relaxed);
+            tracing::warn!(stream = %self.key, dropped, "slow subscribers dropped: queue full");
+        }
+        self.stats
+            .subscribers
+            .store(state.subscribers.len(), Ordering::Relaxed);
+    }
+
+    /// Forgets subscribers that went away; returns how many remain.
+    fn prune(&self) -> usize {
+        let mut state = self.state();
+        state.subscribers.retain(|tx| !tx.is_closed());
+        self.stats
+            .subscribers
+            .store(state.subscribers.len(), Ordering::Relaxed);
+        state.subscribers.len()
+    }
+
+    fn last_id(&self) -> Option<String> {
+        self.state().last_id.clone()
+    }
+
+    fn retry_delay(&self) -> Duration {
+        self.state()
+            .retry
+            .map(Duration::from_millis)
+            .unwrap_or(DEFAULT_RETRY)
+    }
+
+    /// Ends every subscriber's stream (their EventSource reconnects).
+    fn close_subscribers(&self) {
+        self.state().subscribers.clear();
+        self.stats.subscribers.store(0, Ordering::Relaxed);
+    }
+}
+
+/// All shared streams of one proxy.
+pub struct Hub {
+    settings: HubSettings,
+    upstream: UpstreamUrl,
+    pool: UpstreamPool,
+    shutdown: CancellationToken,
+    streams: Mutex<HashMap<String, Arc<SharedStream>>>,
+}
+
+impl Hub {
+    pub fn new(
+        settings: HubSettings,
+        upstream: UpstreamUrl,
+        pool: UpstreamPool,
+        shutdown: CancellationToken,
+    ) -> Arc<Self> {
+        Arc::new(Hub {
+            settings,
+            upstream,
+            pool,
+            shutdown,
+            streams: Mutex::new(HashMap::new()),
+        })
+    }
+
+    fn streams(&self) -> MutexGuard<'_, HashMap<String, Arc<SharedStream>>> {
+        self.streams
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Whether `path` lies under one of the shared prefixes (whole segments:
+    /// `/live` covers `/live` and `/live/x`, not `/lively`).
+    pub fn is_shared(&self, path: &str) -> bool {
+        self.settings.prefixes.iter().any(|prefix| {
+            let prefix = prefix.trim_end_matches('/');
+            prefix.is_empty()
+                || path == prefix
+                || (path.starts_with(prefix) && path.as_bytes().get(prefix.len()) == Some(&b'/'))
+        })
+    }
+
+    /// Counters of the stream for `path_and_query`, while it exists.
+    pub fn stats(&self, path_and_query: &str) -> Option<StatsSnapshot> {
+        self.streams()
+            .get(path_and_query)
+            .map(|s| s.stats.snapshot())
+    }
+
+    /// Number of open shared streams.
+    pub fn stream_count(&self) -> usize {
+        self.streams().len()
+    }
+
+    /// Joins (or opens) the shared stream for `path_and_query`. Waits for the
+    /// upstream's response headers when the stream is new.
+    pub async fn subscribe(
+        self: &Arc<Self>,
+        path_and_query: &str,
+        host: Option<HeaderValue>,
+        last_event_id: Option<&str>,
+    ) -> Result<Subscription, ProxyError> {
+        let (stream, initial, rx) = {
+            let mut streams = self.streams();
+            let stream = match streams.get(path_and_query) {
+                Some(stream) => stream.clone(),
+                None => {
+                    let stream = Arc::new(SharedStream {
+                        key: path_and_query.to_owned(),
+                        state: Mutex::new(StreamState::default()),
+                        status: watch::Sender::new(Status::Connecting),
+                        subscriber_left: Notify::new(),
+                        stats: StreamStats::default(),
+                    });
+                    streams.insert(path_and_query.to_owned(), stream.clone());
+                    tokio::spawn(self.clone().run_upstream(stream.clone(), host));
+                    stream
+                }
+            };
+            let (initial, rx) = stream.add_subscriber(last_event_id, self.settings.queue);
+            (stream, initial, rx)
+        };
+
+        let mut status = stream.status.subscribe();
+        let wait = status.wait_for(|s| *s != Status::Connecting);
+        let failed = match tokio::time::timeout(self.settings.response_timeout, wait).await {
+            Ok(Ok(s)) => match &*s {
+                Status::Failed(reason) => Some(ProxyError::Upstream(reason.clone())),
+                _ => None,
+            },
+            Ok(Err(_)) => Some(ProxyError::Upstream("shared stream closed".to_owned())),
+            Err(_) => Some(ProxyError::UpstreamTimeout(self.settings.response_timeout)),
+        };
+        if let Some(err) = failed {
+            return Err(err);
+        }
+        Ok(Subscription {
+            initial,
+            rx,
+            stream,
+        })
+    }
+
+    /// Removes `stream` if it has no subscribers; true if it was removed.
+    fn remove_if_unused(&self, stream: &Arc<SharedStream>) -> bool {
+        let mut streams = self.streams();
+        if stream.prune() > 0 {
+            return false;
+        }
+        if streams
+            .get(&stream.key)
+            .is_some_and(|s| Arc::ptr_eq(s, stream))
+        {
+            streams.remove(&stream.key);
+        }
+        true
+    }
+
+    fn remove(&self, stream: &Arc<SharedStream>) {
+        let mut streams = self.streams();
+        if streams
+            .get(&stream.key)
+            .is_some_and(|s| Arc::ptr_eq(s, stream))
+        {
+            streams.remove(&stream.key);
+        }
+        drop(streams);
+        stream.close_subscribers();
+    }
+
+    fn upstream_request(
+        &self,
+        stream: &SharedStream,
+        host: Option<&HeaderValue>,
+    ) -> Result<Request<crate::upstream::UpstreamBody>, http::Error> {
+        // A fresh header set: nothing of any one client, and never its
+        // Authorization or Cookie, reaches a stream that everyone shares.
+        let mut request = Request::get(self.upstream.join(&stream.key)?)
+            .header(header::ACCEPT, "text/event-stream")
+            .header(header::CACHE_CONTROL, "no-cache")
+            .header(&X_FORWARDED_PROTO, "https");
+        if let Some(host) = host {
+            request = request
+                .header(header::HOST, host)
+                .header(&X_FORWARDED_HOST, host);
+        }
+        if let Some(id) = stream.last_id() {
+            request = request.header(&LAST_EVENT_ID, id);
+        }
+        request.body(
+            Empty::new()
+                .map_err(|never: Infallible| match never {})
+                .boxed(),
+        )
+    }
+
+    /// The stream's upstream side: connect, relay events into the hub,
+    /// reconnect with `Last-Event-ID` when the upstream ends, and stop after
+    /// the last subscriber has gone.
+    async fn run_upstream(self: Arc<Self>, stream: Arc<SharedStream>, host: Option<HeaderValue>) {
+        let mut failures: u32 = 0;
+        loop {
+            let request = match self.upstream_request(&stream, host.as_ref()) {
+                Ok(request) => request,
+                Err(err) => {
+                    self.fail(&stream, format!("cannot build upstream request: {err}"));
+                    return;
+                }
+            };
+            stream
+                .stats
+                .upstream_requests
+                .fetch_add(1, Ordering::Relaxed);
+            let response = tokio::select! {
+                r = tokio::time::timeout(self.settings.response_timeout, self.pool.request(request)) => r,
+                () = self.shutdown.cancelled() => return self.remove(&stream),
+            };
+            let outcome = match response {
+                Ok(Ok(response))
+                    if response.status() == StatusCode::OK
+                        && headers::is_event_stream(response.headers()) =>
+                {
+                    failures = 0;
+                    stream.status.send_replace(Status::Live);
+                    self.relay(&stream, response.into_body()).await
+                }
+                Ok(Ok(response)) => {
+                    // The backend does not (or no longer) serve this stream.
+                    let reason = format!(
+                        "upstream answered {} without an event stream",
+                        response.status()
+                    );
+                    self.fail(&stream, reason);
+                    return;
+                }
+                Ok(Err(err)) => RelayEnd::Failed(err.to_string()),
+                Err(_) => RelayEnd::Failed("no response headers in time".to_owned()),
+            };
+            match outcome {
+                RelayEnd::Unused | RelayEnd::Shutdown => return self.remove(&stream),
+                RelayEnd::Failed(reason) if *stream.status.borrow() == Status::Connecting => {
+                    self.fail(&stream, reason);
+                    return;
+                }
+                RelayEnd::Failed(reason) => {
+                    failures += 1;
+                    tracing::warn!(stream = %stream.key, %reason, "shared stream upstream lost; reconnecting");
+                }
+                RelayEnd::Ended => {
+                    tracing::info!(stream = %stream.key, "shared stream upstream ended; reconnecting");
+                }
+            }
+            if self.remove_if_unused(&stream) {
+                return stream.close_subscribers();
+            }
+            let delay = backoff(stream.retry_delay(), failures);
+            tokio::select! {
+                () = tokio::time::sleep(delay) => {}
+                () = self.shutdown.cancelled() => return self.remove(&stream),
+            }
+        }
+    }
+
+    fn fail(&self, stream: &Arc<SharedStream>, reason: String) {
+        tracing::warn!(stream = %stream.key, %reason, "shared stream failed");
+        stream.status.send_replace(Status::Failed(reason));
+        self.remove(stream);
+    }
+
+    /// Relays one upstream response into the stream until it ends.
+    async fn relay(&self, stream: &Arc<SharedStream>, mut body: hyper::body::Incoming) -> RelayEnd {
+        let mut parser = EventParser::new();
+        let idle = tokio::time::sleep(self.settings.idle_timeout);
+        tokio::pin!(idle);
+        let mut linger: Option<Pin<Box<tokio::time::Sleep>>> = None;
+        loop {
+            tokio::select! {
+                frame = body.frame() => match frame {
+                    Some(Ok(frame)) => {
+                        idle.as_mut().reset(Instant::now() + self.settings.idle_timeout);
+                        if let Some(data) = frame.data_ref() {
+                            for event in parser.feed(data) {
+                                stream.publish(event, self.settings.replay);
+                            }
+                        }
+                    }
+                    Some(Err(err)) => return RelayEnd::Failed(err.to_string()),
+                    None => return RelayEnd::Ended,
+                },
+                () = &mut idle => return RelayEnd::Failed(format!("upstream silent for {:?}", self.settings.idle_timeout)),
+                () = stream.subscriber_left.notified() => {
+                    if stream.prune() == 0 && linger.is_none() {
+                        linger = Some(Box::pin(tokio::time::sleep(self.settings.linger)));
+                    }
+                }
+                () = async { if let Some(l) = linger.as_mut() { l.await } else { std::future::pending().await } } => {
+                    if self.remove_if_unused(stream) {
+                        return RelayEnd::Unused;
+                    }
+                    linger = None;
+                }
+                () = self.shutdown.cancelled() => return RelayEnd::Shutdown,
+            }
+        }
+    }
+}
+
+enum RelayEnd {
+    Ended,
+    Failed(String),
+    Unused,
+    Shutdown,
+}
+
+/// The upstream's `retry:` delay, doubled for each consecutive failure.
+fn backoff(retry: Duration, failures: u32) -> Duration {
+    let factor = 1u32 << failures.saturating_sub(1).min(10);
+    retry
+        .saturating_mul(factor)
+        .min(MAX_RECONNECT_BACKOFF.max(retry))
+}
+
+/// One subscriber's view of a shared stream: replayed events, then live ones.
+pub struct Subscription {
+    initial: VecDeque<Bytes>,
+    rx: mpsc::Receiver<Bytes>,
+    stream: Arc<SharedStream>,
+}
+
+impl Body for Subscription {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        if let Some(bytes) = self.initial.pop_front() {
+            return Poll::Ready(Some(Ok(Frame::data(bytes))));
+        }
+        self.rx
+            .poll_recv(cx)
+            .map(|event| event.map(|bytes| Ok(Frame::data(bytes))))
+    }
+}
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        self.rx.close();
+        self.stream.subscriber_left.notify_one();
+    }
+}
+
+impl std::fmt::Debug for Subscription {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Subscription")
+            .field("stream", &self.stream.key)
+            .finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_follows_retry_then_doubles_up_to_a_cap() {
+        let retry = Duration::from_millis(500);
+        assert_eq!(backoff(retry, 0), retry);
+        assert_eq!(backoff(retry, 1), retry);
+        assert_eq!(backoff(retry, 2), retry * 2);
+        assert_eq!(backoff(retry, 3), retry * 4);
+        assert_eq!(backoff(retry, 60), MAX_RECONNECT_BACKOFF);
+    }
+
+    fn stream() -> SharedStream {
+        SharedStream {
+            key: "/s".into(),
+            state: Mutex::new(StreamState::default()),
+            status: watch::Sender::new(Status::Live),
+            subscriber_left: Notify::new(),
+            stats: StreamStats::default(),
+        }
+    }
+
+    fn event(id: &str) -> ParsedEvent {
+        ParsedEvent {
+            raw: Bytes::from(format!("id: {id}\ndata: {id}\n\n")),
+            id: Some(id.to_owned()),
+            retry: None,
+            has_data: true,
+        }
+    }
+
+    #[test]
+    fn replay_starts_after_the_last_seen_id_and_is_bounded() {
+        let s = stream();
+        for i in 1..=5 {
+            s.publish(event(&i.to_string()), 3);
+        }
+        let (initial, _rx) = s.add_subscriber(Some("3"), 8);
+        assert_eq!(
+            initial,
+            vec![
+                Bytes::from("id: 4\ndata: 4\n\n"),
+                Bytes::from("id: 5\ndata: 5\n\n")
+            ]
+        );
+        // "1" fell out of the 3-event buffer: start live.
+        let (initial, _rx) = s.add_subscriber(Some("1"), 8);
+        assert!(initial.is_empty());
+    }
+
+    #[test]
+    fn a_full_queue_drops_that_subscriber_only() {
+        let s = stream();
+        let (_, mut fast) = s.add_subscriber(None, 2);
+        let (_, _slow) = s.add_subscriber(None, 2);
+        for i in 1..=3 {
+            s.publish(event(&i.to_string()), 10);
+            assert!(fast.try_recv().is_ok());
+        }
+        let stats = s.stats.snapshot();
+        assert_eq!(stats.subscribers, 1);
+        assert_eq!(stats.subscribers_dropped, 1);
+    }
+}
