@@ -35,13 +35,24 @@ pub struct ProxyArgs {
     #[arg(long, env = "SSEGATE_LISTEN", default_value = "0.0.0.0:8443")]
     pub listen: SocketAddr,
 
-    /// PEM certificate chain, leaf first.
+    /// PEM certificate chain, leaf first. Repeat --cert/--key for several
+    /// certificates, chosen by SNI from their DNS names; the first pair also
+    /// serves clients that send no or an unknown name.
     #[arg(long, env = "SSEGATE_CERT", required = true)]
-    pub cert: Option<PathBuf>,
+    pub cert: Vec<PathBuf>,
 
-    /// PEM private key for --cert (PKCS#8, PKCS#1 RSA or SEC1 EC).
+    /// PEM private key for the --cert before it (PKCS#8, PKCS#1 RSA or SEC1 EC).
     #[arg(long, env = "SSEGATE_KEY", required = true)]
-    pub key: Option<PathBuf>,
+    pub key: Vec<PathBuf>,
+
+    /// DER OCSP response to staple for the --cert before it; reloaded with it.
+    #[arg(long, env = "SSEGATE_OCSP")]
+    pub ocsp: Vec<PathBuf>,
+
+    /// For each --ocsp, the index of the pair it belongs to (from the order of
+    /// the flags on the command line; filled in by `main`).
+    #[arg(skip)]
+    pub ocsp_pair: Vec<usize>,
 
     /// Backend to forward to: http://host:port[/base-path].
     #[arg(long, env = "SSEGATE_UPSTREAM", required = true)]
@@ -52,6 +63,39 @@ pub struct ProxyArgs {
 
     #[command(flatten)]
     pub streams: StreamArgs,
+
+    #[command(flatten)]
+    pub security: SecurityArgs,
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct SecurityArgs {
+    /// Add Strict-Transport-Security with this max-age to every response
+    /// (an upstream's own header is kept). Off by default; use e.g. 2y in production.
+    #[arg(long, env = "SSEGATE_HSTS")]
+    pub hsts: Option<humantime::Duration>,
+
+    /// Add includeSubDomains to the HSTS header.
+    #[arg(long, env = "SSEGATE_HSTS_INCLUDE_SUBDOMAINS", requires = "hsts")]
+    pub hsts_include_subdomains: bool,
+
+    /// Add preload to the HSTS header.
+    #[arg(long, env = "SSEGATE_HSTS_PRELOAD", requires = "hsts")]
+    pub hsts_preload: bool,
+
+    /// Require client certificates signed by a CA in this PEM file (mTLS).
+    /// The verified subject reaches the upstream as X-Client-Cert-Subject.
+    #[arg(long, env = "SSEGATE_CLIENT_CA")]
+    pub client_ca: Option<PathBuf>,
+
+    /// With --client-ca: ask for a client certificate but accept clients without one.
+    #[arg(long, env = "SSEGATE_CLIENT_CA_OPTIONAL", requires = "client_ca")]
+    pub client_ca_optional: bool,
+
+    /// Also listen for plain HTTP here and answer every request with a 308
+    /// redirect to https.
+    #[arg(long, env = "SSEGATE_REDIRECT_HTTP", value_name = "ADDR")]
+    pub redirect_http: Option<SocketAddr>,
 }
 
 #[derive(Debug, Args, Clone)]

@@ -8,10 +8,10 @@ use std::time::Duration;
 use http::uri::{Authority, Scheme};
 use http::Uri;
 
-use crate::cli::{ProxyArgs, StreamArgs, TimeoutArgs};
+use crate::cli::{ProxyArgs, SecurityArgs, StreamArgs, TimeoutArgs};
 use crate::error::StartError;
 use crate::sse::hub::{DEFAULT_LINGER, DEFAULT_REPLAY, DEFAULT_SUBSCRIBER_QUEUE};
-use crate::tls::{self, CertPair, CertStore};
+use crate::tls::{self, CertPair, CertReloader, CertSource, CertStore, ClientAuth};
 
 pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
 pub const DEFAULT_SSE_IDLE_TIMEOUT: Duration = Duration::from_secs(60 * 60);
@@ -166,6 +166,35 @@ impl StreamSettings {
     }
 }
 
+/// humantime's year (365.25 days) and the 365-day year HSTS guides count in.
+const HUMANTIME_YEAR_SECS: u64 = 31_557_600;
+const HSTS_YEAR_SECS: u64 = 365 * 86_400;
+
+/// Seconds for `max-age`: whole years count as 365 days, so `2y` is the
+/// customary 63072000 rather than humantime's 63115200.
+pub fn hsts_max_age(duration: Duration) -> u64 {
+    let secs = duration.as_secs();
+    secs / HUMANTIME_YEAR_SECS * HSTS_YEAR_SECS + secs % HUMANTIME_YEAR_SECS
+}
+
+/// The `Strict-Transport-Security` value for `--hsts` and its modifiers.
+pub fn hsts_header(
+    max_age: Duration,
+    include_subdomains: bool,
+    preload: bool,
+) -> http::HeaderValue {
+    let mut value = format!("max-age={}", hsts_max_age(max_age));
+    if include_subdomains {
+        value.push_str("; includeSubDomains");
+    }
+    if preload {
+        value.push_str("; preload");
+    }
+    // Digits, letters, '=', ';' and spaces only: always a valid header value.
+    http::HeaderValue::from_str(&value)
+        .unwrap_or_else(|_| http::HeaderValue::from_static("max-age=0"))
+}
+
 #[derive(Clone)]
 pub struct Config {
     pub listen: SocketAddr,
@@ -173,6 +202,14 @@ pub struct Config {
     pub upstream: UpstreamUrl,
     pub timeouts: Timeouts,
     pub streams: StreamSettings,
+    /// Reloads the certificates on SIGHUP or file change (None: fixed certificates).
+    pub cert_reloader: Option<CertReloader>,
+    /// `Strict-Transport-Security` added to responses that lack one.
+    pub hsts: Option<http::HeaderValue>,
+    /// Whether clients may present certificates (then the verified subject is forwarded).
+    pub client_auth: bool,
+    /// Plain-HTTP listener that redirects everything to https.
+    pub redirect_http: Option<SocketAddr>,
 }
 
 impl std::fmt::Debug for Config {
@@ -195,30 +232,91 @@ impl Config {
             upstream,
             timeouts: Timeouts::default(),
             streams: StreamSettings::default(),
+            cert_reloader: None,
+            hsts: None,
+            client_auth: false,
+            redirect_http: None,
         }
     }
 
-    /// Validates the command line: loads and checks the certificate and key,
-    /// parses the upstream URL.
+    /// Validates the command line: loads and checks every certificate, key
+    /// and OCSP file, parses the upstream URL.
     pub fn from_args(args: &ProxyArgs) -> Result<Self, StartError> {
         let missing = |flag: &str| StartError::Config(format!("{flag} is required"));
-        let pair = CertPair {
-            cert: args.cert.clone().ok_or_else(|| missing("--cert"))?,
-            key: args.key.clone().ok_or_else(|| missing("--key"))?,
-        };
         let upstream = args
             .upstream
             .as_deref()
             .ok_or_else(|| missing("--upstream"))?;
         let upstream = UpstreamUrl::parse(upstream)?;
-        let key = tls::load_certified_key(&pair)?;
-        let tls = tls::server_config(CertStore::new(key))?;
+        let sources = cert_sources(args)?;
+        let keys = sources
+            .iter()
+            .map(tls::load_source)
+            .collect::<Result<Vec<_>, _>>()?;
+        let store = Arc::new(CertStore::from_keys(keys).ok_or_else(|| missing("--cert"))?);
+        let client_auth = security_client_auth(&args.security)?;
+        let tls = tls::server_config_with(store.clone(), client_auth.as_ref())?;
         let mut config = Config::new(args.listen, tls, upstream);
         config.timeouts = Timeouts::from(&args.timeouts);
         config.timeouts.drain = args.streams.drain_timeout.into();
         config.streams = StreamSettings::from_args(&args.streams)?;
+        config.cert_reloader = Some(CertReloader { store, sources });
+        config.client_auth = client_auth.is_some();
+        config.hsts = args.security.hsts.map(|max_age| {
+            hsts_header(
+                max_age.into(),
+                args.security.hsts_include_subdomains,
+                args.security.hsts_preload,
+            )
+        });
+        config.redirect_http = args.security.redirect_http;
         Ok(config)
     }
+}
+
+fn security_client_auth(args: &SecurityArgs) -> Result<Option<ClientAuth>, StartError> {
+    args.client_ca
+        .as_deref()
+        .map(|path| ClientAuth::load(path, args.client_ca_optional))
+        .transpose()
+}
+
+/// Pairs `--cert` and `--key` in order, and attaches each `--ocsp` to the
+/// pair it follows on the command line (or, without positions, in order).
+fn cert_sources(args: &ProxyArgs) -> Result<Vec<CertSource>, StartError> {
+    if args.cert.len() != args.key.len() {
+        return Err(StartError::Config(format!(
+            "{} --cert but {} --key: give them in pairs",
+            args.cert.len(),
+            args.key.len()
+        )));
+    }
+    let mut sources: Vec<CertSource> = args
+        .cert
+        .iter()
+        .zip(&args.key)
+        .map(|(cert, key)| CertSource {
+            pair: CertPair {
+                cert: cert.clone(),
+                key: key.clone(),
+            },
+            ocsp: None,
+        })
+        .collect();
+    for (i, ocsp) in args.ocsp.iter().enumerate() {
+        let pair = args.ocsp_pair.get(i).copied().unwrap_or(i);
+        let source = sources.get_mut(pair).ok_or_else(|| {
+            StartError::Config(format!("--ocsp {}: no --cert before it", ocsp.display()))
+        })?;
+        if source.ocsp.replace(ocsp.clone()).is_some() {
+            return Err(StartError::Config(format!(
+                "--ocsp {}: certificate {} already has one",
+                ocsp.display(),
+                source.pair.cert.display()
+            )));
+        }
+    }
+    Ok(sources)
 }
 
 #[cfg(test)]
@@ -238,6 +336,17 @@ mod tests {
         assert_eq!(
             based.join("/events").unwrap().to_string(),
             "http://backend:3000/api/events"
+        );
+    }
+
+    #[test]
+    fn hsts_years_are_365_days() {
+        let two_years: Duration = humantime::parse_duration("2y").unwrap();
+        assert_eq!(hsts_header(two_years, false, false), "max-age=63072000");
+        let day: Duration = humantime::parse_duration("1d").unwrap();
+        assert_eq!(
+            hsts_header(day, true, true),
+            "max-age=86400; includeSubDomains; preload"
         );
     }
 

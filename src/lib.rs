@@ -8,6 +8,7 @@ pub mod demo;
 pub mod error;
 pub mod headers;
 pub mod proxy;
+pub mod redirect;
 pub mod server;
 pub mod sse;
 pub mod tls;

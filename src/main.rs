@@ -1,13 +1,18 @@
 use std::io::IsTerminal;
 use std::process::ExitCode;
 
-use clap::Parser;
+use clap::{CommandFactory, FromArgMatches};
 use ssegate::cli::{CertArgs, Cli, Command};
 use ssegate::{CancellationToken, Config, StartError};
 use tracing_subscriber::EnvFilter;
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let matches = Cli::command().get_matches();
+    let mut cli = match Cli::from_arg_matches(&matches) {
+        Ok(cli) => cli,
+        Err(err) => err.exit(),
+    };
+    cli.proxy.ocsp_pair = ocsp_pairs(&matches);
     tracing_subscriber::fmt()
         .with_env_filter(
             EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
@@ -27,6 +32,27 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// For each `--ocsp`, the index of the `--cert` that precedes it.
+fn ocsp_pairs(matches: &clap::ArgMatches) -> Vec<usize> {
+    let certs: Vec<usize> = matches
+        .indices_of("cert")
+        .map(Iterator::collect)
+        .unwrap_or_default();
+    matches
+        .indices_of("ocsp")
+        .map(|ocsp| {
+            ocsp.map(|at| {
+                certs
+                    .iter()
+                    .filter(|&&cert| cert < at)
+                    .count()
+                    .saturating_sub(1)
+            })
+            .collect()
+        })
+        .unwrap_or_default()
 }
 
 fn serve(cli: Cli) -> anyhow::Result<()> {

@@ -68,8 +68,21 @@ impl Proxy {
     pub async fn handle(
         self: Arc<Self>,
         req: Request<Incoming>,
-        peer: SocketAddr,
+        conn: ConnInfo,
     ) -> Result<Response<ProxyBody>, std::convert::Infallible> {
+        let mut response = self.respond(req, conn).await;
+        if let Some(hsts) = &self.config.hsts {
+            // An upstream's own policy wins.
+            response
+                .headers_mut()
+                .entry(header::STRICT_TRANSPORT_SECURITY)
+                .or_insert_with(|| hsts.clone());
+        }
+        Ok(response)
+    }
+
+    async fn respond(&self, req: Request<Incoming>, conn: ConnInfo) -> Response<ProxyBody> {
+        let peer = conn.peer;
         let path = req
             .uri()
             .path_and_query()
@@ -77,20 +90,19 @@ impl Proxy {
             .unwrap_or_else(|| "/".to_owned());
         let mut access = AccessLog::new(peer, req.method().clone(), path, req.version());
         if req.method() == http::Method::GET && self.hub.is_shared(req.uri().path()) {
-            return Ok(self.subscribe(req, access).await);
+            return self.subscribe(req, access).await;
         }
-        match self.forward(req, peer).await {
+        match self.forward(req, &conn).await {
             Ok((response, kind)) => {
                 access.status = response.status();
                 let settings = self.relay_settings(kind);
-                Ok(response
-                    .map(|body| RelayBody::new(body, settings, &self.shutdown, access).boxed()))
+                response.map(|body| RelayBody::new(body, settings, &self.shutdown, access).boxed())
             }
             Err(err) => {
                 access.status = err.status();
                 access.outcome = "proxy error";
                 tracing::warn!(peer = %peer, path = %access.path, status = err.status().as_u16(), "{err}");
-                Ok(error_response(&err))
+                error_response(&err)
             }
         }
     }
@@ -150,9 +162,9 @@ impl Proxy {
     async fn forward(
         &self,
         req: Request<Incoming>,
-        peer: SocketAddr,
+        conn: &ConnInfo,
     ) -> Result<(Response<Incoming>, BodyKind), ProxyError> {
-        let upstream_req = self.upstream_request(req, peer)?;
+        let upstream_req = self.upstream_request(req, conn)?;
         let timeout = self.config.timeouts.request;
         let response = match tokio::time::timeout(timeout, self.pool.request(upstream_req)).await {
             Err(_) => return Err(ProxyError::UpstreamTimeout(timeout)),
@@ -170,7 +182,7 @@ impl Proxy {
     fn upstream_request(
         &self,
         req: Request<Incoming>,
-        peer: SocketAddr,
+        conn: &ConnInfo,
     ) -> Result<Request<upstream::UpstreamBody>, ProxyError> {
         let (mut parts, body) = req.into_parts();
         if headers::header_section_len(&parts.headers) > MAX_REQUEST_HEADER_BYTES {
@@ -194,12 +206,27 @@ impl Proxy {
         let host = host.ok_or(ProxyError::BadRequest("missing Host"))?;
         headers::remove_hop_by_hop(&mut parts.headers);
         parts.headers.insert(header::HOST, host.clone());
-        headers::add_forwarded(&mut parts.headers, peer.ip(), Some(&host));
+        headers::add_forwarded(&mut parts.headers, conn.peer.ip(), Some(&host));
+        // Only the proxy vouches for a client certificate, never the client.
+        parts.headers.remove(&headers::X_CLIENT_CERT_SUBJECT);
+        if let Some(subject) = &conn.client_subject {
+            parts
+                .headers
+                .insert(headers::X_CLIENT_CERT_SUBJECT.clone(), subject.clone());
+        }
         parts.version = Version::HTTP_11;
 
         let body = body.map_err(BoxError::from).boxed();
         Ok(Request::from_parts(parts, body))
     }
+}
+
+/// What the proxy knows of the connection a request came on.
+#[derive(Debug, Clone)]
+pub struct ConnInfo {
+    pub peer: SocketAddr,
+    /// Subject of the client certificate verified in the TLS handshake.
+    pub client_subject: Option<HeaderValue>,
 }
 
 /// The host the client asked for. HTTP/2 carries it in `:authority`; the

@@ -9,12 +9,11 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::{TcpListener, TcpStream};
-use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, MAX_REQUEST_HEADER_BYTES};
 use crate::error::StartError;
-use crate::proxy::Proxy;
+use crate::proxy::{ConnInfo, Proxy};
 
 /// hyper's read buffer limit for HTTP/1.1. Above the proxy's own header limit,
 /// so an oversized header section usually reaches the proxy and gets a 431
@@ -28,6 +27,7 @@ const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(50);
 pub struct Server {
     listener: TcpListener,
     local_addr: SocketAddr,
+    redirect: Option<TcpListener>,
     config: Config,
     proxy: Arc<Proxy>,
 }
@@ -45,14 +45,28 @@ impl Server {
             addr: config.listen,
             source,
         })?;
+        let redirect = match config.redirect_http {
+            Some(addr) => Some(
+                TcpListener::bind(addr)
+                    .await
+                    .map_err(|source| StartError::Bind { addr, source })?,
+            ),
+            None => None,
+        };
         // The proxy's own token: cancelled by `run` when its caller's fires.
         let proxy = Proxy::new(config.clone(), CancellationToken::new());
         Ok(Server {
             listener,
             local_addr,
+            redirect,
             config,
             proxy,
         })
+    }
+
+    /// The address of the `--redirect-http` listener, if any.
+    pub fn redirect_addr(&self) -> Option<SocketAddr> {
+        self.redirect.as_ref().and_then(|l| l.local_addr().ok())
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -71,10 +85,21 @@ impl Server {
         let Server {
             listener,
             local_addr,
+            redirect,
             config,
             proxy,
         } = self;
         tracing::info!("listening on https://{local_addr}");
+        if let Some(redirect) = redirect {
+            tokio::spawn(crate::redirect::serve(
+                redirect,
+                local_addr.port(),
+                shutdown.clone(),
+            ));
+        }
+        if let Some(reloader) = config.cert_reloader.clone() {
+            tokio::spawn(reloader.run(shutdown.clone()));
+        }
         let drain_timeout = config.timeouts.drain;
         let connections = Arc::new(ConnectionSettings::new(&config));
         let graceful = GracefulShutdown::new();
@@ -98,7 +123,11 @@ impl Server {
                 let Some(tls) = connections.handshake(tcp, peer).await else {
                     return;
                 };
-                let service = service_fn(move |req| proxy.clone().handle(req, peer));
+                let conn = ConnInfo {
+                    peer,
+                    client_subject: client_subject(&tls),
+                };
+                let service = service_fn(move |req| proxy.clone().handle(req, conn.clone()));
                 let conn = connections
                     .http
                     .serve_connection(TokioIo::new(tls), service)
@@ -124,9 +153,9 @@ impl Server {
     }
 }
 
-/// What every connection needs: the TLS acceptor and the HTTP builder.
+/// What every connection needs: the TLS configuration and the HTTP builder.
 struct ConnectionSettings {
-    tls: TlsAcceptor,
+    tls: Arc<rustls::ServerConfig>,
     tls_handshake_timeout: Duration,
     http: auto::Builder<TokioExecutor>,
 }
@@ -143,7 +172,7 @@ impl ConnectionSettings {
             .timer(TokioTimer::new())
             .max_header_list_size(H1_MAX_BUF_SIZE as u32);
         ConnectionSettings {
-            tls: TlsAcceptor::from(config.tls.clone()),
+            tls: config.tls.clone(),
             tls_handshake_timeout: config.timeouts.tls_handshake,
             http,
         }
@@ -158,7 +187,8 @@ impl ConnectionSettings {
         if let Err(err) = tcp.set_nodelay(true) {
             tracing::debug!(%peer, error = %err, "cannot set TCP_NODELAY");
         }
-        match tokio::time::timeout(self.tls_handshake_timeout, self.tls.accept(tcp)).await {
+        let handshake = crate::tls::accept::accept(tcp, self.tls.clone());
+        match tokio::time::timeout(self.tls_handshake_timeout, handshake).await {
             Ok(Ok(tls)) => Some(tls),
             Ok(Err(err)) => {
                 tracing::debug!(%peer, error = %err, "TLS handshake failed");
@@ -170,6 +200,12 @@ impl ConnectionSettings {
             }
         }
     }
+}
+
+/// The verified client certificate's subject, as a header value.
+fn client_subject(tls: &tokio_rustls::server::TlsStream<TcpStream>) -> Option<http::HeaderValue> {
+    let subject = crate::tls::client_subject(tls.get_ref().1.peer_certificates())?;
+    http::HeaderValue::from_str(&subject).ok()
 }
 
 fn log_connection_error(peer: SocketAddr, err: &(dyn std::error::Error + 'static)) {

@@ -85,3 +85,369 @@ async fn events_arrive_one_by_one_over_http1() {
 async fn events_arrive_one_by_one_over_http2() {
     events_arrive_one_by_one(Version::HTTP_2).await;
 }
+
+// ---------------------------------------------------------------- helpers
+
+/// One client connection to the proxy, over HTTP/1.1 or HTTP/2.
+enum Client {
+    H1(H1Sender),
+    H2(H2Sender),
+}
+
+impl Client {
+    async fn connect(addr: std::net::SocketAddr, version: Version) -> Self {
+        match version {
+            Version::HTTP_2 => Client::H2(h2_client(addr).await),
+            _ => Client::H1(h1_client(addr).await),
+        }
+    }
+
+    async fn get(&mut self, path: &str) -> http::Response<hyper::body::Incoming> {
+        match self {
+            Client::H1(sender) => {
+                sender.ready().await.expect("h1 connection ready");
+                sender.send_request(get(path, Version::HTTP_11)).await
+            }
+            Client::H2(sender) => sender.send_request(get(path, Version::HTTP_2)).await,
+        }
+        .expect("response")
+    }
+}
+
+/// The exact text `write_event` produces for an event with one data line,
+/// without the blank line that ends it (as `EventReader` reports it).
+fn event_text(id: u64, event: &str, data: &str) -> String {
+    format!("id: {id}\nevent: {event}\ndata: {data}")
+}
+
+/// An upstream whose event stream writes one event at once and then stays
+/// open, silent, until the proxy lets go of it.
+async fn immediate_event_upstream() -> UpstreamHandle {
+    spawn_upstream(|_req| async {
+        let (tx, body, _closed) = channel_body();
+        tokio::spawn(async move {
+            if write_event(&tx, 1, "hello", &["right away"]).await {
+                // Keep the stream open: the test is about the first event only.
+                tx.closed().await;
+            }
+        });
+        sse_response("text/event-stream", body)
+    })
+    .await
+}
+
+async fn first_event_arrives_promptly(version: Version) {
+    let upstream = immediate_event_upstream().await;
+    let proxy = spawn_proxy(upstream.addr).await;
+    let mut client = Client::connect(proxy.addr, version).await;
+    let requested = tokio::time::Instant::now();
+    let response = client.get("/events").await;
+    assert_eq!(response.status(), 200);
+    let mut reader = EventReader::new(response.into_body());
+    let event = reader
+        .next_event(Duration::from_secs(5))
+        .await
+        .expect("the first event arrives");
+    assert_eq!(event.text, event_text(1, "hello", "right away"));
+    let latency = event.at - requested;
+    assert!(
+        latency < Duration::from_millis(300),
+        "first event took {latency:?} after the request"
+    );
+}
+
+#[tokio::test]
+async fn first_event_arrives_within_300ms_over_http1() {
+    first_event_arrives_promptly(Version::HTTP_11).await;
+}
+
+#[tokio::test]
+async fn first_event_arrives_within_300ms_over_http2() {
+    first_event_arrives_promptly(Version::HTTP_2).await;
+}
+
+// ---------------------------------------------------------------- h2 multiplexing
+
+const CONCURRENT_STREAMS: usize = 20;
+const EVENTS_PER_STREAM: u64 = 10;
+
+#[tokio::test]
+async fn twenty_concurrent_event_streams_share_one_http2_connection() {
+    // No stream gets an event before all of them are open upstream at once:
+    // a proxy that serialised the streams would never get past the barrier.
+    let all_open = std::sync::Arc::new(tokio::sync::Barrier::new(CONCURRENT_STREAMS));
+    let upstream = spawn_upstream(move |req| {
+        let all_open = all_open.clone();
+        async move {
+            let stream: usize = req
+                .uri()
+                .path()
+                .trim_start_matches("/stream/")
+                .parse()
+                .expect("stream number in the path");
+            let (tx, body, _closed) = channel_body();
+            tokio::spawn(async move {
+                all_open.wait().await;
+                for id in 1..=EVENTS_PER_STREAM {
+                    // Pacing only, so events of different streams interleave.
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                    let data = format!("stream {stream}");
+                    if !write_event(&tx, id, "tick", &[&data]).await {
+                        return;
+                    }
+                }
+            });
+            sse_response("text/event-stream", body)
+        }
+    })
+    .await;
+    let proxy = spawn_proxy(upstream.addr).await;
+    let sender = h2_client(proxy.addr).await;
+
+    let mut streams = tokio::task::JoinSet::new();
+    for stream in 0..CONCURRENT_STREAMS {
+        let mut sender = sender.clone();
+        streams.spawn(async move {
+            let response = sender
+                .send_request(get(&format!("/stream/{stream}"), Version::HTTP_2))
+                .await
+                .expect("response");
+            assert_eq!(response.status(), 200, "stream {stream}");
+            assert_eq!(response.version(), Version::HTTP_2);
+            let mut reader = EventReader::new(response.into_body());
+            let events = reader
+                .events(EVENTS_PER_STREAM as usize, Duration::from_secs(15))
+                .await;
+            let texts: Vec<String> = events.into_iter().map(|e| e.text).collect();
+            let expected: Vec<String> = (1..=EVENTS_PER_STREAM)
+                .map(|id| event_text(id, "tick", &format!("stream {stream}")))
+                .collect();
+            assert_eq!(texts, expected, "stream {stream}");
+            assert!(
+                reader.wait_end(Duration::from_secs(5)).await,
+                "stream {stream} ends cleanly"
+            );
+            stream
+        });
+    }
+    let mut finished = Vec::new();
+    while let Some(done) = streams.join_next().await {
+        finished.push(done.expect("stream task succeeds"));
+    }
+    finished.sort_unstable();
+    assert_eq!(finished, (0..CONCURRENT_STREAMS).collect::<Vec<_>>());
+}
+
+// ---------------------------------------------------------------- volume
+
+const MANY_EVENTS: u64 = 3000;
+
+async fn many_events_arrive_in_order(version: Version) {
+    let upstream = spawn_upstream(|_req| async {
+        let (tx, body, _closed) = channel_body();
+        tokio::spawn(async move {
+            for id in 1..=MANY_EVENTS {
+                if !write_event(&tx, id, "n", &["payload"]).await {
+                    return;
+                }
+            }
+        });
+        sse_response("text/event-stream", body)
+    })
+    .await;
+    let proxy = spawn_proxy(upstream.addr).await;
+    let mut client = Client::connect(proxy.addr, version).await;
+    let response = client.get("/firehose").await;
+    assert_eq!(response.status(), 200);
+    let mut reader = EventReader::new(response.into_body());
+    let events = reader
+        .events(MANY_EVENTS as usize, Duration::from_secs(20))
+        .await;
+    assert_eq!(events.len(), MANY_EVENTS as usize, "events were lost");
+    for (event, id) in events.iter().zip(1..) {
+        assert_eq!(event.text, event_text(id, "n", "payload"), "event #{id}");
+    }
+    assert!(reader.wait_end(Duration::from_secs(5)).await);
+    assert!(reader.leftover().is_empty(), "{:?}", reader.leftover());
+}
+
+#[tokio::test]
+async fn three_thousand_events_arrive_in_order_over_http1() {
+    many_events_arrive_in_order(Version::HTTP_11).await;
+}
+
+#[tokio::test]
+async fn three_thousand_events_arrive_in_order_over_http2() {
+    many_events_arrive_in_order(Version::HTTP_2).await;
+}
+
+// ---------------------------------------------------------------- detection
+
+/// Short enough that the silence below exceeds it several times over.
+const SHORT_REQUEST_TIMEOUT: Duration = Duration::from_millis(300);
+/// How long the upstream stays silent between its two events.
+const SILENCE: Duration = Duration::from_millis(1000);
+
+/// An upstream whose response type is picked by the path. Every response
+/// writes one event, stays silent for `SILENCE`, writes a second event and
+/// ends. `/sse-charset` also announces an exact Content-Length, which an
+/// event stream must not carry to the client.
+async fn typed_upstream() -> UpstreamHandle {
+    spawn_upstream(|req| async move {
+        let first = format!("{}\n\n", event_text(1, "tick", "before"));
+        let second = format!("{}\n\n", event_text(2, "tick", "after"));
+        let length = first.len() + second.len();
+        let (tx, body, _closed) = channel_body();
+        let response = match req.uri().path() {
+            "/sse-charset" => {
+                let mut response = sse_response("text/event-stream; charset=utf-8", body);
+                response
+                    .headers_mut()
+                    .insert("content-length", length.to_string().parse().unwrap());
+                response
+            }
+            "/sse-upper" => sse_response("TEXT/EVENT-STREAM", body),
+            "/accel" => {
+                let mut response = sse_response("application/json", body);
+                response
+                    .headers_mut()
+                    .insert("x-accel-buffering", "no".parse().unwrap());
+                response
+            }
+            "/plain" => sse_response("text/plain", body),
+            other => panic!("unexpected path {other}"),
+        };
+        tokio::spawn(async move {
+            if !write_event(&tx, 1, "tick", &["before"]).await {
+                return;
+            }
+            tokio::time::sleep(SILENCE).await;
+            write_event(&tx, 2, "tick", &["after"]).await;
+        });
+        response
+    })
+    .await
+}
+
+/// The response is relayed as an event stream: no length, no hop-by-hop
+/// headers, and the request timeout does not cut it during the silence.
+async fn survives_silence_as_event_stream(proxy: std::net::SocketAddr, path: &'static str) {
+    let mut client = Client::connect(proxy, Version::HTTP_11).await;
+    let response = client.get(path).await;
+    assert_eq!(response.status(), 200, "{path}");
+    assert!(
+        response.headers().get("content-length").is_none(),
+        "{path}: {:?}",
+        response.headers()
+    );
+    assert!(
+        response.headers().get("connection").is_none(),
+        "{path}: {:?}",
+        response.headers()
+    );
+    let mut reader = EventReader::new(response.into_body());
+    let first = reader.next_event(Duration::from_secs(5)).await;
+    assert_eq!(
+        first.map(|e| e.text),
+        Some(event_text(1, "tick", "before")),
+        "{path}"
+    );
+    let second = reader.next_event(SILENCE + Duration::from_secs(5)).await;
+    assert_eq!(
+        second.map(|e| e.text),
+        Some(event_text(2, "tick", "after")),
+        "{path}: the event stream was cut during the silence"
+    );
+    assert!(
+        reader.wait_end(Duration::from_secs(5)).await,
+        "{path}: clean end"
+    );
+}
+
+/// The same pattern as an ordinary response is cut by the request timeout.
+async fn ordinary_response_is_cut(proxy: std::net::SocketAddr) {
+    use http_body_util::BodyExt;
+
+    let mut client = Client::connect(proxy, Version::HTTP_11).await;
+    let response = client.get("/plain").await;
+    assert_eq!(response.status(), 200);
+    let mut body = response.into_body();
+    let mut received = Vec::new();
+    let outcome = loop {
+        match tokio::time::timeout(SILENCE + Duration::from_secs(5), body.frame()).await {
+            Err(_) => break "still open",
+            Ok(None) => break "clean end",
+            Ok(Some(Err(_))) => break "cut",
+            Ok(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    received.extend_from_slice(data);
+                }
+            }
+        }
+    };
+    let received = String::from_utf8_lossy(&received);
+    assert_eq!(outcome, "cut", "text/plain body after {received:?}");
+    assert!(received.starts_with("id: 1\n"), "{received:?}");
+    assert!(!received.contains("id: 2"), "{received:?}");
+}
+
+#[tokio::test]
+async fn event_stream_content_types_are_detected() {
+    let upstream = typed_upstream().await;
+    let mut config = proxy_config(upstream.addr);
+    config.timeouts.request = SHORT_REQUEST_TIMEOUT;
+    let proxy = spawn_proxy_with(config).await;
+    tokio::join!(
+        survives_silence_as_event_stream(proxy.addr, "/sse-charset"),
+        survives_silence_as_event_stream(proxy.addr, "/sse-upper"),
+        survives_silence_as_event_stream(proxy.addr, "/accel"),
+        ordinary_response_is_cut(proxy.addr),
+    );
+}
+
+// ---------------------------------------------------------------- end of stream
+
+async fn upstream_end_ends_client_stream(version: Version) {
+    let upstream = spawn_upstream(|_req| async {
+        let (tx, body, _closed) = channel_body();
+        tokio::spawn(async move {
+            for id in 1..=2 {
+                if !write_event(&tx, id, "tick", &["last words"]).await {
+                    return;
+                }
+            }
+            // Dropping the sender ends the upstream's chunked body.
+        });
+        sse_response("text/event-stream", body)
+    })
+    .await;
+    let proxy = spawn_proxy(upstream.addr).await;
+    let mut client = Client::connect(proxy.addr, version).await;
+    let response = client.get("/events").await;
+    assert_eq!(response.status(), 200);
+    let mut reader = EventReader::new(response.into_body());
+    let events = reader.events(2, Duration::from_secs(5)).await;
+    let texts: Vec<String> = events.into_iter().map(|e| e.text).collect();
+    assert_eq!(
+        texts,
+        [
+            event_text(1, "tick", "last words"),
+            event_text(2, "tick", "last words")
+        ]
+    );
+    assert!(
+        reader.wait_end(Duration::from_secs(5)).await,
+        "the client's stream must end cleanly when the upstream's does"
+    );
+    assert!(reader.leftover().is_empty(), "{:?}", reader.leftover());
+}
+
+#[tokio::test]
+async fn upstream_end_ends_the_stream_cleanly_over_http1() {
+    upstream_end_ends_client_stream(Version::HTTP_11).await;
+}
+
+#[tokio::test]
+async fn upstream_end_ends_the_stream_cleanly_over_http2() {
+    upstream_end_ends_client_stream(Version::HTTP_2).await;
+}

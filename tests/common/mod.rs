@@ -59,6 +59,7 @@ pub fn init_tracing() {
 /// A running proxy; cancelled (and awaited in the background) on Drop.
 pub struct ProxyHandle {
     pub addr: SocketAddr,
+    pub hub: Arc<ssegate::sse::hub::Hub>,
     pub shutdown: CancellationToken,
     pub task: Option<tokio::task::JoinHandle<()>>,
 }
@@ -96,10 +97,12 @@ pub async fn spawn_proxy_with(config: Config) -> ProxyHandle {
     init_tracing();
     let server = Server::bind(config).await.expect("proxy binds");
     let addr = server.local_addr();
+    let hub = server.hub();
     let shutdown = CancellationToken::new();
     let task = tokio::spawn(server.run(shutdown.clone()));
     ProxyHandle {
         addr,
+        hub,
         shutdown,
         task: Some(task),
     }

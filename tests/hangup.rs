@@ -1,0 +1,284 @@
+//! Hang-ups on either side: a client that leaves releases the upstream
+//! request at once; an upstream that is gone or hangs up gives 502.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bytes::Bytes;
+use common::*;
+use http::{Response, Version};
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use tokio::io::AsyncReadExt;
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, oneshot};
+
+/// How soon the upstream request must end after the client hangs up.
+const HANGUP_LIMIT: Duration = Duration::from_secs(1);
+
+/// One upstream event stream whose body the test writes itself.
+struct UpstreamStream {
+    path: String,
+    tx: mpsc::Sender<Bytes>,
+    /// Completes when the upstream's body is dropped (connection closed).
+    closed: oneshot::Receiver<()>,
+}
+
+/// An upstream that answers every request at once as an event stream and
+/// hands the body's sender to the test.
+async fn controlled_upstream() -> (UpstreamHandle, mpsc::UnboundedReceiver<UpstreamStream>) {
+    let (streams_tx, streams_rx) = mpsc::unbounded_channel();
+    let upstream = spawn_upstream(move |req| {
+        let streams_tx = streams_tx.clone();
+        async move {
+            let (tx, body, closed) = channel_body();
+            let path = req.uri().path().to_owned();
+            let _ = streams_tx.send(UpstreamStream { path, tx, closed });
+            sse_response("text/event-stream", body)
+        }
+    })
+    .await;
+    (upstream, streams_rx)
+}
+
+async fn next_stream(
+    streams: &mut mpsc::UnboundedReceiver<UpstreamStream>,
+    path: &str,
+) -> UpstreamStream {
+    let stream = tokio::time::timeout(Duration::from_secs(5), streams.recv())
+        .await
+        .expect("the upstream gets the request")
+        .expect("upstream running");
+    assert_eq!(stream.path, path);
+    stream
+}
+
+/// Writes one event upstream and checks that the client receives it.
+async fn relay_one(stream: &UpstreamStream, reader: &mut EventReader, id: u64) {
+    assert!(
+        write_event(&stream.tx, id, "tick", &[&stream.path]).await,
+        "{}: upstream body dropped",
+        stream.path
+    );
+    let event = reader.next_event(Duration::from_secs(5)).await;
+    assert_eq!(
+        event.map(|e| e.text),
+        Some(format!("id: {id}\nevent: tick\ndata: {}", stream.path)),
+        "{}",
+        stream.path
+    );
+}
+
+async fn assert_upstream_released(closed: oneshot::Receiver<()>, what: &str) {
+    let started = tokio::time::Instant::now();
+    let released = tokio::time::timeout(HANGUP_LIMIT, closed).await;
+    assert!(
+        matches!(released, Ok(Ok(()))),
+        "{what}: the upstream request was still open {:?} after the client hung up",
+        started.elapsed()
+    );
+}
+
+fn is_open(closed: &mut oneshot::Receiver<()>) -> bool {
+    matches!(closed.try_recv(), Err(oneshot::error::TryRecvError::Empty))
+}
+
+// ---------------------------------------------------------------- client hang-up
+
+#[tokio::test]
+async fn client_hangup_ends_upstream_request_over_http1() {
+    let (upstream, mut streams) = controlled_upstream().await;
+    let proxy = spawn_proxy(upstream.addr).await;
+
+    // Built by hand rather than with h1_client, to own the connection task.
+    let tls = tls_connect(proxy.addr, &[b"http/1.1"]).await;
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+        .await
+        .expect("h1 handshake");
+    let conn_task = tokio::spawn(conn);
+
+    let response = sender
+        .send_request(get("/events", Version::HTTP_11))
+        .await
+        .expect("response");
+    assert_eq!(response.status(), 200);
+    let mut stream = next_stream(&mut streams, "/events").await;
+    let mut reader = EventReader::new(response.into_body());
+    relay_one(&stream, &mut reader, 1).await;
+    assert!(is_open(&mut stream.closed));
+
+    // Hang up: body, sender and the connection itself (TLS and TCP).
+    drop(reader);
+    drop(sender);
+    conn_task.abort();
+    let _ = conn_task.await;
+
+    // The upstream stays silent: the proxy must notice without writing.
+    assert_upstream_released(stream.closed, "h1 hang-up").await;
+}
+
+#[tokio::test]
+async fn client_stream_reset_ends_upstream_request_over_http2() {
+    let (upstream, mut streams) = controlled_upstream().await;
+    let proxy = spawn_proxy(upstream.addr).await;
+    let sender = h2_client(proxy.addr).await;
+
+    let response_a = sender
+        .clone()
+        .send_request(get("/a", Version::HTTP_2))
+        .await
+        .expect("response a");
+    let stream_a = next_stream(&mut streams, "/a").await;
+    let response_b = sender
+        .clone()
+        .send_request(get("/b", Version::HTTP_2))
+        .await
+        .expect("response b");
+    let mut stream_b = next_stream(&mut streams, "/b").await;
+    let mut reader_a = EventReader::new(response_a.into_body());
+    let mut reader_b = EventReader::new(response_b.into_body());
+    relay_one(&stream_a, &mut reader_a, 1).await;
+    relay_one(&stream_b, &mut reader_b, 1).await;
+
+    // Dropping the body resets stream a only (RST_STREAM); the connection
+    // stays open.
+    drop(reader_a);
+    assert_upstream_released(stream_a.closed, "h2 stream reset").await;
+
+    // Stream b, on the same connection, carries on.
+    assert!(is_open(&mut stream_b.closed), "stream b was closed too");
+    relay_one(&stream_b, &mut reader_b, 2).await;
+
+    // And the connection still takes new streams.
+    let response_c = sender
+        .clone()
+        .send_request(get("/c", Version::HTTP_2))
+        .await
+        .expect("a new stream on the same connection");
+    assert_eq!(response_c.status(), 200);
+    let stream_c = next_stream(&mut streams, "/c").await;
+    let mut reader_c = EventReader::new(response_c.into_body());
+    relay_one(&stream_c, &mut reader_c, 1).await;
+    relay_one(&stream_b, &mut reader_b, 3).await;
+    assert!(is_open(&mut stream_b.closed));
+}
+
+// ---------------------------------------------------------------- upstream gone
+
+async fn request(proxy: SocketAddr, path: &str, version: Version) -> Response<Incoming> {
+    match version {
+        Version::HTTP_2 => {
+            h2_client(proxy)
+                .await
+                .send_request(get(path, version))
+                .await
+        }
+        _ => {
+            h1_client(proxy)
+                .await
+                .send_request(get(path, version))
+                .await
+        }
+    }
+    .expect("response")
+}
+
+/// A 502 with a short plain-text body.
+async fn assert_bad_gateway(response: Response<Incoming>) {
+    assert_eq!(response.status(), 502);
+    let content_type = response
+        .headers()
+        .get("content-type")
+        .expect("content-type")
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert!(content_type.starts_with("text/plain"), "{content_type}");
+    let body = tokio::time::timeout(Duration::from_secs(5), read_body(response.into_body()))
+        .await
+        .expect("the 502 body is complete");
+    let body = String::from_utf8_lossy(&body);
+    assert!(body.starts_with("502"), "{body:?}");
+    assert!(body.len() < 100, "{body:?}");
+}
+
+/// Far above what a refused connection takes.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+async fn dead_upstream_gives_502(version: Version) {
+    let mut config = proxy_config(dead_upstream_addr().await);
+    config.timeouts.connect = CONNECT_TIMEOUT;
+    let proxy = spawn_proxy_with(config).await;
+    let started = tokio::time::Instant::now();
+    let response = request(proxy.addr, "/events", version).await;
+    let elapsed = started.elapsed();
+    assert!(
+        elapsed < Duration::from_secs(2),
+        "502 only after {elapsed:?}: the refused connection should fail at once"
+    );
+    assert_bad_gateway(response).await;
+}
+
+#[tokio::test]
+async fn dead_upstream_gives_502_at_once_over_http1() {
+    dead_upstream_gives_502(Version::HTTP_11).await;
+}
+
+#[tokio::test]
+async fn dead_upstream_gives_502_at_once_over_http2() {
+    dead_upstream_gives_502(Version::HTTP_2).await;
+}
+
+/// An upstream that reads each request's head and closes the connection
+/// without answering; reports every hang-up.
+async fn hangup_upstream() -> (SocketAddr, mpsc::UnboundedReceiver<()>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let (hung_up_tx, hung_up_rx) = mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Ok((mut tcp, _)) = listener.accept().await {
+            let hung_up_tx = hung_up_tx.clone();
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut buf = [0u8; 1024];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match tcp.read(&mut buf).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                drop(tcp);
+                let _ = hung_up_tx.send(());
+            });
+        }
+    });
+    (addr, hung_up_rx)
+}
+
+async fn upstream_hangup_gives_502(version: Version) {
+    let (upstream, mut hung_up) = hangup_upstream().await;
+    let proxy = spawn_proxy(upstream).await;
+    let response = tokio::time::timeout(
+        Duration::from_secs(5),
+        request(proxy.addr, "/events", version),
+    )
+    .await
+    .expect("the proxy answers");
+    assert!(
+        hung_up.try_recv().is_ok(),
+        "the upstream got the request and hung up"
+    );
+    assert_bad_gateway(response).await;
+}
+
+#[tokio::test]
+async fn upstream_closing_without_answer_gives_502_over_http1() {
+    upstream_hangup_gives_502(Version::HTTP_11).await;
+}
+
+#[tokio::test]
+async fn upstream_closing_without_answer_gives_502_over_http2() {
+    upstream_hangup_gives_502(Version::HTTP_2).await;
+}
