@@ -119,7 +119,17 @@ fn write_dev_cert(args: &CertArgs) -> anyhow::Result<()> {
     let cert_path = args.out_dir.join(format!("{stem}.pem"));
     let key_path = args.out_dir.join(format!("{stem}-key.pem"));
     std::fs::write(&cert_path, cert).map_err(|e| StartError::file(&cert_path, e))?;
-    std::fs::write(&key_path, key).map_err(|e| StartError::file(&key_path, e))?;
+    write_private(&key_path, key.as_bytes()).map_err(|e| StartError::file(&key_path, e))?;
     println!("wrote {} and {}", cert_path.display(), key_path.display());
     Ok(())
+}
+
+/// Writes a private key readable by its owner only.
+fn write_private(path: &std::path::Path, contents: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    options.open(path)?.write_all(contents)
 }

@@ -1,12 +1,13 @@
 //! Listening: bind, accept, TLS handshake, HTTP/1.1 or HTTP/2, shutdown.
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
@@ -19,6 +20,9 @@ use crate::proxy::{ConnInfo, Proxy};
 /// so an oversized header section usually reaches the proxy and gets a 431
 /// with a body; past this hyper answers 431 itself.
 const H1_MAX_BUF_SIZE: usize = 2 * MAX_REQUEST_HEADER_BYTES;
+/// HTTP/2 pings on a quiet connection, and how long to wait for the answer.
+const H2_KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(30);
+const H2_KEEP_ALIVE_TIMEOUT: Duration = Duration::from_secs(20);
 /// Pause after an accept error such as EMFILE, so the loop does not spin.
 const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(50);
 
@@ -127,13 +131,37 @@ impl Server {
                     peer,
                     client_subject: client_subject(&tls),
                 };
-                let service = service_fn(move |req| proxy.clone().handle(req, conn.clone()));
-                let conn = connections
-                    .http
-                    .serve_connection(TokioIo::new(tls), service)
-                    .into_owned();
-                if let Err(err) = watcher.watch(conn).await {
-                    log_connection_error(peer, err.as_ref());
+                let got_request = Arc::new(AtomicBool::new(false));
+                let service = {
+                    let got_request = got_request.clone();
+                    service_fn(move |req| {
+                        got_request.store(true, Ordering::Relaxed);
+                        proxy.clone().handle(req, conn.clone())
+                    })
+                };
+                // The protocol follows ALPN, as browsers negotiate it; without
+                // ALPN, HTTP/1.1 (HTTP/2 over TLS requires ALPN, RFC 9113 §3.2).
+                let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
+                let io = TokioIo::new(tls);
+                let result = if h2 {
+                    let conn = watcher.watch(connections.h2.serve_connection(io, service));
+                    // hyper has no header-read timeout for HTTP/2: a client
+                    // that sends no request in that time is disconnected.
+                    let limit = connections.header_read_timeout;
+                    match with_first_request_deadline(conn, &got_request, limit).await {
+                        Some(result) => result,
+                        None => {
+                            tracing::info!(%peer, "no HTTP/2 request received in time; connection closed");
+                            return;
+                        }
+                    }
+                } else {
+                    watcher
+                        .watch(connections.h1.serve_connection(io, service))
+                        .await
+                };
+                if let Err(err) = result {
+                    log_connection_error(peer, &err);
                 }
             });
         }
@@ -153,28 +181,52 @@ impl Server {
     }
 }
 
-/// What every connection needs: the TLS configuration and the HTTP builder.
+/// Runs `conn` but gives up (None) if no request has arrived by `limit`.
+async fn with_first_request_deadline<F: std::future::Future>(
+    conn: F,
+    got_request: &AtomicBool,
+    limit: Duration,
+) -> Option<F::Output> {
+    tokio::pin!(conn);
+    tokio::select! {
+        result = conn.as_mut() => return Some(result),
+        () = tokio::time::sleep(limit) => {}
+    }
+    if got_request.load(Ordering::Relaxed) {
+        Some(conn.await)
+    } else {
+        None
+    }
+}
+
+/// What every connection needs: the TLS configuration and the HTTP builders.
 struct ConnectionSettings {
     tls: Arc<rustls::ServerConfig>,
     tls_handshake_timeout: Duration,
-    http: auto::Builder<TokioExecutor>,
+    header_read_timeout: Duration,
+    h1: http1::Builder,
+    h2: http2::Builder<TokioExecutor>,
 }
 
 impl ConnectionSettings {
     fn new(config: &Config) -> Self {
-        let mut http = auto::Builder::new(TokioExecutor::new());
-        http.http1()
-            .timer(TokioTimer::new())
+        let mut h1 = http1::Builder::new();
+        h1.timer(TokioTimer::new())
             .header_read_timeout(config.timeouts.header_read)
             .max_buf_size(H1_MAX_BUF_SIZE)
             .keep_alive(true);
-        http.http2()
-            .timer(TokioTimer::new())
-            .max_header_list_size(H1_MAX_BUF_SIZE as u32);
+        let mut h2 = http2::Builder::new(TokioExecutor::new());
+        h2.timer(TokioTimer::new())
+            .max_header_list_size(H1_MAX_BUF_SIZE as u32)
+            // Pings find dead peers of idle connections and silent streams.
+            .keep_alive_interval(H2_KEEP_ALIVE_INTERVAL)
+            .keep_alive_timeout(H2_KEEP_ALIVE_TIMEOUT);
         ConnectionSettings {
             tls: config.tls.clone(),
             tls_handshake_timeout: config.timeouts.tls_handshake,
-            http,
+            header_read_timeout: config.timeouts.header_read,
+            h1,
+            h2,
         }
     }
 
@@ -208,17 +260,14 @@ fn client_subject(tls: &tokio_rustls::server::TlsStream<TcpStream>) -> Option<ht
     http::HeaderValue::from_str(&subject).ok()
 }
 
-fn log_connection_error(peer: SocketAddr, err: &(dyn std::error::Error + 'static)) {
-    match err.downcast_ref::<hyper::Error>() {
-        Some(e) if e.is_parse_too_large() => {
-            tracing::warn!(%peer, "request header section too large: 431 sent, connection closed")
-        }
-        Some(e) if e.is_parse() => {
-            tracing::warn!(%peer, error = %e, "malformed request: 400 sent, connection closed")
-        }
-        Some(e) if e.is_timeout() => {
-            tracing::info!(%peer, "request headers not received in time; connection closed")
-        }
-        _ => tracing::debug!(%peer, error = %err, "connection ended with an error"),
+fn log_connection_error(peer: SocketAddr, err: &hyper::Error) {
+    if err.is_parse_too_large() {
+        tracing::warn!(%peer, "request header section too large: 431 sent, connection closed")
+    } else if err.is_parse() {
+        tracing::warn!(%peer, error = %err, "malformed request: 400 sent, connection closed")
+    } else if err.is_timeout() {
+        tracing::info!(%peer, "request headers not received in time; connection closed")
+    } else {
+        tracing::debug!(%peer, error = %err, "connection ended with an error")
     }
 }

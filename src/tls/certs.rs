@@ -103,10 +103,19 @@ fn certified_key_from_der(
         .map_err(|e| StartError::file(key_path, format!("unusable private key: {e}")))?;
     let certified = CertifiedKey::new(chain, signing_key);
     certified.keys_match().map_err(|e| {
-        StartError::file(
-            key_path,
-            format!("does not match certificate {}: {e}", cert_path.display()),
-        )
+        let reason = match e {
+            rustls::Error::InconsistentKeys(rustls::InconsistentKeys::KeyMismatch) => {
+                format!(
+                    "private key does not match certificate {}",
+                    cert_path.display()
+                )
+            }
+            other => format!(
+                "cannot check the key against certificate {}: {other}",
+                cert_path.display()
+            ),
+        };
+        StartError::file(key_path, reason)
     })?;
     Ok(certified)
 }

@@ -1,0 +1,723 @@
+//! `ssegate demo` as a person uses it: start it, open the printed URL with
+//! curl and with a real browser (headless Chromium) and watch events arrive.
+//!
+//! Needs curl (Debian package `curl`) and Chromium (Debian package
+//! `chromium`, /usr/bin/chromium); a test whose tool is missing fails.
+//!
+//! Chromium is driven through the DevTools protocol over a pipe
+//! (`--remote-debugging-pipe`: NUL-terminated JSON on file descriptors 3 and
+//! 4), not with `--dump-dom`: `--dump-dom` serialises the page right after its
+//! load event, before any event has arrived, and `--virtual-time-budget`
+//! never expires while the EventSource request is open (virtual time stops
+//! while a fetch is pending), so it hangs. Over the pipe the test evaluates a
+//! promise in the page that resolves as soon as three events are listed.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::{Duration, Instant, SystemTime};
+
+const BIN: &str = env!("CARGO_BIN_EXE_ssegate");
+/// Generous: two cores, tests in parallel, a browser starting up.
+const LIMIT: Duration = Duration::from_secs(30);
+/// The whole browser test, start to finish.
+const BROWSER_LIMIT: Duration = Duration::from_secs(60);
+
+fn repo_path(rel: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join(rel)
+}
+
+// ---------------------------------------------------------------- processes
+
+#[derive(Debug)]
+enum Output {
+    Stdout(String),
+    Stderr(String),
+    Closed,
+}
+
+/// A running child whose stdout and stderr are read line by line on two
+/// threads. Killed (and reaped) on Drop if it is still running.
+struct Running {
+    child: Child,
+    rx: Receiver<Output>,
+    open_streams: usize,
+    stdout: Vec<String>,
+    stderr: Vec<String>,
+    /// How many stdout lines `next_stdout_line` has handed out.
+    stdout_taken: usize,
+}
+
+impl Running {
+    fn spawn(mut cmd: Command, package: &str) -> Self {
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let program = cmd.get_program().to_string_lossy().into_owned();
+        let mut child = cmd.spawn().unwrap_or_else(|e| {
+            panic!("cannot run `{program}` ({e}): this test needs the Debian package `{package}`")
+        });
+        let (tx, rx) = mpsc::channel();
+        let out = child.stdout.take().expect("stdout piped");
+        let err = child.stderr.take().expect("stderr piped");
+        let tx2 = tx.clone();
+        thread::spawn(move || forward_lines(out, tx, Output::Stdout));
+        thread::spawn(move || forward_lines(err, tx2, Output::Stderr));
+        Running {
+            child,
+            rx,
+            open_streams: 2,
+            stdout: Vec::new(),
+            stderr: Vec::new(),
+            stdout_taken: 0,
+        }
+    }
+
+    /// Receives one line (or end of stream) before `deadline`; false on timeout.
+    fn pump(&mut self, deadline: Instant) -> bool {
+        let wait = deadline.saturating_duration_since(Instant::now());
+        match self.rx.recv_timeout(wait) {
+            Ok(Output::Stdout(line)) => self.stdout.push(line),
+            Ok(Output::Stderr(line)) => self.stderr.push(line),
+            Ok(Output::Closed) => self.open_streams -= 1,
+            Err(RecvTimeoutError::Timeout) => return false,
+            Err(RecvTimeoutError::Disconnected) => self.open_streams = 0,
+        }
+        true
+    }
+
+    /// The next stdout line, waiting for it until `deadline`; None at the
+    /// end of the output or on timeout.
+    fn next_stdout_line(&mut self, deadline: Instant) -> Option<String> {
+        while self.stdout_taken == self.stdout.len() {
+            if self.open_streams == 0 || !self.pump(deadline) {
+                return None;
+            }
+        }
+        self.stdout_taken += 1;
+        Some(self.stdout[self.stdout_taken - 1].clone())
+    }
+
+    /// Reads until both streams are closed, then reaps the child.
+    fn wait_exit(&mut self, limit: Duration) -> ExitStatus {
+        let deadline = Instant::now() + limit;
+        while self.open_streams > 0 {
+            if !self.pump(deadline) {
+                panic!(
+                    "process did not exit within {limit:?}\n{}",
+                    self.transcript()
+                );
+            }
+        }
+        self.child.wait().expect("wait for child")
+    }
+
+    fn transcript(&self) -> String {
+        format!(
+            "--- stdout\n{}\n--- stderr\n{}",
+            self.stdout.join("\n"),
+            self.stderr.join("\n")
+        )
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+fn forward_lines(
+    stream: impl Read,
+    tx: mpsc::Sender<Output>,
+    wrap: fn(String) -> Output,
+) -> Option<()> {
+    for line in BufReader::new(stream).lines() {
+        let Ok(line) = line else { break };
+        tx.send(wrap(line)).ok()?;
+    }
+    tx.send(Output::Closed).ok()
+}
+
+/// A fresh directory under the system temp dir, removed on Drop.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(tag: &str) -> Self {
+        static COUNTER: AtomicUsize = AtomicUsize::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "ssegate-demo-{tag}-{}-{}",
+            std::process::id(),
+            COUNTER.fetch_add(1, Ordering::SeqCst)
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("create temp dir");
+        TempDir(dir)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+// ---------------------------------------------------------------- the demo
+
+/// `ssegate demo --listen 127.0.0.1:0`, running until dropped.
+struct Demo {
+    process: Running,
+    port: u16,
+}
+
+impl Demo {
+    fn start() -> Self {
+        let mut cmd = Command::new(BIN);
+        cmd.args(["demo", "--listen", "127.0.0.1:0"])
+            .env_remove("RUST_LOG");
+        let mut process = Running::spawn(cmd, "(the ssegate binary)");
+        let deadline = Instant::now() + LIMIT;
+        let port = loop {
+            let line = process.next_stdout_line(deadline).unwrap_or_else(|| {
+                panic!(
+                    "the demo printed no URL within {LIMIT:?}\n{}",
+                    process.transcript()
+                )
+            });
+            if let Some(rest) = line.split("open https://localhost:").nth(1) {
+                let port = rest.split('/').next().unwrap_or_default();
+                break port
+                    .parse::<u16>()
+                    .unwrap_or_else(|e| panic!("bad port in {line:?}: {e}"));
+            }
+        };
+        assert_ne!(port, 0, "the demo must print the port it bound");
+        Demo { process, port }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("https://localhost:{}{path}", self.port)
+    }
+
+    /// Makes `localhost` mean 127.0.0.1 for curl, where the demo listens.
+    fn curl_resolve(&self) -> String {
+        format!("localhost:{}:127.0.0.1", self.port)
+    }
+
+    fn curl(&self, extra: &[&str], path: &str) -> Command {
+        let mut cmd = Command::new("curl");
+        cmd.args(["-sS", "--max-time", "30", "--cacert"])
+            .arg(repo_path("certs/localhost.pem"))
+            .args(["--resolve", &self.curl_resolve()])
+            .args(extra)
+            .arg(self.url(path));
+        cmd
+    }
+}
+
+/// One SSE event as curl printed it.
+#[derive(Debug, Default)]
+struct Event {
+    id: Option<u64>,
+    event: Option<String>,
+    data: Vec<String>,
+    retry: Option<u64>,
+}
+
+/// Reads blank-line separated events from curl's output until `count` have
+/// arrived (the leading `retry:` block counts as one).
+fn read_events(curl: &mut Running, count: usize, limit: Duration) -> Vec<Event> {
+    let deadline = Instant::now() + limit;
+    let mut events = Vec::new();
+    let mut current = Event::default();
+    let mut in_event = false;
+    while events.len() < count {
+        let line = curl.next_stdout_line(deadline).unwrap_or_else(|| {
+            panic!(
+                "stream ended or stalled after {} events: {events:?}\n{}",
+                events.len(),
+                curl.transcript()
+            )
+        });
+        if line.is_empty() {
+            if in_event {
+                events.push(std::mem::take(&mut current));
+                in_event = false;
+            }
+            continue;
+        }
+        in_event = true;
+        let (field, value) = line.split_once(':').unwrap_or((&line, ""));
+        let value = value.strip_prefix(' ').unwrap_or(value);
+        match field {
+            "id" => current.id = Some(value.parse().expect("numeric id")),
+            "event" => current.event = Some(value.to_owned()),
+            "data" => current.data.push(value.to_owned()),
+            "retry" => current.retry = Some(value.parse().expect("numeric retry")),
+            other => panic!("unexpected field {other:?} in line {line:?}"),
+        }
+    }
+    events
+}
+
+fn assert_date_events(events: &[Event], first_id: u64) {
+    for (i, event) in events.iter().enumerate() {
+        assert_eq!(event.id, Some(first_id + i as u64), "{events:?}");
+        assert_eq!(event.event.as_deref(), Some("date"), "{events:?}");
+        assert_eq!(event.data.len(), 1, "{events:?}");
+        let date = humantime::parse_rfc3339(&event.data[0])
+            .unwrap_or_else(|e| panic!("data {:?} is not a date: {e}", event.data[0]));
+        let age = SystemTime::now()
+            .duration_since(date)
+            .unwrap_or(Duration::ZERO);
+        assert!(
+            age < Duration::from_secs(60),
+            "stale date {:?}",
+            event.data[0]
+        );
+    }
+}
+
+#[test]
+fn demo_serves_the_eventsource_page_over_https() {
+    let mut demo = Demo::start();
+    let mut curl = Running::spawn(
+        demo.curl(
+            &["-w", "\n%{http_version} %{response_code} %{content_type}"],
+            "/",
+        ),
+        "curl",
+    );
+    let status = curl.wait_exit(LIMIT);
+    let page = curl.stdout.join("\n");
+    assert!(
+        status.success(),
+        "curl failed: {status}\n{}",
+        curl.transcript()
+    );
+    assert!(page.starts_with("<!doctype html>"), "{page}");
+    assert!(
+        page.contains(r#"new EventSource("/stream/date")"#),
+        "the page opens an EventSource on /stream/date:\n{page}"
+    );
+    assert!(page.contains(r#"<ol id="events">"#), "{page}");
+    let last = curl.stdout.last().cloned().unwrap_or_default();
+    assert!(
+        last.starts_with("2 200 text/html"),
+        "curl negotiates h2 by default; got {last:?}"
+    );
+
+    // The demo stops cleanly on SIGTERM.
+    let status = Command::new("kill")
+        .arg("-TERM")
+        .arg(demo.process.child.id().to_string())
+        .status()
+        .expect("run kill(1)");
+    assert!(status.success());
+    let exit = demo.process.wait_exit(LIMIT);
+    assert!(exit.success(), "{exit}\n{}", demo.process.transcript());
+}
+
+#[test]
+fn demo_stream_sends_retry_then_dated_events() {
+    let demo = Demo::start();
+    let mut curl = Running::spawn(demo.curl(&["-N"], "/stream/date"), "curl");
+    let started = Instant::now();
+    let events = read_events(&mut curl, 4, LIMIT);
+    assert_eq!(
+        events[0].retry,
+        Some(3000),
+        "retry: comes first: {events:?}"
+    );
+    assert!(events[0].id.is_none() && events[0].data.is_empty());
+    assert_date_events(&events[1..], 1);
+    // One per second, streamed: three events cannot take much longer than 3 s.
+    assert!(
+        started.elapsed() < Duration::from_secs(15),
+        "events were held back: {:?}",
+        started.elapsed()
+    );
+}
+
+#[test]
+fn demo_stream_resumes_after_last_event_id() {
+    let demo = Demo::start();
+    let mut curl = Running::spawn(
+        demo.curl(&["-N", "-H", "Last-Event-ID: 41"], "/stream/date"),
+        "curl",
+    );
+    let events = read_events(&mut curl, 3, LIMIT);
+    assert_eq!(events[0].retry, Some(3000), "{events:?}");
+    assert_date_events(&events[1..], 42);
+}
+
+// ---------------------------------------------------------------- Chromium
+
+/// Where the Chromium binary is; the test fails if it is not installed.
+fn chromium_path() -> PathBuf {
+    let candidates = ["/usr/bin/chromium", "/usr/bin/chromium-browser"];
+    candidates
+        .iter()
+        .map(PathBuf::from)
+        .find(|p| p.exists())
+        .unwrap_or_else(|| {
+            panic!(
+                "Chromium not found at {candidates:?}: this test needs the Debian package `chromium`"
+            )
+        })
+}
+
+/// A headless Chromium driven over the DevTools pipe. The browser runs in
+/// its own process group, which is killed on Drop (renderers included).
+struct Browser {
+    child: Child,
+    to_browser: ChildStdin,
+    from_browser: Receiver<String>,
+    /// Messages received while waiting for something else (events).
+    backlog: Vec<String>,
+    stderr_tail: Arc<Mutex<Vec<String>>>,
+    next_id: u64,
+    _profile: TempDir,
+}
+
+impl Browser {
+    fn launch() -> Self {
+        let chromium = chromium_path();
+        let profile = TempDir::new("chromium-profile");
+        // Chromium reads DevTools commands on fd 3 and writes replies on fd 4.
+        // std has no fd mapping, so a shell moves our stdin/stdout pipes there.
+        let mut cmd = Command::new("/bin/sh");
+        cmd.arg("-c")
+            .arg(r#"exec "$0" "$@" 3<&0 4>&1 0</dev/null 1>&2"#)
+            .arg(&chromium)
+            .args([
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-quic",
+                "--disable-dev-shm-usage",
+                "--no-first-run",
+                "--no-default-browser-check",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+                "--disable-extensions",
+                "--ignore-certificate-errors",
+                "--host-resolver-rules=MAP localhost 127.0.0.1",
+                "--remote-debugging-pipe",
+            ])
+            .arg(format!("--user-data-dir={}", profile.0.display()))
+            .env_remove("DISPLAY")
+            .process_group(0)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = cmd.spawn().expect("start /bin/sh to launch chromium");
+        let to_browser = child.stdin.take().expect("stdin piped");
+        let mut from = child.stdout.take().expect("stdout piped");
+        let stderr = child.stderr.take().expect("stderr piped");
+        let (tx, from_browser) = mpsc::channel();
+        thread::spawn(move || {
+            let mut pending = Vec::new();
+            let mut buf = [0u8; 64 * 1024];
+            loop {
+                let n = match from.read(&mut buf) {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => n,
+                };
+                pending.extend_from_slice(&buf[..n]);
+                while let Some(end) = pending.iter().position(|&b| b == 0) {
+                    let message = String::from_utf8_lossy(&pending[..end]).into_owned();
+                    pending.drain(..=end);
+                    if tx.send(message).is_err() {
+                        return;
+                    }
+                }
+            }
+        });
+        let stderr_tail = Arc::new(Mutex::new(Vec::new()));
+        let tail = stderr_tail.clone();
+        thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                let mut tail = tail.lock().expect("lock");
+                tail.push(line);
+                if tail.len() > 40 {
+                    tail.remove(0);
+                }
+            }
+        });
+        Browser {
+            child,
+            to_browser,
+            from_browser,
+            backlog: Vec::new(),
+            stderr_tail,
+            next_id: 1,
+            _profile: profile,
+        }
+    }
+
+    fn diagnostics(&self) -> String {
+        let tail = self.stderr_tail.lock().expect("lock").join("\n");
+        format!("--- chromium stderr (last lines)\n{tail}")
+    }
+
+    fn send(&mut self, method: &str, params: &str, session: Option<&str>) -> u64 {
+        let id = self.next_id;
+        self.next_id += 1;
+        let session = session
+            .map(|s| format!(r#","sessionId":{}"#, json_string(s)))
+            .unwrap_or_default();
+        let message = format!(r#"{{"id":{id},"method":"{method}","params":{params}{session}}}"#);
+        let written = self
+            .to_browser
+            .write_all(message.as_bytes())
+            .and_then(|()| self.to_browser.write_all(b"\0"))
+            .and_then(|()| self.to_browser.flush());
+        if let Err(e) = written {
+            panic!(
+                "cannot talk to chromium ({e}); did it start?\n{}",
+                self.diagnostics()
+            );
+        }
+        id
+    }
+
+    fn receive(&mut self, deadline: Instant, waiting_for: &str) -> String {
+        let wait = deadline.saturating_duration_since(Instant::now());
+        match self.from_browser.recv_timeout(wait) {
+            Ok(message) => message,
+            Err(RecvTimeoutError::Timeout) => {
+                panic!(
+                    "timed out waiting for {waiting_for}\n{}",
+                    self.diagnostics()
+                )
+            }
+            Err(RecvTimeoutError::Disconnected) => panic!(
+                "chromium closed the DevTools pipe while we waited for {waiting_for}\n{}",
+                self.diagnostics()
+            ),
+        }
+    }
+
+    /// Sends a command and waits for its reply; panics on a protocol error.
+    fn call(
+        &mut self,
+        method: &str,
+        params: &str,
+        session: Option<&str>,
+        deadline: Instant,
+    ) -> String {
+        let id = self.send(method, params, session);
+        let prefix = format!(r#"{{"id":{id},"#);
+        loop {
+            let message = self.receive(deadline, method);
+            if message.starts_with(&prefix) {
+                if message.contains(r#""error":{"#) && !message.contains(r#""result":"#) {
+                    panic!("{method} failed: {message}");
+                }
+                return message;
+            }
+            self.backlog.push(message);
+        }
+    }
+
+    /// Waits for an event `method` (for `session`, if given).
+    fn wait_event(&mut self, method: &str, session: Option<&str>, deadline: Instant) -> String {
+        let wanted = format!(r#""method":"{method}""#);
+        let matches = |m: &String| {
+            m.contains(&wanted)
+                && session.is_none_or(|s| m.contains(&format!(r#""sessionId":{}"#, json_string(s))))
+        };
+        if let Some(pos) = self.backlog.iter().position(matches) {
+            return self.backlog.remove(pos);
+        }
+        loop {
+            let message = self.receive(deadline, method);
+            if matches(&message) {
+                return message;
+            }
+            self.backlog.push(message);
+        }
+    }
+}
+
+impl Drop for Browser {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            // The whole group: the browser and its zygote/renderer children.
+            let _ = Command::new("kill")
+                .arg("-KILL")
+                .arg("--")
+                .arg(format!("-{}", self.child.id()))
+                .stderr(Stdio::null())
+                .status();
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// A JSON string literal.
+fn json_string(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+/// The first string value of `"key":"..."` in a JSON message (unescaped).
+fn json_field(message: &str, key: &str) -> Option<String> {
+    let start = message.find(&format!(r#""{key}":""#))? + key.len() + 4;
+    let mut out = String::new();
+    let mut chars = message[start..].chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '"' => return Some(out),
+            '\\' => match chars.next()? {
+                'n' => out.push('\n'),
+                't' => out.push('\t'),
+                'u' => {
+                    let hex: String = chars.by_ref().take(4).collect();
+                    out.push(char::from_u32(u32::from_str_radix(&hex, 16).ok()?)?);
+                }
+                other => out.push(other),
+            },
+            c => out.push(c),
+        }
+    }
+    None
+}
+
+/// Evaluated in the page: resolves once the page lists three events (or
+/// after 20 s) with "why|status|protocol|ids newest first|newest text".
+const WATCH_EVENTS_JS: &str = r#"
+new Promise((resolve) => {
+  const list = document.getElementById('events');
+  const report = (why) => {
+    const items = Array.from(list.querySelectorAll('li.event'));
+    const nav = performance.getEntriesByType('navigation')[0];
+    resolve([
+      why,
+      document.getElementById('status').textContent,
+      nav ? nav.nextHopProtocol : '',
+      items.map((li) => li.dataset.id).join(','),
+      items.length ? items[0].textContent : '',
+    ].join('|'));
+  };
+  const enough = () => list.querySelectorAll('li.event').length >= 3;
+  if (enough()) { report('ok'); return; }
+  new MutationObserver((_, observer) => {
+    if (enough()) { observer.disconnect(); report('ok'); }
+  }).observe(list, { childList: true });
+  setTimeout(() => report('timeout'), 20000);
+})
+"#;
+
+#[test]
+fn demo_page_shows_events_in_headless_chromium() {
+    let deadline = Instant::now() + BROWSER_LIMIT;
+    let demo = Demo::start();
+    let mut browser = Browser::launch();
+
+    let created = browser.call(
+        "Target.createTarget",
+        r#"{"url":"about:blank"}"#,
+        None,
+        deadline,
+    );
+    let target =
+        json_field(&created, "targetId").unwrap_or_else(|| panic!("no targetId in {created}"));
+    let attached = browser.call(
+        "Target.attachToTarget",
+        &format!(r#"{{"targetId":{},"flatten":true}}"#, json_string(&target)),
+        None,
+        deadline,
+    );
+    let session =
+        json_field(&attached, "sessionId").unwrap_or_else(|| panic!("no sessionId in {attached}"));
+    let session = Some(session.as_str());
+    browser.call("Page.enable", "{}", session, deadline);
+    let navigated = browser.call(
+        "Page.navigate",
+        &format!(r#"{{"url":{}}}"#, json_string(&demo.url("/"))),
+        session,
+        deadline,
+    );
+    assert!(
+        json_field(&navigated, "errorText").is_none(),
+        "navigation failed: {navigated}"
+    );
+    browser.wait_event("Page.loadEventFired", session, deadline);
+
+    let evaluated = browser.call(
+        "Runtime.evaluate",
+        &format!(
+            r#"{{"expression":{},"awaitPromise":true,"returnByValue":true}}"#,
+            json_string(WATCH_EVENTS_JS)
+        ),
+        session,
+        deadline,
+    );
+    let value =
+        json_field(&evaluated, "value").unwrap_or_else(|| panic!("no value in {evaluated}"));
+    let parts: Vec<&str> = value.split('|').collect();
+    let [why, status, protocol, ids, newest] = parts[..] else {
+        panic!("unexpected report {value:?}");
+    };
+    assert_eq!(
+        why,
+        "ok",
+        "fewer than 3 events within 20 s: {value:?}\n{}",
+        browser.diagnostics()
+    );
+    assert_eq!(
+        status, "open",
+        "EventSource state shown on the page: {value:?}"
+    );
+    assert_eq!(
+        protocol, "h2",
+        "the browser should reach the demo over HTTP/2: {value:?}"
+    );
+    // The page prepends, so the list is newest first.
+    let mut ids: Vec<u64> = ids
+        .split(',')
+        .map(|id| {
+            id.parse()
+                .unwrap_or_else(|_| panic!("bad id {id:?} in {value:?}"))
+        })
+        .collect();
+    ids.reverse();
+    assert!(ids.len() >= 3, "{value:?}");
+    assert!(
+        ids.windows(2).all(|w| w[1] == w[0] + 1),
+        "ids should increase one by one in arrival order: {ids:?}"
+    );
+    let newest_id = ids[ids.len() - 1];
+    let prefix = format!("id {newest_id}: ");
+    let date = newest
+        .strip_prefix(&prefix)
+        .unwrap_or_else(|| panic!("newest item {newest:?} should start with {prefix:?}"));
+    humantime::parse_rfc3339(date).unwrap_or_else(|e| panic!("{date:?} is not a date: {e}"));
+
+    browser.send("Browser.close", "{}", None);
+    drop(browser);
+    drop(demo);
+}

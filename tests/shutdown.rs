@@ -1,0 +1,638 @@
+//! Graceful drain: on shutdown the listener closes, in-flight requests
+//! finish, every event stream ends at its next event boundary (with `retry:`
+//! when configured), HTTP/2 connections get GOAWAY, and `run` returns when all
+//! is done or when the drain timeout runs out. Also through the real binary
+//! and SIGTERM.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bytes::Bytes;
+use common::*;
+use http::{Response, Version};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+
+/// Upper bound for anything the test waits on; far above what it needs.
+const LIMIT: Duration = Duration::from_secs(10);
+/// How long the upstream takes to answer `/slow`.
+const SLOW: Duration = Duration::from_millis(500);
+/// How long after shutdown the upstream completes the half-written event.
+const COMPLETES_AFTER: Duration = Duration::from_millis(300);
+const SLOW_BODY_LEN: usize = 256 * 1024;
+
+fn slow_body() -> Bytes {
+    (0..SLOW_BODY_LEN)
+        .map(|i| b'a' + (i % 26) as u8)
+        .collect::<Vec<u8>>()
+        .into()
+}
+
+// ---------------------------------------------------------------- upstream
+
+/// One event stream the upstream serves; the test writes it.
+struct UpstreamStream {
+    tx: mpsc::Sender<Bytes>,
+    /// Completes when the proxy let go of the upstream response.
+    closed: oneshot::Receiver<()>,
+}
+
+impl UpstreamStream {
+    async fn send(&self, bytes: &str) {
+        self.tx
+            .send(Bytes::from(bytes.to_owned()))
+            .await
+            .expect("the proxy still reads the upstream body");
+    }
+}
+
+/// An upstream with an event stream under `/events` and `/live`, a slow
+/// ordinary response under `/slow` (reported when it starts) and a fast one
+/// everywhere else.
+struct Upstream {
+    _handle: UpstreamHandle,
+    addr: SocketAddr,
+    streams: mpsc::UnboundedReceiver<UpstreamStream>,
+    slow_started: mpsc::UnboundedReceiver<()>,
+}
+
+impl Upstream {
+    async fn start() -> Self {
+        let (streams_tx, streams) = mpsc::unbounded_channel();
+        let (slow_tx, slow_started) = mpsc::unbounded_channel();
+        let handle = spawn_upstream(move |req| {
+            let streams_tx = streams_tx.clone();
+            let slow_tx = slow_tx.clone();
+            async move {
+                let path = req.uri().path().to_owned();
+                if path == "/events" || path.starts_with("/live") {
+                    let (tx, body, closed) = channel_body();
+                    let _ = streams_tx.send(UpstreamStream { tx, closed });
+                    return sse_response("text/event-stream", body);
+                }
+                if path == "/slow" {
+                    let _ = slow_tx.send(());
+                    tokio::time::sleep(SLOW).await;
+                    return Response::builder()
+                        .header("content-type", "application/octet-stream")
+                        .header("content-length", SLOW_BODY_LEN)
+                        .body(full_body(slow_body()))
+                        .expect("response");
+                }
+                Response::new(full_body("fast"))
+            }
+        })
+        .await;
+        Upstream {
+            addr: handle.addr,
+            _handle: handle,
+            streams,
+            slow_started,
+        }
+    }
+
+    async fn next_stream(&mut self) -> UpstreamStream {
+        tokio::time::timeout(LIMIT, self.streams.recv())
+            .await
+            .expect("the upstream gets the event-stream request")
+            .expect("upstream running")
+    }
+
+    async fn slow_request_started(&mut self) {
+        tokio::time::timeout(LIMIT, self.slow_started.recv())
+            .await
+            .expect("the upstream gets the slow request")
+            .expect("upstream running");
+    }
+}
+
+// ---------------------------------------------------------------- clients
+
+/// An HTTP/1.1 connection whose connection task is owned (and so can be
+/// watched for its end).
+struct H1Connection {
+    sender: H1Sender,
+    conn: JoinHandle<()>,
+}
+
+impl Drop for H1Connection {
+    fn drop(&mut self) {
+        self.conn.abort();
+    }
+}
+
+enum Client {
+    H1(H1Connection),
+    H2(H2Sender),
+}
+
+impl Client {
+    async fn connect(addr: SocketAddr, version: Version) -> Self {
+        match version {
+            Version::HTTP_2 => Client::H2(h2_client(addr).await),
+            _ => {
+                let tls = tls_connect(addr, &[b"http/1.1"]).await;
+                let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+                    .await
+                    .expect("h1 handshake");
+                let conn = tokio::spawn(async move {
+                    let _ = conn.await;
+                });
+                Client::H1(H1Connection { sender, conn })
+            }
+        }
+    }
+
+    async fn try_get(&mut self, path: &str) -> hyper::Result<Response<Incoming>> {
+        match self {
+            Client::H1(h1) => {
+                h1.sender.ready().await?;
+                h1.sender.send_request(get(path, Version::HTTP_11)).await
+            }
+            Client::H2(sender) => sender.send_request(get(path, Version::HTTP_2)).await,
+        }
+    }
+
+    async fn get(&mut self, path: &str) -> Response<Incoming> {
+        self.try_get(path).await.expect("response")
+    }
+}
+
+/// Reads an event-stream body as raw bytes.
+struct RawReader {
+    body: Incoming,
+    raw: Vec<u8>,
+}
+
+impl RawReader {
+    fn new(body: Incoming) -> Self {
+        RawReader {
+            body,
+            raw: Vec::new(),
+        }
+    }
+
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.raw).into_owned()
+    }
+
+    async fn read_until_ends_with(&mut self, tail: &str) {
+        let deadline = Instant::now() + LIMIT;
+        while !self.raw.ends_with(tail.as_bytes()) {
+            match tokio::time::timeout_at(deadline, self.body.frame()).await {
+                Ok(Some(Ok(frame))) => {
+                    if let Some(data) = frame.data_ref() {
+                        self.raw.extend_from_slice(data);
+                    }
+                }
+                other => panic!(
+                    "waiting for {tail:?}: {} after {:?}",
+                    match other {
+                        Ok(None) => "stream ended".to_owned(),
+                        Ok(Some(Err(err))) => format!("body failed ({err})"),
+                        _ => "timed out".to_owned(),
+                    },
+                    self.text()
+                ),
+            }
+        }
+    }
+
+    /// Reads to the end of the body, which must end cleanly.
+    async fn read_to_end(&mut self) {
+        let deadline = Instant::now() + LIMIT;
+        loop {
+            match tokio::time::timeout_at(deadline, self.body.frame()).await {
+                Ok(Some(Ok(frame))) => {
+                    if let Some(data) = frame.data_ref() {
+                        self.raw.extend_from_slice(data);
+                    }
+                }
+                Ok(None) => return,
+                Ok(Some(Err(err))) => panic!("body failed ({err}) after {:?}", self.text()),
+                Err(_) => panic!("stream did not end; got {:?}", self.text()),
+            }
+        }
+    }
+}
+
+/// Whether a TCP connection to `addr` is refused.
+async fn refused(addr: SocketAddr) -> bool {
+    matches!(
+        tokio::time::timeout(LIMIT, TcpStream::connect(addr)).await,
+        Ok(Err(_))
+    )
+}
+
+/// Polls until connections to `addr` are refused (a closed listener cannot
+/// be awaited from outside).
+async fn until_refused(addr: SocketAddr) {
+    let deadline = Instant::now() + LIMIT;
+    while !refused(addr).await {
+        assert!(Instant::now() < deadline, "the listener is still open");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+const FIRST_EVENT: &str = "id: 1\nevent: tick\ndata: one\n\n";
+
+/// Opens `/events` through `client`, relays one whole event and half of the
+/// next one, and returns the stream and the client's reader.
+async fn stream_mid_event(
+    client: &mut Client,
+    upstream: &mut Upstream,
+) -> (UpstreamStream, RawReader) {
+    let response = client.get("/events").await;
+    assert_eq!(response.status(), 200);
+    let stream = upstream.next_stream().await;
+    let mut reader = RawReader::new(response.into_body());
+    assert!(write_event(&stream.tx, 1, "tick", &["one"]).await);
+    reader.read_until_ends_with(FIRST_EVENT).await;
+    stream.send("id: 2\n").await;
+    stream.send("data: ha").await;
+    reader.read_until_ends_with("data: ha").await;
+    (stream, reader)
+}
+
+/// The upstream completes event 2 and writes event 3, which must not be
+/// relayed any more.
+async fn complete_event(stream: &UpstreamStream) {
+    stream.send("lf\n").await;
+    stream.send("\n").await;
+    let _ = write_event(&stream.tx, 3, "tick", &["too late"]).await;
+}
+
+// ---------------------------------------------------------------- drain
+
+async fn drain_ends_streams_at_a_boundary_and_finishes_requests(version: Version) {
+    const DRAIN_RETRY: Duration = Duration::from_millis(2500);
+    const DRAIN_TIMEOUT: Duration = Duration::from_secs(20);
+    let mut upstream = Upstream::start().await;
+    let mut config = proxy_config(upstream.addr);
+    config.streams.drain_retry = Some(DRAIN_RETRY);
+    config.timeouts.drain = DRAIN_TIMEOUT;
+    let proxy = spawn_proxy_with(config).await;
+    let addr = proxy.addr;
+
+    // A live event stream, mid-event.
+    let mut stream_client = Client::connect(addr, version).await;
+    let (mut stream, mut reader) = stream_mid_event(&mut stream_client, &mut upstream).await;
+
+    // A slow ordinary request, in flight: over HTTP/2 on the same connection.
+    let mut slow_client = match &stream_client {
+        Client::H2(sender) => Client::H2(sender.clone()),
+        Client::H1(_) => Client::connect(addr, version).await,
+    };
+    let slow = tokio::spawn(async move {
+        let response = slow_client.get("/slow").await;
+        let status = response.status();
+        let body = tokio::time::timeout(LIMIT, response.into_body().collect())
+            .await
+            .expect("slow body in time")
+            .expect("slow body complete")
+            .to_bytes();
+        (status, body)
+    });
+    upstream.slow_request_started().await;
+
+    // Shut down.
+    let started = Instant::now();
+    let run = tokio::spawn(proxy.shutdown_and_wait());
+
+    // The listener closes at once, while the stream and the request go on.
+    until_refused(addr).await;
+    if let Client::H2(sender) = &mut stream_client {
+        // GOAWAY: the connection takes no new streams, though its open ones
+        // (the event stream, the slow request) carry on below.
+        // (Requests sent before the GOAWAY arrives may still be served.)
+        let deadline = Instant::now() + LIMIT;
+        while sender
+            .send_request(get("/fast", Version::HTTP_2))
+            .await
+            .is_ok()
+        {
+            assert!(Instant::now() < deadline, "no GOAWAY");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    // The upstream completes the event a bit later: the stream ends right
+    // after it, with the retry line.
+    tokio::time::sleep(COMPLETES_AFTER).await;
+    assert!(
+        !run.is_finished(),
+        "run() returned before the stream reached a boundary"
+    );
+    complete_event(&stream).await;
+    reader.read_to_end().await;
+    assert_eq!(
+        reader.text(),
+        format!(
+            "{FIRST_EVENT}id: 2\ndata: half\n\nretry: {}\n\n",
+            DRAIN_RETRY.as_millis()
+        ),
+        "{version:?}"
+    );
+
+    let (status, body) = tokio::time::timeout(LIMIT, slow)
+        .await
+        .expect("the slow request completes")
+        .expect("slow request task");
+    assert_eq!(status, 200);
+    assert!(body == slow_body(), "slow body: {} bytes", body.len());
+
+    tokio::time::timeout(LIMIT, run)
+        .await
+        .expect("run() returns")
+        .expect("run task");
+    let took = started.elapsed();
+    assert!(
+        took < Duration::from_secs(5),
+        "run() returned {took:?} after shutdown (drain timeout {DRAIN_TIMEOUT:?})"
+    );
+    assert!(
+        took >= SLOW.min(COMPLETES_AFTER),
+        "run() returned too early: {took:?}"
+    );
+    assert!(refused(addr).await, "the port is still open");
+    // The upstream request behind the ended stream is released.
+    tokio::time::timeout(LIMIT, &mut stream.closed)
+        .await
+        .expect("the upstream stream is released")
+        .expect("closed signal");
+}
+
+#[tokio::test]
+async fn drain_finishes_requests_and_ends_streams_at_the_next_boundary_over_http1() {
+    drain_ends_streams_at_a_boundary_and_finishes_requests(Version::HTTP_11).await;
+}
+
+#[tokio::test]
+async fn drain_sends_goaway_finishes_requests_and_ends_streams_at_the_next_boundary_over_http2() {
+    drain_ends_streams_at_a_boundary_and_finishes_requests(Version::HTTP_2).await;
+}
+
+#[tokio::test]
+async fn drain_timeout_bounds_shutdown_when_a_stream_never_reaches_a_boundary() {
+    const DRAIN_TIMEOUT: Duration = Duration::from_secs(1);
+    let mut upstream = Upstream::start().await;
+    let mut config = proxy_config(upstream.addr);
+    config.timeouts.drain = DRAIN_TIMEOUT;
+    config.streams.drain_retry = Some(Duration::from_secs(1));
+    let proxy = spawn_proxy_with(config).await;
+    let addr = proxy.addr;
+    let mut client = Client::connect(addr, Version::HTTP_11).await;
+    // The upstream never completes event 2.
+    let (_stream, mut reader) = stream_mid_event(&mut client, &mut upstream).await;
+
+    let started = Instant::now();
+    tokio::time::timeout(DRAIN_TIMEOUT + LIMIT, proxy.shutdown_and_wait())
+        .await
+        .expect("run() returns");
+    let took = started.elapsed();
+    assert!(took >= DRAIN_TIMEOUT, "run() returned after {took:?}");
+    assert!(
+        took < DRAIN_TIMEOUT + Duration::from_secs(2),
+        "run() returned {took:?} after shutdown, drain timeout {DRAIN_TIMEOUT:?}"
+    );
+    assert!(refused(addr).await, "the port is still open");
+    // Nothing was written into the unfinished event.
+    let more = tokio::time::timeout(Duration::from_millis(100), reader.body.frame()).await;
+    if let Ok(Some(Ok(frame))) = more {
+        panic!("written into an unfinished event: {frame:?}");
+    }
+    assert_eq!(reader.text(), format!("{FIRST_EVENT}id: 2\ndata: ha"));
+}
+
+#[tokio::test]
+async fn idle_connections_do_not_hold_up_shutdown() {
+    let upstream = Upstream::start().await;
+    let proxy = spawn_proxy(upstream.addr).await;
+    let addr = proxy.addr;
+    let mut h1 = Client::connect(addr, Version::HTTP_11).await;
+    let mut h2 = Client::connect(addr, Version::HTTP_2).await;
+    for client in [&mut h1, &mut h2] {
+        let response = client.get("/fast").await;
+        assert_eq!(response.status(), 200);
+        assert_eq!(read_body(response.into_body()).await, "fast");
+    }
+    let started = Instant::now();
+    tokio::time::timeout(LIMIT, proxy.shutdown_and_wait())
+        .await
+        .expect("run() returns");
+    let took = started.elapsed();
+    assert!(
+        took < Duration::from_secs(2),
+        "run() returned after {took:?}"
+    );
+    // Both connections were closed by the proxy.
+    if let Client::H1(h1) = &mut h1 {
+        tokio::time::timeout(LIMIT, &mut h1.conn)
+            .await
+            .expect("the h1 connection is closed")
+            .expect("h1 connection task");
+    }
+    assert!(
+        h2.try_get("/fast").await.is_err(),
+        "the h2 connection still takes requests"
+    );
+}
+
+#[tokio::test]
+async fn shared_stream_subscribers_end_with_retry_and_the_upstream_is_released() {
+    const PATH: &str = "/live/news";
+    let mut upstream = Upstream::start().await;
+    let mut config = proxy_config(upstream.addr);
+    config.streams.shared_prefixes = vec!["/live".into()];
+    config.streams.drain_retry = Some(Duration::from_millis(2000));
+    let proxy = spawn_proxy_with(config).await;
+    let hub = proxy.hub.clone();
+    let mut readers = Vec::new();
+    let mut clients = Vec::new();
+    for version in [Version::HTTP_11, Version::HTTP_2] {
+        let mut client = Client::connect(proxy.addr, version).await;
+        let response = client.get(PATH).await;
+        assert_eq!(response.status(), 200);
+        readers.push(RawReader::new(response.into_body()));
+        clients.push(client);
+    }
+    let mut stream = upstream.next_stream().await;
+    stream.send("retry: 1000\n\n").await;
+    assert!(write_event(&stream.tx, 1, "tick", &["one"]).await);
+    // Half an event: the hub relays whole events only, so every subscriber
+    // sits on a boundary.
+    stream.send("id: 2\ndata: ha").await;
+    for reader in &mut readers {
+        reader
+            .read_until_ends_with(&format!("retry: 1000\n\n{FIRST_EVENT}"))
+            .await;
+    }
+
+    let started = Instant::now();
+    tokio::time::timeout(LIMIT, proxy.shutdown_and_wait())
+        .await
+        .expect("run() returns");
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
+    for reader in &mut readers {
+        reader.read_to_end().await;
+        assert_eq!(
+            reader.text(),
+            format!("retry: 1000\n\n{FIRST_EVENT}retry: 2000\n\n")
+        );
+    }
+    tokio::time::timeout(LIMIT, &mut stream.closed)
+        .await
+        .expect("the shared upstream request is closed")
+        .expect("closed signal");
+    assert_eq!(hub.stream_count(), 0);
+}
+
+// ---------------------------------------------------------------- the binary
+
+/// The proxy binary, killed if the test ends before it exits.
+struct Binary {
+    child: tokio::process::Child,
+    stderr: mpsc::UnboundedReceiver<String>,
+    log: Vec<String>,
+}
+
+impl Binary {
+    fn start(args: &[&str]) -> Self {
+        let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_ssegate"))
+            .args(args)
+            .env("RUST_LOG", "info")
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("start ssegate");
+        let (tx, stderr) = mpsc::unbounded_channel();
+        let mut lines = BufReader::new(child.stderr.take().expect("stderr")).lines();
+        tokio::spawn(async move {
+            while let Ok(Some(line)) = lines.next_line().await {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Binary {
+            child,
+            stderr,
+            log: Vec::new(),
+        }
+    }
+
+    /// Waits for a log line containing `needle`; returns it.
+    async fn line_containing(&mut self, needle: &str) -> String {
+        let deadline = Instant::now() + LIMIT;
+        loop {
+            match tokio::time::timeout_at(deadline, self.stderr.recv()).await {
+                Ok(Some(line)) => {
+                    self.log.push(line.clone());
+                    if line.contains(needle) {
+                        return line;
+                    }
+                }
+                _ => panic!(
+                    "no log line with {needle:?}; stderr so far: {:#?}",
+                    self.log
+                ),
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn the_binary_drains_on_sigterm_and_exits_with_status_0() {
+    const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+    let mut upstream = Upstream::start().await;
+    let cert = repo_path("certs/localhost.pem");
+    let key = repo_path("certs/localhost-key.pem");
+    let upstream_url = format!("http://{}", upstream.addr);
+    let mut binary = Binary::start(&[
+        "--listen",
+        "127.0.0.1:0",
+        "--cert",
+        cert.to_str().unwrap(),
+        "--key",
+        key.to_str().unwrap(),
+        "--upstream",
+        &upstream_url,
+        "--drain-timeout",
+        "10s",
+        "--drain-retry",
+        "1500ms",
+    ]);
+    let line = binary.line_containing("listening on https://").await;
+    let addr: SocketAddr = line
+        .split("listening on https://")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|addr| addr.parse().ok())
+        .unwrap_or_else(|| panic!("no address in {line:?}"));
+
+    let mut client = Client::connect(addr, Version::HTTP_11).await;
+    let (stream, mut reader) = stream_mid_event(&mut client, &mut upstream).await;
+
+    let pid = binary.child.id().expect("running").to_string();
+    let kill = tokio::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .await
+        .expect("run kill");
+    assert!(kill.success());
+    let signalled = Instant::now();
+    binary.line_containing("listener closed").await;
+    assert!(
+        refused(addr).await,
+        "the listener is still open while draining"
+    );
+
+    tokio::time::sleep(COMPLETES_AFTER).await;
+    complete_event(&stream).await;
+    reader.read_to_end().await;
+    assert_eq!(
+        reader.text(),
+        format!("{FIRST_EVENT}id: 2\ndata: half\n\nretry: 1500\n\n")
+    );
+
+    let status = tokio::time::timeout(DRAIN_TIMEOUT, binary.child.wait())
+        .await
+        .unwrap_or_else(|_| {
+            panic!(
+                "still running {DRAIN_TIMEOUT:?} after SIGTERM: {:#?}",
+                binary.log
+            )
+        })
+        .expect("wait for ssegate");
+    let took = signalled.elapsed();
+    assert_eq!(status.code(), Some(0), "{status}: {:#?}", binary.log);
+    assert!(
+        took < Duration::from_secs(5),
+        "exited {took:?} after SIGTERM"
+    );
+    while let Ok(Some(line)) = tokio::time::timeout(LIMIT, binary.stderr.recv()).await {
+        binary.log.push(line);
+    }
+    assert!(
+        binary
+            .log
+            .iter()
+            .any(|l| l.contains("all connections closed")),
+        "{:#?}",
+        binary.log
+    );
+}
