@@ -107,6 +107,7 @@ impl Server {
         let drain_timeout = config.timeouts.drain;
         let connections = Arc::new(ConnectionSettings::new(&config));
         let graceful = GracefulShutdown::new();
+        let mut tasks = tokio::task::JoinSet::new();
 
         loop {
             let (tcp, peer) = tokio::select! {
@@ -123,7 +124,9 @@ impl Server {
             let watcher = graceful.watcher();
             let proxy = proxy.clone();
             let connections = connections.clone();
-            tokio::spawn(async move {
+            // Reap finished connection tasks so the set stays small.
+            while tasks.try_join_next().is_some() {}
+            tasks.spawn(async move {
                 let Some(tls) = connections.handshake(tcp, peer).await else {
                     return;
                 };
@@ -175,7 +178,8 @@ impl Server {
         tokio::select! {
             () = graceful.shutdown() => tracing::info!("all connections closed"),
             () = tokio::time::sleep(drain_timeout) => {
-                tracing::warn!(?drain_timeout, "drain timeout reached; closing remaining connections")
+                tracing::warn!(?drain_timeout, "drain timeout reached; closing remaining connections");
+                tasks.shutdown().await;
             }
         }
     }

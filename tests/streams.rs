@@ -761,7 +761,7 @@ async fn a_subscriber_that_stops_reading_is_dropped_without_delaying_the_others(
     /// the queue, so only a subscriber that stopped reading can fill it.
     const WINDOW: u64 = 4;
     const AFTER_DROP: u64 = 500;
-    const MAX_EVENTS: u64 = 100_000;
+    const MAX_EVENTS: u64 = 50_000;
     let data = "x".repeat(1000);
     let mut upstream = Upstream::start().await;
     let mut config = shared_config(upstream.addr);

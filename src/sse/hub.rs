@@ -360,6 +360,15 @@ impl Hub {
             streams.remove(&stream.key);
         }
         drop(streams);
+        // Subscribers still waiting for the first response get a 502 now
+        // rather than a 504 at the end of the request timeout.
+        stream.status.send_if_modified(|status| {
+            let connecting = *status == Status::Connecting;
+            if connecting {
+                *status = Status::Failed("shared stream closed".to_owned());
+            }
+            connecting
+        });
         stream.close_subscribers();
     }
 
