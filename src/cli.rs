@@ -32,21 +32,26 @@ pub enum Command {
 #[derive(Debug, Args)]
 pub struct ProxyArgs {
     /// Address to accept TLS connections on. Port 0 picks a free port.
-    #[arg(long, env = "SSEGATE_LISTEN", default_value = "0.0.0.0:8443")]
+    #[arg(
+        long,
+        value_name = "ADDR",
+        env = "SSEGATE_LISTEN",
+        default_value = "0.0.0.0:8443"
+    )]
     pub listen: SocketAddr,
 
     /// PEM certificate chain, leaf first. Repeat --cert/--key for several
     /// certificates, chosen by SNI from their DNS names; the first pair also
     /// serves clients that send no or an unknown name.
-    #[arg(long, env = "SSEGATE_CERT", required = true)]
+    #[arg(long, value_name = "PATH", env = "SSEGATE_CERT", required = true)]
     pub cert: Vec<PathBuf>,
 
     /// PEM private key for the --cert before it (PKCS#8, PKCS#1 RSA or SEC1 EC).
-    #[arg(long, env = "SSEGATE_KEY", required = true)]
+    #[arg(long, value_name = "PATH", env = "SSEGATE_KEY", required = true)]
     pub key: Vec<PathBuf>,
 
     /// DER OCSP response to staple for the --cert before it; reloaded with it.
-    #[arg(long, env = "SSEGATE_OCSP")]
+    #[arg(long, value_name = "PATH", env = "SSEGATE_OCSP")]
     pub ocsp: Vec<PathBuf>,
 
     /// For each --ocsp, the index of the pair it belongs to (from the order of
@@ -55,7 +60,7 @@ pub struct ProxyArgs {
     pub ocsp_pair: Vec<usize>,
 
     /// Backend to forward to: http://host:port[/base-path].
-    #[arg(long, env = "SSEGATE_UPSTREAM", required = true)]
+    #[arg(long, value_name = "URL", env = "SSEGATE_UPSTREAM", required = true)]
     pub upstream: Option<String>,
 
     #[command(flatten)]
@@ -72,7 +77,7 @@ pub struct ProxyArgs {
 pub struct SecurityArgs {
     /// Add Strict-Transport-Security with this max-age to every response
     /// (an upstream's own header is kept). Off by default; use e.g. 2y in production.
-    #[arg(long, env = "SSEGATE_HSTS")]
+    #[arg(long, value_name = "DUR", env = "SSEGATE_HSTS")]
     pub hsts: Option<humantime::Duration>,
 
     /// Add includeSubDomains to the HSTS header.
@@ -85,7 +90,7 @@ pub struct SecurityArgs {
 
     /// Require client certificates signed by a CA in this PEM file (mTLS).
     /// The verified subject reaches the upstream as X-Client-Cert-Subject.
-    #[arg(long, env = "SSEGATE_CLIENT_CA")]
+    #[arg(long, value_name = "PATH", env = "SSEGATE_CLIENT_CA")]
     pub client_ca: Option<PathBuf>,
 
     /// With --client-ca: ask for a client certificate but accept clients without one.
@@ -103,7 +108,7 @@ pub struct StreamArgs {
     /// Write an SSE comment (":") on an event stream that has been silent this
     /// long, only between events, so idle timers along the way do not cut it.
     /// Off by default.
-    #[arg(long, env = "SSEGATE_SSE_HEARTBEAT")]
+    #[arg(long, value_name = "DUR", env = "SSEGATE_SSE_HEARTBEAT")]
     pub sse_heartbeat: Option<humantime::Duration>,
 
     /// Serve GET requests under this path prefix as shared public broadcast
@@ -119,17 +124,22 @@ pub struct StreamArgs {
     pub sse_shared: Vec<String>,
 
     /// Events kept per shared stream for clients that reconnect with Last-Event-ID.
-    #[arg(long, env = "SSEGATE_SSE_REPLAY", default_value_t = crate::sse::hub::DEFAULT_REPLAY)]
+    #[arg(long, value_name = "N", env = "SSEGATE_SSE_REPLAY", default_value_t = crate::sse::hub::DEFAULT_REPLAY)]
     pub sse_replay: usize,
 
     /// On shutdown, how long to wait for ordinary requests to finish and event
     /// streams to reach an event boundary before exiting anyway.
-    #[arg(long, env = "SSEGATE_DRAIN_TIMEOUT", default_value = "30s")]
+    #[arg(
+        long,
+        value_name = "DUR",
+        env = "SSEGATE_DRAIN_TIMEOUT",
+        default_value = "30s"
+    )]
     pub drain_timeout: humantime::Duration,
 
     /// On shutdown, end each event stream with "retry: <ms>" so browsers
     /// reconnect (to another instance) after this delay. Off by default.
-    #[arg(long, env = "SSEGATE_DRAIN_RETRY")]
+    #[arg(long, value_name = "DUR", env = "SSEGATE_DRAIN_RETRY")]
     pub drain_retry: Option<humantime::Duration>,
 }
 
@@ -137,47 +147,72 @@ pub struct StreamArgs {
 pub struct TimeoutArgs {
     /// How long to wait for the upstream's response headers (then 504), and the
     /// longest silence inside an ordinary (non-SSE) response body (then the body is cut).
-    #[arg(long, env = "SSEGATE_REQUEST_TIMEOUT", default_value = "60s")]
+    #[arg(
+        long,
+        value_name = "DUR",
+        env = "SSEGATE_REQUEST_TIMEOUT",
+        default_value = "60s"
+    )]
     pub request_timeout: humantime::Duration,
 
     /// The longest silence from the upstream on an event stream before the proxy
     /// ends the stream (the browser's EventSource then reconnects).
-    #[arg(long, env = "SSEGATE_SSE_IDLE_TIMEOUT", default_value = "1h")]
+    #[arg(
+        long,
+        value_name = "DUR",
+        env = "SSEGATE_SSE_IDLE_TIMEOUT",
+        default_value = "1h"
+    )]
     pub sse_idle_timeout: humantime::Duration,
 
     /// How long to wait for a TCP connection to the upstream (then 502).
-    #[arg(long, env = "SSEGATE_CONNECT_TIMEOUT", default_value = "5s")]
+    #[arg(
+        long,
+        value_name = "DUR",
+        env = "SSEGATE_CONNECT_TIMEOUT",
+        default_value = "5s"
+    )]
     pub connect_timeout: humantime::Duration,
 
     /// A client that has not sent complete request headers by then is
     /// disconnected (slowloris protection).
-    #[arg(long, env = "SSEGATE_HEADER_READ_TIMEOUT", default_value = "10s")]
+    #[arg(
+        long,
+        value_name = "DUR",
+        env = "SSEGATE_HEADER_READ_TIMEOUT",
+        default_value = "10s"
+    )]
     pub header_read_timeout: humantime::Duration,
 
     /// A client that has not completed the TLS handshake by then is disconnected.
-    #[arg(long, env = "SSEGATE_TLS_HANDSHAKE_TIMEOUT", default_value = "10s")]
+    #[arg(
+        long,
+        value_name = "DUR",
+        env = "SSEGATE_TLS_HANDSHAKE_TIMEOUT",
+        default_value = "10s"
+    )]
     pub tls_handshake_timeout: humantime::Duration,
 }
 
 #[derive(Debug, Args)]
 pub struct DemoArgs {
     /// Address the demo proxy listens on.
-    #[arg(long, default_value = "127.0.0.1:8443")]
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8443")]
     pub listen: SocketAddr,
 
     /// PEM certificate chain; the built-in certs/localhost.pem when omitted.
-    #[arg(long, requires = "key")]
+    #[arg(long, value_name = "PATH", requires = "key")]
     pub cert: Option<PathBuf>,
 
     /// PEM private key for --cert.
-    #[arg(long, requires = "cert")]
+    #[arg(long, value_name = "PATH", requires = "cert")]
     pub key: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
 pub struct CertArgs {
     /// Directory to write <name>.pem and <name>-key.pem into.
-    #[arg(long, default_value = "certs")]
+    #[arg(long, value_name = "PATH", default_value = "certs")]
     pub out_dir: PathBuf,
 
     /// Subject alternative names (DNS names or IP addresses). The first also
