@@ -442,7 +442,7 @@ fn help_lists_every_flag_with_its_env_var_and_default() {
             ),
         }
     }
-    for required in ["--cert <CERT>", "--key <KEY>", "--upstream <UPSTREAM>"] {
+    for required in ["--cert <PATH>", "--key <PATH>", "--upstream <URL>"] {
         let usage = help.lines().find(|l| l.starts_with("Usage:")).unwrap_or("");
         assert!(
             usage.contains(required),
