@@ -4,192 +4,23 @@
 //! Every child process runs under a guard that kills it on Drop. Waiting is
 //! done on events (a line on stderr, the end of the output), never on sleeps.
 
+mod common;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
-use std::sync::Arc;
+use std::path::Path;
+use std::process::{Command, ExitStatus};
+use std::sync::mpsc::{self, Receiver};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, ServerName};
+use common::*;
+use rustls::pki_types::ServerName;
 
-const BIN: &str = env!("CARGO_BIN_EXE_ssegate");
 /// Generous: the machine has two cores and tests run in parallel.
 const LIMIT: Duration = Duration::from_secs(30);
 
-fn repo_path(rel: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join(rel)
-}
-
 // ---------------------------------------------------------------- helpers
-
-/// A fresh directory under the system temp dir, removed on Drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(tag: &str) -> Self {
-        static COUNTER: AtomicUsize = AtomicUsize::new(0);
-        let dir = std::env::temp_dir().join(format!(
-            "ssegate-cli-{tag}-{}-{}",
-            std::process::id(),
-            COUNTER.fetch_add(1, Ordering::SeqCst)
-        ));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).expect("create temp dir");
-        TempDir(dir)
-    }
-
-    fn path(&self, name: &str) -> PathBuf {
-        self.0.join(name)
-    }
-
-    fn write(&self, name: &str, contents: impl AsRef<[u8]>) -> PathBuf {
-        let path = self.path(name);
-        std::fs::write(&path, contents).expect("write temp file");
-        path
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-/// The binary with a clean environment: no SSEGATE_* and no RUST_LOG from
-/// the caller, so every test sees the defaults it expects.
-fn ssegate() -> Command {
-    let mut cmd = Command::new(BIN);
-    for (name, _) in std::env::vars_os() {
-        let name = name.to_string_lossy();
-        if name.starts_with("SSEGATE_") || name == "RUST_LOG" {
-            cmd.env_remove(&*name);
-        }
-    }
-    cmd.stdin(Stdio::null());
-    cmd
-}
-
-#[derive(Debug)]
-enum Output {
-    Stdout(String),
-    Stderr(String),
-    Closed,
-}
-
-/// A running child whose stdout and stderr are read line by line by two
-/// threads. Killed (and reaped) on Drop if it is still running.
-struct Running {
-    child: Child,
-    rx: Receiver<Output>,
-    open_streams: usize,
-    stdout: Vec<String>,
-    stderr: Vec<String>,
-}
-
-impl Running {
-    fn spawn(mut cmd: Command) -> Self {
-        cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
-        let mut child = cmd
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {:?}: {e}", cmd.get_program()));
-        let (tx, rx) = mpsc::channel();
-        let out = child.stdout.take().expect("stdout piped");
-        let err = child.stderr.take().expect("stderr piped");
-        let tx2 = tx.clone();
-        thread::spawn(move || forward_lines(out, tx, Output::Stdout));
-        thread::spawn(move || forward_lines(err, tx2, Output::Stderr));
-        Running {
-            child,
-            rx,
-            open_streams: 2,
-            stdout: Vec::new(),
-            stderr: Vec::new(),
-        }
-    }
-
-    fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    /// Receives one line (or end of stream) before `deadline`; false on timeout.
-    fn pump(&mut self, deadline: Instant) -> bool {
-        let wait = deadline.saturating_duration_since(Instant::now());
-        match self.rx.recv_timeout(wait) {
-            Ok(Output::Stdout(line)) => self.stdout.push(line),
-            Ok(Output::Stderr(line)) => self.stderr.push(line),
-            Ok(Output::Closed) => self.open_streams -= 1,
-            Err(RecvTimeoutError::Timeout) => return false,
-            Err(RecvTimeoutError::Disconnected) => self.open_streams = 0,
-        }
-        true
-    }
-
-    /// Waits for a stderr line containing `needle` and returns it.
-    fn wait_stderr_line(&mut self, needle: &str, limit: Duration) -> String {
-        let deadline = Instant::now() + limit;
-        let mut seen = 0;
-        loop {
-            if let Some(line) = self.stderr[seen..].iter().find(|l| l.contains(needle)) {
-                return line.clone();
-            }
-            seen = self.stderr.len();
-            if self.open_streams == 0 || !self.pump(deadline) {
-                panic!(
-                    "no stderr line containing {needle:?} within {limit:?}\n{}",
-                    self.transcript()
-                );
-            }
-        }
-    }
-
-    /// Reads until both streams are closed, then reaps the child.
-    fn wait_exit(&mut self, limit: Duration) -> ExitStatus {
-        let deadline = Instant::now() + limit;
-        while self.open_streams > 0 {
-            if !self.pump(deadline) {
-                panic!(
-                    "process did not exit within {limit:?}\n{}",
-                    self.transcript()
-                );
-            }
-        }
-        self.child.wait().expect("wait for child")
-    }
-
-    fn transcript(&self) -> String {
-        format!(
-            "--- stdout\n{}\n--- stderr\n{}",
-            self.stdout.join("\n"),
-            self.stderr.join("\n")
-        )
-    }
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
-}
-
-fn forward_lines(
-    stream: impl Read,
-    tx: mpsc::Sender<Output>,
-    wrap: fn(String) -> Output,
-) -> Option<()> {
-    for line in BufReader::new(stream).lines() {
-        let Ok(line) = line else { break };
-        tx.send(wrap(line)).ok()?;
-    }
-    tx.send(Output::Closed).ok()
-}
 
 /// Runs the binary to completion (bounded) and returns its status and output.
 fn run_to_exit(cmd: Command) -> (ExitStatus, Vec<String>, Vec<String>) {
@@ -228,7 +59,7 @@ fn proxy_cmd(cert: &Path, key: &Path, upstream: &str) -> Command {
 }
 
 fn proxy_cmd_on(listen: &str, cert: &Path, key: &Path, upstream: &str) -> Command {
-    let mut cmd = ssegate();
+    let mut cmd = ssegate_command();
     cmd.arg("--listen")
         .arg(listen)
         .arg("--cert")
@@ -238,25 +69,6 @@ fn proxy_cmd_on(listen: &str, cert: &Path, key: &Path, upstream: &str) -> Comman
         .arg("--upstream")
         .arg(upstream);
     cmd
-}
-
-fn dev_cert() -> PathBuf {
-    repo_path("certs/localhost.pem")
-}
-
-fn dev_key() -> PathBuf {
-    repo_path("certs/localhost-key.pem")
-}
-
-/// Parses `listening on https://127.0.0.1:PORT` out of a log line.
-fn listening_addr(line: &str) -> SocketAddr {
-    let rest = line
-        .split("listening on https://")
-        .nth(1)
-        .unwrap_or_else(|| panic!("no address in {line:?}"));
-    let addr = rest.split_whitespace().next().unwrap_or_default();
-    addr.parse()
-        .unwrap_or_else(|e| panic!("bad address {addr:?} in {line:?}: {e}"))
 }
 
 /// A plain-HTTP upstream on a thread: answers every request with `body`
@@ -315,19 +127,9 @@ fn tls_client(
     addr: SocketAddr,
     ca: &Path,
 ) -> rustls::StreamOwned<rustls::ClientConnection, TcpStream> {
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in CertificateDer::pem_file_iter(ca).expect("read CA file") {
-        roots.add(cert.expect("CA parses")).expect("usable root");
-    }
-    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let mut config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .expect("versions")
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let config = client_tls_config_trusting(ca, &[b"http/1.1"]);
     let name = ServerName::try_from("localhost").expect("server name");
-    let conn = rustls::ClientConnection::new(Arc::new(config), name).expect("client connection");
+    let conn = rustls::ClientConnection::new(config, name).expect("client connection");
     let tcp = TcpStream::connect(addr).expect("connect to ssegate");
     tcp.set_read_timeout(Some(LIMIT)).expect("read timeout");
     rustls::StreamOwned::new(conn, tcp)
@@ -359,15 +161,6 @@ fn https_get(addr: SocketAddr, ca: &Path, path: &str) -> (String, String) {
     (status, body.to_owned())
 }
 
-fn sigterm(pid: u32) {
-    let status = Command::new("kill")
-        .arg("-TERM")
-        .arg(pid.to_string())
-        .status()
-        .expect("run kill(1)");
-    assert!(status.success(), "kill -TERM {pid} failed: {status}");
-}
-
 // ---------------------------------------------------------------- help, version
 
 /// Splits `--help` output into one block per option, keyed by its long flag.
@@ -395,7 +188,7 @@ fn option_blocks(help: &str) -> Vec<(String, String)> {
 #[test]
 fn help_lists_every_flag_with_its_env_var_and_default() {
     let (status, stdout, stderr) = run_to_exit({
-        let mut cmd = ssegate();
+        let mut cmd = ssegate_command();
         cmd.arg("--help");
         cmd
     });
@@ -461,7 +254,7 @@ fn help_lists_every_flag_with_its_env_var_and_default() {
 #[test]
 fn version_prints_the_crate_version() {
     let (status, stdout, stderr) = run_to_exit({
-        let mut cmd = ssegate();
+        let mut cmd = ssegate_command();
         cmd.arg("--version");
         cmd
     });
@@ -474,7 +267,7 @@ fn version_prints_the_crate_version() {
 
 #[test]
 fn missing_required_flags_are_a_usage_error() {
-    let (status, _stdout, stderr) = run_to_exit(ssegate());
+    let (status, _stdout, stderr) = run_to_exit(ssegate_command());
     let all = stderr.join("\n");
     assert_eq!(status.code(), Some(2), "clap usage error exits 2:\n{all}");
     for flag in ["--cert", "--key", "--upstream"] {
@@ -490,7 +283,7 @@ fn missing_cert_file_is_one_clear_line() {
     let dir = TempDir::new("missing");
     let missing = dir.path("no-such-cert.pem");
     let line = assert_start_error(
-        proxy_cmd(&missing, &dev_key(), "http://127.0.0.1:9"),
+        proxy_cmd(&missing, &dev_key_path(), "http://127.0.0.1:9"),
         &[&missing.display().to_string()],
     );
     assert!(
@@ -504,7 +297,7 @@ fn missing_key_file_is_one_clear_line() {
     let dir = TempDir::new("missing-key");
     let missing = dir.path("no-such-key.pem");
     let line = assert_start_error(
-        proxy_cmd(&dev_cert(), &missing, "http://127.0.0.1:9"),
+        proxy_cmd(&dev_cert_path(), &missing, "http://127.0.0.1:9"),
         &[&missing.display().to_string()],
     );
     assert!(line.to_lowercase().contains("no such file"), "{line}");
@@ -515,7 +308,7 @@ fn cert_file_that_is_not_pem_is_one_clear_line() {
     let dir = TempDir::new("notpem");
     let not_pem = dir.write("cert.pem", "this is not a certificate\n");
     assert_start_error(
-        proxy_cmd(&not_pem, &dev_key(), "http://127.0.0.1:9"),
+        proxy_cmd(&not_pem, &dev_key_path(), "http://127.0.0.1:9"),
         &[&not_pem.display().to_string(), "CERTIFICATE"],
     );
 }
@@ -528,7 +321,7 @@ fn cert_with_corrupt_base64_is_one_clear_line() {
         "-----BEGIN CERTIFICATE-----\n!!!! not base64 !!!!\n-----END CERTIFICATE-----\n",
     );
     assert_start_error(
-        proxy_cmd(&corrupt, &dev_key(), "http://127.0.0.1:9"),
+        proxy_cmd(&corrupt, &dev_key_path(), "http://127.0.0.1:9"),
         &[&corrupt.display().to_string(), "PEM"],
     );
 }
@@ -538,14 +331,14 @@ fn key_file_that_is_not_pem_is_one_clear_line() {
     let dir = TempDir::new("keynotpem");
     let not_pem = dir.write("key.pem", [0u8, 159, 146, 150, 1, 2, 3]);
     assert_start_error(
-        proxy_cmd(&dev_cert(), &not_pem, "http://127.0.0.1:9"),
+        proxy_cmd(&dev_cert_path(), &not_pem, "http://127.0.0.1:9"),
         &[&not_pem.display().to_string(), "PRIVATE KEY"],
     );
 }
 
 #[test]
 fn cert_given_as_key_is_one_clear_line() {
-    let cert = dev_cert();
+    let cert = dev_cert_path();
     assert_start_error(
         proxy_cmd(&cert, &cert, "http://127.0.0.1:9"),
         &[&cert.display().to_string(), "PRIVATE KEY"],
@@ -554,7 +347,7 @@ fn cert_given_as_key_is_one_clear_line() {
 
 #[test]
 fn key_given_as_cert_is_one_clear_line() {
-    let key = dev_key();
+    let key = dev_key_path();
     assert_start_error(
         proxy_cmd(&key, &key, "http://127.0.0.1:9"),
         &[&key.display().to_string(), "CERTIFICATE"],
@@ -566,7 +359,7 @@ fn key_that_does_not_match_the_cert_is_one_clear_line() {
     let dir = TempDir::new("mismatch");
     let other = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).expect("keygen");
     let other_key = dir.write("other-key.pem", other.serialize_pem());
-    let cert = dev_cert();
+    let cert = dev_cert_path();
     assert_start_error(
         proxy_cmd(&cert, &other_key, "http://127.0.0.1:9"),
         &[
@@ -580,7 +373,7 @@ fn key_that_does_not_match_the_cert_is_one_clear_line() {
 #[test]
 fn https_upstream_is_one_clear_line() {
     assert_start_error(
-        proxy_cmd(&dev_cert(), &dev_key(), "https://127.0.0.1:9"),
+        proxy_cmd(&dev_cert_path(), &dev_key_path(), "https://127.0.0.1:9"),
         &["--upstream", "https://127.0.0.1:9", "http://"],
     );
 }
@@ -588,7 +381,7 @@ fn https_upstream_is_one_clear_line() {
 #[test]
 fn upstream_without_scheme_is_one_clear_line() {
     assert_start_error(
-        proxy_cmd(&dev_cert(), &dev_key(), "127.0.0.1:9"),
+        proxy_cmd(&dev_cert_path(), &dev_key_path(), "127.0.0.1:9"),
         &["--upstream", "127.0.0.1:9", "http://host:port"],
     );
 }
@@ -596,7 +389,7 @@ fn upstream_without_scheme_is_one_clear_line() {
 #[test]
 fn upstream_with_query_is_one_clear_line() {
     assert_start_error(
-        proxy_cmd(&dev_cert(), &dev_key(), "http://127.0.0.1:9/?a=1"),
+        proxy_cmd(&dev_cert_path(), &dev_key_path(), "http://127.0.0.1:9/?a=1"),
         &["--upstream", "query"],
     );
 }
@@ -605,8 +398,8 @@ fn upstream_with_query_is_one_clear_line() {
 fn unparseable_listen_address_is_a_usage_error() {
     let cmd = proxy_cmd_on(
         "localhost:not-a-port",
-        &dev_cert(),
-        &dev_key(),
+        &dev_cert_path(),
+        &dev_key_path(),
         "http://127.0.0.1:9",
     );
     let (status, _stdout, stderr) = run_to_exit(cmd);
@@ -624,7 +417,12 @@ fn unparseable_listen_address_is_a_usage_error() {
 fn listen_address_in_use_is_one_clear_line() {
     let taken = TcpListener::bind("127.0.0.1:0").expect("bind");
     let addr = taken.local_addr().expect("addr").to_string();
-    let cmd = proxy_cmd_on(&addr, &dev_cert(), &dev_key(), "http://127.0.0.1:9");
+    let cmd = proxy_cmd_on(
+        &addr,
+        &dev_cert_path(),
+        &dev_key_path(),
+        "http://127.0.0.1:9",
+    );
     assert_start_error(cmd, &["cannot listen", &addr]);
     drop(taken);
 }
@@ -635,8 +433,8 @@ fn listen_address_in_use_is_one_clear_line() {
 fn listens_on_the_real_port_serves_tls_and_exits_0_on_sigterm() {
     let upstream = tiny_upstream("hello from upstream\n");
     let mut proxy = Running::spawn(proxy_cmd(
-        &dev_cert(),
-        &dev_key(),
+        &dev_cert_path(),
+        &dev_key_path(),
         &format!("http://{}", upstream.addr),
     ));
     let line = proxy.wait_stderr_line("listening on https://", LIMIT);
@@ -644,7 +442,7 @@ fn listens_on_the_real_port_serves_tls_and_exits_0_on_sigterm() {
     assert_eq!(addr.ip().to_string(), "127.0.0.1", "{line}");
     assert_ne!(addr.port(), 0, "must print the bound port: {line}");
 
-    let (status, body) = https_get(addr, &dev_cert(), "/hello?x=1");
+    let (status, body) = https_get(addr, &dev_cert_path(), "/hello?x=1");
     assert!(status.starts_with("HTTP/1.1 200"), "{status}");
     assert_eq!(body, "hello from upstream\n");
     let seen = upstream
@@ -668,14 +466,14 @@ fn listens_on_the_real_port_serves_tls_and_exits_0_on_sigterm() {
 fn sigterm_with_an_idle_keep_alive_connection_exits_0_promptly() {
     let upstream = tiny_upstream("kept alive\n");
     let mut proxy = Running::spawn(proxy_cmd(
-        &dev_cert(),
-        &dev_key(),
+        &dev_cert_path(),
+        &dev_key_path(),
         &format!("http://{}", upstream.addr),
     ));
     let addr = listening_addr(&proxy.wait_stderr_line("listening on https://", LIMIT));
 
     // A browser-like client: one request, then the connection stays open.
-    let mut tls = tls_client(addr, &dev_cert());
+    let mut tls = tls_client(addr, &dev_cert_path());
     write!(tls, "GET /idle HTTP/1.1\r\nhost: localhost\r\n\r\n").expect("request");
     tls.flush().expect("flush");
     let mut response = Vec::new();
@@ -715,7 +513,7 @@ fn flags_come_from_ssegate_env_vars() {
     let key = dir.write("env-key.pem", key_pem);
     let upstream = tiny_upstream("configured by environment\n");
 
-    let mut cmd = ssegate();
+    let mut cmd = ssegate_command();
     cmd.env("SSEGATE_LISTEN", "127.0.0.1:0")
         .env("SSEGATE_CERT", &cert)
         .env("SSEGATE_KEY", &key)
@@ -745,8 +543,8 @@ fn flags_come_from_ssegate_env_vars() {
 fn command_line_flags_override_env_vars() {
     let upstream = tiny_upstream("flag wins\n");
     let mut cmd = proxy_cmd(
-        &dev_cert(),
-        &dev_key(),
+        &dev_cert_path(),
+        &dev_key_path(),
         &format!("http://{}", upstream.addr),
     );
     cmd.env("SSEGATE_UPSTREAM", "https://ignored.invalid:1")
@@ -754,7 +552,7 @@ fn command_line_flags_override_env_vars() {
         .env("SSEGATE_LISTEN", "256.0.0.1:1");
     let mut proxy = Running::spawn(cmd);
     let addr = listening_addr(&proxy.wait_stderr_line("listening on https://", LIMIT));
-    let (status, body) = https_get(addr, &dev_cert(), "/");
+    let (status, body) = https_get(addr, &dev_cert_path(), "/");
     assert!(status.starts_with("HTTP/1.1 200"), "{status}");
     assert_eq!(body, "flag wins\n");
 }
@@ -764,7 +562,7 @@ fn cert_subcommand_writes_a_pair_that_ssegate_accepts() {
     let dir = TempDir::new("certcmd");
     let out = dir.path("nested/certs");
     let (status, stdout, stderr) = run_to_exit({
-        let mut cmd = ssegate();
+        let mut cmd = ssegate_command();
         cmd.arg("cert").arg("--out-dir").arg(&out);
         cmd
     });
@@ -799,10 +597,10 @@ fn cert_subcommand_writes_a_pair_that_ssegate_accepts() {
 fn cert_subcommand_names_files_after_the_first_name() {
     let dir = TempDir::new("certname");
     let (status, _stdout, stderr) = run_to_exit({
-        let mut cmd = ssegate();
+        let mut cmd = ssegate_command();
         cmd.args(["cert", "--name", "example.test", "--name", "10.0.0.5"])
             .args(["--days", "1", "--out-dir"])
-            .arg(&dir.0);
+            .arg(dir.root());
         cmd
     });
     assert!(status.success(), "{status}: {stderr:?}");

@@ -12,163 +12,23 @@
 //! while a fetch is pending), so it hangs. Over the pipe the test evaluates a
 //! promise in the page that resolves as soon as three events are listed.
 
+mod common;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::process::CommandExt;
-use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::path::PathBuf;
+use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
 use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant, SystemTime};
 
-const BIN: &str = env!("CARGO_BIN_EXE_ssegate");
+use common::*;
+
 /// Generous: two cores, tests in parallel, a browser starting up.
 const LIMIT: Duration = Duration::from_secs(30);
 /// The whole browser test, start to finish.
 const BROWSER_LIMIT: Duration = Duration::from_secs(60);
-
-fn repo_path(rel: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join(rel)
-}
-
-// ---------------------------------------------------------------- processes
-
-#[derive(Debug)]
-enum Output {
-    Stdout(String),
-    Stderr(String),
-    Closed,
-}
-
-/// A running child whose stdout and stderr are read line by line on two
-/// threads. Killed (and reaped) on Drop if it is still running.
-struct Running {
-    child: Child,
-    rx: Receiver<Output>,
-    open_streams: usize,
-    stdout: Vec<String>,
-    stderr: Vec<String>,
-    /// How many stdout lines `next_stdout_line` has handed out.
-    stdout_taken: usize,
-}
-
-impl Running {
-    fn spawn(mut cmd: Command, package: &str) -> Self {
-        cmd.stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        let program = cmd.get_program().to_string_lossy().into_owned();
-        let mut child = cmd.spawn().unwrap_or_else(|e| {
-            panic!("cannot run `{program}` ({e}): this test needs the Debian package `{package}`")
-        });
-        let (tx, rx) = mpsc::channel();
-        let out = child.stdout.take().expect("stdout piped");
-        let err = child.stderr.take().expect("stderr piped");
-        let tx2 = tx.clone();
-        thread::spawn(move || forward_lines(out, tx, Output::Stdout));
-        thread::spawn(move || forward_lines(err, tx2, Output::Stderr));
-        Running {
-            child,
-            rx,
-            open_streams: 2,
-            stdout: Vec::new(),
-            stderr: Vec::new(),
-            stdout_taken: 0,
-        }
-    }
-
-    /// Receives one line (or end of stream) before `deadline`; false on timeout.
-    fn pump(&mut self, deadline: Instant) -> bool {
-        let wait = deadline.saturating_duration_since(Instant::now());
-        match self.rx.recv_timeout(wait) {
-            Ok(Output::Stdout(line)) => self.stdout.push(line),
-            Ok(Output::Stderr(line)) => self.stderr.push(line),
-            Ok(Output::Closed) => self.open_streams -= 1,
-            Err(RecvTimeoutError::Timeout) => return false,
-            Err(RecvTimeoutError::Disconnected) => self.open_streams = 0,
-        }
-        true
-    }
-
-    /// The next stdout line, waiting for it until `deadline`; None at the
-    /// end of the output or on timeout.
-    fn next_stdout_line(&mut self, deadline: Instant) -> Option<String> {
-        while self.stdout_taken == self.stdout.len() {
-            if self.open_streams == 0 || !self.pump(deadline) {
-                return None;
-            }
-        }
-        self.stdout_taken += 1;
-        Some(self.stdout[self.stdout_taken - 1].clone())
-    }
-
-    /// Reads until both streams are closed, then reaps the child.
-    fn wait_exit(&mut self, limit: Duration) -> ExitStatus {
-        let deadline = Instant::now() + limit;
-        while self.open_streams > 0 {
-            if !self.pump(deadline) {
-                panic!(
-                    "process did not exit within {limit:?}\n{}",
-                    self.transcript()
-                );
-            }
-        }
-        self.child.wait().expect("wait for child")
-    }
-
-    fn transcript(&self) -> String {
-        format!(
-            "--- stdout\n{}\n--- stderr\n{}",
-            self.stdout.join("\n"),
-            self.stderr.join("\n")
-        )
-    }
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
-}
-
-fn forward_lines(
-    stream: impl Read,
-    tx: mpsc::Sender<Output>,
-    wrap: fn(String) -> Output,
-) -> Option<()> {
-    for line in BufReader::new(stream).lines() {
-        let Ok(line) = line else { break };
-        tx.send(wrap(line)).ok()?;
-    }
-    tx.send(Output::Closed).ok()
-}
-
-/// A fresh directory under the system temp dir, removed on Drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(tag: &str) -> Self {
-        static COUNTER: AtomicUsize = AtomicUsize::new(0);
-        let dir = std::env::temp_dir().join(format!(
-            "ssegate-demo-{tag}-{}-{}",
-            std::process::id(),
-            COUNTER.fetch_add(1, Ordering::SeqCst)
-        ));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).expect("create temp dir");
-        TempDir(dir)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 // ---------------------------------------------------------------- the demo
 
@@ -180,10 +40,9 @@ struct Demo {
 
 impl Demo {
     fn start() -> Self {
-        let mut cmd = Command::new(BIN);
-        cmd.args(["demo", "--listen", "127.0.0.1:0"])
-            .env_remove("RUST_LOG");
-        let mut process = Running::spawn(cmd, "(the ssegate binary)");
+        let mut cmd = ssegate_command();
+        cmd.args(["demo", "--listen", "127.0.0.1:0"]);
+        let mut process = Running::spawn(cmd);
         let deadline = Instant::now() + LIMIT;
         let port = loop {
             let line = process.next_stdout_line(deadline).unwrap_or_else(|| {
@@ -207,18 +66,10 @@ impl Demo {
         format!("https://localhost:{}{path}", self.port)
     }
 
-    /// Makes `localhost` mean 127.0.0.1 for curl, where the demo listens.
-    fn curl_resolve(&self) -> String {
-        format!("localhost:{}:127.0.0.1", self.port)
-    }
-
+    /// curl for `path` on the demo, with `extra` options.
     fn curl(&self, extra: &[&str], path: &str) -> Command {
-        let mut cmd = Command::new("curl");
-        cmd.args(["-sS", "--max-time", "30", "--cacert"])
-            .arg(repo_path("certs/localhost.pem"))
-            .args(["--resolve", &self.curl_resolve()])
-            .args(extra)
-            .arg(self.url(path));
+        let mut cmd = curl_command(self.port, &dev_cert_path(), 30);
+        cmd.args(extra).arg(self.url(path));
         cmd
     }
 }
@@ -289,7 +140,7 @@ fn assert_date_events(events: &[Event], first_id: u64) {
 #[test]
 fn demo_serves_the_eventsource_page_over_https() {
     let mut demo = Demo::start();
-    let mut curl = Running::spawn(
+    let mut curl = Running::spawn_tool(
         demo.curl(
             &["-w", "\n%{http_version} %{response_code} %{content_type}"],
             "/",
@@ -316,12 +167,7 @@ fn demo_serves_the_eventsource_page_over_https() {
     );
 
     // The demo stops cleanly on SIGTERM.
-    let status = Command::new("kill")
-        .arg("-TERM")
-        .arg(demo.process.child.id().to_string())
-        .status()
-        .expect("run kill(1)");
-    assert!(status.success());
+    sigterm(demo.process.pid());
     let exit = demo.process.wait_exit(LIMIT);
     assert!(exit.success(), "{exit}\n{}", demo.process.transcript());
 }
@@ -329,7 +175,7 @@ fn demo_serves_the_eventsource_page_over_https() {
 #[test]
 fn demo_stream_sends_retry_then_dated_events() {
     let demo = Demo::start();
-    let mut curl = Running::spawn(demo.curl(&["-N"], "/stream/date"), "curl");
+    let mut curl = Running::spawn_tool(demo.curl(&["-N"], "/stream/date"), "curl");
     let started = Instant::now();
     let events = read_events(&mut curl, 4, LIMIT);
     assert_eq!(
@@ -350,7 +196,7 @@ fn demo_stream_sends_retry_then_dated_events() {
 #[test]
 fn demo_stream_resumes_after_last_event_id() {
     let demo = Demo::start();
-    let mut curl = Running::spawn(
+    let mut curl = Running::spawn_tool(
         demo.curl(&["-N", "-H", "Last-Event-ID: 41"], "/stream/date"),
         "curl",
     );
@@ -414,7 +260,7 @@ impl Browser {
                 "--host-resolver-rules=MAP localhost 127.0.0.1",
                 "--remote-debugging-pipe",
             ])
-            .arg(format!("--user-data-dir={}", profile.0.display()))
+            .arg(format!("--user-data-dir={}", profile.root().display()))
             .env_remove("DISPLAY")
             .process_group(0)
             .stdin(Stdio::piped())

@@ -6,10 +6,8 @@ mod common;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use bytes::Bytes;
 use common::*;
-use http::{Response, Version};
-use hyper::body::Incoming;
+use http::Version;
 use hyper_util::rt::TokioIo;
 use tokio::io::AsyncReadExt;
 use tokio::net::TcpListener;
@@ -18,31 +16,7 @@ use tokio::sync::{mpsc, oneshot};
 /// How soon the upstream request must end after the client hangs up.
 const HANGUP_LIMIT: Duration = Duration::from_secs(1);
 
-/// One upstream event stream whose body the test writes itself.
-struct UpstreamStream {
-    path: String,
-    tx: mpsc::Sender<Bytes>,
-    /// Completes when the upstream's body is dropped (connection closed).
-    closed: oneshot::Receiver<()>,
-}
-
-/// An upstream that answers every request at once as an event stream and
-/// hands the body's sender to the test.
-async fn controlled_upstream() -> (UpstreamHandle, mpsc::UnboundedReceiver<UpstreamStream>) {
-    let (streams_tx, streams_rx) = mpsc::unbounded_channel();
-    let upstream = spawn_upstream(move |req| {
-        let streams_tx = streams_tx.clone();
-        async move {
-            let (tx, body, closed) = channel_body();
-            let path = req.uri().path().to_owned();
-            let _ = streams_tx.send(UpstreamStream { path, tx, closed });
-            sse_response("text/event-stream", body)
-        }
-    })
-    .await;
-    (upstream, streams_rx)
-}
-
+/// The next request the upstream receives, which must be for `path`.
 async fn next_stream(
     streams: &mut mpsc::UnboundedReceiver<UpstreamStream>,
     path: &str,
@@ -51,23 +25,22 @@ async fn next_stream(
         .await
         .expect("the upstream gets the request")
         .expect("upstream running");
-    assert_eq!(stream.path, path);
+    assert_eq!(stream.path_and_query, path);
     stream
 }
 
 /// Writes one event upstream and checks that the client receives it.
 async fn relay_one(stream: &UpstreamStream, reader: &mut EventReader, id: u64) {
+    let path = stream.path_and_query.as_str();
     assert!(
-        write_event(&stream.tx, id, "tick", &[&stream.path]).await,
-        "{}: upstream body dropped",
-        stream.path
+        write_event(&stream.tx, id, "tick", &[path]).await,
+        "{path}: upstream body dropped"
     );
     let event = reader.next_event(Duration::from_secs(5)).await;
     assert_eq!(
         event.map(|e| e.text),
-        Some(format!("id: {id}\nevent: tick\ndata: {}", stream.path)),
-        "{}",
-        stream.path
+        Some(event_text(id, "tick", path)),
+        "{path}"
     );
 }
 
@@ -81,15 +54,11 @@ async fn assert_upstream_released(closed: oneshot::Receiver<()>, what: &str) {
     );
 }
 
-fn is_open(closed: &mut oneshot::Receiver<()>) -> bool {
-    matches!(closed.try_recv(), Err(oneshot::error::TryRecvError::Empty))
-}
-
 // ---------------------------------------------------------------- client hang-up
 
 #[tokio::test]
 async fn client_hangup_ends_upstream_request_over_http1() {
-    let (upstream, mut streams) = controlled_upstream().await;
+    let (upstream, mut streams) = controlled_upstream("text/event-stream").await;
     let proxy = spawn_proxy(upstream.addr).await;
 
     // Built by hand rather than with h1_client, to own the connection task.
@@ -107,7 +76,7 @@ async fn client_hangup_ends_upstream_request_over_http1() {
     let mut stream = next_stream(&mut streams, "/events").await;
     let mut reader = EventReader::new(response.into_body());
     relay_one(&stream, &mut reader, 1).await;
-    assert!(is_open(&mut stream.closed));
+    assert!(stream.is_open());
 
     // Hang up: body, sender and the connection itself (TLS and TCP).
     drop(reader);
@@ -121,7 +90,7 @@ async fn client_hangup_ends_upstream_request_over_http1() {
 
 #[tokio::test]
 async fn client_stream_reset_ends_upstream_request_over_http2() {
-    let (upstream, mut streams) = controlled_upstream().await;
+    let (upstream, mut streams) = controlled_upstream("text/event-stream").await;
     let proxy = spawn_proxy(upstream.addr).await;
     let sender = h2_client(proxy.addr).await;
 
@@ -148,7 +117,7 @@ async fn client_stream_reset_ends_upstream_request_over_http2() {
     assert_upstream_released(stream_a.closed, "h2 stream reset").await;
 
     // Stream b, on the same connection, carries on.
-    assert!(is_open(&mut stream_b.closed), "stream b was closed too");
+    assert!(stream_b.is_open(), "stream b was closed too");
     relay_one(&stream_b, &mut reader_b, 2).await;
 
     // And the connection still takes new streams.
@@ -162,47 +131,10 @@ async fn client_stream_reset_ends_upstream_request_over_http2() {
     let mut reader_c = EventReader::new(response_c.into_body());
     relay_one(&stream_c, &mut reader_c, 1).await;
     relay_one(&stream_b, &mut reader_b, 3).await;
-    assert!(is_open(&mut stream_b.closed));
+    assert!(stream_b.is_open());
 }
 
 // ---------------------------------------------------------------- upstream gone
-
-async fn request(proxy: SocketAddr, path: &str, version: Version) -> Response<Incoming> {
-    match version {
-        Version::HTTP_2 => {
-            h2_client(proxy)
-                .await
-                .send_request(get(path, version))
-                .await
-        }
-        _ => {
-            h1_client(proxy)
-                .await
-                .send_request(get(path, version))
-                .await
-        }
-    }
-    .expect("response")
-}
-
-/// A 502 with a short plain-text body.
-async fn assert_bad_gateway(response: Response<Incoming>) {
-    assert_eq!(response.status(), 502);
-    let content_type = response
-        .headers()
-        .get("content-type")
-        .expect("content-type")
-        .to_str()
-        .unwrap()
-        .to_owned();
-    assert!(content_type.starts_with("text/plain"), "{content_type}");
-    let body = tokio::time::timeout(Duration::from_secs(5), read_body(response.into_body()))
-        .await
-        .expect("the 502 body is complete");
-    let body = String::from_utf8_lossy(&body);
-    assert!(body.starts_with("502"), "{body:?}");
-    assert!(body.len() < 100, "{body:?}");
-}
 
 /// Far above what a refused connection takes.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -212,13 +144,13 @@ async fn dead_upstream_gives_502(version: Version) {
     config.timeouts.connect = CONNECT_TIMEOUT;
     let proxy = spawn_proxy_with(config).await;
     let started = tokio::time::Instant::now();
-    let response = request(proxy.addr, "/events", version).await;
+    let response = get_once(proxy.addr, "/events", version).await;
     let elapsed = started.elapsed();
     assert!(
         elapsed < Duration::from_secs(2),
         "502 only after {elapsed:?}: the refused connection should fail at once"
     );
-    assert_bad_gateway(response).await;
+    assert_plain_error(response, 502).await;
 }
 
 #[tokio::test]
@@ -262,7 +194,7 @@ async fn upstream_hangup_gives_502(version: Version) {
     let proxy = spawn_proxy(upstream).await;
     let response = tokio::time::timeout(
         Duration::from_secs(5),
-        request(proxy.addr, "/events", version),
+        get_once(proxy.addr, "/events", version),
     )
     .await
     .expect("the proxy answers");
@@ -270,7 +202,7 @@ async fn upstream_hangup_gives_502(version: Version) {
         hung_up.try_recv().is_ok(),
         "the upstream got the request and hung up"
     );
-    assert_bad_gateway(response).await;
+    assert_plain_error(response, 502).await;
 }
 
 #[tokio::test]

@@ -4,7 +4,6 @@
 
 mod common;
 
-use std::net::SocketAddr;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -58,51 +57,6 @@ async fn next_seen(rx: &mut mpsc::UnboundedReceiver<Seen>) -> Seen {
         .expect("upstream still running")
 }
 
-/// One client connection to the proxy, HTTP/1.1 or HTTP/2.
-enum Client {
-    H1(H1Sender),
-    H2(H2Sender),
-}
-
-impl Client {
-    async fn connect(addr: SocketAddr, version: Version) -> Self {
-        if version == Version::HTTP_2 {
-            Client::H2(h2_client(addr).await)
-        } else {
-            Client::H1(h1_client(addr).await)
-        }
-    }
-
-    async fn send(&mut self, req: Request<TestBody>) -> Response<Incoming> {
-        let response = async {
-            match self {
-                Client::H1(sender) => {
-                    sender.ready().await?;
-                    sender.send_request(req).await
-                }
-                Client::H2(sender) => {
-                    sender.ready().await?;
-                    sender.send_request(req).await
-                }
-            }
-        };
-        tokio::time::timeout(LIMIT, response)
-            .await
-            .expect("response in time")
-            .expect("response")
-    }
-}
-
-/// A request for `path` on `host`: Host header on h1, :authority on h2.
-fn request(version: Version, host: &str, path: &str) -> http::request::Builder {
-    let builder = Request::builder().method("GET").version(version);
-    if version == Version::HTTP_2 {
-        builder.uri(format!("https://{host}{path}"))
-    } else {
-        builder.uri(path).header("host", host)
-    }
-}
-
 fn values<'a>(headers: &'a HeaderMap, name: &str) -> Vec<&'a str> {
     headers
         .get_all(name)
@@ -119,7 +73,7 @@ async fn forwarding_headers(version: Version) {
     let mut client = Client::connect(proxy.addr, version).await;
 
     // A client behind another proxy, trying to spoof proto and host as well.
-    let req = request(version, "app.example:8443", "/events?topic=news")
+    let req = request(version, "GET", "app.example:8443", "/events?topic=news")
         .header("x-forwarded-for", "203.0.113.7")
         .header("x-forwarded-proto", "http")
         .header("x-forwarded-host", "spoofed.example")
@@ -154,7 +108,7 @@ async fn forwarding_headers(version: Version) {
     assert_eq!(values(h, "accept"), ["text/event-stream"]);
 
     // Without a prior chain, X-Forwarded-For is just the client.
-    let req = request(version, "localhost", "/plain")
+    let req = request(version, "GET", "localhost", "/plain")
         .body(empty_body())
         .unwrap();
     let response = client.send(req).await;
@@ -187,7 +141,7 @@ async fn hop_by_hop_request_headers_are_removed_over_http1() {
     let proxy = spawn_proxy(upstream.addr).await;
     let mut client = Client::connect(proxy.addr, Version::HTTP_11).await;
 
-    let req = request(Version::HTTP_11, "localhost", "/hop")
+    let req = request(Version::HTTP_11, "GET", "localhost", "/hop")
         .header("connection", "keep-alive, X-Private")
         .header("connection", "x-other")
         .header("keep-alive", "timeout=5, max=100")
@@ -236,7 +190,7 @@ async fn hop_by_hop_request_headers_are_removed_over_http2() {
     let proxy = spawn_proxy(upstream.addr).await;
     let mut client = Client::connect(proxy.addr, Version::HTTP_2).await;
 
-    let req = request(Version::HTTP_2, "localhost", "/hop")
+    let req = request(Version::HTTP_2, "GET", "localhost", "/hop")
         .header("te", "trailers")
         .header("proxy-authorization", "Basic cHJveHk6c2VjcmV0")
         .header("x-foo", "bar")
@@ -299,7 +253,7 @@ async fn hop_by_hop_response_headers(version: Version) {
     let mut client = Client::connect(proxy.addr, version).await;
 
     for (path, expected_body) in [("/sse", "data: hi\n\n"), ("/plain", "hello")] {
-        let req = request(version, "localhost", path)
+        let req = request(version, "GET", "localhost", path)
             .body(empty_body())
             .unwrap();
         // On h2 a Connection header would be a protocol error: the request
@@ -329,7 +283,7 @@ async fn hop_by_hop_response_headers(version: Version) {
     }
     if let Client::H1(_) = client {
         // The proxy's connection to the client stays usable afterwards.
-        let req = request(version, "localhost", "/again")
+        let req = request(version, "GET", "localhost", "/again")
             .body(empty_body())
             .unwrap();
         let response = client.send(req).await;
@@ -369,7 +323,7 @@ async fn paths_and_queries(version: Version, base: &str) {
 
     let prefix = base.trim_end_matches('/');
     for path in PATHS {
-        let req = request(version, "localhost", path)
+        let req = request(version, "GET", "localhost", path)
             .body(empty_body())
             .unwrap();
         let response = client.send(req).await;

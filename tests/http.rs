@@ -63,51 +63,6 @@ fn assert_same_bytes(got: &[u8], expected: &[u8], what: &str) {
     }
 }
 
-/// One client connection to the proxy, HTTP/1.1 or HTTP/2.
-enum Client {
-    H1(H1Sender),
-    H2(H2Sender),
-}
-
-impl Client {
-    async fn connect(addr: SocketAddr, version: Version) -> Self {
-        if version == Version::HTTP_2 {
-            Client::H2(h2_client(addr).await)
-        } else {
-            Client::H1(h1_client(addr).await)
-        }
-    }
-
-    async fn send(&mut self, req: Request<TestBody>) -> Response<Incoming> {
-        let response = async {
-            match self {
-                Client::H1(sender) => {
-                    sender.ready().await?;
-                    sender.send_request(req).await
-                }
-                Client::H2(sender) => {
-                    sender.ready().await?;
-                    sender.send_request(req).await
-                }
-            }
-        };
-        tokio::time::timeout(LIMIT, response)
-            .await
-            .expect("response in time")
-            .expect("response")
-    }
-}
-
-/// A request with Host `localhost` (h1) or authority `localhost` (h2).
-fn request(version: Version, method: &str, path: &str) -> http::request::Builder {
-    let builder = Request::builder().method(method).version(version);
-    if version == Version::HTTP_2 {
-        builder.uri(format!("https://localhost{path}"))
-    } else {
-        builder.uri(path).header("host", "localhost")
-    }
-}
-
 async fn body_text(response: Response<Incoming>) -> String {
     let body = tokio::time::timeout(LIMIT, read_body(response.into_body()))
         .await
@@ -117,15 +72,9 @@ async fn body_text(response: Response<Incoming>) -> String {
 
 /// A fresh connection, one GET, the status and body. Proves the proxy serves.
 async fn proxy_serves(addr: SocketAddr) {
-    let response = tokio::time::timeout(LIMIT, async {
-        h1_client(addr)
-            .await
-            .send_request(get("/ping", Version::HTTP_11))
-            .await
-    })
-    .await
-    .expect("proxy answers in time")
-    .expect("response");
+    let response = tokio::time::timeout(LIMIT, get_once(addr, "/ping", Version::HTTP_11))
+        .await
+        .expect("proxy answers in time");
     assert_eq!(response.status(), 200);
     assert_eq!(body_text(response).await, "pong");
 }
@@ -266,7 +215,7 @@ async fn upload(version: Version) {
             offset = end;
         }
     });
-    let req = request(version, "POST", "/upload")
+    let req = request(version, "POST", "localhost", "/upload")
         .header("content-type", "application/octet-stream")
         .body(body)
         .unwrap();
@@ -316,7 +265,7 @@ async fn download(version: Version) {
     let proxy = spawn_proxy(upstream.addr).await;
     let mut client = Client::connect(proxy.addr, version).await;
 
-    let req = request(version, "GET", "/download")
+    let req = request(version, "GET", "localhost", "/download")
         .body(empty_body())
         .unwrap();
     let response = client.send(req).await;
@@ -351,7 +300,7 @@ async fn keep_alive_on_both_sides() {
 
     for i in 0..5 {
         let path = format!("/request/{i}");
-        let req = request(Version::HTTP_11, "GET", &path)
+        let req = request(Version::HTTP_11, "GET", "localhost", &path)
             .body(empty_body())
             .unwrap();
         let response = client.send(req).await;
@@ -508,7 +457,7 @@ async fn oversized_header_value(version: Version) {
     let mut client = Client::connect(proxy.addr, version).await;
 
     let big = "a".repeat(100_000);
-    let req = request(version, "GET", "/big")
+    let req = request(version, "GET", "localhost", "/big")
         .header("x-big", big.as_str())
         .body(empty_body())
         .unwrap();
@@ -517,7 +466,7 @@ async fn oversized_header_value(version: Version) {
     assert_eq!(body_text(response).await, TOO_LARGE_BODY);
 
     // The same connection and a new one both still work.
-    let req = request(version, "GET", "/small")
+    let req = request(version, "GET", "localhost", "/small")
         .body(empty_body())
         .unwrap();
     let response = client.send(req).await;

@@ -13,12 +13,9 @@ use bytes::Bytes;
 use common::*;
 use http::{Response, Version};
 use http_body_util::BodyExt;
-use hyper::body::Incoming;
-use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::net::TcpStream;
-use tokio::sync::{mpsc, oneshot};
-use tokio::task::JoinHandle;
+use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 /// Upper bound for anything the test waits on; far above what it needs.
@@ -39,22 +36,6 @@ fn slow_body() -> Bytes {
 }
 
 // ---------------------------------------------------------------- upstream
-
-/// One event stream the upstream serves; the test writes it.
-struct UpstreamStream {
-    tx: mpsc::Sender<Bytes>,
-    /// Completes when the proxy let go of the upstream response.
-    closed: oneshot::Receiver<()>,
-}
-
-impl UpstreamStream {
-    async fn send(&self, bytes: &str) {
-        self.tx
-            .send(Bytes::from(bytes.to_owned()))
-            .await
-            .expect("the proxy still reads the upstream body");
-    }
-}
 
 /// An upstream with an event stream under `/events` and `/live` (under
 /// `/live/late` only after `LATE`, reported when the request arrives), a slow
@@ -85,9 +66,9 @@ impl Upstream {
                     tokio::time::sleep(LATE).await;
                 }
                 if path == "/events" || path.starts_with("/live") {
-                    let (tx, body, closed) = channel_body();
-                    let _ = streams_tx.send(UpstreamStream { tx, closed });
-                    return sse_response("text/event-stream", body);
+                    let (stream, response) = stream_response(&req, "text/event-stream");
+                    let _ = streams_tx.send(stream);
+                    return response;
                 }
                 if path == "/slow" {
                     let _ = slow_tx.send(());
@@ -133,115 +114,7 @@ impl Upstream {
     }
 }
 
-// ---------------------------------------------------------------- clients
-
-/// An HTTP/1.1 connection whose connection task is owned (and so can be
-/// watched for its end).
-struct H1Connection {
-    sender: H1Sender,
-    conn: JoinHandle<()>,
-}
-
-impl Drop for H1Connection {
-    fn drop(&mut self) {
-        self.conn.abort();
-    }
-}
-
-enum Client {
-    H1(H1Connection),
-    H2(H2Sender),
-}
-
-impl Client {
-    async fn connect(addr: SocketAddr, version: Version) -> Self {
-        match version {
-            Version::HTTP_2 => Client::H2(h2_client(addr).await),
-            _ => {
-                let tls = tls_connect(addr, &[b"http/1.1"]).await;
-                let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
-                    .await
-                    .expect("h1 handshake");
-                let conn = tokio::spawn(async move {
-                    let _ = conn.await;
-                });
-                Client::H1(H1Connection { sender, conn })
-            }
-        }
-    }
-
-    async fn try_get(&mut self, path: &str) -> hyper::Result<Response<Incoming>> {
-        match self {
-            Client::H1(h1) => {
-                h1.sender.ready().await?;
-                h1.sender.send_request(get(path, Version::HTTP_11)).await
-            }
-            Client::H2(sender) => sender.send_request(get(path, Version::HTTP_2)).await,
-        }
-    }
-
-    async fn get(&mut self, path: &str) -> Response<Incoming> {
-        self.try_get(path).await.expect("response")
-    }
-}
-
-/// Reads an event-stream body as raw bytes.
-struct RawReader {
-    body: Incoming,
-    raw: Vec<u8>,
-}
-
-impl RawReader {
-    fn new(body: Incoming) -> Self {
-        RawReader {
-            body,
-            raw: Vec::new(),
-        }
-    }
-
-    fn text(&self) -> String {
-        String::from_utf8_lossy(&self.raw).into_owned()
-    }
-
-    async fn read_until_ends_with(&mut self, tail: &str) {
-        let deadline = Instant::now() + LIMIT;
-        while !self.raw.ends_with(tail.as_bytes()) {
-            match tokio::time::timeout_at(deadline, self.body.frame()).await {
-                Ok(Some(Ok(frame))) => {
-                    if let Some(data) = frame.data_ref() {
-                        self.raw.extend_from_slice(data);
-                    }
-                }
-                other => panic!(
-                    "waiting for {tail:?}: {} after {:?}",
-                    match other {
-                        Ok(None) => "stream ended".to_owned(),
-                        Ok(Some(Err(err))) => format!("body failed ({err})"),
-                        _ => "timed out".to_owned(),
-                    },
-                    self.text()
-                ),
-            }
-        }
-    }
-
-    /// Reads to the end of the body, which must end cleanly.
-    async fn read_to_end(&mut self) {
-        let deadline = Instant::now() + LIMIT;
-        loop {
-            match tokio::time::timeout_at(deadline, self.body.frame()).await {
-                Ok(Some(Ok(frame))) => {
-                    if let Some(data) = frame.data_ref() {
-                        self.raw.extend_from_slice(data);
-                    }
-                }
-                Ok(None) => return,
-                Ok(Some(Err(err))) => panic!("body failed ({err}) after {:?}", self.text()),
-                Err(_) => panic!("stream did not end; got {:?}", self.text()),
-            }
-        }
-    }
-}
+// ---------------------------------------------------------------- helpers
 
 /// Whether a TCP connection to `addr` is refused.
 async fn refused(addr: SocketAddr) -> bool {
@@ -573,7 +446,7 @@ struct Binary {
 
 impl Binary {
     fn start(args: &[&str]) -> Self {
-        let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_ssegate"))
+        let mut child = tokio::process::Command::from(ssegate_command())
             .args(args)
             .env("RUST_LOG", "info")
             .stdin(std::process::Stdio::null())
@@ -648,23 +521,12 @@ async fn the_binary_drains_on_sigterm_and_exits_with_status_0() {
         "1500ms",
     ]);
     let line = binary.line_containing("listening on https://").await;
-    let addr: SocketAddr = line
-        .split("listening on https://")
-        .nth(1)
-        .and_then(|rest| rest.split_whitespace().next())
-        .and_then(|addr| addr.parse().ok())
-        .unwrap_or_else(|| panic!("no address in {line:?}"));
+    let addr = listening_addr(&line);
 
     let mut client = Client::connect(addr, Version::HTTP_11).await;
     let (stream, mut reader) = stream_mid_event(&mut client, &mut upstream).await;
 
-    let pid = binary.child.id().expect("running").to_string();
-    let kill = tokio::process::Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .await
-        .expect("run kill");
-    assert!(kill.success());
+    sigterm(binary.child.id().expect("running"));
     let signalled = Instant::now();
     // Draining: the listener is closed while the stream is still open.
     until_refused(addr).await;

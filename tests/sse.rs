@@ -31,21 +31,7 @@ async fn events_arrive_one_by_one(version: Version) {
     let upstream = periodic_upstream(5, Duration::from_millis(200)).await;
     let proxy = spawn_proxy(upstream.addr).await;
     let started = tokio::time::Instant::now();
-    let response = match version {
-        Version::HTTP_2 => {
-            h2_client(proxy.addr)
-                .await
-                .send_request(get("/events", version))
-                .await
-        }
-        _ => {
-            h1_client(proxy.addr)
-                .await
-                .send_request(get("/events", version))
-                .await
-        }
-    }
-    .expect("response");
+    let response = get_once(proxy.addr, "/events", version).await;
     assert_eq!(response.status(), 200);
     assert!(response.headers().get("connection").is_none());
     assert!(response.headers().get("content-length").is_none());
@@ -84,40 +70,6 @@ async fn events_arrive_one_by_one_over_http1() {
 #[tokio::test]
 async fn events_arrive_one_by_one_over_http2() {
     events_arrive_one_by_one(Version::HTTP_2).await;
-}
-
-// ---------------------------------------------------------------- helpers
-
-/// One client connection to the proxy, over HTTP/1.1 or HTTP/2.
-enum Client {
-    H1(H1Sender),
-    H2(H2Sender),
-}
-
-impl Client {
-    async fn connect(addr: std::net::SocketAddr, version: Version) -> Self {
-        match version {
-            Version::HTTP_2 => Client::H2(h2_client(addr).await),
-            _ => Client::H1(h1_client(addr).await),
-        }
-    }
-
-    async fn get(&mut self, path: &str) -> http::Response<hyper::body::Incoming> {
-        match self {
-            Client::H1(sender) => {
-                sender.ready().await.expect("h1 connection ready");
-                sender.send_request(get(path, Version::HTTP_11)).await
-            }
-            Client::H2(sender) => sender.send_request(get(path, Version::HTTP_2)).await,
-        }
-        .expect("response")
-    }
-}
-
-/// The exact text `write_event` produces for an event with one data line,
-/// without the blank line that ends it (as `EventReader` reports it).
-fn event_text(id: u64, event: &str, data: &str) -> String {
-    format!("id: {id}\nevent: {event}\ndata: {data}")
 }
 
 /// An upstream whose event stream writes one event at once and then stays
@@ -366,27 +318,13 @@ async fn survives_silence_as_event_stream(proxy: std::net::SocketAddr, path: &'s
 
 /// The same pattern as an ordinary response is cut by the request timeout.
 async fn ordinary_response_is_cut(proxy: std::net::SocketAddr) {
-    use http_body_util::BodyExt;
-
     let mut client = Client::connect(proxy, Version::HTTP_11).await;
     let response = client.get("/plain").await;
     assert_eq!(response.status(), 200);
-    let mut body = response.into_body();
-    let mut received = Vec::new();
-    let outcome = loop {
-        match tokio::time::timeout(SILENCE + Duration::from_secs(5), body.frame()).await {
-            Err(_) => break "still open",
-            Ok(None) => break "clean end",
-            Ok(Some(Err(_))) => break "cut",
-            Ok(Some(Ok(frame))) => {
-                if let Some(data) = frame.data_ref() {
-                    received.extend_from_slice(data);
-                }
-            }
-        }
-    };
+    let (received, outcome) =
+        read_body_until_end(response.into_body(), SILENCE + Duration::from_secs(5)).await;
     let received = String::from_utf8_lossy(&received);
-    assert_eq!(outcome, "cut", "text/plain body after {received:?}");
+    assert_eq!(outcome, BodyEnd::Cut, "text/plain body after {received:?}");
     assert!(received.starts_with("id: 1\n"), "{received:?}");
     assert!(!received.contains("id: 2"), "{received:?}");
 }

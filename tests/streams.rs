@@ -10,20 +10,15 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
 use common::*;
-use http::header::{HeaderName, HeaderValue};
-use http::{HeaderMap, Response, Version};
-use http_body_util::BodyExt;
-use hyper::body::Incoming;
-use hyper_util::rt::TokioIo;
+use http::Version;
 use rustls::pki_types::ServerName;
 use ssegate::config::Config;
 use ssegate::sse::hub::StatsSnapshot;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
-use tokio::sync::{mpsc, oneshot, watch};
-use tokio::task::{JoinHandle, JoinSet};
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tokio_rustls::client::TlsStream;
 use tokio_rustls::TlsConnector;
@@ -35,41 +30,14 @@ const SHARED: &str = "/live";
 
 // ---------------------------------------------------------------- upstream
 
-/// One request the upstream received; the test writes its event stream.
-struct UpstreamStream {
-    path_and_query: String,
-    headers: HeaderMap,
-    tx: mpsc::Sender<Bytes>,
-    /// Completes when the proxy let go of the upstream response.
-    closed: oneshot::Receiver<()>,
-}
-
+/// This file's own addition to the shared `UpstreamStream`.
 impl UpstreamStream {
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .get(name)
-            .map(|v| v.to_str().expect("ASCII header"))
-    }
-
-    async fn send(&self, bytes: &str) {
-        self.tx
-            .send(Bytes::from(bytes.to_owned()))
-            .await
-            .expect("the proxy still reads the upstream body");
-    }
-
+    /// Writes the event `tick(id)` stands for, the way Express apps do.
     async fn tick(&self, id: u64) {
         assert!(
             write_event(&self.tx, id, "tick", &[&format!("event {id}")]).await,
             "the proxy dropped the upstream body before event {id}"
         );
-    }
-
-    fn is_open(&mut self) -> bool {
-        matches!(
-            self.closed.try_recv(),
-            Err(oneshot::error::TryRecvError::Empty)
-        )
     }
 }
 
@@ -91,19 +59,9 @@ impl Upstream {
             counter.fetch_add(1, Ordering::SeqCst);
             let streams_tx = streams_tx.clone();
             async move {
-                let (tx, body, closed) = channel_body();
-                let path_and_query = req
-                    .uri()
-                    .path_and_query()
-                    .map(|pq| pq.as_str().to_owned())
-                    .unwrap_or_default();
-                let _ = streams_tx.send(UpstreamStream {
-                    path_and_query,
-                    headers: req.headers().clone(),
-                    tx,
-                    closed,
-                });
-                sse_response("text/event-stream", body)
+                let (stream, response) = stream_response(&req, "text/event-stream");
+                let _ = streams_tx.send(stream);
+                response
             }
         })
         .await;
@@ -162,74 +120,9 @@ async fn poll_until(what: &str, mut condition: impl FnMut() -> bool) {
 
 // ---------------------------------------------------------------- clients
 
-/// An HTTP/1.1 connection whose connection task ends (TCP closed) on Drop.
-struct H1Connection {
-    sender: H1Sender,
-    conn: JoinHandle<()>,
-}
-
-impl Drop for H1Connection {
-    fn drop(&mut self) {
-        self.conn.abort();
-    }
-}
-
-/// One client of the proxy: its own HTTP/1.1 connection, or a handle on a
-/// (possibly shared) HTTP/2 connection.
-enum Client {
-    H1(H1Connection),
-    H2(H2Sender),
-}
-
-impl Client {
-    async fn h1(addr: SocketAddr) -> Self {
-        let tls = tls_connect(addr, &[b"http/1.1"]).await;
-        let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
-            .await
-            .expect("h1 handshake");
-        let conn = tokio::spawn(async move {
-            let _ = conn.await;
-        });
-        Client::H1(H1Connection { sender, conn })
-    }
-
-    async fn connect(addr: SocketAddr, version: Version) -> Self {
-        match version {
-            Version::HTTP_2 => Client::H2(h2_client(addr).await),
-            _ => Client::h1(addr).await,
-        }
-    }
-
-    async fn send(&mut self, path: &str, headers: &[(&str, &str)]) -> Response<Incoming> {
-        let version = match self {
-            Client::H1(_) => Version::HTTP_11,
-            Client::H2(_) => Version::HTTP_2,
-        };
-        let mut request = get(path, version);
-        for (name, value) in headers {
-            request.headers_mut().insert(
-                HeaderName::from_bytes(name.as_bytes()).expect("header name"),
-                HeaderValue::from_str(value).expect("header value"),
-            );
-        }
-        match self {
-            Client::H1(h1) => {
-                h1.sender.ready().await.expect("h1 connection ready");
-                h1.sender.send_request(request).await
-            }
-            Client::H2(sender) => sender.send_request(request).await,
-        }
-        .expect("response")
-    }
-
-    async fn get(&mut self, path: &str) -> Response<Incoming> {
-        self.send(path, &[]).await
-    }
-}
-
 /// Opens an event stream through `client` and checks the response head.
 async fn subscribe(client: &mut Client, path: &str, headers: &[(&str, &str)]) -> EventReader {
-    let response = client.send(path, headers).await;
+    let response = client.get_with(path, headers).await;
     assert_eq!(response.status(), 200, "{path}");
     let content_type = response.headers().get("content-type").cloned();
     assert_eq!(
@@ -242,7 +135,7 @@ async fn subscribe(client: &mut Client, path: &str, headers: &[(&str, &str)]) ->
 
 /// The text `UpstreamStream::tick` produces, as `EventReader` reports it.
 fn tick(id: u64) -> String {
-    format!("id: {id}\nevent: tick\ndata: event {id}")
+    event_text(id, "tick", &format!("event {id}"))
 }
 
 /// The next `count` events' texts; fails if they do not arrive in time.
@@ -266,59 +159,6 @@ async fn texts_until(reader: &mut EventReader, last: &str) -> Vec<String> {
 }
 
 // ---------------------------------------------------------------- heartbeats
-
-/// Reads an event-stream body as raw bytes.
-struct RawReader {
-    body: Incoming,
-    raw: Vec<u8>,
-}
-
-impl RawReader {
-    fn new(body: Incoming) -> Self {
-        RawReader {
-            body,
-            raw: Vec::new(),
-        }
-    }
-
-    fn text(&self) -> String {
-        String::from_utf8_lossy(&self.raw).into_owned()
-    }
-
-    /// Reads until `done` holds for the bytes so far.
-    async fn read_until(&mut self, what: &str, done: impl Fn(&[u8]) -> bool) {
-        let deadline = Instant::now() + LIMIT;
-        while !done(&self.raw) {
-            match tokio::time::timeout_at(deadline, self.body.frame()).await {
-                Ok(Some(Ok(frame))) => {
-                    if let Some(data) = frame.data_ref() {
-                        self.raw.extend_from_slice(data);
-                    }
-                }
-                Ok(Some(Err(err))) => panic!("{what}: body failed ({err}) after {:?}", self.text()),
-                Ok(None) => panic!("{what}: stream ended after {:?}", self.text()),
-                Err(_) => panic!("{what}: timed out after {:?}", self.text()),
-            }
-        }
-    }
-
-    /// Reads to the end of the body, which must end cleanly.
-    async fn read_to_end(&mut self) {
-        let deadline = Instant::now() + LIMIT;
-        loop {
-            match tokio::time::timeout_at(deadline, self.body.frame()).await {
-                Ok(Some(Ok(frame))) => {
-                    if let Some(data) = frame.data_ref() {
-                        self.raw.extend_from_slice(data);
-                    }
-                }
-                Ok(None) => return,
-                Ok(Some(Err(err))) => panic!("body failed ({err}) after {:?}", self.text()),
-                Err(_) => panic!("stream did not end; got {:?}", self.text()),
-            }
-        }
-    }
-}
 
 const HEARTBEAT: &str = ":\n\n";
 

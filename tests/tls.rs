@@ -8,17 +8,13 @@
 mod common;
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::process::Stdio;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::path::Path;
 use std::time::Duration;
 
 use common::*;
 use http::Version;
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, ServerName};
+use rustls::pki_types::ServerName;
 use ssegate::config::{Config, UpstreamUrl};
 use ssegate::tls::{CertPair, CertStore};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -26,83 +22,7 @@ use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tokio_rustls::TlsConnector;
 
-/// Generous bound for one external tool run (two cores, parallel tests).
-const TOOL_LIMIT: Duration = Duration::from_secs(30);
-
 // ---------------------------------------------------------------- helpers
-
-/// A fresh directory under the system temp dir, removed on Drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(tag: &str) -> Self {
-        static COUNTER: AtomicUsize = AtomicUsize::new(0);
-        let dir = std::env::temp_dir().join(format!(
-            "ssegate-tls-{tag}-{}-{}",
-            std::process::id(),
-            COUNTER.fetch_add(1, Ordering::SeqCst)
-        ));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).expect("create temp dir");
-        TempDir(dir)
-    }
-
-    fn path(&self, name: &str) -> PathBuf {
-        self.0.join(name)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-/// What one run of an outside tool printed.
-struct ToolRun {
-    success: bool,
-    stdout: String,
-    /// stdout and stderr together, for matching and for failure messages.
-    all: String,
-}
-
-/// Runs `program` with stdin closed and a time limit. The child is killed if
-/// the limit passes (tokio's kill_on_drop is the guard). A missing tool is a
-/// test failure that names the Debian package to install.
-async fn run_tool(program: &str, package: &str, args: &[&str]) -> ToolRun {
-    let child = tokio::process::Command::new(program)
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap_or_else(|e| {
-            panic!(
-                "cannot run `{program}` ({e}): this test needs it; install the Debian package `{package}`"
-            )
-        });
-    let output = tokio::time::timeout(TOOL_LIMIT, child.wait_with_output())
-        .await
-        .unwrap_or_else(|_| {
-            panic!(
-                "`{program} {}` did not finish in {TOOL_LIMIT:?}",
-                args.join(" ")
-            )
-        })
-        .expect("collect tool output");
-    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
-    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
-    ToolRun {
-        success: output.status.success(),
-        all: format!("{stdout}\n{stderr}"),
-        stdout,
-    }
-}
-
-async fn openssl(args: &[&str]) -> ToolRun {
-    run_tool("openssl", "openssl", args).await
-}
 
 /// What `openssl s_client` negotiated.
 #[derive(Debug)]
@@ -175,10 +95,6 @@ fn verify_with(ca: &Path) -> Vec<String> {
     ]
 }
 
-fn dev_cert_path() -> PathBuf {
-    repo_path("certs/localhost.pem")
-}
-
 async fn handshake_verified(addr: SocketAddr, ca: &Path, extra: &[&str]) -> Handshake {
     let verify = verify_with(ca);
     let mut args: Vec<&str> = verify.iter().map(String::as_str).collect();
@@ -221,24 +137,14 @@ async fn request_trusting(
     version: Version,
     path: &str,
 ) -> (u16, String) {
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in CertificateDer::pem_file_iter(ca).expect("read CA") {
-        roots.add(cert.expect("CA parses")).expect("usable root");
-    }
-    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let mut config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .expect("versions")
-        .with_root_certificates(roots)
-        .with_no_client_auth();
     let alpn: &[u8] = if version == Version::HTTP_2 {
         b"h2"
     } else {
         b"http/1.1"
     };
-    config.alpn_protocols = vec![alpn.to_vec()];
+    let config = client_tls_config_trusting(ca, &[alpn]);
     let tcp = TcpStream::connect(addr).await.expect("connect");
-    let tls = TlsConnector::from(Arc::new(config))
+    let tls = TlsConnector::from(config)
         .connect(ServerName::try_from("localhost").expect("name"), tcp)
         .await
         .expect("TLS handshake verifying the certificate");
@@ -650,28 +556,10 @@ async fn the_handshake_timeout_does_not_limit_an_established_connection() {
 async fn curl_through_proxy(http_flag: &str, expected_version: &str) {
     let upstream = hello_upstream().await;
     let proxy = spawn_proxy(upstream.addr).await;
-    let port = proxy.addr.port();
-    let resolve = format!("localhost:{port}:127.0.0.1");
-    let url = format!("https://localhost:{port}/curl/path?q=1");
-    let ca = dev_cert_path();
-    let run = run_tool(
-        "curl",
-        "curl",
-        &[
-            "-sS",
-            "--max-time",
-            "20",
-            http_flag,
-            "--cacert",
-            ca.to_str().expect("utf-8 path"),
-            "--resolve",
-            &resolve,
-            "-w",
-            "%{http_version} %{response_code}",
-            &url,
-        ],
-    )
-    .await;
+    let url = format!("https://localhost:{}/curl/path?q=1", proxy.addr.port());
+    let mut curl = curl_command(proxy.addr.port(), &dev_cert_path(), 20);
+    curl.args([http_flag, "-w", "%{http_version} %{response_code}", &url]);
+    let run = run_tool(curl, "curl").await;
     assert!(run.success, "curl {http_flag} failed:\n{}", run.all);
     assert_eq!(
         run.stdout,
