@@ -61,7 +61,9 @@ fn serve(cli: Cli) -> anyhow::Result<()> {
         .build()?;
     runtime.block_on(async {
         let shutdown = CancellationToken::new();
-        tokio::spawn(cancel_on_signal(shutdown.clone()));
+        let signals = ShutdownSignals::install()
+            .map_err(|e| StartError::Config(format!("cannot install signal handlers: {e}")))?;
+        tokio::spawn(cancel_on_signal(signals, shutdown.clone()));
         match &cli.command {
             Some(Command::Demo(args)) => ssegate::demo::run(args, shutdown).await?,
             _ => {
@@ -75,37 +77,53 @@ fn serve(cli: Cli) -> anyhow::Result<()> {
 }
 
 /// The first SIGINT or SIGTERM starts a graceful drain; a second exits at once.
-async fn cancel_on_signal(shutdown: CancellationToken) {
-    wait_for_signal().await;
+async fn cancel_on_signal(mut signals: ShutdownSignals, shutdown: CancellationToken) {
+    signals.recv().await;
     tracing::info!("signal received: draining (send it again to exit now)");
     shutdown.cancel();
-    wait_for_signal().await;
+    signals.recv().await;
     tracing::warn!("second signal: exiting now");
     std::process::exit(130);
 }
 
+/// SIGINT and SIGTERM, installed before the listener opens so that an early
+/// signal drains like any other instead of killing the process outright.
 #[cfg(unix)]
-async fn wait_for_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    match (
-        signal(SignalKind::interrupt()),
-        signal(SignalKind::terminate()),
-    ) {
-        (Ok(mut int), Ok(mut term)) => {
-            tokio::select! {
-                _ = int.recv() => {}
-                _ = term.recv() => {}
-            }
-        }
-        _ => {
-            let _ = tokio::signal::ctrl_c().await;
+struct ShutdownSignals {
+    interrupt: tokio::signal::unix::Signal,
+    terminate: tokio::signal::unix::Signal,
+}
+
+#[cfg(unix)]
+impl ShutdownSignals {
+    fn install() -> std::io::Result<Self> {
+        use tokio::signal::unix::{signal, SignalKind};
+        Ok(ShutdownSignals {
+            interrupt: signal(SignalKind::interrupt())?,
+            terminate: signal(SignalKind::terminate())?,
+        })
+    }
+
+    async fn recv(&mut self) {
+        tokio::select! {
+            _ = self.interrupt.recv() => {}
+            _ = self.terminate.recv() => {}
         }
     }
 }
 
 #[cfg(not(unix))]
-async fn wait_for_signal() {
-    let _ = tokio::signal::ctrl_c().await;
+struct ShutdownSignals;
+
+#[cfg(not(unix))]
+impl ShutdownSignals {
+    fn install() -> std::io::Result<Self> {
+        Ok(ShutdownSignals)
+    }
+
+    async fn recv(&mut self) {
+        let _ = tokio::signal::ctrl_c().await;
+    }
 }
 
 fn write_dev_cert(args: &CertArgs) -> anyhow::Result<()> {

@@ -93,6 +93,9 @@ impl Server {
             config,
             proxy,
         } = self;
+        if let Some(reloader) = config.cert_reloader.clone() {
+            reloader.spawn(shutdown.clone());
+        }
         tracing::info!("listening on https://{local_addr}");
         if let Some(redirect) = redirect {
             tokio::spawn(crate::redirect::serve(
@@ -100,9 +103,6 @@ impl Server {
                 local_addr.port(),
                 shutdown.clone(),
             ));
-        }
-        if let Some(reloader) = config.cert_reloader.clone() {
-            tokio::spawn(reloader.run(shutdown.clone()));
         }
         let drain_timeout = config.timeouts.drain;
         let connections = Arc::new(ConnectionSettings::new(&config));

@@ -13,7 +13,6 @@
 
 mod common;
 
-use std::ffi::OsString;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -48,39 +47,6 @@ const RELOAD_LIMIT: Duration = Duration::from_secs(30);
 const POLL: Duration = Duration::from_millis(100);
 
 // ================================================================ helpers
-
-/// A fresh directory under the system temp dir, removed on Drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(tag: &str) -> Self {
-        static COUNTER: AtomicUsize = AtomicUsize::new(0);
-        let dir = std::env::temp_dir().join(format!(
-            "ssegate-tlsfeat-{tag}-{}-{}",
-            std::process::id(),
-            COUNTER.fetch_add(1, Ordering::SeqCst)
-        ));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).expect("create temp dir");
-        TempDir(dir)
-    }
-
-    fn path(&self, name: &str) -> PathBuf {
-        self.0.join(name)
-    }
-
-    fn write(&self, name: &str, contents: impl AsRef<[u8]>) -> PathBuf {
-        let path = self.path(name);
-        std::fs::write(&path, contents).expect("write temp file");
-        path
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 fn s(path: &Path) -> &str {
     path.to_str().expect("utf-8 temp path")
@@ -290,18 +256,11 @@ fn config_with_tls(upstream: SocketAddr, tls: Arc<rustls::ServerConfig>) -> Conf
 
 // ---------------------------------------------------------------- outside tools
 
-/// What one run of an outside tool printed.
-struct ToolRun {
-    success: bool,
-    /// stdout and stderr together.
-    all: String,
-}
-
-/// Runs `program` with a time limit (the child is killed if it passes). A
-/// missing tool fails the test naming the Debian package to install. With
-/// `input`, it is written to stdin, which is then closed.
-async fn run_tool(program: &str, package: &str, args: &[&str], input: Option<&[u8]>) -> ToolRun {
-    let mut child = tokio::process::Command::new(program)
+/// Runs `openssl` with `args`, writing `input` to its stdin (then closed),
+/// or with stdin closed; killed if it outlives `LIMIT`. (The harness'
+/// `openssl` cannot feed stdin, which `-ign_eof` sessions need.)
+async fn openssl_with_input(args: &[&str], input: Option<&[u8]>) -> ToolRun {
+    let mut child = tokio::process::Command::new("openssl")
         .args(args)
         .stdin(if input.is_some() {
             Stdio::piped()
@@ -312,31 +271,22 @@ async fn run_tool(program: &str, package: &str, args: &[&str], input: Option<&[u
         .stderr(Stdio::piped())
         .kill_on_drop(true)
         .spawn()
-        .unwrap_or_else(|e| {
-            panic!(
-                "cannot run `{program}` ({e}): this test needs it; install the Debian package `{package}` (apt-get install -y {package})"
-            )
-        });
+        .unwrap_or_else(|e| panic!("{}", missing_tool("openssl", "openssl", &e)));
     if let (Some(input), Some(mut stdin)) = (input, child.stdin.take()) {
-        stdin.write_all(input).await.expect("write tool stdin");
+        stdin.write_all(input).await.expect("write openssl stdin");
         drop(stdin);
     }
     let output = tokio::time::timeout(LIMIT, child.wait_with_output())
         .await
-        .unwrap_or_else(|_| panic!("`{program} {}` did not finish in {LIMIT:?}", args.join(" ")))
-        .expect("collect tool output");
+        .unwrap_or_else(|_| panic!("`openssl {}` did not finish in {LIMIT:?}", args.join(" ")))
+        .expect("collect openssl output");
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
     ToolRun {
         success: output.status.success(),
-        all: format!(
-            "{}\n{}",
-            String::from_utf8_lossy(&output.stdout),
-            String::from_utf8_lossy(&output.stderr)
-        ),
+        all: format!("{stdout}\n{stderr}"),
+        stdout,
     }
-}
-
-async fn openssl(args: &[&str]) -> ToolRun {
-    run_tool("openssl", "openssl", args, None).await
 }
 
 /// What `openssl s_client` saw.
@@ -365,7 +315,7 @@ async fn s_client_with_input(addr: SocketAddr, args: &[&str], input: Option<&[u8
     let connect = addr.to_string();
     let mut all_args = vec!["s_client", "-connect", &connect];
     all_args.extend_from_slice(args);
-    let run = run_tool("openssl", "openssl", &all_args, input).await;
+    let run = openssl_with_input(&all_args, input).await;
     // "New, TLSv1.3, Cipher is TLS_AES_256_GCM_SHA384" / "Reused, TLSv1.2, Cipher is ..."
     let session_line = run
         .all
@@ -534,34 +484,24 @@ struct Ssegate {
     log: watch::Receiver<String>,
 }
 
-/// The binary with a clean environment (no SSEGATE_*, RUST_LOG=info).
-fn ssegate_command(args: &[OsString]) -> tokio::process::Command {
-    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_ssegate"));
-    for (name, _) in std::env::vars_os() {
-        if name.to_string_lossy().starts_with("SSEGATE_") {
-            cmd.env_remove(name);
-        }
-    }
-    cmd.env("RUST_LOG", "info")
-        .args(args)
-        .stdin(Stdio::null())
+/// The binary (clean environment: no SSEGATE_*, default log level) with
+/// `args`, stderr piped, killed on Drop.
+fn binary_command(args: &[&str]) -> tokio::process::Command {
+    let mut cmd = tokio::process::Command::from(ssegate_command());
+    cmd.args(args)
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .kill_on_drop(true);
     cmd
 }
 
-fn os_args(args: &[&str]) -> Vec<OsString> {
-    args.iter().map(OsString::from).collect()
-}
-
 impl Ssegate {
     /// Starts `ssegate --listen 127.0.0.1:0 <args>` and waits for
     /// "listening on https://127.0.0.1:PORT".
     async fn start(args: &[&str]) -> Self {
-        let mut all = os_args(&["--listen", "127.0.0.1:0"]);
-        all.extend(os_args(args));
-        let mut child = ssegate_command(&all).spawn().expect("start ssegate");
+        let mut all = vec!["--listen", "127.0.0.1:0"];
+        all.extend_from_slice(args);
+        let mut child = binary_command(&all).spawn().expect("start ssegate");
         let stderr = child.stderr.take().expect("stderr piped");
         let (tx, mut log) = watch::channel(String::new());
         tokio::spawn(async move {
@@ -582,11 +522,8 @@ impl Ssegate {
             found,
             "ssegate {args:?} did not report listening within {LIMIT:?}:\n{text}"
         );
-        let addr = text
-            .lines()
-            .find_map(|l| l.split_once(MARK).map(|(_, a)| a.trim().to_owned()))
-            .and_then(|a| a.parse().ok())
-            .unwrap_or_else(|| panic!("no address in the listening line:\n{text}"));
+        let line = text.lines().find(|l| l.contains(MARK)).unwrap_or_default();
+        let addr = listening_addr(line);
         Ssegate { child, addr, log }
     }
 
@@ -893,9 +830,11 @@ async fn certificates_reload_on_file_change_while_a_stream_stays_open() {
     expect_event(1).await;
 
     // New certificate and key: new handshakes see them, the stream goes on.
+    // Key first: a poll between the two writes sees a mismatched pair, fails
+    // (logged), and the certificate write then triggers the reload anew.
     let second = ca.server_with_cn(&["localhost"], "reload-2");
-    std::fs::write(&pair.cert, &second.cert_pem).expect("replace cert");
     std::fs::write(&pair.key, &second.key_pem).expect("replace key");
+    std::fs::write(&pair.cert, &second.cert_pem).expect("replace cert");
     wait_until_served(proxy.addr, &ca, "CN=reload-2").await;
     expect_event(2).await;
 
@@ -925,8 +864,8 @@ async fn certificates_reload_on_file_change_while_a_stream_stays_open() {
 
     // Fixed files are picked up again: the watcher survived the failure.
     let third = ca.server_with_cn(&["localhost"], "reload-3");
-    std::fs::write(&pair.cert, &third.cert_pem).expect("replace cert");
     std::fs::write(&pair.key, &third.key_pem).expect("replace key");
+    std::fs::write(&pair.cert, &third.cert_pem).expect("replace cert");
     wait_until_served(proxy.addr, &ca, "CN=reload-3").await;
     expect_event(4).await;
 }
@@ -1030,7 +969,7 @@ async fn a_key_that_does_not_match_its_certificate_stops_the_start() {
     let dir = TempDir::new("mismatch");
     let a = write_pair(&dir, "a", &ca.server(&["a.test"]));
     let b = write_pair(&dir, "b", &ca.server(&["b.test"]));
-    let args = os_args(&[
+    let args = [
         "--listen",
         "127.0.0.1:0",
         "--cert",
@@ -1039,8 +978,8 @@ async fn a_key_that_does_not_match_its_certificate_stops_the_start() {
         s(&b.key),
         "--upstream",
         "http://127.0.0.1:9",
-    ]);
-    let output = tokio::time::timeout(LIMIT, ssegate_command(&args).output())
+    ];
+    let output = tokio::time::timeout(LIMIT, binary_command(&args).output())
         .await
         .expect("ssegate should exit at once")
         .expect("run ssegate");
@@ -1098,7 +1037,8 @@ async fn several_cert_key_pairs_are_served_by_name() {
 
 // ================================================================ OCSP
 
-/// A real OCSP response ("good") for `cert`, signed by the CA with `openssl ocsp`.
+/// A real OCSP response ("good") for `cert`, signed by the CA with `openssl
+/// ocsp` from a one-line CA database. Returns its file and the serial number.
 async fn ocsp_response(dir: &TempDir, ca: &TestCa, cert: &Path) -> (PathBuf, String) {
     let ca_cert = dir.write("ca.pem", ca.pem());
     let ca_key = dir.write("ca-key.pem", ca.key.serialize_pem());
@@ -1110,10 +1050,11 @@ async fn ocsp_response(dir: &TempDir, ca: &TestCa, cert: &Path) -> (PathBuf, Str
         .strip_prefix("serial=")
         .unwrap_or_else(|| panic!("unexpected serial output {:?}", serial.all))
         .to_owned();
-    // The CA database `openssl ocsp` answers from: valid until 2049.
+    // The CA database `openssl ocsp` answers from (looked up by serial):
+    // status V(alid), expiry, no revocation date, serial, file, subject.
     let index = dir.write(
         "index.txt",
-        format!("V\t491231235959Z\t\t{serial}\tunknown\t/CN=b.test\n"),
+        format!("V\t491231235959Z\t\t{serial}\tunknown\t/CN=ocsp-test\n"),
     );
     let request = dir.path("ocsp-req.der");
     let response = dir.path("ocsp-resp.der");

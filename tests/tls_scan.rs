@@ -15,6 +15,7 @@
 
 mod common;
 
+use std::io::Write;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -26,44 +27,11 @@ use http::Response;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::sync::watch;
 
-/// A full testssl run takes about 100 s on an idle two-core machine.
+/// A full testssl run took 60 to 150 s here (two cores, other tests running).
 const SCAN_LIMIT: Duration = Duration::from_secs(300);
 const START_LIMIT: Duration = Duration::from_secs(30);
 
 // ---------------------------------------------------------------- helpers
-
-/// A fresh directory under the system temp dir, removed on Drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(tag: &str) -> Self {
-        static COUNTER: AtomicUsize = AtomicUsize::new(0);
-        let dir = std::env::temp_dir().join(format!(
-            "ssegate-tlsscan-{tag}-{}-{}",
-            std::process::id(),
-            COUNTER.fetch_add(1, Ordering::SeqCst)
-        ));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).expect("create temp dir");
-        TempDir(dir)
-    }
-
-    fn path(&self, name: &str) -> PathBuf {
-        self.0.join(name)
-    }
-
-    fn write(&self, name: &str, contents: impl AsRef<[u8]>) -> PathBuf {
-        let path = self.path(name);
-        std::fs::write(&path, contents).expect("write temp file");
-        path
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 fn s(path: &Path) -> &str {
     path.to_str().expect("utf-8 temp path")
@@ -152,14 +120,8 @@ struct Ssegate {
 
 impl Ssegate {
     async fn start(cert: &Path, key: &Path, upstream: SocketAddr) -> Self {
-        let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_ssegate"));
-        for (name, _) in std::env::vars_os() {
-            if name.to_string_lossy().starts_with("SSEGATE_") {
-                cmd.env_remove(name);
-            }
-        }
-        let mut child = cmd
-            .env("RUST_LOG", "info")
+        // The harness' command: no SSEGATE_* or RUST_LOG from the caller.
+        let mut child = tokio::process::Command::from(ssegate_command())
             .args([
                 "--listen",
                 "127.0.0.1:0",
@@ -169,7 +131,6 @@ impl Ssegate {
                 s(key),
             ])
             .args(["--upstream", &format!("http://{upstream}"), "--hsts", "2y"])
-            .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .kill_on_drop(true)
@@ -192,11 +153,7 @@ impl Ssegate {
             .is_ok_and(|r| r.is_ok());
         let text = log.borrow().clone();
         assert!(found, "ssegate did not report listening:\n{text}");
-        let addr = text
-            .lines()
-            .find_map(|l| l.split_once(MARK).map(|(_, a)| a.trim().to_owned()))
-            .and_then(|a| a.parse().ok())
-            .unwrap_or_else(|| panic!("no address in the listening line:\n{text}"));
+        let addr = listening_addr(text.lines().find(|l| l.contains(MARK)).unwrap_or_default());
         Ssegate {
             _child: child,
             addr,
@@ -266,6 +223,13 @@ const TESTSSL_ALLOWED: &[(&str, &str, &str)] = &[(
 const FAILING_SEVERITIES: &[&str] = &["MEDIUM", "HIGH", "CRITICAL"];
 /// testssl's own trouble (a check that could not run) makes the scan incomplete.
 const SCAN_PROBLEM_SEVERITIES: &[&str] = &["WARN", "FATAL"];
+/// Local limitations that leave nothing about ssegate unchecked: (id, why).
+const SCAN_PROBLEMS_TOLERATED: &[(&str, &str)] = &[(
+    "engine_problem",
+    "the local openssl has no GOST engine (Debian's libengine-gost-openssl, a \
+     recommendation of testssl.sh) so testssl cannot offer the Russian GOST suites; \
+     rustls implements none of them, so there is nothing on the server side to find",
+)];
 const SHOWN_SEVERITIES: &[&str] = &["LOW", "MEDIUM", "HIGH", "CRITICAL", "WARN", "FATAL"];
 
 #[derive(Debug)]
@@ -342,16 +306,29 @@ async fn testssl_finds_no_medium_or_worse_problem() {
     )
     .await;
     let findings = read_testssl_json(&json, &run.stdout);
-    // testssl's exit code does not reflect findings; what it printed helps
-    // when something below fails.
-    println!("testssl findings at LOW and above (allowed ones marked):");
+    // testssl's exit code does not reflect findings. The summary goes to
+    // stderr directly, past the test harness' capture, so CI logs show it.
+    let mut summary = format!(
+        "testssl against ssegate {}: findings at LOW and above (allowed ones marked):\n",
+        proxy.addr
+    );
     for f in findings
         .iter()
         .filter(|f| SHOWN_SEVERITIES.contains(&f.severity.as_str()))
     {
-        let allowed = allowance(f).map_or("", |_| "  [allowed: test certificate]");
-        println!("  {:8} {:28} {}{allowed}", f.severity, f.id, f.finding);
+        let allowed = if allowance(f).is_some() {
+            "  [allowed: about the test certificate]"
+        } else if SCAN_PROBLEMS_TOLERATED.iter().any(|(id, _)| f.id == *id) {
+            "  [tolerated: local tool limitation]"
+        } else {
+            ""
+        };
+        summary.push_str(&format!(
+            "  {:8} {:28} {}{allowed}\n",
+            f.severity, f.id, f.finding
+        ));
     }
+    let _ = std::io::stderr().write_all(summary.as_bytes());
 
     // The scan really ran against ssegate, trusting the test CA.
     let expect = |id: &str, severity: &str, contains: &str| {
@@ -374,10 +351,14 @@ async fn testssl_finds_no_medium_or_worse_problem() {
     expect("cert_chain_of_trust", "OK", "passed");
     expect("cert_trust", "OK", "Ok via SAN");
     expect("HSTS_time", "OK", "63072000");
+    expect("cipher_order", "OK", "server");
+    expect("PFS", "OK", "offered");
+    expect("ALPN_HTTP2", "OK", "h2");
 
     let problems: Vec<&Finding> = findings
         .iter()
         .filter(|f| SCAN_PROBLEM_SEVERITIES.contains(&f.severity.as_str()) || f.id == "scanProblem")
+        .filter(|f| !SCAN_PROBLEMS_TOLERATED.iter().any(|(id, _)| f.id == *id))
         .collect();
     assert!(
         problems.is_empty(),
@@ -397,11 +378,6 @@ async fn testssl_finds_no_medium_or_worse_problem() {
         failures.is_empty(),
         "testssl found problems at MEDIUM or above in ssegate: {failures:#?}\n\
          (allowed, about the test certificate only: {allowed:#?})"
-    );
-    assert!(
-        run.success || !findings.is_empty(),
-        "testssl failed:\n{}",
-        run.stderr
     );
     drop(upstream);
 }
@@ -448,6 +424,18 @@ async fn sslyze_finds_mozilla_intermediate_compliance() {
         );
     }
     println!("{}", run.stdout);
+    // The compliance verdict (with the reasons when it fails), past the
+    // harness' capture so CI logs show it.
+    let verdict = run
+        .stdout
+        .split_once("COMPLIANCE AGAINST TLS CONFIGURATION")
+        .map_or("(no compliance section)", |(_, v)| {
+            v.trim_start_matches(|c: char| c == '-' || c.is_whitespace())
+                .trim_end()
+        });
+    let _ = std::io::stderr().write_all(
+        format!("sslyze (Mozilla intermediate) against ssegate:\n{verdict}\n").as_bytes(),
+    );
     let compliant = format!("localhost:{port}: OK - Compliant.");
     assert!(
         run.success && run.stdout.contains(&compliant),

@@ -1,5 +1,6 @@
 //! Certificates: PEM loading, choice by SNI, and reload without a restart.
 
+use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime};
@@ -269,8 +270,9 @@ pub struct CertReloader {
     pub sources: Vec<CertSource>,
 }
 
-/// Size and modification time of every file, to notice changes cheaply.
-type Fingerprint = Vec<Option<(SystemTime, u64)>>;
+/// A hash of every file's contents: a rewrite is noticed even when it keeps
+/// the size and the modification time (coarse timestamps, `cp -p`).
+type Fingerprint = Vec<Option<u64>>;
 
 impl CertReloader {
     fn files(&self) -> impl Iterator<Item = &Path> {
@@ -288,8 +290,10 @@ impl CertReloader {
     fn fingerprint(&self) -> Fingerprint {
         self.files()
             .map(|path| {
-                let meta = std::fs::metadata(path).ok()?;
-                Some((meta.modified().ok()?, meta.len()))
+                let contents = std::fs::read(path).ok()?;
+                let mut hasher = std::collections::hash_map::DefaultHasher::new();
+                contents.hash(&mut hasher);
+                Some(hasher.finish())
             })
             .collect()
     }
@@ -317,9 +321,15 @@ impl CertReloader {
         }
     }
 
-    /// Watches for SIGHUP and file changes until `shutdown`.
-    pub async fn run(self, shutdown: CancellationToken) {
-        let mut hangup = hangup_signal();
+    /// Starts watching for SIGHUP and file changes until `shutdown`. The
+    /// SIGHUP handler is installed before this returns, so a reload sent right
+    /// after start-up is not taken for the default "terminate".
+    pub fn spawn(self, shutdown: CancellationToken) -> tokio::task::JoinHandle<()> {
+        let hangup = hangup_signal();
+        tokio::spawn(self.run(hangup, shutdown))
+    }
+
+    async fn run(self, mut hangup: Hangup, shutdown: CancellationToken) {
         let mut seen = self.fingerprint();
         let mut poll = tokio::time::interval(CERT_POLL_INTERVAL);
         poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
