@@ -1,0 +1,742 @@
+//! The load generator: HTTP/1.1 clients over TLS (or plain TCP for the direct
+//! path) that open event streams and count every event by run and sequence
+//! number, and request/response loops over keep-alive or fresh connections.
+//!
+//! The client offers only X25519, TLS 1.3 + 1.2 and AES-128-GCM, and only
+//! ALPN http/1.1, so every peer negotiates the same handshake whatever its
+//! own preferences; what was negotiated is recorded and reported.
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::os::fd::AsRawFd;
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use hdrhistogram::Histogram;
+use http::{header, Request, StatusCode};
+use http_body_util::{BodyExt, Empty};
+use hyper::client::conn::http1::SendRequest;
+use hyper_util::rt::TokioIo;
+use rustls::client::Resumption;
+use rustls::crypto::aws_lc_rs;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, ServerName};
+use rustls::{ClientConfig, RootCertStore};
+use tokio::net::{TcpSocket, TcpStream};
+use tokio::sync::Semaphore;
+use tokio::task::JoinHandle;
+use tokio_rustls::client::TlsStream;
+use tokio_rustls::TlsConnector;
+use tokio_util::either::Either;
+use tokio_util::sync::CancellationToken;
+
+use crate::sys;
+use crate::upstream::WARMUP_RUN;
+
+/// TCP connect plus TLS handshake.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
+/// Response headers after the request was sent.
+const RESPONSE_TIMEOUT: Duration = Duration::from_secs(15);
+/// Latencies are recorded in microseconds, up to one minute.
+const MAX_LATENCY_US: u64 = 60_000_000;
+
+type Connection = Either<TcpStream, TlsStream<TcpStream>>;
+
+/// The TLS parameters a connection ended up with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsInfo {
+    pub version: String,
+    pub cipher_suite: String,
+    pub key_exchange: String,
+}
+
+impl std::fmt::Display for TlsInfo {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} {} {}",
+            self.version, self.cipher_suite, self.key_exchange
+        )
+    }
+}
+
+/// The client TLS configuration every peer is measured with. `resume: false`
+/// makes every handshake a full one.
+pub fn tls_client_config(trusted_cert: &Path, resume: bool) -> Result<Arc<ClientConfig>, String> {
+    let mut provider = aws_lc_rs::default_provider();
+    provider.kx_groups = vec![aws_lc_rs::kx_group::X25519];
+    provider.cipher_suites = vec![
+        aws_lc_rs::cipher_suite::TLS13_AES_128_GCM_SHA256,
+        aws_lc_rs::cipher_suite::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256,
+    ];
+    let mut roots = RootCertStore::empty();
+    let certs = CertificateDer::pem_file_iter(trusted_cert)
+        .map_err(|e| format!("{}: {e}", trusted_cert.display()))?;
+    for cert in certs {
+        let cert = cert.map_err(|e| format!("{}: {e}", trusted_cert.display()))?;
+        roots
+            .add(cert)
+            .map_err(|e| format!("{}: {e}", trusted_cert.display()))?;
+    }
+    let mut config = ClientConfig::builder_with_provider(Arc::new(provider))
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+        .map_err(|e| format!("client TLS config: {e}"))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    if !resume {
+        config.resumption = Resumption::disabled();
+    }
+    Ok(Arc::new(config))
+}
+
+/// Where the load goes: an address, TLS or not, and the local addresses the
+/// connections are spread over (127.0.0.x) so ephemeral ports never run short.
+#[derive(Clone)]
+pub struct Target {
+    pub addr: SocketAddr,
+    pub tls: Option<TlsConnector>,
+    pub sources: Arc<Vec<Ipv4Addr>>,
+}
+
+impl Target {
+    pub fn new(
+        addr: SocketAddr,
+        tls: Option<Arc<ClientConfig>>,
+        sources: Arc<Vec<Ipv4Addr>>,
+    ) -> Self {
+        Target {
+            addr,
+            tls: tls.map(TlsConnector::from),
+            sources,
+        }
+    }
+
+    /// The same target with another TLS configuration (e.g. without resumption).
+    pub fn with_tls(&self, tls: Option<Arc<ClientConfig>>) -> Self {
+        Target {
+            tls: tls.map(TlsConnector::from),
+            ..self.clone()
+        }
+    }
+
+    fn source_for(&self, index: usize) -> Option<Ipv4Addr> {
+        (!self.sources.is_empty()).then(|| self.sources[index % self.sources.len()])
+    }
+
+    /// TCP connect (from the index-th source address) and TLS handshake.
+    async fn connect(&self, index: usize) -> Result<(Connection, Option<TlsInfo>), String> {
+        let attempt = async {
+            let tcp = connect_tcp(self.addr, self.source_for(index))
+                .await
+                .map_err(|e| format!("connect {}: {e}", self.addr))?;
+            let _ = tcp.set_nodelay(true);
+            let Some(connector) = &self.tls else {
+                return Ok((Either::Left(tcp), None));
+            };
+            let name = ServerName::try_from("localhost").map_err(|e| e.to_string())?;
+            let tls = connector
+                .connect(name, tcp)
+                .await
+                .map_err(|e| format!("TLS handshake with {}: {e}", self.addr))?;
+            let info = tls_info(tls.get_ref().1);
+            Ok((Either::Right(tls), Some(info)))
+        };
+        tokio::time::timeout(CONNECT_TIMEOUT, attempt)
+            .await
+            .map_err(|_| format!("connect {}: timed out", self.addr))?
+    }
+
+    /// Connects and starts an HTTP/1.1 client connection on it.
+    async fn open_http(&self, index: usize) -> Result<(HttpConnection, Option<TlsInfo>), String> {
+        let (connection, info) = self.connect(index).await?;
+        let (sender, driver) = hyper::client::conn::http1::handshake(TokioIo::new(connection))
+            .await
+            .map_err(|e| format!("HTTP handshake: {e}"))?;
+        let driver = tokio::spawn(async move {
+            let _ = driver.await;
+        });
+        Ok((
+            HttpConnection {
+                sender,
+                _driver: AbortOnDrop(driver),
+            },
+            info,
+        ))
+    }
+}
+
+fn tls_info(connection: &rustls::ClientConnection) -> TlsInfo {
+    TlsInfo {
+        version: connection
+            .protocol_version()
+            .map(|v| format!("{v:?}"))
+            .unwrap_or_else(|| "?".into()),
+        cipher_suite: connection
+            .negotiated_cipher_suite()
+            .map(|s| format!("{:?}", s.suite()))
+            .unwrap_or_else(|| "?".into()),
+        key_exchange: connection
+            .negotiated_key_exchange_group()
+            .map(|g| format!("{:?}", g.name()))
+            .unwrap_or_else(|| "?".into()),
+    }
+}
+
+/// Connects from `source` (port chosen at connect time, so the 4-tuple and not
+/// the source port alone must be unique) to `dest`.
+async fn connect_tcp(dest: SocketAddr, source: Option<Ipv4Addr>) -> std::io::Result<TcpStream> {
+    let socket = TcpSocket::new_v4()?;
+    if let Some(ip) = source {
+        let enable: libc::c_int = 1;
+        // SAFETY: a valid socket fd and a c_int option value of the right size.
+        let rc = unsafe {
+            libc::setsockopt(
+                socket.as_raw_fd(),
+                libc::IPPROTO_IP,
+                libc::IP_BIND_ADDRESS_NO_PORT,
+                &enable as *const libc::c_int as *const libc::c_void,
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        if rc != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        socket.bind(SocketAddr::from((ip, 0)))?;
+    }
+    socket.connect(dest).await
+}
+
+struct AbortOnDrop(JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+struct HttpConnection {
+    sender: SendRequest<Empty<Bytes>>,
+    /// Drives the connection; aborted (closing it) when this is dropped.
+    _driver: AbortOnDrop,
+}
+
+impl HttpConnection {
+    async fn get(
+        &mut self,
+        path: &str,
+        accept: &str,
+        close: bool,
+    ) -> Result<http::Response<hyper::body::Incoming>, String> {
+        let exchange = async {
+            self.sender
+                .ready()
+                .await
+                .map_err(|e| format!("connection closed: {e}"))?;
+            let mut request = Request::get(path)
+                .header(header::HOST, "localhost")
+                .header(header::ACCEPT, accept)
+                .header(header::CACHE_CONTROL, "no-cache");
+            if close {
+                request = request.header(header::CONNECTION, "close");
+            }
+            let request = request
+                .body(Empty::new())
+                .map_err(|e| format!("request: {e}"))?;
+            self.sender
+                .send_request(request)
+                .await
+                .map_err(|e| format!("request failed: {e}"))
+        };
+        tokio::time::timeout(RESPONSE_TIMEOUT, exchange)
+            .await
+            .map_err(|_| "no response headers in time".to_string())?
+    }
+}
+
+// ------------------------------------------------------------ event streams
+
+/// What each stream of one batch expects: events of `run`, numbered 0..expected.
+#[derive(Debug, Clone)]
+pub struct StreamPlan {
+    pub path: String,
+    pub run: u32,
+    pub expected: u64,
+}
+
+/// Counters the harness watches while a batch of streams runs.
+#[derive(Debug, Default)]
+pub struct StreamProgress {
+    /// Got response headers (status 200).
+    pub connected: AtomicUsize,
+    /// Failed to connect, or ended with an error.
+    pub failed: AtomicUsize,
+    /// Saw a warm-up event.
+    pub warmed: AtomicUsize,
+    /// Received every expected event.
+    pub complete: AtomicUsize,
+    /// Expected events received, over all streams.
+    pub events: AtomicU64,
+}
+
+impl StreamProgress {
+    pub fn connected(&self) -> usize {
+        self.connected.load(Ordering::Relaxed)
+    }
+    pub fn failed(&self) -> usize {
+        self.failed.load(Ordering::Relaxed)
+    }
+    pub fn warmed(&self) -> usize {
+        self.warmed.load(Ordering::Relaxed)
+    }
+    pub fn complete(&self) -> usize {
+        self.complete.load(Ordering::Relaxed)
+    }
+    pub fn events(&self) -> u64 {
+        self.events.load(Ordering::Relaxed)
+    }
+}
+
+/// One stream's account of its events.
+#[derive(Debug, Default)]
+pub struct StreamOutcome {
+    pub connected: bool,
+    pub error: Option<String>,
+    /// Distinct expected events received.
+    pub received: u64,
+    pub duplicates: u64,
+    /// Events of another run, or with a sequence number outside the plan.
+    pub unexpected: u64,
+    /// Delivery latency of each received event, microseconds.
+    pub latencies_us: Vec<u64>,
+    pub first_receive_ns: Option<u64>,
+    pub last_receive_ns: Option<u64>,
+    pub tls: Option<TlsInfo>,
+}
+
+/// Tallies events by sequence number so losses and duplicates show.
+struct EventTally<'a> {
+    plan: &'a StreamPlan,
+    seen: Vec<u64>,
+    warmed: bool,
+}
+
+impl<'a> EventTally<'a> {
+    fn new(plan: &'a StreamPlan) -> Self {
+        EventTally {
+            plan,
+            seen: vec![0; plan.expected.div_ceil(64) as usize],
+            warmed: false,
+        }
+    }
+
+    /// Records one event; returns true the first time a warm-up event is seen.
+    fn record(&mut self, event: ParsedEvent, now_ns: u64, outcome: &mut StreamOutcome) -> bool {
+        if event.run == WARMUP_RUN {
+            let first = !self.warmed;
+            self.warmed = true;
+            return first;
+        }
+        if event.run != self.plan.run || event.seq >= self.plan.expected {
+            outcome.unexpected += 1;
+            return false;
+        }
+        let (word, bit) = ((event.seq / 64) as usize, 1u64 << (event.seq % 64));
+        if self.seen[word] & bit != 0 {
+            outcome.duplicates += 1;
+            return false;
+        }
+        self.seen[word] |= bit;
+        outcome.received += 1;
+        outcome
+            .latencies_us
+            .push(now_ns.saturating_sub(event.timestamp_ns) / 1000);
+        outcome.first_receive_ns.get_or_insert(now_ns);
+        outcome.last_receive_ns = Some(now_ns);
+        false
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+struct ParsedEvent {
+    run: u32,
+    seq: u64,
+    timestamp_ns: u64,
+}
+
+/// Splits a byte stream into SSE events (blank-line terminated) and reads the
+/// `data: RUN SEQ TS ...` line of each. Comments and other events are skipped.
+#[derive(Default)]
+struct EventSplitter {
+    buffer: Vec<u8>,
+}
+
+impl EventSplitter {
+    fn feed(&mut self, data: &[u8], mut on_event: impl FnMut(ParsedEvent)) {
+        self.buffer.extend_from_slice(data);
+        let mut start = 0;
+        while let Some(end) = find_blank_line(&self.buffer[start..]) {
+            let block = &self.buffer[start..start + end];
+            if let Some(event) = parse_event(block) {
+                on_event(event);
+            }
+            start += end + 2;
+        }
+        self.buffer.drain(..start);
+    }
+}
+
+fn find_blank_line(bytes: &[u8]) -> Option<usize> {
+    bytes.windows(2).position(|w| w == b"\n\n")
+}
+
+fn parse_event(block: &[u8]) -> Option<ParsedEvent> {
+    let line = block
+        .split(|&b| b == b'\n')
+        .find_map(|line| line.strip_prefix(b"data: "))?;
+    let mut fields = line.split(|&b| b == b' ');
+    let mut number = || -> Option<u64> { std::str::from_utf8(fields.next()?).ok()?.parse().ok() };
+    Some(ParsedEvent {
+        run: number()? as u32,
+        seq: number()?,
+        timestamp_ns: number()?,
+    })
+}
+
+/// Opens one event stream and tallies its events until `stop` fires.
+/// Connection attempts are limited by `connect_slots` so a thousand streams
+/// do not overflow the peer's accept backlog.
+pub async fn event_stream(
+    target: Target,
+    index: usize,
+    plan: Arc<StreamPlan>,
+    progress: Arc<StreamProgress>,
+    connect_slots: Arc<Semaphore>,
+    stop: CancellationToken,
+) -> StreamOutcome {
+    let mut outcome = StreamOutcome::default();
+    let result = run_event_stream(
+        &target,
+        index,
+        &plan,
+        &progress,
+        &connect_slots,
+        &stop,
+        &mut outcome,
+    )
+    .await;
+    if let Err(err) = result {
+        outcome.error = Some(err);
+        progress.failed.fetch_add(1, Ordering::Relaxed);
+    }
+    outcome
+}
+
+async fn run_event_stream(
+    target: &Target,
+    index: usize,
+    plan: &StreamPlan,
+    progress: &StreamProgress,
+    connect_slots: &Semaphore,
+    stop: &CancellationToken,
+    outcome: &mut StreamOutcome,
+) -> Result<(), String> {
+    let opened = async {
+        let _slot = connect_slots
+            .acquire()
+            .await
+            .map_err(|_| "connect slots closed".to_string())?;
+        let (mut http, info) = target.open_http(index).await?;
+        let response = http.get(&plan.path, "text/event-stream", false).await?;
+        Ok::<_, String>((http, info, response))
+    };
+    let (http, info, response) = tokio::select! {
+        opened = opened => opened?,
+        () = stop.cancelled() => return Err("stopped before connecting".into()),
+    };
+    outcome.tls = info;
+    if response.status() != StatusCode::OK {
+        return Err(format!("status {}", response.status()));
+    }
+    outcome.connected = true;
+    progress.connected.fetch_add(1, Ordering::Relaxed);
+
+    let mut body = response.into_body();
+    let mut splitter = EventSplitter::default();
+    let mut tally = EventTally::new(plan);
+    let mut complete = plan.expected == 0;
+    loop {
+        let frame = tokio::select! {
+            biased;
+            () = stop.cancelled() => break,
+            frame = body.frame() => frame,
+        };
+        match frame {
+            Some(Ok(frame)) => {
+                let Some(data) = frame.data_ref() else {
+                    continue;
+                };
+                let now_ns = sys::monotonic_ns();
+                let received_before = outcome.received;
+                splitter.feed(data, |event| {
+                    if tally.record(event, now_ns, outcome) {
+                        progress.warmed.fetch_add(1, Ordering::Relaxed);
+                    }
+                });
+                if outcome.received > received_before {
+                    progress
+                        .events
+                        .fetch_add(outcome.received - received_before, Ordering::Relaxed);
+                }
+                if !complete && outcome.received == plan.expected {
+                    complete = true;
+                    progress.complete.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            Some(Err(err)) => return Err(format!("stream broken: {err}")),
+            None => return Err("stream ended by the server".into()),
+        }
+    }
+    drop(http);
+    Ok(())
+}
+
+/// Events tallied over a batch of streams.
+#[derive(Debug)]
+pub struct BatchOutcome {
+    pub streams: usize,
+    pub connected: usize,
+    pub failed: usize,
+    pub first_error: Option<String>,
+    pub expected: u64,
+    pub received: u64,
+    pub duplicates: u64,
+    pub unexpected: u64,
+    pub latency_us: Histogram<u64>,
+    /// From the first to the last event received, over all streams.
+    pub receive_span: Duration,
+    pub tls: Option<TlsInfo>,
+}
+
+impl BatchOutcome {
+    pub fn lost(&self) -> u64 {
+        self.expected.saturating_sub(self.received)
+    }
+
+    pub fn merge(plan: &StreamPlan, outcomes: Vec<StreamOutcome>) -> BatchOutcome {
+        let mut batch = BatchOutcome {
+            streams: outcomes.len(),
+            connected: 0,
+            failed: 0,
+            first_error: None,
+            expected: plan.expected * outcomes.len() as u64,
+            received: 0,
+            duplicates: 0,
+            unexpected: 0,
+            latency_us: new_histogram(),
+            receive_span: Duration::ZERO,
+            tls: None,
+        };
+        let mut first_ns = u64::MAX;
+        let mut last_ns = 0;
+        for outcome in outcomes {
+            batch.connected += usize::from(outcome.connected);
+            if let Some(err) = outcome.error {
+                batch.failed += 1;
+                batch.first_error.get_or_insert(err);
+            }
+            batch.received += outcome.received;
+            batch.duplicates += outcome.duplicates;
+            batch.unexpected += outcome.unexpected;
+            for latency in outcome.latencies_us {
+                record_latency(&mut batch.latency_us, latency);
+            }
+            first_ns = first_ns.min(outcome.first_receive_ns.unwrap_or(u64::MAX));
+            last_ns = last_ns.max(outcome.last_receive_ns.unwrap_or(0));
+            if batch.tls.is_none() {
+                batch.tls = outcome.tls;
+            }
+        }
+        if last_ns > first_ns {
+            batch.receive_span = Duration::from_nanos(last_ns - first_ns);
+        }
+        batch
+    }
+}
+
+pub fn new_histogram() -> Histogram<u64> {
+    // 3 significant figures from 1 us to one minute.
+    Histogram::new_with_bounds(1, MAX_LATENCY_US, 3).expect("constant histogram bounds are valid")
+}
+
+pub fn record_latency(histogram: &mut Histogram<u64>, latency_us: u64) {
+    histogram.saturating_record(latency_us.clamp(1, MAX_LATENCY_US));
+}
+
+// ------------------------------------------------------- request / response
+
+/// Whether each request gets its own connection (and so a full TLS handshake).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConnectionUse {
+    KeepAlive,
+    NewPerRequest,
+}
+
+#[derive(Debug)]
+pub struct RequestOutcome {
+    pub completed: u64,
+    pub errors: u64,
+    pub first_error: Option<String>,
+    pub connections_opened: u64,
+    pub elapsed: Duration,
+    pub latency_us: Histogram<u64>,
+    pub tls: Option<TlsInfo>,
+}
+
+impl RequestOutcome {
+    pub fn per_second(&self) -> f64 {
+        self.completed as f64 / self.elapsed.as_secs_f64().max(1e-9)
+    }
+}
+
+/// `workers` concurrent clients request `path` for `duration`.
+pub async fn request_load(
+    target: Target,
+    path: &str,
+    workers: usize,
+    duration: Duration,
+    connection_use: ConnectionUse,
+) -> RequestOutcome {
+    let started = Instant::now();
+    let deadline = started + duration;
+    let tasks: Vec<_> = (0..workers)
+        .map(|worker| {
+            let target = target.clone();
+            let path = path.to_owned();
+            tokio::spawn(async move {
+                request_worker(target, worker, path, deadline, connection_use).await
+            })
+        })
+        .collect();
+    let mut total = RequestOutcome {
+        completed: 0,
+        errors: 0,
+        first_error: None,
+        connections_opened: 0,
+        elapsed: Duration::ZERO,
+        latency_us: new_histogram(),
+        tls: None,
+    };
+    for task in tasks {
+        match task.await {
+            Ok(outcome) => {
+                total.completed += outcome.completed;
+                total.errors += outcome.errors;
+                total.connections_opened += outcome.connections_opened;
+                if total.first_error.is_none() {
+                    total.first_error = outcome.first_error;
+                }
+                if total.tls.is_none() {
+                    total.tls = outcome.tls;
+                }
+                let _ = total.latency_us.add(&outcome.latency_us);
+            }
+            Err(err) => {
+                total.errors += 1;
+                total
+                    .first_error
+                    .get_or_insert(format!("worker panicked: {err}"));
+            }
+        }
+    }
+    total.elapsed = started.elapsed();
+    total
+}
+
+async fn request_worker(
+    target: Target,
+    worker: usize,
+    path: String,
+    deadline: Instant,
+    connection_use: ConnectionUse,
+) -> RequestOutcome {
+    let mut outcome = RequestOutcome {
+        completed: 0,
+        errors: 0,
+        first_error: None,
+        connections_opened: 0,
+        elapsed: Duration::ZERO,
+        latency_us: new_histogram(),
+        tls: None,
+    };
+    let close = connection_use == ConnectionUse::NewPerRequest;
+    let mut connection: Option<HttpConnection> = None;
+    let mut attempt = worker;
+    while Instant::now() < deadline {
+        let started = Instant::now();
+        let result = async {
+            if connection.is_none() {
+                attempt += 1;
+                let (http, info) = target.open_http(attempt).await?;
+                outcome.connections_opened += 1;
+                if outcome.tls.is_none() {
+                    outcome.tls = info;
+                }
+                connection = Some(http);
+            }
+            let http = connection.as_mut().ok_or("no connection")?;
+            let response = http.get(&path, "*/*", close).await?;
+            let status = response.status();
+            let server_closes = response
+                .headers()
+                .get(header::CONNECTION)
+                .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"close"));
+            tokio::time::timeout(RESPONSE_TIMEOUT, response.into_body().collect())
+                .await
+                .map_err(|_| "response body timed out".to_string())?
+                .map_err(|e| format!("response body: {e}"))?;
+            if status != StatusCode::OK {
+                return Err(format!("status {status}"));
+            }
+            Ok::<bool, String>(server_closes)
+        }
+        .await;
+        match result {
+            Ok(server_closes) => {
+                outcome.completed += 1;
+                record_latency(
+                    &mut outcome.latency_us,
+                    started.elapsed().as_micros() as u64,
+                );
+                if close || server_closes {
+                    connection = None;
+                }
+            }
+            Err(err) => {
+                outcome.errors += 1;
+                outcome.first_error.get_or_insert(err);
+                connection = None;
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+    }
+    outcome
+}
+
+/// One GET over a fresh connection; Ok when it answered 200. Used to tell
+/// that a peer is up and proxying.
+pub async fn probe(target: &Target, path: &str) -> Result<Option<TlsInfo>, String> {
+    let (mut http, info) = target.open_http(0).await?;
+    let response = http.get(path, "*/*", true).await?;
+    let status = response.status();
+    tokio::time::timeout(RESPONSE_TIMEOUT, response.into_body().collect())
+        .await
+        .map_err(|_| "response body timed out".to_string())?
+        .map_err(|e| format!("response body: {e}"))?;
+    if status != StatusCode::OK {
+        return Err(format!("{path} answered {status}"));
+    }
+    Ok(info)
+}

@@ -1,0 +1,373 @@
+//! `cargo bench --bench compare`: ssegate side by side with nginx, HAProxy,
+//! Caddy and the direct path, on fan-out latency, idle-stream memory,
+//! single-stream throughput and request/response rates. Writes
+//! target/bench-report/report.md (+ SVG plots and results.json).
+//!
+//! `cargo bench --bench compare -- --smoke` runs tiny sizes (CI) and exits
+//! non-zero when any scenario loses events or a peer fails to start.
+//! `-- --only fanout --peers ssegate,nginx` runs pieces; `-- --help` lists all.
+//!
+//! Modules: `upstream` (the event publisher and static upstream, a child
+//! process), `loadgen` (TLS clients and event counting), `peers` (starting and
+//! configuring the proxies), `scenarios` (what is measured), `report`
+//! (markdown, SVG, JSON), `sys` (/proc, rlimits, the shared clock).
+
+mod loadgen;
+mod peers;
+mod report;
+mod scenarios;
+mod sys;
+mod upstream;
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Instant;
+
+use clap::Parser;
+
+use peers::{PeerKind, PeerSetup};
+use scenarios::{Bench, Results, ScenarioKind, Sizes};
+
+/// ssegate side by side with nginx, HAProxy, Caddy and the direct path.
+///
+/// Run as `cargo bench --bench compare [-- OPTIONS]`; the report goes to
+/// target/bench-report/report.md. Needs nginx, haproxy and caddy installed
+/// (Debian packages of the same names) unless left out with --peers.
+#[derive(Debug, Parser)]
+#[command(name = "compare")]
+struct Options {
+    /// Tiny sizes that prove the harness works (for CI); fails on any lost event.
+    #[arg(long)]
+    smoke: bool,
+
+    /// Scenarios to run (comma-separated); all when omitted.
+    #[arg(long, value_delimiter = ',', value_enum)]
+    only: Vec<ScenarioKind>,
+
+    /// Peers to run (comma-separated); all when omitted.
+    #[arg(long, value_delimiter = ',', value_enum)]
+    peers: Vec<PeerKind>,
+
+    /// Fan-out subscriber counts, overriding the mode's (e.g. 100,1000).
+    #[arg(long, value_delimiter = ',')]
+    fanout_subscribers: Option<Vec<usize>>,
+
+    /// Fan-out events published per second, overriding the mode's.
+    #[arg(long)]
+    fanout_rate: Option<u64>,
+
+    /// Fan-out events per run, overriding the mode's.
+    #[arg(long)]
+    fanout_events: Option<u64>,
+
+    /// Throughput event rates to try, overriding the mode's ladder (e.g. 1000,50000).
+    #[arg(long, value_delimiter = ',')]
+    throughput_rates: Option<Vec<u64>>,
+
+    /// Holding stream counts, overriding the mode's (e.g. 1000,5000,15000).
+    #[arg(long, value_delimiter = ',')]
+    holding_streams: Option<Vec<usize>>,
+
+    /// Start ssegate through this command prefix, split on spaces (profiling,
+    /// e.g. "env LD_PRELOAD=/usr/lib/x86_64-linux-gnu/libjemalloc.so.2" or "heaptrack -o /tmp/ssegate").
+    #[arg(long)]
+    ssegate_wrapper: Option<String>,
+
+    /// Where to write the report [default: target/bench-report].
+    #[arg(long)]
+    out: Option<PathBuf>,
+
+    /// Exit non-zero on lost events in a full run too (a smoke run always does).
+    #[arg(long)]
+    strict: bool,
+
+    /// Keep the peers' generated configurations and logs (printed at the end).
+    #[arg(long)]
+    keep_workdir: bool,
+
+    /// Passed by `cargo bench`; ignored.
+    #[arg(long, hide = true)]
+    bench: bool,
+
+    /// Internal: run as the upstream child process.
+    #[arg(long, hide = true)]
+    role: Option<String>,
+
+    /// Internal: the upstream child's listen address.
+    #[arg(long, hide = true, default_value = "127.0.0.1:0")]
+    listen: SocketAddr,
+}
+
+fn main() -> ExitCode {
+    let options = Options::parse();
+    if options.role.as_deref() == Some("upstream") {
+        let _ = sys::raise_open_file_limit();
+        return match upstream::run_child(options.listen) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(err) => {
+                eprintln!("upstream: {err}");
+                ExitCode::FAILURE
+            }
+        };
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("compare: cannot start the runtime: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(options)) {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
+        Err(err) => {
+            eprintln!("compare: {err}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn manifest_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// target/ of this build: the bench binary lives in target/<profile>/deps/.
+fn target_dir() -> PathBuf {
+    std::env::current_exe()
+        .ok()
+        .and_then(|exe| Some(exe.parent()?.parent()?.parent()?.to_path_buf()))
+        .filter(|dir| dir.join("release").is_dir() || dir.join("debug").is_dir())
+        .unwrap_or_else(|| manifest_dir().join("target"))
+}
+
+fn machine_description() -> String {
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let memory = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| {
+            m.lines()
+                .find_map(|l| l.strip_prefix("MemTotal:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        })
+        .map_or("?".into(), |kib| {
+            format!("{:.0} GiB", kib as f64 / 1024.0 / 1024.0)
+        });
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| {
+            c.lines()
+                .find_map(|l| l.strip_prefix("model name"))
+                .map(|v| v.trim_start_matches([' ', '\t', ':']).to_owned())
+        })
+        .unwrap_or_default();
+    format!(
+        "{cores} cores ({cpu}), {memory}, Linux {}, loopback only",
+        kernel.trim()
+    )
+}
+
+/// Runs the selected scenarios; Ok(false) when the run failed (lost events,
+/// a peer that did not start) in a mode where that counts.
+async fn run(options: Options) -> Result<bool, String> {
+    let started = Instant::now();
+    let strict = options.smoke || options.strict;
+    let mut sizes = if options.smoke {
+        Sizes::smoke()
+    } else {
+        Sizes::full()
+    };
+    if let Some(k) = &options.fanout_subscribers {
+        sizes.fanout_subscribers = k.clone();
+    }
+    if let Some(rate) = options.fanout_rate {
+        sizes.fanout_rate = rate.max(1);
+    }
+    if let Some(events) = options.fanout_events {
+        sizes.fanout_events = events.max(1);
+    }
+    if let Some(rates) = &options.throughput_rates {
+        sizes.throughput_rates = rates.clone();
+    }
+    if let Some(n) = &options.holding_streams {
+        sizes.holding_streams = n.clone();
+    }
+    let scenarios: Vec<ScenarioKind> = if options.only.is_empty() {
+        ScenarioKind::ALL.to_vec()
+    } else {
+        ScenarioKind::ALL
+            .into_iter()
+            .filter(|s| options.only.contains(s))
+            .collect()
+    };
+    let peer_kinds: Vec<PeerKind> = if options.peers.is_empty() {
+        PeerKind::ALL.to_vec()
+    } else {
+        PeerKind::ALL
+            .into_iter()
+            .filter(|p| options.peers.contains(p))
+            .collect()
+    };
+    peers::check_installed(&peer_kinds)?;
+
+    let open_file_limit =
+        sys::raise_open_file_limit().map_err(|e| format!("RLIMIT_NOFILE: {e}"))?;
+    let ssegate_bin = PathBuf::from(env!("CARGO_BIN_EXE_ssegate"));
+    if !ssegate_bin.is_file() {
+        return Err(format!(
+            "{} is missing: build it with `cargo build --release`",
+            ssegate_bin.display()
+        ));
+    }
+    let cert = manifest_dir().join("certs/localhost.pem");
+    let key = manifest_dir().join("certs/localhost-key.pem");
+    let client_tls = loadgen::tls_client_config(&cert, true)?;
+    let full_handshake_tls = loadgen::tls_client_config(&cert, false)?;
+    let workdir = std::env::temp_dir().join(format!("ssegate-compare-{}", std::process::id()));
+    std::fs::create_dir_all(&workdir).map_err(|e| format!("{}: {e}", workdir.display()))?;
+    let harness_exe = std::env::current_exe().map_err(|e| format!("own executable: {e}"))?;
+    let upstream = upstream::UpstreamProcess::spawn(&harness_exe).await?;
+    // Client connections come from 127.0.0.1-4 so ephemeral ports never run short.
+    let sources: Arc<Vec<Ipv4Addr>> =
+        Arc::new((1..=4).map(|i| Ipv4Addr::new(127, 0, 0, i)).collect());
+    let setup = PeerSetup {
+        workdir: workdir.clone(),
+        cert,
+        key,
+        upstream: upstream.addr,
+        ssegate_bin: ssegate_bin.clone(),
+        ssegate_wrapper: options
+            .ssegate_wrapper
+            .as_deref()
+            .map(|w| w.split_whitespace().map(str::to_owned).collect())
+            .unwrap_or_default(),
+        open_file_limit,
+        client_tls,
+        sources,
+    };
+    println!(
+        "compare: {} run, scenarios {:?}, peers {:?}, upstream {} , open-file limit {open_file_limit}",
+        if options.smoke { "smoke" } else { "full" },
+        scenarios,
+        peer_kinds.iter().map(|p| p.name()).collect::<Vec<_>>(),
+        upstream.addr
+    );
+    let bench = Bench::new(upstream, sizes.clone(), open_file_limit, full_handshake_tls);
+    let mut results = Results::default();
+    let mut peer_failed = false;
+
+    for &kind in &peer_kinds {
+        println!("{kind}: starting");
+        let peer = match peers::start(kind, &setup).await {
+            Ok(peer) => peer,
+            Err(err) => {
+                eprintln!("{kind}: FAILED TO START: {err}");
+                results
+                    .failures
+                    .push(format!("{kind} failed to start: {err}"));
+                peer_failed = true;
+                results
+                    .peers
+                    .push((kind, peers::version(kind, &ssegate_bin), None));
+                continue;
+            }
+        };
+        println!("{kind}: listening on {}", peer.addr);
+        results
+            .peers
+            .push((kind, peers::version(kind, &ssegate_bin), peer.tls.clone()));
+        let baseline_fds = peer.usage().map_or(0, |u| u.open_fds);
+        let mut running = Some(peer);
+        for (i, &scenario) in scenarios.iter().enumerate() {
+            let Some(peer) = running.as_ref() else { break };
+            bench.run(scenario, peer, &mut results).await;
+            if i + 1 == scenarios.len() {
+                break;
+            }
+            // A peer that still holds the closed streams' connections would
+            // start the next scenario with fewer free descriptors: restart it.
+            if let Err(held) = bench.connections_released(peer, baseline_fds).await {
+                results.notes.push(format!(
+                    "{kind}: {held} after the {scenario:?} scenario's clients had closed their \
+                     connections; restarted it before the next scenario"
+                ));
+                println!("{kind}: {held}; restarting");
+                if let Some(peer) = running.take() {
+                    peer.stop().await;
+                }
+                match peers::start(kind, &setup).await {
+                    Ok(peer) => running = Some(peer),
+                    Err(err) => {
+                        results
+                            .failures
+                            .push(format!("{kind} failed to restart: {err}"));
+                        peer_failed = true;
+                    }
+                }
+            }
+        }
+        if let Some(peer) = running {
+            if peer.usage().is_none() && kind != PeerKind::Direct {
+                results.failures.push(format!(
+                    "{kind} exited during the run; its output:\n{}",
+                    peer.log_tail()
+                ));
+            }
+            peer.stop().await;
+        }
+    }
+    let Bench { upstream, .. } = bench;
+    upstream.stop().await;
+
+    let mode = if options.smoke { "smoke" } else { "full" };
+    let mut command = String::from("cargo bench --bench compare");
+    let args: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| a != "--bench")
+        .collect();
+    if !args.is_empty() {
+        command.push_str(" -- ");
+        command.push_str(&args.join(" "));
+    }
+    let info = report::RunInfo {
+        command,
+        mode,
+        machine: machine_description(),
+        open_file_limit,
+        sizes,
+        elapsed: started.elapsed(),
+    };
+    let out = options
+        .out
+        .clone()
+        .unwrap_or_else(|| target_dir().join("bench-report"));
+    let written = report::write(&out, &info, &results)?;
+    println!("\nreport: {}", written.markdown.display());
+    for file in &written.files {
+        println!("        {}", file.display());
+    }
+    if options.keep_workdir {
+        println!("peer configurations and logs kept in {}", workdir.display());
+    } else {
+        let _ = std::fs::remove_dir_all(&workdir);
+    }
+    if !results.failures.is_empty() {
+        eprintln!("\n{} failure(s):", results.failures.len());
+        for failure in &results.failures {
+            eprintln!("  - {failure}");
+        }
+    }
+    println!(
+        "compare: finished in {:.0} s",
+        started.elapsed().as_secs_f64()
+    );
+    // A peer that does not start fails every run; lost events fail a smoke
+    // (or --strict) run, while a full run reports them and succeeds.
+    Ok(!peer_failed && (results.failures.is_empty() || !strict))
+}

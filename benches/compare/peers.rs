@@ -1,0 +1,514 @@
+//! The proxies under comparison, each started by the harness as its own
+//! process(es) with the same certificate, TLS versions (1.2 + 1.3), X25519
+//! key exchange and two worker threads or processes:
+//!
+//! - ssegate: the release binary (target/release/ssegate), per stream or
+//!   with `--sse-shared /sse` (one upstream request per stream path);
+//! - nginx, configured as SSE guides say (proxy_buffering off, HTTP/1.1 with
+//!   upstream keepalive, long proxy_read_timeout);
+//! - HAProxy in HTTP mode; Caddy's reverse_proxy;
+//! - direct: no proxy, plain HTTP to the upstream (the floor).
+//!
+//! ssegate's binary has no option to restrict key-exchange groups; the load
+//! generator offers only X25519, which pins it for every peer alike, and the
+//! negotiated group is checked and reported.
+
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rustls::ClientConfig;
+use tokio::process::{Child, Command};
+
+use crate::loadgen::{self, Target, TlsInfo};
+use crate::sys;
+use crate::upstream::{SHARED_PREFIX, STATIC_PATH};
+
+/// Worker threads (ssegate, HAProxy, Caddy) or worker processes (nginx).
+pub const WORKERS: usize = 2;
+const START_TIMEOUT: Duration = Duration::from_secs(20);
+const STOP_TIMEOUT: Duration = Duration::from_secs(5);
+/// File descriptors a process needs besides its connections.
+const FD_SLACK: usize = 200;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, clap::ValueEnum)]
+pub enum PeerKind {
+    /// No proxy: plain HTTP straight to the upstream.
+    Direct,
+    /// ssegate, one upstream request per client stream.
+    Ssegate,
+    /// ssegate with `--sse-shared /sse`: one upstream request per stream path.
+    SsegateShared,
+    /// nginx as SSE guides configure it (proxy_buffering off, HTTP/1.1 keepalive upstream).
+    Nginx,
+    /// HAProxy in HTTP mode.
+    Haproxy,
+    /// Caddy's reverse_proxy with flush_interval -1.
+    Caddy,
+}
+
+impl PeerKind {
+    pub const ALL: [PeerKind; 6] = [
+        PeerKind::Direct,
+        PeerKind::Ssegate,
+        PeerKind::SsegateShared,
+        PeerKind::Nginx,
+        PeerKind::Haproxy,
+        PeerKind::Caddy,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            PeerKind::Direct => "direct",
+            PeerKind::Ssegate => "ssegate",
+            PeerKind::SsegateShared => "ssegate-shared",
+            PeerKind::Nginx => "nginx",
+            PeerKind::Haproxy => "haproxy",
+            PeerKind::Caddy => "caddy",
+        }
+    }
+
+    /// The external program and the Debian package that provides it.
+    pub fn program(self) -> Option<(&'static str, &'static str)> {
+        match self {
+            PeerKind::Nginx => Some(("nginx", "nginx")),
+            PeerKind::Haproxy => Some(("haproxy", "haproxy")),
+            PeerKind::Caddy => Some(("caddy", "caddy")),
+            _ => None,
+        }
+    }
+
+    /// File descriptors the busiest process of this peer needs for `streams`
+    /// open event streams (for the direct path: the upstream process).
+    pub fn fds_needed(self, streams: usize) -> usize {
+        let per_stream = match self {
+            PeerKind::Direct | PeerKind::SsegateShared => 1,
+            _ => 2,
+        };
+        // nginx spreads connections over its workers (listen ... reuseport);
+        // allow 10% imbalance.
+        let per_process = match self {
+            PeerKind::Nginx => streams * per_stream * 11 / (10 * WORKERS),
+            _ => streams * per_stream,
+        };
+        per_process + FD_SLACK
+    }
+}
+
+impl std::fmt::Display for PeerKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// Finds `program` in PATH or the usual sbin directories.
+fn find_program(program: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain(["/usr/sbin", "/usr/bin", "/sbin", "/usr/local/bin"].map(PathBuf::from))
+        .map(|dir| dir.join(program))
+        .find(|candidate| candidate.is_file())
+}
+
+/// Fails with the packages to install when a selected peer is missing.
+pub fn check_installed(kinds: &[PeerKind]) -> Result<(), String> {
+    let missing: Vec<(&str, &str)> = kinds
+        .iter()
+        .filter_map(|kind| kind.program())
+        .filter(|(program, _)| find_program(program).is_none())
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    let programs: Vec<&str> = missing.iter().map(|(p, _)| *p).collect();
+    let packages: Vec<&str> = missing.iter().map(|(_, p)| *p).collect();
+    Err(format!(
+        "peer program(s) not installed: {}. Install them with `apt-get install -y {}`, \
+         or leave them out with --peers.",
+        programs.join(", "),
+        packages.join(" ")
+    ))
+}
+
+/// The program's version line, for the report.
+pub fn version(kind: PeerKind, ssegate_bin: &Path) -> String {
+    let (program, args): (PathBuf, &[&str]) = match kind {
+        PeerKind::Direct => return "-".into(),
+        PeerKind::Ssegate | PeerKind::SsegateShared => (ssegate_bin.to_path_buf(), &["--version"]),
+        PeerKind::Nginx => (find_program("nginx").unwrap_or_default(), &["-v"]),
+        PeerKind::Haproxy => (find_program("haproxy").unwrap_or_default(), &["-v"]),
+        PeerKind::Caddy => (find_program("caddy").unwrap_or_default(), &["version"]),
+    };
+    match std::process::Command::new(program).args(args).output() {
+        Ok(output) => {
+            let text = [output.stdout, output.stderr].concat();
+            String::from_utf8_lossy(&text)
+                .lines()
+                .next()
+                .unwrap_or("")
+                .trim()
+                .to_owned()
+        }
+        Err(err) => format!("unknown ({err})"),
+    }
+}
+
+/// What every peer is started with.
+pub struct PeerSetup {
+    pub workdir: PathBuf,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub upstream: SocketAddr,
+    pub ssegate_bin: PathBuf,
+    /// A command prefix ssegate is started through (profilers, allocators).
+    pub ssegate_wrapper: Vec<String>,
+    pub open_file_limit: u64,
+    /// For the readiness probe.
+    pub client_tls: Arc<ClientConfig>,
+    pub sources: Arc<Vec<std::net::Ipv4Addr>>,
+}
+
+/// A started peer. Stop it with `stop`; dropping it kills it.
+pub struct RunningPeer {
+    pub kind: PeerKind,
+    pub addr: SocketAddr,
+    pub target: Target,
+    pub tls: Option<TlsInfo>,
+    child: Option<Child>,
+    log: PathBuf,
+}
+
+impl RunningPeer {
+    /// Memory and CPU of the peer's processes; None for the direct path.
+    pub fn usage(&self) -> Option<sys::Usage> {
+        let pid = self.child.as_ref()?.id()?;
+        sys::tree_usage(pid).ok()
+    }
+
+    pub fn log_tail(&self) -> String {
+        log_tail(&self.log)
+    }
+
+    /// Graceful stop (SIGTERM to its process group), then kill after a few seconds.
+    pub async fn stop(mut self) {
+        let Some(mut child) = self.child.take() else {
+            return;
+        };
+        let Some(pid) = child.id() else {
+            return;
+        };
+        sys::signal_group(pid, libc::SIGTERM);
+        if tokio::time::timeout(STOP_TIMEOUT, child.wait())
+            .await
+            .is_err()
+        {
+            sys::signal_group(pid, libc::SIGKILL);
+            let _ = child.kill().await;
+        }
+    }
+}
+
+fn log_tail(log: &Path) -> String {
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(15)..].join("\n")
+}
+
+fn free_port() -> Result<u16, String> {
+    let listener = TcpListener::bind("127.0.0.1:0").map_err(|e| format!("no free port: {e}"))?;
+    listener
+        .local_addr()
+        .map(|a| a.port())
+        .map_err(|e| format!("no free port: {e}"))
+}
+
+/// Writes the peer's configuration, starts it and waits until it proxies a
+/// request over TLS (or, for the direct path, until the upstream answers).
+pub async fn start(kind: PeerKind, setup: &PeerSetup) -> Result<RunningPeer, String> {
+    if kind == PeerKind::Direct {
+        let target = Target::new(setup.upstream, None, setup.sources.clone());
+        loadgen::probe(&target, STATIC_PATH).await?;
+        return Ok(RunningPeer {
+            kind,
+            addr: setup.upstream,
+            target,
+            tls: None,
+            child: None,
+            log: PathBuf::new(),
+        });
+    }
+    let port = free_port()?;
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let dir = setup.workdir.join(kind.name());
+    std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let log = dir.join("output.log");
+    let mut command = command_for(kind, setup, &dir, port)?;
+    let log_file = std::fs::File::create(&log).map_err(|e| format!("{}: {e}", log.display()))?;
+    let log_err = log_file
+        .try_clone()
+        .map_err(|e| format!("{}: {e}", log.display()))?;
+    // Its own process group, so stopping it reaches every process it started.
+    command
+        .stdin(Stdio::null())
+        .stdout(log_file)
+        .stderr(log_err)
+        .process_group(0)
+        .kill_on_drop(true);
+    // SAFETY: die_with_parent only calls prctl, which is async-signal-safe.
+    unsafe {
+        command.pre_exec(sys::die_with_parent);
+    }
+    let child = command
+        .spawn()
+        .map_err(|e| format!("{kind}: cannot start: {e}"))?;
+    let target = Target::new(addr, Some(setup.client_tls.clone()), setup.sources.clone());
+    let mut peer = RunningPeer {
+        kind,
+        addr,
+        target,
+        tls: None,
+        child: Some(child),
+        log,
+    };
+    let deadline = Instant::now() + START_TIMEOUT;
+    let mut last_error = String::new();
+    while Instant::now() < deadline {
+        if let Some(child) = peer.child.as_mut() {
+            if let Ok(Some(status)) = child.try_wait() {
+                return Err(format!(
+                    "{kind} exited during start-up ({status}); its output:\n{}",
+                    peer.log_tail()
+                ));
+            }
+        }
+        match loadgen::probe(&peer.target, STATIC_PATH).await {
+            Ok(info) => {
+                peer.tls = info;
+                return Ok(peer);
+            }
+            Err(err) => last_error = err,
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let tail = peer.log_tail();
+    peer.stop().await;
+    Err(format!(
+        "{kind} did not proxy a request within {START_TIMEOUT:?} (last error: {last_error}); its output:\n{tail}"
+    ))
+}
+
+fn command_for(
+    kind: PeerKind,
+    setup: &PeerSetup,
+    dir: &Path,
+    port: u16,
+) -> Result<Command, String> {
+    let write = |name: &str, text: String| -> Result<PathBuf, String> {
+        let path = dir.join(name);
+        std::fs::write(&path, text).map_err(|e| format!("{}: {e}", path.display()))?;
+        Ok(path)
+    };
+    let program = |name: &str| {
+        find_program(name).ok_or_else(|| format!("{name} not found (apt-get install -y {name})"))
+    };
+    let upstream = setup.upstream;
+    let command = match kind {
+        PeerKind::Direct => unreachable!("the direct path starts no process"),
+        PeerKind::Ssegate | PeerKind::SsegateShared => {
+            let mut command = match setup.ssegate_wrapper.split_first() {
+                Some((wrapper, wrapper_args)) => {
+                    let mut command = Command::new(wrapper);
+                    command.args(wrapper_args).arg(&setup.ssegate_bin);
+                    command
+                }
+                None => Command::new(&setup.ssegate_bin),
+            };
+            command
+                .arg("--listen")
+                .arg(format!("127.0.0.1:{port}"))
+                .arg("--cert")
+                .arg(&setup.cert)
+                .arg("--key")
+                .arg(&setup.key)
+                .arg("--upstream")
+                .arg(format!("http://{upstream}"))
+                .args(["--drain-timeout", "1s"])
+                .env("TOKIO_WORKER_THREADS", WORKERS.to_string())
+                .env("RUST_LOG", "warn");
+            if kind == PeerKind::SsegateShared {
+                command.args(["--sse-shared", SHARED_PREFIX]);
+            }
+            command
+        }
+        PeerKind::Nginx => {
+            let config = nginx_config(setup, dir, port);
+            let path = write("nginx.conf", config)?;
+            let mut command = Command::new(program("nginx")?);
+            command
+                .arg("-p")
+                .arg(dir)
+                .arg("-c")
+                .arg(path)
+                .arg("-e")
+                .arg(dir.join("error.log"));
+            command
+        }
+        PeerKind::Haproxy => {
+            // HAProxy wants the certificate and its key in one file.
+            let cert = std::fs::read_to_string(&setup.cert)
+                .map_err(|e| format!("{}: {e}", setup.cert.display()))?;
+            let key = std::fs::read_to_string(&setup.key)
+                .map_err(|e| format!("{}: {e}", setup.key.display()))?;
+            let combined = write("cert-and-key.pem", format!("{cert}\n{key}"))?;
+            let config = haproxy_config(setup, &combined, port);
+            let path = write("haproxy.cfg", config)?;
+            let mut command = Command::new(program("haproxy")?);
+            command.arg("-db").arg("-f").arg(path);
+            command
+        }
+        PeerKind::Caddy => {
+            let config = caddy_config(setup, dir, port);
+            let path = write("Caddyfile", config)?;
+            let mut command = Command::new(program("caddy")?);
+            command
+                .args(["run", "--adapter", "caddyfile", "--config"])
+                .arg(path)
+                .env("GOMAXPROCS", WORKERS.to_string())
+                .env("HOME", dir)
+                .env("XDG_DATA_HOME", dir.join("data"))
+                .env("XDG_CONFIG_HOME", dir.join("config"));
+            command
+        }
+    };
+    Ok(command)
+}
+
+/// nginx as SSE guides configure it: no response buffering, HTTP/1.1 to a
+/// keepalive upstream, a long read timeout. `reuseport` spreads connections
+/// over both workers (each has its own open-file limit).
+fn nginx_config(setup: &PeerSetup, dir: &Path, port: u16) -> String {
+    let limit = setup.open_file_limit;
+    let dir = dir.display();
+    format!(
+        r#"# Written by benches/compare (peers.rs).
+daemon off;
+master_process on;
+user root;
+worker_processes {WORKERS};
+worker_rlimit_nofile {limit};
+pid {dir}/nginx.pid;
+error_log {dir}/error.log warn;
+
+events {{
+    worker_connections {connections};
+    multi_accept on;
+}}
+
+http {{
+    access_log off;
+    client_body_temp_path {dir}/client_body;
+    proxy_temp_path {dir}/proxy;
+    fastcgi_temp_path {dir}/fastcgi;
+    uwsgi_temp_path {dir}/uwsgi;
+    scgi_temp_path {dir}/scgi;
+    # ssegate, HAProxy and Caddy do not cap requests per keep-alive connection.
+    keepalive_requests 1000000;
+    keepalive_timeout 75s;
+
+    upstream backend {{
+        server {upstream};
+        keepalive 64;
+    }}
+
+    server {{
+        listen 127.0.0.1:{port} ssl reuseport backlog=4096;
+        server_name localhost;
+        ssl_certificate {cert};
+        ssl_certificate_key {key};
+        ssl_protocols TLSv1.2 TLSv1.3;
+        ssl_ecdh_curve X25519;
+
+        location / {{
+            proxy_pass http://backend;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_set_header Host $host;
+            proxy_buffering off;
+            proxy_cache off;
+            proxy_read_timeout 1h;
+        }}
+    }}
+}}
+"#,
+        connections = limit.saturating_sub(100),
+        upstream = setup.upstream,
+        cert = setup.cert.display(),
+        key = setup.key.display(),
+    )
+}
+
+fn haproxy_config(setup: &PeerSetup, combined_pem: &Path, port: u16) -> String {
+    // Each proxied connection needs two descriptors in this one process.
+    let maxconn = (setup.open_file_limit as usize).saturating_sub(FD_SLACK) / 2;
+    format!(
+        r#"# Written by benches/compare (peers.rs).
+global
+    nbthread {WORKERS}
+    maxconn {maxconn}
+    ssl-default-bind-options ssl-min-ver TLSv1.2
+
+defaults
+    mode http
+    timeout connect 5s
+    timeout client 1h
+    timeout server 1h
+    timeout http-keep-alive 75s
+    option http-no-delay
+
+frontend sse_in
+    bind 127.0.0.1:{port} ssl crt {pem} alpn http/1.1 ssl-min-ver TLSv1.2 curves X25519 backlog 4096
+    default_backend sse_upstream
+
+backend sse_upstream
+    http-reuse safe
+    server upstream {upstream}
+"#,
+        pem = combined_pem.display(),
+        upstream = setup.upstream,
+    )
+}
+
+fn caddy_config(setup: &PeerSetup, dir: &Path, port: u16) -> String {
+    format!(
+        r#"# Written by benches/compare (peers.rs).
+{{
+    admin off
+    auto_https off
+    storage file_system {{
+        root {dir}/data
+    }}
+    servers {{
+        protocols h1
+    }}
+}}
+
+https://localhost:{port} {{
+    bind 127.0.0.1
+    tls {cert} {key} {{
+        protocols tls1.2 tls1.3
+        curves x25519
+        alpn http/1.1
+    }}
+    reverse_proxy {upstream} {{
+        flush_interval -1
+    }}
+}}
+"#,
+        dir = dir.display(),
+        cert = setup.cert.display(),
+        key = setup.key.display(),
+        upstream = setup.upstream,
+    )
+}

@@ -1,0 +1,869 @@
+//! The four scenarios, each run against one started peer:
+//!
+//! - holding: N idle TLS event streams; proxy memory per stream, idle CPU;
+//! - fanout: K subscribers of one published stream; delivery latency, losses,
+//!   proxy CPU per delivered event;
+//! - throughput: one stream, rising event rates; the highest rate delivered
+//!   in full with p99 under 10 ms, for 64 B and 1 KiB events;
+//! - reqresp: requests/s over TLS keep-alive, and full handshakes/s with a
+//!   new connection per request, against the static upstream.
+//!
+//! Every scenario records what it measured in `Results`; failures (lost
+//! events, streams that could not open) are recorded there too.
+
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use hdrhistogram::Histogram;
+use tokio::sync::Semaphore;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::loadgen::{
+    self, BatchOutcome, ConnectionUse, RequestOutcome, StreamOutcome, StreamPlan, StreamProgress,
+    Target, TlsInfo,
+};
+use crate::peers::{PeerKind, RunningPeer};
+use crate::sys::Usage;
+use crate::upstream::{UpstreamProcess, EVENTS_PATH, IDLE_PATH, STATIC_PATH};
+
+/// The longest wait for late events after the publisher is done.
+const MAX_DRAIN: Duration = Duration::from_secs(60);
+/// How long a peer may take to close the connections of departed clients.
+const RELEASE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Open files above the start-up count that still count as released (idle
+/// keep-alive connections to the upstream, listeners, logs).
+const RELEASE_SLACK: usize = 200;
+/// Stream connections being set up at once (TCP + TLS + request).
+const CONNECT_CONCURRENCY: usize = 128;
+/// A delivery latency p99 this high fails a throughput step.
+pub const THROUGHPUT_P99_LIMIT: Duration = Duration::from_millis(10);
+/// A throughput step also fails when fewer events per second arrive than this
+/// share of the offered rate (the chain could not keep up).
+const THROUGHPUT_MIN_ACHIEVED: f64 = 0.9;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, clap::ValueEnum)]
+pub enum ScenarioKind {
+    /// N idle TLS event streams: proxy memory per stream and idle CPU.
+    Holding,
+    /// K subscribers of one published stream: delivery latency, losses, CPU per event.
+    Fanout,
+    /// One stream: highest event rate with p99 under 10 ms (64 B and 1 KiB events).
+    Throughput,
+    /// Requests/s over TLS keep-alive, and full TLS handshakes/s.
+    Reqresp,
+}
+
+impl ScenarioKind {
+    /// Holding runs first on a fresh peer so memory growth is not hidden by
+    /// memory freed from earlier scenarios.
+    pub const ALL: [ScenarioKind; 4] = [
+        ScenarioKind::Holding,
+        ScenarioKind::Fanout,
+        ScenarioKind::Throughput,
+        ScenarioKind::Reqresp,
+    ];
+}
+
+/// How big each scenario is.
+#[derive(Debug, Clone)]
+pub struct Sizes {
+    pub fanout_subscribers: Vec<usize>,
+    pub fanout_rate: u64,
+    pub fanout_events: u64,
+    pub fanout_event_size: usize,
+    pub holding_streams: Vec<usize>,
+    pub holding_settle: Duration,
+    pub holding_idle_window: Duration,
+    pub throughput_event_sizes: Vec<usize>,
+    pub throughput_rates: Vec<u64>,
+    pub throughput_step: Duration,
+    /// Bisection steps between the last passing and the first failing rate.
+    pub throughput_refinements: usize,
+    pub reqresp_connections: usize,
+    pub reqresp_duration: Duration,
+    pub reqresp_warmup: Duration,
+    /// After the publisher is done, streams are read until every event has
+    /// arrived or none has arrived for this long (at most `MAX_DRAIN`):
+    /// late events count as delivered, with their latency; the rest are lost.
+    pub drain: Duration,
+}
+
+impl Sizes {
+    pub fn full() -> Self {
+        Sizes {
+            fanout_subscribers: vec![100, 1000, 5000],
+            fanout_rate: 5,
+            fanout_events: 50,
+            fanout_event_size: 256,
+            holding_streams: vec![1000, 5000, 15000],
+            holding_settle: Duration::from_secs(2),
+            holding_idle_window: Duration::from_secs(5),
+            throughput_event_sizes: vec![64, 1024],
+            throughput_rates: vec![
+                1_000, 2_000, 5_000, 10_000, 20_000, 50_000, 100_000, 200_000,
+            ],
+            throughput_step: Duration::from_secs(2),
+            throughput_refinements: 2,
+            reqresp_connections: 32,
+            reqresp_duration: Duration::from_secs(5),
+            reqresp_warmup: Duration::from_secs(1),
+            drain: Duration::from_secs(3),
+        }
+    }
+
+    /// Tiny sizes that prove the harness works end to end.
+    pub fn smoke() -> Self {
+        Sizes {
+            fanout_subscribers: vec![50],
+            fanout_rate: 20,
+            fanout_events: 20,
+            fanout_event_size: 256,
+            holding_streams: vec![100, 300],
+            holding_settle: Duration::from_millis(300),
+            holding_idle_window: Duration::from_millis(500),
+            throughput_event_sizes: vec![64, 1024],
+            throughput_rates: vec![500, 2_000],
+            throughput_step: Duration::from_millis(500),
+            throughput_refinements: 0,
+            reqresp_connections: 8,
+            reqresp_duration: Duration::from_secs(1),
+            reqresp_warmup: Duration::from_millis(200),
+            drain: Duration::from_secs(2),
+        }
+    }
+}
+
+// ------------------------------------------------------------------ results
+
+#[derive(Debug)]
+pub struct FanoutResult {
+    pub peer: PeerKind,
+    pub subscribers: usize,
+    pub events: BatchOutcome,
+    pub proxy_cpu_seconds: Option<f64>,
+    pub upstream_cpu_seconds: f64,
+    pub upstream_clients: usize,
+}
+
+impl FanoutResult {
+    /// Proxy CPU per delivered event, microseconds.
+    pub fn proxy_cpu_us_per_event(&self) -> Option<f64> {
+        let cpu = self.proxy_cpu_seconds?;
+        (self.events.received > 0).then(|| cpu * 1e6 / self.events.received as f64)
+    }
+}
+
+#[derive(Debug)]
+pub struct HoldingResult {
+    pub peer: PeerKind,
+    pub streams: usize,
+    pub connected: usize,
+    pub failed: usize,
+    pub first_error: Option<String>,
+    pub baseline: Usage,
+    pub loaded: Usage,
+    /// Proxy CPU while the streams sat idle, percent of one core.
+    pub idle_cpu_percent: f64,
+}
+
+impl HoldingResult {
+    pub fn bytes_per_stream(&self) -> f64 {
+        (self.loaded.rss_bytes as f64 - self.baseline.rss_bytes as f64) / self.streams.max(1) as f64
+    }
+}
+
+#[derive(Debug)]
+pub struct ThroughputStep {
+    pub rate: u64,
+    pub expected: u64,
+    pub received: u64,
+    pub achieved_rate: f64,
+    pub p50_us: u64,
+    pub p99_us: u64,
+    pub max_us: u64,
+    pub error: Option<String>,
+    pub passed: bool,
+}
+
+#[derive(Debug)]
+pub struct ThroughputResult {
+    pub peer: PeerKind,
+    pub event_size: usize,
+    pub steps: Vec<ThroughputStep>,
+}
+
+impl ThroughputResult {
+    /// The highest offered rate that passed.
+    pub fn max_passing_rate(&self) -> Option<u64> {
+        self.steps.iter().filter(|s| s.passed).map(|s| s.rate).max()
+    }
+}
+
+#[derive(Debug)]
+pub struct ReqRespResult {
+    pub peer: PeerKind,
+    pub keepalive: RequestOutcome,
+    pub keepalive_cpu_seconds: Option<f64>,
+    pub handshakes: RequestOutcome,
+    pub handshakes_cpu_seconds: Option<f64>,
+}
+
+/// Everything one harness run measured, plus what went wrong.
+#[derive(Debug, Default)]
+pub struct Results {
+    pub fanout: Vec<FanoutResult>,
+    pub holding: Vec<HoldingResult>,
+    pub throughput: Vec<ThroughputResult>,
+    pub reqresp: Vec<ReqRespResult>,
+    /// Lost events, streams that failed, peers that did not start: a failed run.
+    pub failures: Vec<String>,
+    /// Things the reader should know (skipped sizes, caveats).
+    pub notes: Vec<String>,
+    /// Peer name, version, negotiated TLS.
+    pub peers: Vec<(PeerKind, String, Option<TlsInfo>)>,
+}
+
+// ------------------------------------------------------------------ running
+
+/// What the scenarios share: the upstream, sizes and client TLS settings.
+pub struct Bench {
+    pub upstream: UpstreamProcess,
+    pub sizes: Sizes,
+    pub open_file_limit: u64,
+    /// Client TLS without session resumption (every handshake a full one).
+    pub full_handshake_tls: Arc<rustls::ClientConfig>,
+    next_run: AtomicU32,
+}
+
+impl Bench {
+    pub fn new(
+        upstream: UpstreamProcess,
+        sizes: Sizes,
+        open_file_limit: u64,
+        full_handshake_tls: Arc<rustls::ClientConfig>,
+    ) -> Self {
+        Bench {
+            upstream,
+            sizes,
+            open_file_limit,
+            full_handshake_tls,
+            next_run: AtomicU32::new(1),
+        }
+    }
+
+    fn next_run(&self) -> u32 {
+        self.next_run.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Usage of the process(es) that stand between client and upstream.
+    fn proxy_usage(&self, peer: &RunningPeer) -> Option<Usage> {
+        peer.usage()
+    }
+
+    pub async fn run(&self, scenario: ScenarioKind, peer: &RunningPeer, results: &mut Results) {
+        match scenario {
+            ScenarioKind::Holding => self.holding(peer, results).await,
+            ScenarioKind::Fanout => {
+                for &subscribers in &self.sizes.fanout_subscribers {
+                    self.fanout(peer, subscribers, results).await;
+                }
+            }
+            ScenarioKind::Throughput => {
+                for &size in &self.sizes.throughput_event_sizes {
+                    self.throughput(peer, size, results).await;
+                }
+            }
+            ScenarioKind::Reqresp => self.reqresp(peer, results).await,
+        }
+        // Let closed connections wind down before the next scenario.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+
+    /// Waits until the peer (and the upstream) have closed the connections
+    /// of streams whose clients left. Err describes what is still held.
+    pub async fn connections_released(
+        &self,
+        peer: &RunningPeer,
+        peer_baseline_fds: usize,
+    ) -> Result<(), String> {
+        let deadline = Instant::now() + RELEASE_TIMEOUT;
+        loop {
+            let peer_fds = self.proxy_usage(peer).map_or(0, |u| u.open_fds);
+            let upstream_fds = self.upstream.usage().open_fds;
+            let peer_held = peer_fds.saturating_sub(peer_baseline_fds);
+            if peer_held <= RELEASE_SLACK && upstream_fds <= RELEASE_SLACK {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                return Err(format!(
+                    "still {peer_held} more open files than at start (upstream: {upstream_fds} open files) \
+                     {RELEASE_TIMEOUT:?}"
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    // -------------------------------------------------------------- fan-out
+
+    async fn fanout(&self, peer: &RunningPeer, subscribers: usize, results: &mut Results) {
+        let sizes = &self.sizes;
+        if let Err(reason) = self.fd_budget(peer.kind, subscribers) {
+            results.notes.push(format!(
+                "fanout K={subscribers}: {} skipped: {reason}",
+                peer.kind
+            ));
+            return;
+        }
+        let plan = Arc::new(StreamPlan {
+            path: EVENTS_PATH.into(),
+            run: self.next_run(),
+            expected: sizes.fanout_events,
+        });
+        let batch = StreamBatch::open(&peer.target, plan.clone(), subscribers);
+        let label = format!("fanout K={subscribers} {}", peer.kind);
+        if let Err(err) = batch.wait_connected(Duration::from_secs(120)).await {
+            results.failures.push(format!("{label}: {err}"));
+        }
+        if let Err(err) = batch.warm_up(&self.upstream, sizes.fanout_event_size).await {
+            results.failures.push(format!("{label}: {err}"));
+        }
+        let upstream_clients = self.upstream.clients().await.unwrap_or(0);
+        let proxy_before = self.proxy_usage(peer);
+        let upstream_before = self.upstream.usage();
+        let published = self
+            .upstream
+            .publish(
+                plan.run,
+                sizes.fanout_events,
+                sizes.fanout_rate,
+                sizes.fanout_event_size,
+            )
+            .await;
+        match &published {
+            Ok(report) => {
+                let planned = sizes.fanout_events as f64 / sizes.fanout_rate.max(1) as f64;
+                if report.elapsed.as_secs_f64() > planned * 1.1 + 0.1 {
+                    results.notes.push(format!(
+                        "{label}: the publisher fell behind: {} events took {:.2} s (planned {planned:.2} s), {} writes",
+                        report.published,
+                        report.elapsed.as_secs_f64(),
+                        report.deliveries
+                    ));
+                }
+            }
+            Err(err) => results.failures.push(format!("{label}: publisher: {err}")),
+        }
+        batch.wait_complete(sizes.drain).await;
+        let proxy_after = self.proxy_usage(peer);
+        let upstream_after = self.upstream.usage();
+        let events = batch.finish().await;
+        // Some proxies notice that a client left only when they next write to
+        // it: publish twice more so the closed streams are gone before the next run.
+        for _ in 0..2 {
+            let _ = self.upstream.warmup(64).await;
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        if events.lost() > 0 || events.failed > 0 || events.duplicates > 0 {
+            results.failures.push(format!(
+                "{label}: lost {} of {} events, {} duplicates, {} of {} streams failed{}",
+                events.lost(),
+                events.expected,
+                events.duplicates,
+                events.failed,
+                events.streams,
+                events
+                    .first_error
+                    .as_deref()
+                    .map(|e| format!(" (first error: {e})"))
+                    .unwrap_or_default()
+            ));
+        }
+        println!(
+            "  {label}: delivered {}/{} p50 {} us p99 {} us max {} us (upstream: {} clients, {} open files)",
+            events.received,
+            events.expected,
+            events.latency_us.value_at_quantile(0.5),
+            events.latency_us.value_at_quantile(0.99),
+            events.latency_us.max(),
+            upstream_clients,
+            upstream_before.open_fds
+        );
+        results.fanout.push(FanoutResult {
+            peer: peer.kind,
+            subscribers,
+            events,
+            proxy_cpu_seconds: proxy_before
+                .zip(proxy_after)
+                .map(|(before, after)| after.cpu_since(&before)),
+            upstream_cpu_seconds: upstream_after.cpu_since(&upstream_before),
+            upstream_clients,
+        });
+    }
+
+    // -------------------------------------------------------------- holding
+
+    async fn holding(&self, peer: &RunningPeer, results: &mut Results) {
+        let sizes = &self.sizes;
+        if peer.kind == PeerKind::Direct {
+            results
+                .notes
+                .push("holding: the direct path has no proxy process to measure; left out".into());
+            return;
+        }
+        let plan = Arc::new(StreamPlan {
+            path: IDLE_PATH.into(),
+            run: self.next_run(),
+            expected: 0,
+        });
+        tokio::time::sleep(sizes.holding_settle).await;
+        let Some(baseline) = self.proxy_usage(peer) else {
+            results.failures.push(format!(
+                "holding {}: cannot read the proxy's /proc entries",
+                peer.kind
+            ));
+            return;
+        };
+        let mut counts = sizes.holding_streams.clone();
+        counts.sort_unstable();
+        let mut batch = StreamBatch::open(&peer.target, plan, 0);
+        for streams in counts {
+            let label = format!("holding N={streams} {}", peer.kind);
+            if let Err(reason) = self.fd_budget(peer.kind, streams) {
+                results.notes.push(format!("{label}: skipped: {reason}"));
+                break;
+            }
+            batch.grow(streams);
+            if let Err(err) = batch.wait_connected(Duration::from_secs(180)).await {
+                results.failures.push(format!("{label}: {err}"));
+            }
+            tokio::time::sleep(sizes.holding_settle).await;
+            let (Some(idle_start), start) = (self.proxy_usage(peer), Instant::now()) else {
+                results
+                    .failures
+                    .push(format!("{label}: the proxy process is gone"));
+                break;
+            };
+            tokio::time::sleep(sizes.holding_idle_window).await;
+            let Some(idle_end) = self.proxy_usage(peer) else {
+                results
+                    .failures
+                    .push(format!("{label}: the proxy process is gone"));
+                break;
+            };
+            let idle_cpu_percent =
+                idle_end.cpu_since(&idle_start) * 100.0 / start.elapsed().as_secs_f64();
+            let progress = batch.progress.clone();
+            let result = HoldingResult {
+                peer: peer.kind,
+                streams,
+                connected: progress.connected(),
+                failed: progress.failed(),
+                first_error: None,
+                baseline,
+                loaded: idle_end,
+                idle_cpu_percent,
+            };
+            println!(
+                "  {label}: {} connected, {} failed, {:.0} bytes/stream, idle CPU {:.1}%",
+                result.connected,
+                result.failed,
+                result.bytes_per_stream(),
+                idle_cpu_percent
+            );
+            let failed = result.failed > 0;
+            results.holding.push(result);
+            if failed {
+                break;
+            }
+        }
+        let outcome = batch.finish().await;
+        if outcome.failed > 0 {
+            results.failures.push(format!(
+                "holding {}: {} of {} streams failed (first error: {})",
+                peer.kind,
+                outcome.failed,
+                outcome.streams,
+                outcome.first_error.as_deref().unwrap_or("-")
+            ));
+            if let Some(last) = results
+                .holding
+                .iter_mut()
+                .rev()
+                .find(|r| r.peer == peer.kind)
+            {
+                last.first_error = outcome.first_error;
+            }
+        }
+    }
+
+    /// Whether `streams` connections fit the open-file limit of the peer's
+    /// busiest process and of the load generator.
+    fn fd_budget(&self, kind: PeerKind, streams: usize) -> Result<(), String> {
+        let limit = self.open_file_limit as usize;
+        let needed = kind.fds_needed(streams);
+        if needed > limit {
+            return Err(format!(
+                "needs ~{needed} open files in one {kind} process (limit {limit}: one per client \
+                 connection plus one per upstream connection)"
+            ));
+        }
+        if streams + 200 > limit {
+            return Err(format!(
+                "the load generator would need {} open files (limit {limit})",
+                streams + 200
+            ));
+        }
+        Ok(())
+    }
+
+    // ----------------------------------------------------------- throughput
+
+    async fn throughput(&self, peer: &RunningPeer, event_size: usize, results: &mut Results) {
+        let mut steps: Vec<ThroughputStep> = Vec::new();
+        let mut last_pass: Option<u64> = None;
+        let mut first_fail: Option<u64> = None;
+        for &rate in &self.sizes.throughput_rates {
+            let step = self.throughput_step(peer, event_size, rate).await;
+            let passed = step.passed;
+            steps.push(step);
+            if passed {
+                last_pass = Some(rate);
+            } else {
+                first_fail = Some(rate);
+                break;
+            }
+        }
+        if let (Some(mut low), Some(mut high)) = (last_pass, first_fail) {
+            for _ in 0..self.sizes.throughput_refinements {
+                let rate = (low + high) / 2;
+                if rate <= low || rate >= high {
+                    break;
+                }
+                let step = self.throughput_step(peer, event_size, rate).await;
+                if step.passed {
+                    low = rate;
+                } else {
+                    high = rate;
+                }
+                steps.push(step);
+            }
+        }
+        // Losing events at the lowest rate is a broken chain, not a limit.
+        if let Some(first) = steps.first() {
+            if first.received < first.expected {
+                results.failures.push(format!(
+                    "throughput {} {event_size} B at {}/s: lost {} of {} events{}",
+                    peer.kind,
+                    first.rate,
+                    first.expected - first.received,
+                    first.expected,
+                    first
+                        .error
+                        .as_deref()
+                        .map(|e| format!(" ({e})"))
+                        .unwrap_or_default()
+                ));
+            }
+        }
+        results.throughput.push(ThroughputResult {
+            peer: peer.kind,
+            event_size,
+            steps,
+        });
+    }
+
+    async fn throughput_step(
+        &self,
+        peer: &RunningPeer,
+        event_size: usize,
+        rate: u64,
+    ) -> ThroughputStep {
+        let count = ((rate as f64) * self.sizes.throughput_step.as_secs_f64()).max(1.0) as u64;
+        let plan = Arc::new(StreamPlan {
+            path: EVENTS_PATH.into(),
+            run: self.next_run(),
+            expected: count,
+        });
+        let batch = StreamBatch::open(&peer.target, plan.clone(), 1);
+        let mut error = batch.wait_connected(Duration::from_secs(10)).await.err();
+        if error.is_none() {
+            error = batch.warm_up(&self.upstream, event_size).await.err();
+        }
+        if error.is_none() {
+            error = self
+                .upstream
+                .publish(plan.run, count, rate, event_size)
+                .await
+                .err();
+        }
+        batch.wait_complete(self.sizes.drain).await;
+        let events = batch.finish().await;
+        let error = error.or(events.first_error.clone());
+        let achieved_rate = if events.receive_span.is_zero() {
+            0.0
+        } else {
+            events.received.saturating_sub(1) as f64 / events.receive_span.as_secs_f64()
+        };
+        let p99_us = events.latency_us.value_at_quantile(0.99);
+        let passed = error.is_none()
+            && events.lost() == 0
+            && events.duplicates == 0
+            && p99_us < THROUGHPUT_P99_LIMIT.as_micros() as u64
+            && (count < 10 || achieved_rate >= THROUGHPUT_MIN_ACHIEVED * rate as f64);
+        println!(
+            "  throughput {} {event_size} B {rate}/s: {}/{} achieved {:.0}/s p99 {} us {}",
+            peer.kind,
+            events.received,
+            count,
+            achieved_rate,
+            p99_us,
+            if passed { "pass" } else { "FAIL" }
+        );
+        ThroughputStep {
+            rate,
+            expected: count,
+            received: events.received,
+            achieved_rate,
+            p50_us: events.latency_us.value_at_quantile(0.5),
+            p99_us,
+            max_us: events.latency_us.max(),
+            error,
+            passed,
+        }
+    }
+
+    // ------------------------------------------------------ request/response
+
+    async fn reqresp(&self, peer: &RunningPeer, results: &mut Results) {
+        let sizes = &self.sizes;
+        if peer.kind == PeerKind::SsegateShared {
+            results.notes.push(
+                "reqresp: ssegate-shared left out: --sse-shared changes only event streams, so /static takes ssegate's path".into(),
+            );
+            return;
+        }
+        let keepalive_target = peer.target.clone();
+        let _ = loadgen::request_load(
+            keepalive_target.clone(),
+            STATIC_PATH,
+            sizes.reqresp_connections,
+            sizes.reqresp_warmup,
+            ConnectionUse::KeepAlive,
+        )
+        .await;
+        let before = self.proxy_usage(peer);
+        let keepalive = loadgen::request_load(
+            keepalive_target,
+            STATIC_PATH,
+            sizes.reqresp_connections,
+            sizes.reqresp_duration,
+            ConnectionUse::KeepAlive,
+        )
+        .await;
+        let after = self.proxy_usage(peer);
+        let keepalive_cpu_seconds = before.zip(after).map(|(b, a)| a.cpu_since(&b));
+
+        let handshake_target: Target = if peer.target.tls.is_some() {
+            peer.target.with_tls(Some(self.full_handshake_tls.clone()))
+        } else {
+            peer.target.clone()
+        };
+        let _ = loadgen::request_load(
+            handshake_target.clone(),
+            STATIC_PATH,
+            sizes.reqresp_connections,
+            sizes.reqresp_warmup,
+            ConnectionUse::NewPerRequest,
+        )
+        .await;
+        let before = self.proxy_usage(peer);
+        let handshakes = loadgen::request_load(
+            handshake_target,
+            STATIC_PATH,
+            sizes.reqresp_connections,
+            sizes.reqresp_duration,
+            ConnectionUse::NewPerRequest,
+        )
+        .await;
+        let after = self.proxy_usage(peer);
+        let handshakes_cpu_seconds = before.zip(after).map(|(b, a)| a.cpu_since(&b));
+        for (what, outcome) in [("keep-alive", &keepalive), ("new connection", &handshakes)] {
+            println!(
+                "  reqresp {} {what}: {:.0} req/s, {} errors, p99 {} us",
+                peer.kind,
+                outcome.per_second(),
+                outcome.errors,
+                outcome.latency_us.value_at_quantile(0.99)
+            );
+            if outcome.completed == 0 {
+                results.failures.push(format!(
+                    "reqresp {} {what}: no request completed ({})",
+                    peer.kind,
+                    outcome
+                        .first_error
+                        .as_deref()
+                        .unwrap_or("no error reported")
+                ));
+            } else if outcome.errors > 0 {
+                results.notes.push(format!(
+                    "reqresp {} {what}: {} errors (first: {})",
+                    peer.kind,
+                    outcome.errors,
+                    outcome.first_error.as_deref().unwrap_or("-")
+                ));
+            }
+        }
+        results.reqresp.push(ReqRespResult {
+            peer: peer.kind,
+            keepalive,
+            keepalive_cpu_seconds,
+            handshakes,
+            handshakes_cpu_seconds,
+        });
+    }
+}
+
+/// A set of event streams opened together, with their shared progress counters.
+struct StreamBatch {
+    target: Target,
+    plan: Arc<StreamPlan>,
+    progress: Arc<StreamProgress>,
+    slots: Arc<Semaphore>,
+    stop: CancellationToken,
+    tasks: Vec<JoinHandle<StreamOutcome>>,
+}
+
+impl StreamBatch {
+    fn open(target: &Target, plan: Arc<StreamPlan>, streams: usize) -> Self {
+        let mut batch = StreamBatch {
+            target: target.clone(),
+            plan,
+            progress: Arc::new(StreamProgress::default()),
+            slots: Arc::new(Semaphore::new(CONNECT_CONCURRENCY)),
+            stop: CancellationToken::new(),
+            tasks: Vec::new(),
+        };
+        batch.grow(streams);
+        batch
+    }
+
+    /// Opens streams until there are `streams` in all.
+    fn grow(&mut self, streams: usize) {
+        for index in self.tasks.len()..streams {
+            self.tasks.push(tokio::spawn(loadgen::event_stream(
+                self.target.clone(),
+                index,
+                self.plan.clone(),
+                self.progress.clone(),
+                self.slots.clone(),
+                self.stop.clone(),
+            )));
+        }
+    }
+
+    async fn wait_connected(&self, timeout: Duration) -> Result<(), String> {
+        let total = self.tasks.len();
+        let progress = &self.progress;
+        let settled = wait_until(timeout, || {
+            progress.connected() + progress.failed() >= total
+        })
+        .await;
+        if !settled {
+            return Err(format!(
+                "only {} of {total} streams connected within {timeout:?} ({} failed)",
+                progress.connected(),
+                progress.failed()
+            ));
+        }
+        if progress.failed() > 0 {
+            return Err(format!(
+                "{} of {total} streams failed to open",
+                progress.failed()
+            ));
+        }
+        Ok(())
+    }
+
+    /// Publishes warm-up events until every open stream has seen one, so the
+    /// measured run starts with every subscription live end to end.
+    async fn warm_up(&self, upstream: &UpstreamProcess, event_size: usize) -> Result<(), String> {
+        let total = self.tasks.len();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            upstream.warmup(event_size).await?;
+            let progress = &self.progress;
+            if wait_until(Duration::from_millis(200), || {
+                progress.warmed() + progress.failed() >= total
+            })
+            .await
+            {
+                return Ok(());
+            }
+        }
+        Err(format!(
+            "only {} of {total} streams saw a warm-up event within 30 s",
+            self.progress.warmed()
+        ))
+    }
+
+    /// Waits until every stream has all its events (or failed). Late events
+    /// still count as delivered (with their latency): the wait ends only when
+    /// no event has arrived for `drain`, or after `MAX_DRAIN`.
+    async fn wait_complete(&self, drain: Duration) {
+        let total = self.tasks.len();
+        let progress = &self.progress;
+        let started = Instant::now();
+        let mut last_count = progress.events();
+        let mut last_change = Instant::now();
+        while progress.complete() + progress.failed() < total {
+            let now = Instant::now();
+            if now - last_change >= drain || now - started >= MAX_DRAIN {
+                return;
+            }
+            let count = progress.events();
+            if count != last_count {
+                last_count = count;
+                last_change = now;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// Closes every stream and merges what they counted.
+    async fn finish(self) -> BatchOutcome {
+        self.stop.cancel();
+        let mut outcomes = Vec::with_capacity(self.tasks.len());
+        for task in self.tasks {
+            match task.await {
+                Ok(outcome) => outcomes.push(outcome),
+                Err(err) => outcomes.push(StreamOutcome {
+                    error: Some(format!("stream task failed: {err}")),
+                    ..StreamOutcome::default()
+                }),
+            }
+        }
+        BatchOutcome::merge(&self.plan, outcomes)
+    }
+}
+
+/// Polls `done` every 10 ms until it holds or `timeout` passes.
+async fn wait_until(timeout: Duration, done: impl Fn() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if done() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Latency quantile in milliseconds.
+pub fn quantile_ms(histogram: &Histogram<u64>, q: f64) -> f64 {
+    histogram.value_at_quantile(q) as f64 / 1000.0
+}
