@@ -9,7 +9,7 @@
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::task::{ready, Context, Poll};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -107,6 +107,11 @@ pin_project_lite::pin_project! {
         boundary: EventBoundary,
         // Fires when the proxy shuts down; `None` once it has fired.
         shutdown: Option<Pin<Box<WaitForCancellationFutureOwned>>>,
+        // The same token, for a lock-free check on the fast path.
+        shutdown_token: CancellationToken,
+        // When the upstream last sent a frame, and when data was last written.
+        last_frame: Instant,
+        last_write: Instant,
         draining: bool,
         done: bool,
         access: AccessLog,
@@ -117,7 +122,7 @@ impl<B> RelayBody<B> {
     pub fn new(
         inner: B,
         settings: RelaySettings,
-        shutdown: &CancellationToken,
+        shutdown_token: &CancellationToken,
         mut access: AccessLog,
     ) -> Self {
         access.sse = settings.kind == BodyKind::EventStream;
@@ -129,7 +134,7 @@ impl<B> RelayBody<B> {
             _ => None,
         };
         let shutdown = match settings.kind {
-            BodyKind::EventStream => Some(Box::pin(shutdown.clone().cancelled_owned())),
+            BodyKind::EventStream => Some(Box::pin(shutdown_token.clone().cancelled_owned())),
             BodyKind::Ordinary => None,
         };
         RelayBody {
@@ -139,11 +144,28 @@ impl<B> RelayBody<B> {
             heartbeat,
             boundary: EventBoundary::new(),
             shutdown,
+            shutdown_token: shutdown_token.clone(),
+            last_frame: now,
+            last_write: now,
             draining: false,
             done: false,
             access,
         }
     }
+}
+
+/// Whether a lazily re-armed timer has really reached `deadline`. A timer
+/// that fires early (its deadline moved on since it was armed) is re-armed
+/// and registered again.
+fn fired(mut timer: Pin<&mut Sleep>, deadline: Instant, cx: &mut Context<'_>) -> bool {
+    if timer.as_mut().poll(cx).is_pending() {
+        return false;
+    }
+    if Instant::now() >= deadline {
+        return true;
+    }
+    timer.as_mut().reset(deadline);
+    timer.as_mut().poll(cx).is_ready()
 }
 
 impl<B> Body for RelayBody<B>
@@ -162,8 +184,49 @@ where
         if *this.done {
             return Poll::Ready(None);
         }
+        // Only event streams are drained; ordinary bodies run to their end.
+        if this.shutdown.is_some() && this.shutdown_token.is_cancelled() {
+            *this.draining = true;
+        }
 
-        // Shutdown: an event stream ends at its next event boundary.
+        // Fast path: relay what the upstream has. Timers are only re-armed
+        // when they fire (from `last_frame`), so a busy stream pays one clock
+        // read per frame, not a timer-wheel update.
+        if !(*this.draining && this.boundary.at_boundary()) {
+            match this.inner.as_mut().poll_frame(cx) {
+                Poll::Ready(Some(Ok(frame))) => {
+                    *this.last_frame = Instant::now();
+                    if let Some(data) = frame.data_ref() {
+                        *this.last_write = *this.last_frame;
+                        this.access.bytes += data.len() as u64;
+                        if this.settings.kind == BodyKind::EventStream {
+                            this.boundary.feed(data);
+                        }
+                    }
+                    return Poll::Ready(Some(Ok(frame)));
+                }
+                Poll::Ready(Some(Err(err))) => {
+                    *this.done = true;
+                    this.access.outcome = "upstream error";
+                    tracing::warn!(path = %this.access.path, error = %err, "upstream body failed");
+                    // An event stream ends cleanly so EventSource reconnects; an
+                    // ordinary body is cut so the client sees it is incomplete.
+                    return match this.settings.kind {
+                        BodyKind::EventStream => Poll::Ready(None),
+                        BodyKind::Ordinary => Poll::Ready(Some(Err(err.into()))),
+                    };
+                }
+                Poll::Ready(None) => {
+                    *this.done = true;
+                    this.access.outcome = "complete";
+                    return Poll::Ready(None);
+                }
+                Poll::Pending => {}
+            }
+        }
+
+        // The upstream is quiet. Shutdown: an event stream ends at its next
+        // event boundary.
         if let Some(shutdown) = this.shutdown.as_mut() {
             if shutdown.as_mut().poll(cx).is_ready() {
                 *this.shutdown = None;
@@ -181,43 +244,8 @@ where
             return Poll::Ready(None);
         }
 
-        match this.inner.as_mut().poll_frame(cx) {
-            Poll::Ready(Some(Ok(frame))) => {
-                let now = Instant::now();
-                this.idle.as_mut().reset(now + this.settings.idle_timeout);
-                if let Some(data) = frame.data_ref() {
-                    this.access.bytes += data.len() as u64;
-                    if this.settings.kind == BodyKind::EventStream {
-                        this.boundary.feed(data);
-                    }
-                    if let (Some(heartbeat), Some(every)) =
-                        (this.heartbeat.as_mut(), this.settings.heartbeat)
-                    {
-                        heartbeat.as_mut().reset(now + every);
-                    }
-                }
-                return Poll::Ready(Some(Ok(frame)));
-            }
-            Poll::Ready(Some(Err(err))) => {
-                *this.done = true;
-                this.access.outcome = "upstream error";
-                tracing::warn!(path = %this.access.path, error = %err, "upstream body failed");
-                // An event stream ends cleanly so EventSource reconnects; an
-                // ordinary body is cut so the client sees it is incomplete.
-                return match this.settings.kind {
-                    BodyKind::EventStream => Poll::Ready(None),
-                    BodyKind::Ordinary => Poll::Ready(Some(Err(err.into()))),
-                };
-            }
-            Poll::Ready(None) => {
-                *this.done = true;
-                this.access.outcome = "complete";
-                return Poll::Ready(None);
-            }
-            Poll::Pending => {}
-        }
-
-        if this.idle.as_mut().poll(cx).is_ready() {
+        let idle_deadline = *this.last_frame + this.settings.idle_timeout;
+        if fired(this.idle.as_mut(), idle_deadline, cx) {
             *this.done = true;
             this.access.outcome = "idle timeout";
             let idle = this.settings.idle_timeout;
@@ -234,14 +262,19 @@ where
         }
 
         if let (Some(heartbeat), Some(every)) = (this.heartbeat.as_mut(), this.settings.heartbeat) {
-            ready!(heartbeat.as_mut().poll(cx));
-            heartbeat.as_mut().reset(Instant::now() + every);
-            if this.boundary.at_boundary() {
-                this.access.bytes += HEARTBEAT.len() as u64;
-                return Poll::Ready(Some(Ok(Frame::data(Bytes::from_static(HEARTBEAT)))));
+            if fired(heartbeat.as_mut(), *this.last_write + every, cx) {
+                let now = Instant::now();
+                if this.boundary.at_boundary() {
+                    *this.last_write = now;
+                    heartbeat.as_mut().reset(now + every);
+                    let _ = heartbeat.as_mut().poll(cx);
+                    this.access.bytes += HEARTBEAT.len() as u64;
+                    return Poll::Ready(Some(Ok(Frame::data(Bytes::from_static(HEARTBEAT)))));
+                }
+                // Mid-event: no heartbeat; look again one interval later.
+                heartbeat.as_mut().reset(now + every);
+                let _ = heartbeat.as_mut().poll(cx);
             }
-            // Mid-event: no heartbeat. Register the re-armed timer's waker.
-            let _ = heartbeat.as_mut().poll(cx);
         }
         Poll::Pending
     }
