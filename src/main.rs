@@ -13,11 +13,17 @@ fn main() -> ExitCode {
         Err(err) => err.exit(),
     };
     cli.proxy.ocsp_pair = ocsp_pairs(&matches);
+    // Log lines are written by a background thread, so a request does not wait
+    // for stderr (only if 128k lines are queued); the guard flushes what is
+    // queued when main returns.
+    let (log_writer, _log_guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+        .lossy(false)
+        .finish(std::io::stderr());
     tracing_subscriber::fmt()
         .with_env_filter(
             EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
         )
-        .with_writer(std::io::stderr)
+        .with_writer(log_writer)
         .with_ansi(std::io::stderr().is_terminal())
         .init();
 
