@@ -32,9 +32,9 @@ use ssegate::tls::{
     CertSource, CertStore, ClientAuth,
 };
 use ssegate::{CancellationToken, Server};
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_rustls::client::TlsStream;
 use tokio_rustls::TlsConnector;
@@ -477,13 +477,6 @@ async fn event_upstream() -> (UpstreamHandle, mpsc::UnboundedReceiver<mpsc::Send
 
 // ---------------------------------------------------------------- the binary
 
-/// The `ssegate` binary, killed on Drop; its stderr is collected.
-struct Ssegate {
-    child: tokio::process::Child,
-    addr: SocketAddr,
-    log: watch::Receiver<String>,
-}
-
 /// The binary (clean environment: no SSEGATE_*, default log level) with
 /// `args`, stderr piped, killed on Drop.
 fn binary_command(args: &[&str]) -> tokio::process::Command {
@@ -495,52 +488,9 @@ fn binary_command(args: &[&str]) -> tokio::process::Command {
     cmd
 }
 
-impl Ssegate {
-    /// Starts `ssegate --listen 127.0.0.1:0 <args>` and waits for
-    /// "listening on https://127.0.0.1:PORT".
-    async fn start(args: &[&str]) -> Self {
-        let mut all = vec!["--listen", "127.0.0.1:0"];
-        all.extend_from_slice(args);
-        let mut child = binary_command(&all).spawn().expect("start ssegate");
-        let stderr = child.stderr.take().expect("stderr piped");
-        let (tx, mut log) = watch::channel(String::new());
-        tokio::spawn(async move {
-            let mut lines = BufReader::new(stderr).lines();
-            while let Ok(Some(line)) = lines.next_line().await {
-                tx.send_modify(|log| {
-                    log.push_str(&line);
-                    log.push('\n');
-                });
-            }
-        });
-        const MARK: &str = "listening on https://";
-        let found = tokio::time::timeout(LIMIT, log.wait_for(|l| l.contains(MARK)))
-            .await
-            .is_ok_and(|r| r.is_ok());
-        let text = log.borrow().clone();
-        assert!(
-            found,
-            "ssegate {args:?} did not report listening within {LIMIT:?}:\n{text}"
-        );
-        let line = text.lines().find(|l| l.contains(MARK)).unwrap_or_default();
-        let addr = listening_addr(line);
-        Ssegate { child, addr, log }
-    }
-
-    fn pid(&self) -> i32 {
-        self.child.id().expect("running") as i32
-    }
-
-    fn log(&self) -> String {
-        self.log.borrow().clone()
-    }
-
-    async fn wait_for_log(&mut self, needle: &str) {
-        let found = tokio::time::timeout(LIMIT, self.log.wait_for(|l| l.contains(needle)))
-            .await
-            .is_ok_and(|r| r.is_ok());
-        assert!(found, "ssegate never logged {needle:?}:\n{}", self.log());
-    }
+/// `ssegate --listen 127.0.0.1:0 <args>`, listening.
+async fn start_binary(args: &[&str]) -> SsegateProcess {
+    SsegateProcess::start(args, LIMIT).await
 }
 
 // ================================================================ SNI
@@ -907,7 +857,7 @@ async fn sighup_reloads_the_certificates_of_the_binary() {
     let dir = TempDir::new("sighup");
     let first = ca.server_with_cn(&["localhost"], "sighup-1");
     let pair = write_pair(&dir, "live", &first);
-    let mut proxy = Ssegate::start(&[
+    let mut proxy = start_binary(&[
         "--cert",
         s(&pair.cert),
         "--key",
@@ -934,7 +884,7 @@ async fn sighup_reloads_the_certificates_of_the_binary() {
 
     // SIGHUP's default action ends the process: wait until ssegate catches it.
     let deadline = Instant::now() + LIMIT;
-    while !catches_sighup(proxy.pid()) {
+    while !catches_sighup(proxy.pid() as i32) {
         assert!(
             Instant::now() < deadline,
             "ssegate never installed a SIGHUP handler"
@@ -942,7 +892,7 @@ async fn sighup_reloads_the_certificates_of_the_binary() {
         tokio::time::sleep(POLL).await;
     }
     // SAFETY: kill(2) with our own child's pid and a valid signal number.
-    let sent = unsafe { libc::kill(proxy.pid(), libc::SIGHUP) };
+    let sent = unsafe { libc::kill(proxy.pid() as i32, libc::SIGHUP) };
     assert_eq!(sent, 0, "kill -HUP {}", proxy.pid());
     proxy.wait_for_log("trigger=\"SIGHUP\"").await;
     wait_until_served(proxy.addr, &ca, "CN=sighup-2").await;
@@ -955,10 +905,7 @@ async fn sighup_reloads_the_certificates_of_the_binary() {
         !log.contains("trigger=\"file change\""),
         "the file poll must not have been what reloaded:\n{log}"
     );
-    assert!(
-        proxy.child.try_wait().expect("child status").is_none(),
-        "ssegate must keep running after SIGHUP"
-    );
+    assert!(proxy.is_running(), "ssegate must keep running after SIGHUP");
 }
 
 // ================================================================ start-up
@@ -1001,7 +948,7 @@ async fn several_cert_key_pairs_are_served_by_name() {
     let dir = TempDir::new("pairs");
     let a = write_pair(&dir, "a", &ca.server(&["a.test"]));
     let b = write_pair(&dir, "b", &ca.server(&["b.test"]));
-    let proxy = Ssegate::start(&[
+    let proxy = start_binary(&[
         "--cert",
         s(&a.cert),
         "--key",
@@ -1101,7 +1048,7 @@ async fn ocsp_responses_are_stapled_for_the_certificate_they_follow() {
     let b = write_pair(&dir, "b", &ca.server(&["b.test"]));
     let (response, serial) = ocsp_response(&dir, &ca, &b.cert).await;
     // --ocsp follows the second pair: it belongs to b.test only.
-    let proxy = Ssegate::start(&[
+    let proxy = start_binary(&[
         "--cert",
         s(&a.cert),
         "--key",
@@ -1501,7 +1448,7 @@ async fn binary_hsts(flags: &[&str]) -> Vec<String> {
         &upstream_url,
     ];
     args.extend_from_slice(flags);
-    let proxy = Ssegate::start(&args).await;
+    let proxy = start_binary(&args).await;
     let response = fetch(proxy.addr, Version::HTTP_11, "/").await;
     assert_eq!(response.status(), StatusCode::OK);
     sts(&response)

@@ -24,8 +24,6 @@ use std::time::{Duration, SystemTime};
 
 use common::*;
 use http::Response;
-use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::sync::watch;
 
 /// A full testssl run took 60 to 150 s here (two cores, other tests running).
 const SCAN_LIMIT: Duration = Duration::from_secs(300);
@@ -111,59 +109,20 @@ async fn app_upstream() -> UpstreamHandle {
     .await
 }
 
-/// The `ssegate` binary on 127.0.0.1:0, killed on Drop; stderr is drained.
-struct Ssegate {
-    _child: tokio::process::Child,
-    addr: SocketAddr,
-    log: watch::Receiver<String>,
-}
-
-impl Ssegate {
-    async fn start(cert: &Path, key: &Path, upstream: SocketAddr) -> Self {
-        // The harness' command: no SSEGATE_* or RUST_LOG from the caller.
-        let mut child = tokio::process::Command::from(ssegate_command())
-            .args([
-                "--listen",
-                "127.0.0.1:0",
-                "--cert",
-                s(cert),
-                "--key",
-                s(key),
-            ])
-            .args(["--upstream", &format!("http://{upstream}"), "--hsts", "2y"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("start ssegate");
-        let stderr = child.stderr.take().expect("stderr piped");
-        let (tx, mut log) = watch::channel(String::new());
-        tokio::spawn(async move {
-            let mut lines = BufReader::new(stderr).lines();
-            while let Ok(Some(line)) = lines.next_line().await {
-                tx.send_modify(|log| {
-                    log.push_str(&line);
-                    log.push('\n');
-                });
-            }
-        });
-        const MARK: &str = "listening on https://";
-        let found = tokio::time::timeout(START_LIMIT, log.wait_for(|l| l.contains(MARK)))
-            .await
-            .is_ok_and(|r| r.is_ok());
-        let text = log.borrow().clone();
-        assert!(found, "ssegate did not report listening:\n{text}");
-        let addr = listening_addr(text.lines().find(|l| l.contains(MARK)).unwrap_or_default());
-        Ssegate {
-            _child: child,
-            addr,
-            log,
-        }
-    }
-
-    fn log(&self) -> String {
-        self.log.borrow().clone()
-    }
+/// The binary in front of `upstream` with `--hsts 2y`, listening.
+async fn start_ssegate(cert: &Path, key: &Path, upstream: SocketAddr) -> SsegateProcess {
+    let upstream = format!("http://{upstream}");
+    let args = [
+        "--cert",
+        s(cert),
+        "--key",
+        s(key),
+        "--upstream",
+        &upstream,
+        "--hsts",
+        "2y",
+    ];
+    SsegateProcess::start(&args, START_LIMIT).await
 }
 
 struct ScanRun {
@@ -270,14 +229,8 @@ fn read_testssl_json(path: &Path, stdout: &str) -> Vec<Finding> {
         .collect()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn testssl_finds_no_medium_or_worse_problem() {
-    let dir = TempDir::new("testssl");
-    let (ca, cert, key) = test_pki(&dir);
-    let upstream = app_upstream().await;
-    let proxy = Ssegate::start(&cert, &key, upstream.addr).await;
-    let json = dir.path("testssl.json");
-    let target = format!("localhost:{}", proxy.addr.port());
+/// One testssl scan of `target`, trusting `ca`, with its JSON findings.
+async fn testssl_scan(ca: &Path, json: &Path, target: &str) -> (ScanRun, Vec<Finding>) {
     let run = run_scanner(
         "testssl",
         &[
@@ -293,19 +246,30 @@ async fn testssl_finds_no_medium_or_worse_problem() {
             "127.0.0.1",
             // Trust the test CA, so the chain of trust is really checked.
             "--add-ca",
-            s(&ca),
+            s(ca),
             "--connect-timeout",
             "10",
             "--openssl-timeout",
             "10",
             "--jsonfile",
-            s(&json),
-            &target,
+            s(json),
+            target,
         ],
         "install the Debian package `testssl.sh` (apt-get install -y testssl.sh)",
     )
     .await;
-    let findings = read_testssl_json(&json, &run.stdout);
+    let findings = read_testssl_json(json, &run.stdout);
+    (run, findings)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn testssl_finds_no_medium_or_worse_problem() {
+    let dir = TempDir::new("testssl");
+    let (ca, cert, key) = test_pki(&dir);
+    let upstream = app_upstream().await;
+    let proxy = start_ssegate(&cert, &key, upstream.addr).await;
+    let target = format!("localhost:{}", proxy.addr.port());
+    let (run, findings) = testssl_scan(&ca, &dir.path("testssl.json"), &target).await;
     // testssl's exit code does not reflect findings. The summary goes to
     // stderr directly, past the test harness' capture, so CI logs show it.
     let mut summary = format!(
@@ -397,7 +361,7 @@ async fn sslyze_finds_mozilla_intermediate_compliance() {
     let dir = TempDir::new("sslyze");
     let (ca, cert, key) = test_pki(&dir);
     let upstream = app_upstream().await;
-    let proxy = Ssegate::start(&cert, &key, upstream.addr).await;
+    let proxy = start_ssegate(&cert, &key, upstream.addr).await;
     let port = proxy.addr.port();
     // host:port{ip}: SNI and certificate name "localhost", connect to 127.0.0.1.
     let target = format!("localhost:{port}{{127.0.0.1}}");

@@ -203,3 +203,77 @@ fn forward_lines(
     }
     tx.send(Output::Closed).ok()
 }
+
+/// The `ssegate` binary on `127.0.0.1:0` under tokio, killed on Drop, with
+/// everything it writes to stderr collected so tests can wait for a line.
+pub struct SsegateProcess {
+    child: tokio::process::Child,
+    pub addr: SocketAddr,
+    log: tokio::sync::watch::Receiver<String>,
+    limit: Duration,
+}
+
+impl SsegateProcess {
+    /// Starts `ssegate --listen 127.0.0.1:0 <args>` and waits up to `limit`
+    /// for "listening on https://127.0.0.1:PORT".
+    pub async fn start(args: &[&str], limit: Duration) -> Self {
+        use tokio::io::{AsyncBufReadExt, BufReader};
+        let mut child = tokio::process::Command::from(ssegate_command())
+            .args(["--listen", "127.0.0.1:0"])
+            .args(args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("start ssegate");
+        let stderr = child.stderr.take().expect("stderr piped");
+        let (tx, log) = tokio::sync::watch::channel(String::new());
+        tokio::spawn(async move {
+            let mut lines = BufReader::new(stderr).lines();
+            while let Ok(Some(line)) = lines.next_line().await {
+                tx.send_modify(|log| {
+                    log.push_str(&line);
+                    log.push('\n');
+                });
+            }
+        });
+        let mut process = SsegateProcess {
+            child,
+            addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            log,
+            limit,
+        };
+        const MARK: &str = "listening on https://";
+        process.wait_for_log(MARK).await;
+        let text = process.log();
+        process.addr = listening_addr(text.lines().find(|l| l.contains(MARK)).unwrap_or_default());
+        process
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id().expect("running")
+    }
+
+    /// Whether the process is still running.
+    pub fn is_running(&mut self) -> bool {
+        self.child.try_wait().expect("child status").is_none()
+    }
+
+    /// Everything logged so far.
+    pub fn log(&self) -> String {
+        self.log.borrow().clone()
+    }
+
+    /// Waits up to the start-up limit for a log line containing `needle`.
+    pub async fn wait_for_log(&mut self, needle: &str) {
+        let found = tokio::time::timeout(self.limit, self.log.wait_for(|l| l.contains(needle)))
+            .await
+            .is_ok_and(|r| r.is_ok());
+        assert!(
+            found,
+            "ssegate never logged {needle:?} within {:?}:\n{}",
+            self.limit,
+            self.log()
+        );
+    }
+}
