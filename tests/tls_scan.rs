@@ -183,12 +183,21 @@ const FAILING_SEVERITIES: &[&str] = &["MEDIUM", "HIGH", "CRITICAL"];
 /// testssl's own trouble (a check that could not run) makes the scan incomplete.
 const SCAN_PROBLEM_SEVERITIES: &[&str] = &["WARN", "FATAL"];
 /// Local limitations that leave nothing about ssegate unchecked: (id, why).
-const SCAN_PROBLEMS_TOLERATED: &[(&str, &str)] = &[(
-    "engine_problem",
-    "the local openssl has no GOST engine (Debian's libengine-gost-openssl, a \
-     recommendation of testssl.sh) so testssl cannot offer the Russian GOST suites; \
-     rustls implements none of them, so there is nothing on the server side to find",
-)];
+const SCAN_PROBLEMS_TOLERATED: &[(&str, &str)] = &[
+    (
+        "engine_problem",
+        "the local openssl has no GOST engine (Debian's libengine-gost-openssl, a \
+         recommendation of testssl.sh) so testssl cannot offer the Russian GOST suites; \
+         rustls implements none of them, so there is nothing on the server side to find",
+    ),
+    (
+        "sessionresumption_ticket",
+        "testssl's probe runs `openssl s_client </dev/null`, which often hangs up before \
+         the TLS 1.3 ticket arrives (5-9 of 30 plain runs against nginx, 25 of 30 against \
+         the debug ssegate), and then reports 'connect problem' instead of a result; \
+         ticket resumption is asserted with a client that waits, in tls_features.rs",
+    ),
+];
 const SHOWN_SEVERITIES: &[&str] = &["LOW", "MEDIUM", "HIGH", "CRITICAL", "WARN", "FATAL"];
 
 #[derive(Debug)]
