@@ -7,6 +7,7 @@ pub mod config;
 pub mod demo;
 pub mod error;
 pub mod headers;
+pub mod lean_h1;
 pub mod proxy;
 pub mod redirect;
 pub mod server;

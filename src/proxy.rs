@@ -6,6 +6,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use http::header::{self, HeaderValue};
 use http::{Request, Response, Version};
+use http_body::Body;
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
@@ -20,6 +21,10 @@ use crate::upstream::{self, UpstreamPool};
 
 /// Body type of every response ssegate sends.
 pub type ProxyBody = BoxBody<Bytes, BoxError>;
+
+/// What a client request's body may be: hyper's, or none (the lean path).
+pub trait RequestBody: Body<Data = Bytes, Error: Into<BoxError>> + Send + Sync + 'static {}
+impl<B> RequestBody for B where B: Body<Data = Bytes, Error: Into<BoxError>> + Send + Sync + 'static {}
 
 /// Shared by every connection: configuration, the upstream pool, shutdown.
 pub struct Proxy {
@@ -65,11 +70,14 @@ impl Proxy {
     }
 
     /// Handles one request. Never fails: every error becomes a response.
-    pub async fn handle(
+    pub async fn handle<B>(
         self: Arc<Self>,
-        req: Request<Incoming>,
+        req: Request<B>,
         conn: ConnInfo,
-    ) -> Result<Response<ProxyBody>, std::convert::Infallible> {
+    ) -> Result<Response<ProxyBody>, std::convert::Infallible>
+    where
+        B: RequestBody,
+    {
         let mut response = self.respond(req, conn).await;
         if let Some(hsts) = &self.config.hsts {
             // An upstream's own policy wins.
@@ -81,7 +89,11 @@ impl Proxy {
         Ok(response)
     }
 
-    async fn respond(&self, req: Request<Incoming>, conn: ConnInfo) -> Response<ProxyBody> {
+    async fn respond<B: RequestBody>(
+        &self,
+        req: Request<B>,
+        conn: ConnInfo,
+    ) -> Response<ProxyBody> {
         let peer = conn.peer;
         let path = req
             .uri()
@@ -121,11 +133,7 @@ impl Proxy {
     }
 
     /// Joins a shared stream: one upstream request serves every subscriber.
-    async fn subscribe(
-        &self,
-        req: Request<Incoming>,
-        mut access: AccessLog,
-    ) -> Response<ProxyBody> {
+    async fn subscribe<B>(&self, req: Request<B>, mut access: AccessLog) -> Response<ProxyBody> {
         let host = request_host(&req);
         let last_event_id = req
             .headers()
@@ -159,9 +167,9 @@ impl Proxy {
         }
     }
 
-    async fn forward(
+    async fn forward<B: RequestBody>(
         &self,
-        req: Request<Incoming>,
+        req: Request<B>,
         conn: &ConnInfo,
     ) -> Result<(Response<Incoming>, BodyKind), ProxyError> {
         let upstream_req = self.upstream_request(req, conn)?;
@@ -179,9 +187,9 @@ impl Proxy {
 
     /// Rewrites a client request for the upstream: URI, Host, hop-by-hop and
     /// forwarding headers. The body streams through untouched.
-    fn upstream_request(
+    fn upstream_request<B: RequestBody>(
         &self,
-        req: Request<Incoming>,
+        req: Request<B>,
         conn: &ConnInfo,
     ) -> Result<Request<upstream::UpstreamBody>, ProxyError> {
         let (mut parts, body) = req.into_parts();
@@ -216,7 +224,7 @@ impl Proxy {
         }
         parts.version = Version::HTTP_11;
 
-        let body = body.map_err(BoxError::from).boxed();
+        let body = body.map_err(Into::into).boxed();
         Ok(Request::from_parts(parts, body))
     }
 }

@@ -8,12 +8,13 @@ use std::time::Duration;
 use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, MAX_REQUEST_HEADER_BYTES};
 use crate::error::StartError;
+use crate::lean_h1::{Next, Rewind};
 use crate::proxy::{ConnInfo, Proxy};
 
 /// hyper's read buffer limit for HTTP/1.1. Above the proxy's own header limit,
@@ -127,44 +128,23 @@ impl Server {
             // Reap finished connection tasks so the set stays small.
             while tasks.try_join_next().is_some() {}
             tasks.spawn(async move {
-                let Some(tls) = connections.handshake(tcp, peer).await else {
+                // Boxed: the handshake's state is large and short-lived, and an
+                // unboxed future would size every connection task by it.
+                let Some(tls) = boxed(connections.handshake(tcp, peer)).await else {
                     return;
                 };
+                // Boxed: futures copy their arguments, and the TLS state is large.
+                let tls = Box::new(tls);
                 let conn = ConnInfo {
                     peer,
                     client_subject: client_subject(&tls),
                 };
-                let got_request = Arc::new(AtomicBool::new(false));
-                let service = {
-                    let got_request = got_request.clone();
-                    service_fn(move |req| {
-                        got_request.store(true, Ordering::Relaxed);
-                        proxy.clone().handle(req, conn.clone())
-                    })
-                };
                 // The protocol follows ALPN, as browsers negotiate it; without
                 // ALPN, HTTP/1.1 (HTTP/2 over TLS requires ALPN, RFC 9113 §3.2).
-                let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
-                let io = TokioIo::new(tls);
-                let result = if h2 {
-                    let conn = watcher.watch(connections.h2.serve_connection(io, service));
-                    // hyper has no header-read timeout for HTTP/2: a client
-                    // that sends no request in that time is disconnected.
-                    let limit = connections.header_read_timeout;
-                    match with_first_request_deadline(conn, &got_request, limit).await {
-                        Some(result) => result,
-                        None => {
-                            tracing::info!(%peer, "no HTTP/2 request received in time; connection closed");
-                            return;
-                        }
-                    }
+                if tls.get_ref().1.alpn_protocol() == Some(b"h2") {
+                    boxed(serve_h2(tls, proxy, conn, &connections, watcher)).await;
                 } else {
-                    watcher
-                        .watch(connections.h1.serve_connection(io, service))
-                        .await
-                };
-                if let Err(err) = result {
-                    log_connection_error(peer, &err);
+                    serve_h1(tls, proxy, conn, &connections, watcher).await;
                 }
             });
         }
@@ -182,6 +162,74 @@ impl Server {
                 tasks.shutdown().await;
             }
         }
+    }
+}
+
+type ClientTls = Box<tokio_rustls::server::TlsStream<TcpStream>>;
+
+/// HTTP/1.1: an EventSource request arriving first is served by the lean
+/// path; everything else, and what follows it, by hyper.
+async fn serve_h1(
+    tls: ClientTls,
+    proxy: Arc<Proxy>,
+    conn: ConnInfo,
+    connections: &ConnectionSettings,
+    watcher: Watcher,
+) {
+    let limit = connections.header_read_timeout;
+    let io = match crate::lean_h1::serve_first_request(tls, &proxy, &conn, limit).await {
+        Next::Hyper(io) => io,
+        Next::Closed => return,
+    };
+    // Boxed, so hyper's connection state is not part of every lean stream's task.
+    boxed(serve_h1_with_hyper(io, proxy, conn, connections, watcher)).await;
+}
+
+/// Moves a future to the heap. A plain function, so the future is never a
+/// temporary inside the caller's (long-lived) state.
+fn boxed<F: std::future::Future>(future: F) -> std::pin::Pin<Box<F>> {
+    Box::pin(future)
+}
+
+async fn serve_h1_with_hyper(
+    io: Rewind<ClientTls>,
+    proxy: Arc<Proxy>,
+    conn: ConnInfo,
+    connections: &ConnectionSettings,
+    watcher: Watcher,
+) {
+    let peer = conn.peer;
+    let service = service_fn(move |req| proxy.clone().handle(req, conn.clone()));
+    let serving = connections.h1.serve_connection(TokioIo::new(io), service);
+    if let Err(err) = watcher.watch(serving).await {
+        log_connection_error(peer, &err);
+    }
+}
+
+async fn serve_h2(
+    tls: ClientTls,
+    proxy: Arc<Proxy>,
+    conn: ConnInfo,
+    connections: &ConnectionSettings,
+    watcher: Watcher,
+) {
+    let peer = conn.peer;
+    let got_request = Arc::new(AtomicBool::new(false));
+    let service = {
+        let got_request = got_request.clone();
+        service_fn(move |req| {
+            got_request.store(true, Ordering::Relaxed);
+            proxy.clone().handle(req, conn.clone())
+        })
+    };
+    let serving = watcher.watch(connections.h2.serve_connection(TokioIo::new(tls), service));
+    // hyper has no header-read timeout for HTTP/2: a client that sends no
+    // request in that time is disconnected.
+    let limit = connections.header_read_timeout;
+    match with_first_request_deadline(serving, &got_request, limit).await {
+        Some(Ok(())) => {}
+        Some(Err(err)) => log_connection_error(peer, &err),
+        None => tracing::info!(%peer, "no HTTP/2 request received in time; connection closed"),
     }
 }
 

@@ -1,0 +1,182 @@
+//! The first request head of a connection: is it an EventSource request the
+//! lean path serves, or something to hand to hyper untouched?
+
+use http::header::{self, HeaderName, HeaderValue};
+use http::{HeaderMap, Method, Request, Uri, Version};
+
+/// Heads larger than this go to hyper, which enforces the real limits
+/// (and answers 431).
+pub const MAX_HEAD_BYTES: usize = 16 * 1024;
+/// hyper's default header count limit; more goes to hyper, which answers 431.
+const MAX_HEADERS: usize = 100;
+
+#[derive(Debug)]
+pub enum Sniffed {
+    /// A complete EventSource request; the head was the first `head_len` bytes.
+    EventSource {
+        request: Box<Request<()>>,
+        head_len: usize,
+        /// False when the client sent `Connection: close`.
+        keep_alive: bool,
+    },
+    /// Anything else, including malformed heads: hyper serves it (and rejects
+    /// what is malformed) from the same bytes.
+    Other,
+    /// The head is not complete yet.
+    Partial,
+}
+
+/// Decides from the bytes read so far. Only the plainest requests qualify:
+/// GET, HTTP/1.1, origin-form target, `Accept: text/event-stream`, no body
+/// and nothing that changes the connection (Upgrade, Expect). Everything
+/// unusual is hyper's to judge.
+pub fn sniff(buf: &[u8]) -> Sniffed {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut parsed = httparse::Request::new(&mut headers);
+    let head_len = match parsed.parse(buf) {
+        Ok(httparse::Status::Complete(len)) => len,
+        Ok(httparse::Status::Partial) if buf.len() < MAX_HEAD_BYTES => return Sniffed::Partial,
+        Ok(httparse::Status::Partial) | Err(_) => return Sniffed::Other,
+    };
+    if head_len > MAX_HEAD_BYTES || parsed.method != Some("GET") || parsed.version != Some(1) {
+        return Sniffed::Other;
+    }
+    let Some(uri) = parsed
+        .path
+        .filter(|path| path.starts_with('/'))
+        .and_then(|path| path.parse::<Uri>().ok())
+    else {
+        return Sniffed::Other;
+    };
+
+    let mut map = HeaderMap::with_capacity(parsed.headers.len());
+    let mut wants_event_stream = false;
+    let mut keep_alive = true;
+    for raw in parsed.headers.iter() {
+        let (Ok(name), Ok(value)) = (
+            HeaderName::from_bytes(raw.name.as_bytes()),
+            HeaderValue::from_bytes(raw.value),
+        ) else {
+            return Sniffed::Other;
+        };
+        if name == header::CONTENT_LENGTH
+            || name == header::TRANSFER_ENCODING
+            || name == header::UPGRADE
+            || name == header::EXPECT
+        {
+            return Sniffed::Other;
+        }
+        if name == header::ACCEPT && contains_ignore_case(value.as_bytes(), b"text/event-stream") {
+            wants_event_stream = true;
+        }
+        if name == header::CONNECTION && has_token(value.as_bytes(), b"close") {
+            keep_alive = false;
+        }
+        map.append(name, value);
+    }
+    if !wants_event_stream {
+        return Sniffed::Other;
+    }
+
+    let mut request = Request::new(());
+    *request.method_mut() = Method::GET;
+    *request.uri_mut() = uri;
+    *request.version_mut() = Version::HTTP_11;
+    *request.headers_mut() = map;
+    Sniffed::EventSource {
+        request: Box::new(request),
+        head_len,
+        keep_alive,
+    }
+}
+
+fn contains_ignore_case(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack
+        .windows(needle.len())
+        .any(|window| window.eq_ignore_ascii_case(needle))
+}
+
+/// Whether a comma-separated header value lists `token`.
+fn has_token(value: &[u8], token: &[u8]) -> bool {
+    value
+        .split(|&b| b == b',')
+        .any(|item| item.trim_ascii().eq_ignore_ascii_case(token))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const EVENT_SOURCE: &[u8] = b"GET /events?x=1 HTTP/1.1\r\nHost: example.com\r\nAccept: text/event-stream\r\nLast-Event-ID: 7\r\n\r\n";
+
+    #[test]
+    fn event_source_request_qualifies() {
+        let mut bytes = EVENT_SOURCE.to_vec();
+        bytes.extend_from_slice(b"GET /next");
+        match sniff(&bytes) {
+            Sniffed::EventSource {
+                request,
+                head_len,
+                keep_alive,
+            } => {
+                assert_eq!(head_len, EVENT_SOURCE.len());
+                assert!(keep_alive);
+                assert_eq!(request.uri(), "/events?x=1");
+                assert_eq!(request.headers()["last-event-id"], "7");
+                assert_eq!(request.headers()["host"], "example.com");
+            }
+            other => panic!("expected EventSource, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn partial_head_waits_for_more() {
+        assert!(matches!(
+            sniff(&EVENT_SOURCE[..EVENT_SOURCE.len() - 2]),
+            Sniffed::Partial
+        ));
+    }
+
+    #[test]
+    fn connection_close_is_noticed() {
+        let head = b"GET / HTTP/1.1\r\nHost: a\r\nAccept: TEXT/Event-Stream\r\nConnection: keep-alive, Close\r\n\r\n";
+        assert!(matches!(
+            sniff(head),
+            Sniffed::EventSource {
+                keep_alive: false,
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn everything_else_goes_to_hyper() {
+        let others: [&[u8]; 8] = [
+            b"GET / HTTP/1.1\r\nHost: a\r\n\r\n",
+            b"POST / HTTP/1.1\r\nHost: a\r\nAccept: text/event-stream\r\n\r\n",
+            b"GET / HTTP/1.0\r\nHost: a\r\nAccept: text/event-stream\r\n\r\n",
+            b"GET http://a/ HTTP/1.1\r\nHost: a\r\nAccept: text/event-stream\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: a\r\nAccept: text/event-stream\r\nContent-Length: 0\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: a\r\nAccept: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: a\r\nAccept: text/event-stream\r\nUpgrade: websocket\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost : a\r\nAccept: text/event-stream\r\n\r\n",
+        ];
+        for head in others {
+            assert!(
+                matches!(sniff(head), Sniffed::Other),
+                "{}",
+                String::from_utf8_lossy(head)
+            );
+        }
+    }
+
+    #[test]
+    fn oversized_heads_go_to_hyper() {
+        let mut head = b"GET / HTTP/1.1\r\nAccept: text/event-stream\r\nX-Big: ".to_vec();
+        head.resize(MAX_HEAD_BYTES + 1, b'a');
+        assert!(matches!(sniff(&head), Sniffed::Other));
+        let many: String = (0..=MAX_HEADERS).map(|i| format!("X-{i}: v\r\n")).collect();
+        let head = format!("GET / HTTP/1.1\r\nAccept: text/event-stream\r\n{many}\r\n");
+        assert!(matches!(sniff(head.as_bytes()), Sniffed::Other));
+    }
+}

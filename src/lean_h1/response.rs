@@ -1,0 +1,170 @@
+//! Writing a response head and its body framing by hand.
+
+use http::header;
+use http::response::Parts;
+use http::StatusCode;
+use http_body::SizeHint;
+
+/// How the body is delimited on the wire.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Framing {
+    /// 1xx, 204 and 304 carry no body.
+    NoBody,
+    Length(u64),
+    Chunked,
+}
+
+impl Framing {
+    pub fn for_response(status: StatusCode, size: &SizeHint) -> Framing {
+        if status.is_informational()
+            || status == StatusCode::NO_CONTENT
+            || status == StatusCode::NOT_MODIFIED
+        {
+            Framing::NoBody
+        } else if let Some(len) = size.exact() {
+            Framing::Length(len)
+        } else {
+            Framing::Chunked
+        }
+    }
+}
+
+/// The status line and header section. Framing and connection headers are
+/// the writer's own; hop-by-hop headers were stripped by the proxy already.
+pub fn encode_head(parts: &Parts, framing: Framing, close: bool) -> Vec<u8> {
+    let mut head = Vec::with_capacity(256);
+    head.extend_from_slice(b"HTTP/1.1 ");
+    head.extend_from_slice(parts.status.as_str().as_bytes());
+    head.push(b' ');
+    head.extend_from_slice(
+        parts
+            .status
+            .canonical_reason()
+            .unwrap_or_default()
+            .as_bytes(),
+    );
+    head.extend_from_slice(b"\r\n");
+    for (name, value) in &parts.headers {
+        if name == header::CONTENT_LENGTH
+            || name == header::TRANSFER_ENCODING
+            || name == header::CONNECTION
+        {
+            continue;
+        }
+        push_header(&mut head, name.as_str(), value.as_bytes());
+    }
+    if !parts.headers.contains_key(header::DATE) {
+        let now = httpdate::fmt_http_date(std::time::SystemTime::now());
+        push_header(&mut head, "date", now.as_bytes());
+    }
+    match framing {
+        Framing::NoBody => {}
+        Framing::Length(len) => {
+            push_header(&mut head, "content-length", len.to_string().as_bytes())
+        }
+        Framing::Chunked => push_header(&mut head, "transfer-encoding", b"chunked"),
+    }
+    if close {
+        push_header(&mut head, "connection", b"close");
+    }
+    head.extend_from_slice(b"\r\n");
+    head
+}
+
+fn push_header(head: &mut Vec<u8>, name: &str, value: &[u8]) {
+    head.extend_from_slice(name.as_bytes());
+    head.extend_from_slice(b": ");
+    head.extend_from_slice(value);
+    head.extend_from_slice(b"\r\n");
+}
+
+/// One chunk in one buffer, so it leaves in one TLS record.
+pub fn encode_chunk(data: &[u8]) -> Vec<u8> {
+    let size = format!("{:X}\r\n", data.len());
+    let mut chunk = Vec::with_capacity(size.len() + data.len() + 2);
+    chunk.extend_from_slice(size.as_bytes());
+    chunk.extend_from_slice(data);
+    chunk.extend_from_slice(b"\r\n");
+    chunk
+}
+
+/// The chunk that ends a chunked body (no trailers).
+pub const LAST_CHUNK: &[u8] = b"0\r\n\r\n";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::{HeaderValue, Response};
+
+    fn parts(status: u16, headers: &[(&'static str, &'static str)]) -> Parts {
+        let mut response = Response::new(());
+        *response.status_mut() = StatusCode::from_u16(status).unwrap();
+        for (name, value) in headers {
+            response
+                .headers_mut()
+                .append(*name, HeaderValue::from_static(value));
+        }
+        response.into_parts().0
+    }
+
+    #[test]
+    fn event_stream_head_is_chunked() {
+        let parts = parts(
+            200,
+            &[
+                ("content-type", "text/event-stream"),
+                ("date", "Sun, 22 Nov 2026 02:00:00 GMT"),
+                ("content-length", "5"),
+            ],
+        );
+        let head = encode_head(&parts, Framing::Chunked, false);
+        assert_eq!(
+            String::from_utf8(head).unwrap(),
+            "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ndate: Sun, 22 Nov 2026 02:00:00 GMT\r\ntransfer-encoding: chunked\r\n\r\n"
+        );
+    }
+
+    #[test]
+    fn date_length_and_close_are_added() {
+        let head = encode_head(&parts(502, &[]), Framing::Length(12), true);
+        let head = String::from_utf8(head).unwrap();
+        assert!(
+            head.starts_with("HTTP/1.1 502 Bad Gateway\r\ndate: "),
+            "{head}"
+        );
+        assert!(
+            head.ends_with("GMT\r\ncontent-length: 12\r\nconnection: close\r\n\r\n"),
+            "{head}"
+        );
+    }
+
+    #[test]
+    fn framing_follows_status_and_size() {
+        let exact = SizeHint::with_exact(3);
+        let open = SizeHint::default();
+        assert_eq!(
+            Framing::for_response(StatusCode::NO_CONTENT, &exact),
+            Framing::NoBody
+        );
+        assert_eq!(
+            Framing::for_response(StatusCode::NOT_MODIFIED, &open),
+            Framing::NoBody
+        );
+        assert_eq!(
+            Framing::for_response(StatusCode::OK, &exact),
+            Framing::Length(3)
+        );
+        assert_eq!(
+            Framing::for_response(StatusCode::OK, &open),
+            Framing::Chunked
+        );
+    }
+
+    #[test]
+    fn chunks_are_hex_sized() {
+        assert_eq!(
+            encode_chunk(&[b'x'; 26]),
+            [b"1A\r\n".as_slice(), &[b'x'; 26], b"\r\n"].concat()
+        );
+    }
+}
