@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use http::Response;
+use http::{Request, Response};
 use http_body::Body;
 use http_body_util::{BodyExt, Empty};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -75,17 +75,15 @@ where
     else {
         return Next::Hyper(Rewind::new(io, buf.freeze()));
     };
-    // Whatever followed the head is the client's next request.
-    let mut pipelined = buf.split_off(head_len);
+    // Whatever followed the head is the client's next request. Copied (it is
+    // usually empty), so the head's buffer is freed rather than kept alive.
+    let mut pipelined = BytesMut::from(&buf[head_len..]);
     drop(buf);
 
     // Boxed: the proxy's future is large and needed only until the response
     // head arrives, while this task lives as long as the stream.
-    let handling = Box::pin(
-        proxy
-            .clone()
-            .handle((*request).map(|()| Empty::<Bytes>::new()), conn.clone()),
-    );
+    let request = bodiless(request);
+    let handling = Box::pin(proxy.clone().handle(request, conn.clone()));
     let response = match handling.await {
         Ok(response) => response,
         Err(never) => match never {},
@@ -107,6 +105,12 @@ where
             Next::Closed
         }
     }
+}
+
+/// The request as the proxy takes it. A function, so the box is freed here
+/// and not at the end of the (long-lived) caller.
+fn bodiless(request: Box<Request<()>>) -> Request<Empty<Bytes>> {
+    (*request).map(|()| Empty::new())
 }
 
 /// Reads until the head is complete (or qualifies as hyper's). None: the
@@ -153,8 +157,11 @@ where
 {
     let (parts, mut body) = response.into_parts();
     let framing = Framing::for_response(parts.status, &body.size_hint());
-    io.write_all(&response::encode_head(&parts, framing, close))
-        .await?;
+    let head = response::encode_head(&parts, framing, close);
+    // The header map is not needed again; an idle stream should not keep it.
+    drop(parts);
+    io.write_all(&head).await?;
+    drop(head);
     io.flush().await?;
     if framing == Framing::NoBody {
         return Ok(Written::Complete);
