@@ -17,6 +17,7 @@ use crate::error::{BoxError, ProxyError};
 use crate::headers;
 use crate::sse::hub::{Hub, HubSettings};
 use crate::sse::{AccessLog, BodyKind, RelayBody, RelaySettings};
+use crate::upstream::dedicated::{self, DedicatedBody};
 use crate::upstream::{self, UpstreamPool};
 
 /// Body type of every response ssegate sends.
@@ -69,7 +70,8 @@ impl Proxy {
         &self.shutdown
     }
 
-    /// Handles one request. Never fails: every error becomes a response.
+    /// Handles one request over the upstream pool. Never fails: every error
+    /// becomes a response.
     pub async fn handle<B>(
         self: Arc<Self>,
         req: Request<B>,
@@ -78,7 +80,17 @@ impl Proxy {
     where
         B: RequestBody,
     {
-        let mut response = self.respond(req, conn).await;
+        Ok(self.handle_over(req, conn, Transport::Pooled).await)
+    }
+
+    /// Handles one request, reaching the upstream over `transport`.
+    pub async fn handle_over<B: RequestBody>(
+        &self,
+        req: Request<B>,
+        conn: ConnInfo,
+        transport: Transport,
+    ) -> Response<ProxyBody> {
+        let mut response = self.respond(req, conn, transport).await;
         if let Some(hsts) = &self.config.hsts {
             // An upstream's own policy wins.
             response
@@ -86,13 +98,14 @@ impl Proxy {
                 .entry(header::STRICT_TRANSPORT_SECURITY)
                 .or_insert_with(|| hsts.clone());
         }
-        Ok(response)
+        response
     }
 
     async fn respond<B: RequestBody>(
         &self,
         req: Request<B>,
         conn: ConnInfo,
+        transport: Transport,
     ) -> Response<ProxyBody> {
         let peer = conn.peer;
         let path = req
@@ -100,23 +113,36 @@ impl Proxy {
             .path_and_query()
             .map(|pq| pq.as_str().to_owned())
             .unwrap_or_else(|| "/".to_owned());
-        let mut access = AccessLog::new(peer, req.method().clone(), path, req.version());
+        let access = AccessLog::new(peer, req.method().clone(), path, req.version());
         if req.method() == http::Method::GET && self.hub.is_shared(req.uri().path()) {
             return self.subscribe(req, access).await;
         }
-        match self.forward(req, &conn).await {
-            Ok((response, kind)) => {
-                access.status = response.status();
-                let settings = self.relay_settings(kind);
-                response.map(|body| RelayBody::new(body, settings, &self.shutdown, access).boxed())
-            }
-            Err(err) => {
-                access.status = err.status();
-                access.outcome = "proxy error";
-                tracing::warn!(peer = %peer, path = %access.path, status = err.status().as_u16(), "{err}");
-                error_response(&err)
-            }
+        match transport {
+            Transport::Pooled => match self.forward(req, &conn).await {
+                Ok((response, kind)) => self.relay(response, kind, access),
+                Err(err) => failed(&err, access),
+            },
+            Transport::Dedicated => match self.forward_dedicated(req, &conn).await {
+                Ok((response, kind)) => self.relay(response, kind, access),
+                Err(err) => failed(&err, access),
+            },
         }
+    }
+
+    /// Wraps an upstream response body for its way to the client.
+    fn relay<B>(
+        &self,
+        response: Response<B>,
+        kind: BodyKind,
+        mut access: AccessLog,
+    ) -> Response<ProxyBody>
+    where
+        B: Body<Data = Bytes> + Send + Sync + 'static,
+        B::Error: Into<BoxError> + std::fmt::Display,
+    {
+        access.status = response.status();
+        let settings = self.relay_settings(kind);
+        response.map(|body| RelayBody::new(body, settings, &self.shutdown, access).boxed())
     }
 
     fn relay_settings(&self, kind: BodyKind) -> RelaySettings {
@@ -185,6 +211,22 @@ impl Proxy {
         Ok(prepare_response(response))
     }
 
+    /// Like `forward`, over a connection of the request's own (bodiless
+    /// requests only: the body is not sent).
+    async fn forward_dedicated<B: RequestBody>(
+        &self,
+        req: Request<B>,
+        conn: &ConnInfo,
+    ) -> Result<(Response<DedicatedBody>, BodyKind), ProxyError> {
+        let (parts, _) = self.upstream_request(req, conn)?.into_parts();
+        let timeout = self.config.timeouts.request;
+        let exchange = dedicated::send(&parts, self.config.timeouts.connect);
+        match tokio::time::timeout(timeout, exchange).await {
+            Err(_) => Err(ProxyError::UpstreamTimeout(timeout)),
+            Ok(result) => Ok(prepare_response(result?)),
+        }
+    }
+
     /// Rewrites a client request for the upstream: URI, Host, hop-by-hop and
     /// forwarding headers. The body streams through untouched.
     fn upstream_request<B: RequestBody>(
@@ -229,6 +271,16 @@ impl Proxy {
     }
 }
 
+/// How a request reaches the upstream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transport {
+    /// hyper's pool of keep-alive connections.
+    Pooled,
+    /// A new connection of the request's own, holding no buffer while the
+    /// response is idle (bodiless EventSource requests on the lean path).
+    Dedicated,
+}
+
 /// What the proxy knows of the connection a request came on.
 #[derive(Debug, Clone)]
 pub struct ConnInfo {
@@ -253,7 +305,7 @@ fn request_host<B>(req: &Request<B>) -> Option<HeaderValue> {
 }
 
 /// Strips hop-by-hop headers and decides how the body is relayed.
-fn prepare_response(response: Response<Incoming>) -> (Response<Incoming>, BodyKind) {
+fn prepare_response<B>(response: Response<B>) -> (Response<B>, BodyKind) {
     let (mut parts, body) = response.into_parts();
     headers::remove_hop_by_hop(&mut parts.headers);
     let kind = if headers::is_event_stream(&parts.headers) {
@@ -264,6 +316,14 @@ fn prepare_response(response: Response<Incoming>) -> (Response<Incoming>, BodyKi
         BodyKind::Ordinary
     };
     (Response::from_parts(parts, body), kind)
+}
+
+/// The response for a request that could not be forwarded, logged.
+fn failed(err: &ProxyError, mut access: AccessLog) -> Response<ProxyBody> {
+    access.status = err.status();
+    access.outcome = "proxy error";
+    tracing::warn!(peer = %access.peer, path = %access.path, status = err.status().as_u16(), "{err}");
+    error_response(err)
 }
 
 fn error_response(err: &ProxyError) -> Response<ProxyBody> {

@@ -22,7 +22,7 @@ use http_body::Body;
 use http_body_util::{BodyExt, Empty};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
-use crate::proxy::{ConnInfo, Proxy, ProxyBody};
+use crate::proxy::{ConnInfo, Proxy, ProxyBody, Transport};
 use request::Sniffed;
 use response::Framing;
 pub use rewind::Rewind;
@@ -53,9 +53,13 @@ where
     IO: AsyncRead + AsyncWrite + Unpin,
 {
     let mut buf = BytesMut::new();
-    let sniffed = match tokio::time::timeout(header_read_timeout, read_head(&mut io, &mut buf))
-        .await
-    {
+    let reading = tokio::time::timeout(header_read_timeout, read_head(&mut io, &mut buf));
+    // A connection without a request yet does not hold up a drain.
+    let read = tokio::select! {
+        read = reading => read,
+        () = proxy.shutdown_token().cancelled() => return Next::Closed,
+    };
+    let sniffed = match read {
         Ok(Ok(Some(sniffed))) => sniffed,
         Ok(Ok(None)) => return Next::Closed,
         Ok(Err(err)) => {
@@ -83,10 +87,10 @@ where
     // Boxed: the proxy's future is large and needed only until the response
     // head arrives, while this task lives as long as the stream.
     let request = bodiless(request);
-    let handling = Box::pin(proxy.clone().handle(request, conn.clone()));
-    let response = match handling.await {
-        Ok(response) => response,
-        Err(never) => match never {},
+    let handling = Box::pin(proxy.handle_over(request, conn.clone(), Transport::Dedicated));
+    // A client that leaves before the response head cancels the upstream request.
+    let Some(response) = until_client_leaves(&mut io, handling, &mut pipelined).await else {
+        return Next::Closed;
     };
     let close = !keep_alive || proxy.shutdown_token().is_cancelled();
     match write_response(&mut io, response, close, &mut pipelined).await {
@@ -111,6 +115,30 @@ where
 /// and not at the end of the (long-lived) caller.
 fn bodiless(request: Box<Request<()>>) -> Request<Empty<Bytes>> {
     (*request).map(|()| Empty::new())
+}
+
+/// Runs `future` while keeping what the client pipelines; None if the client
+/// closed (or failed) first.
+async fn until_client_leaves<IO, F>(
+    io: &mut IO,
+    future: F,
+    pipelined: &mut BytesMut,
+) -> Option<F::Output>
+where
+    IO: AsyncRead + Unpin,
+    F: std::future::Future + Unpin,
+{
+    let mut future = future;
+    loop {
+        tokio::select! {
+            biased;
+            output = &mut future => return Some(output),
+            read = io.read_buf(pipelined), if pipelined.len() < MAX_PIPELINED => match read {
+                Ok(0) | Err(_) => return None,
+                Ok(_) => {}
+            },
+        }
+    }
 }
 
 /// Reads until the head is complete (or qualifies as hyper's). None: the
@@ -168,13 +196,8 @@ where
     }
 
     loop {
-        let frame = tokio::select! {
-            biased;
-            frame = body.frame() => frame,
-            read = io.read_buf(pipelined), if pipelined.len() < MAX_PIPELINED => match read {
-                Ok(0) | Err(_) => return Ok(Written::ClientGone),
-                Ok(_) => continue,
-            },
+        let Some(frame) = until_client_leaves(io, body.frame(), pipelined).await else {
+            return Ok(Written::ClientGone);
         };
         match frame {
             Some(Ok(frame)) => {

@@ -17,6 +17,7 @@ use ssegate::tls::CertPair;
 mod clients;
 mod process;
 mod proxy;
+mod raw;
 mod readers;
 mod tempdir;
 mod tools;
@@ -29,6 +30,8 @@ pub use clients::*;
 pub use process::*;
 #[allow(unused_imports)]
 pub use proxy::*;
+#[allow(unused_imports)]
+pub use raw::*;
 #[allow(unused_imports)]
 pub use readers::*;
 #[allow(unused_imports)]

@@ -1,4 +1,9 @@
-//! The pool of keep-alive HTTP/1.1 connections toward the upstream.
+//! Connections toward the upstream: hyper's pool of keep-alive HTTP/1.1
+//! connections for ordinary requests, and a dedicated connection per
+//! EventSource request on the lean path.
+
+mod decode;
+pub mod dedicated;
 
 use std::time::Duration;
 

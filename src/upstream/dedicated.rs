@@ -1,0 +1,328 @@
+//! One upstream connection for one long-lived request, driven by hand.
+//!
+//! Used for EventSource requests on the lean path: the response body is read
+//! straight from the socket when it becomes readable, so an idle stream holds
+//! no buffer and no connection task, unlike a pooled hyper connection (two
+//! 8 KiB buffers, a task and a request channel).
+
+use std::io;
+use std::pin::Pin;
+use std::task::{ready, Context, Poll};
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use http::header::{self, HeaderName, HeaderValue};
+use http::{HeaderMap, Response, StatusCode, Version};
+use http_body::{Body, Frame, SizeHint};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use super::decode::{DecodeError, Decoder, Framing};
+use crate::error::ProxyError;
+
+/// Largest upstream response head accepted.
+const MAX_RESPONSE_HEAD: usize = 64 * 1024;
+/// hyper's default header count limit, kept the same here.
+const MAX_HEADERS: usize = 100;
+/// Bytes read at once from the upstream.
+const READ_SIZE: usize = 8 * 1024;
+
+/// Sends a bodiless request on a new connection and reads the response head.
+/// The request's URI is absolute (`http://host:port/path`), as the proxy
+/// builds it; it is sent in origin form with `Connection: close`.
+pub async fn send(
+    request: &http::request::Parts,
+    connect_timeout: Duration,
+) -> Result<Response<DedicatedBody>, ProxyError> {
+    let (host, port) = match request.uri.authority() {
+        Some(authority) => (authority.host(), authority.port_u16().unwrap_or(80)),
+        None => {
+            return Err(ProxyError::Upstream(
+                "request has no upstream authority".into(),
+            ))
+        }
+    };
+    let mut stream =
+        match tokio::time::timeout(connect_timeout, TcpStream::connect((host, port))).await {
+            Ok(Ok(stream)) => stream,
+            Ok(Err(err)) => {
+                return Err(ProxyError::UpstreamConnect(format!(
+                    "tcp connect error: {err}"
+                )))
+            }
+            Err(_) => {
+                return Err(ProxyError::UpstreamConnect(format!(
+                    "tcp connect timed out after {connect_timeout:?}"
+                )))
+            }
+        };
+    // Small event writes must not wait for Nagle's algorithm.
+    let _ = stream.set_nodelay(true);
+    let upstream_failed = |err: io::Error| ProxyError::Upstream(format!("connection error: {err}"));
+    stream
+        .write_all(&encode_request(request))
+        .await
+        .map_err(upstream_failed)?;
+
+    let mut buf = BytesMut::new();
+    loop {
+        if let Some((response, framing)) = parse_head(&mut buf)? {
+            let body = DedicatedBody {
+                stream,
+                buf,
+                decoder: Decoder::new(framing),
+            };
+            return Ok(response.map(|()| body));
+        }
+        if buf.len() >= MAX_RESPONSE_HEAD {
+            return Err(ProxyError::Upstream("response head too large".into()));
+        }
+        buf.reserve(READ_SIZE);
+        if stream.read_buf(&mut buf).await.map_err(upstream_failed)? == 0 {
+            return Err(ProxyError::Upstream(
+                "connection closed before the response head".into(),
+            ));
+        }
+    }
+}
+
+fn encode_request(request: &http::request::Parts) -> Vec<u8> {
+    let target = request.uri.path_and_query().map_or("/", |pq| pq.as_str());
+    let mut head = Vec::with_capacity(512);
+    head.extend_from_slice(request.method.as_str().as_bytes());
+    head.push(b' ');
+    head.extend_from_slice(target.as_bytes());
+    head.extend_from_slice(b" HTTP/1.1\r\n");
+    for (name, value) in &request.headers {
+        if name == header::CONNECTION {
+            continue;
+        }
+        head.extend_from_slice(name.as_str().as_bytes());
+        head.extend_from_slice(b": ");
+        head.extend_from_slice(value.as_bytes());
+        head.extend_from_slice(b"\r\n");
+    }
+    // The connection serves this one request.
+    head.extend_from_slice(b"connection: close\r\n\r\n");
+    head
+}
+
+/// Parses a complete final response head off the front of `buf`; 1xx
+/// interim responses are skipped. `Ok(None)`: more bytes are needed.
+fn parse_head(buf: &mut BytesMut) -> Result<Option<(Response<()>, Framing)>, ProxyError> {
+    loop {
+        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let mut parsed = httparse::Response::new(&mut headers);
+        let head_len = match parsed.parse(buf) {
+            Ok(httparse::Status::Complete(len)) => len,
+            Ok(httparse::Status::Partial) => return Ok(None),
+            Err(err) => {
+                return Err(ProxyError::Upstream(format!(
+                    "invalid response head: {err}"
+                )))
+            }
+        };
+        let status = parsed
+            .code
+            .and_then(|code| StatusCode::from_u16(code).ok())
+            .ok_or_else(|| ProxyError::Upstream("invalid response status".into()))?;
+        if status == StatusCode::SWITCHING_PROTOCOLS {
+            return Err(ProxyError::Upstream(
+                "unexpected 101 Switching Protocols".into(),
+            ));
+        }
+        if status.is_informational() {
+            let _ = buf.split_to(head_len);
+            continue;
+        }
+        let mut map = HeaderMap::with_capacity(parsed.headers.len());
+        for raw in parsed.headers.iter() {
+            let name = HeaderName::from_bytes(raw.name.as_bytes())
+                .map_err(|_| ProxyError::Upstream("invalid response header name".into()))?;
+            let value = HeaderValue::from_bytes(raw.value)
+                .map_err(|_| ProxyError::Upstream("invalid response header value".into()))?;
+            map.append(name, value);
+        }
+        let framing = framing(status, &map)?;
+        let mut response = Response::new(());
+        *response.status_mut() = status;
+        *response.version_mut() = Version::HTTP_11;
+        *response.headers_mut() = map;
+        let _ = buf.split_to(head_len);
+        return Ok(Some((response, framing)));
+    }
+}
+
+/// RFC 9112 §6.3, for a response to GET.
+fn framing(status: StatusCode, headers: &HeaderMap) -> Result<Framing, ProxyError> {
+    if status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED {
+        return Ok(Framing::Empty);
+    }
+    if let Some(last) = headers
+        .get_all(header::TRANSFER_ENCODING)
+        .iter()
+        .next_back()
+    {
+        let chunked_last = last
+            .as_bytes()
+            .rsplit(|&b| b == b',')
+            .next()
+            .is_some_and(|coding| coding.trim_ascii().eq_ignore_ascii_case(b"chunked"));
+        return Ok(if chunked_last {
+            Framing::Chunked
+        } else {
+            Framing::UntilClose
+        });
+    }
+    let mut length = None;
+    for value in headers.get_all(header::CONTENT_LENGTH) {
+        let parsed = value
+            .to_str()
+            .ok()
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .ok_or_else(|| ProxyError::Upstream("invalid Content-Length".into()))?;
+        if length.is_some_and(|known| known != parsed) {
+            return Err(ProxyError::Upstream(
+                "conflicting Content-Length values".into(),
+            ));
+        }
+        length = Some(parsed);
+    }
+    Ok(length.map_or(Framing::UntilClose, Framing::Length))
+}
+
+/// The response body, read from the socket only when it is readable.
+pub struct DedicatedBody {
+    stream: TcpStream,
+    /// Bytes read but not yet decoded; released whenever it empties.
+    buf: BytesMut,
+    decoder: Decoder,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum BodyError {
+    #[error(transparent)]
+    Decode(#[from] DecodeError),
+    #[error("upstream connection error: {0}")]
+    Io(#[from] io::Error),
+}
+
+impl Body for DedicatedBody {
+    type Data = Bytes;
+    type Error = BodyError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        let this = self.get_mut();
+        loop {
+            match this.decoder.decode(&mut this.buf) {
+                Ok(Some(data)) => {
+                    if this.buf.is_empty() {
+                        // Idle streams keep no buffer; `data` holds what it needs.
+                        this.buf = BytesMut::new();
+                    }
+                    return Poll::Ready(Some(Ok(Frame::data(data))));
+                }
+                Ok(None) if this.decoder.is_done() => return Poll::Ready(None),
+                Ok(None) => {}
+                Err(err) => return Poll::Ready(Some(Err(err.into()))),
+            }
+            // Wait for readability without a buffer, then read.
+            if let Err(err) = ready!(this.stream.poll_read_ready(cx)) {
+                return Poll::Ready(Some(Err(err.into())));
+            }
+            this.buf.reserve(READ_SIZE);
+            match this.stream.try_read_buf(&mut this.buf) {
+                Ok(0) => {
+                    return match this.decoder.finish() {
+                        Ok(()) => Poll::Ready(None),
+                        Err(err) => Poll::Ready(Some(Err(err.into()))),
+                    }
+                }
+                Ok(_) => {}
+                Err(err) if err.kind() == io::ErrorKind::WouldBlock => {}
+                Err(err) => return Poll::Ready(Some(Err(err.into()))),
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.decoder.is_done()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self.decoder.remaining() {
+            Some(left) => SizeHint::with_exact(left),
+            None => SizeHint::default(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn head(bytes: &[u8]) -> Result<Option<(Response<()>, Framing)>, ProxyError> {
+        parse_head(&mut BytesMut::from(bytes))
+    }
+
+    #[test]
+    fn framing_follows_rfc_9112() {
+        let framing_of = |bytes: &[u8]| head(bytes).unwrap().unwrap().1;
+        assert_eq!(
+            framing_of(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n"),
+            Framing::Chunked
+        );
+        assert_eq!(
+            framing_of(
+                b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\nContent-Length: 3\r\n\r\n"
+            ),
+            Framing::Chunked
+        );
+        assert_eq!(
+            framing_of(b"HTTP/1.1 200 OK\r\nContent-Length: 12\r\n\r\n"),
+            Framing::Length(12)
+        );
+        assert_eq!(framing_of(b"HTTP/1.0 200 OK\r\n\r\n"), Framing::UntilClose);
+        assert_eq!(
+            framing_of(b"HTTP/1.1 204 No Content\r\n\r\n"),
+            Framing::Empty
+        );
+    }
+
+    #[test]
+    fn interim_responses_are_skipped() {
+        let mut buf = BytesMut::from(&b"HTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nhi"[..]);
+        let (response, framing) = parse_head(&mut buf).unwrap().unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        assert_eq!(framing, Framing::Length(2));
+        assert_eq!(&buf[..], b"hi");
+    }
+
+    #[test]
+    fn bad_heads_are_upstream_errors() {
+        assert!(
+            head(b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n").is_err()
+        );
+        assert!(head(b"HTTP/1.1 200 OK\r\nContent-Length: x\r\n\r\n").is_err());
+        assert!(head(b"HTTP/1.1 101 Switching Protocols\r\n\r\n").is_err());
+        assert!(head(b"garbage\r\n\r\n").is_err());
+        assert!(head(b"HTTP/1.1 200 OK\r\nContent-Le").unwrap().is_none());
+    }
+
+    #[test]
+    fn requests_go_out_in_origin_form_with_connection_close() {
+        let request = http::Request::get("http://127.0.0.1:9000/events?x=1")
+            .header("host", "example.com")
+            .header("connection", "keep-alive")
+            .body(())
+            .unwrap();
+        let wire = encode_request(&request.into_parts().0);
+        assert_eq!(
+            String::from_utf8(wire).unwrap(),
+            "GET /events?x=1 HTTP/1.1\r\nhost: example.com\r\nconnection: close\r\n\r\n"
+        );
+    }
+}

@@ -1,0 +1,1316 @@
+//! The lean HTTP/1.1 event-stream path: on a new HTTP/1.1 connection the
+//! proxy reads the first request head itself and serves an eligible
+//! EventSource request (GET, HTTP/1.1, `Accept: text/event-stream`, no body
+//! or upgrade headers, origin-form target, head of at most 16 KiB) without
+//! hyper; everything else is handed to hyper byte for byte.
+//!
+//! Which path served a request cannot be seen from outside, so these tests
+//! pin down behaviour and wire format: the exact status line and headers,
+//! one chunk per upstream write, the terminating chunk, keep-alive and
+//! pipelining afterwards, hang-ups, failures, shared streams, drain,
+//! heartbeats and header-read limits; and that requests which are not
+//! eligible are still served exactly as before.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use common::*;
+use http::{HeaderMap, Response, Version};
+use http_body_util::BodyExt;
+use tokio::sync::{mpsc, oneshot, Notify};
+use tokio::time::Instant;
+
+/// A date the upstream sets itself, which must reach the client unchanged.
+const FIXED_DATE: &str = "Thu, 01 Jan 2015 00:00:00 GMT";
+/// The proxy's own error bodies (src/error.rs).
+const BAD_GATEWAY_BODY: &str = "502 Bad Gateway\n";
+const BAD_REQUEST_BODY: &str = "400 Bad Request\n";
+const TOO_LARGE_BODY: &str = "431 Request Header Fields Too Large\n";
+/// How soon the upstream request must end after the client hangs up.
+const HANGUP_LIMIT: Duration = Duration::from_secs(1);
+
+// ---------------------------------------------------------------- upstream
+
+/// One request as the upstream received it.
+#[derive(Debug)]
+struct Seen {
+    method: String,
+    path_and_query: String,
+    headers: HeaderMap,
+    body: Bytes,
+}
+
+impl Seen {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .get(name)
+            .map(|v| v.to_str().expect("ASCII header"))
+    }
+}
+
+/// An upstream with an event stream under `/events` and `/live` (its writer
+/// handed to the test), an ordinary body of unknown length under
+/// `/json-stream` (also written by the test), and fixed answers elsewhere:
+/// `/echo` answers "METHOD path-and-query body", `/missing` 404,
+/// `/no-content` 204, `/not-modified` 304, `/dated` a body with its own
+/// Date, anything else "plain\n". Requests under `/late` are reported at
+/// once but answered (as event streams) only when released. Every request
+/// is reported.
+struct Upstream {
+    _handle: UpstreamHandle,
+    addr: std::net::SocketAddr,
+    seen: mpsc::UnboundedReceiver<Seen>,
+    streams: mpsc::UnboundedReceiver<UpstreamStream>,
+    /// Per request under `/late`: completes when its handler has ended or
+    /// was dropped (the proxy gave up the request).
+    late: mpsc::UnboundedReceiver<oneshot::Receiver<()>>,
+    /// Lets one waiting `/late` request answer (with an event stream).
+    release: Arc<Notify>,
+}
+
+impl Upstream {
+    async fn start() -> Self {
+        let (seen_tx, seen) = mpsc::unbounded_channel();
+        let (streams_tx, streams) = mpsc::unbounded_channel();
+        let (late_tx, late) = mpsc::unbounded_channel();
+        let release = Arc::new(Notify::new());
+        let release_late = release.clone();
+        let handle = spawn_upstream(move |req| {
+            let seen_tx = seen_tx.clone();
+            let streams_tx = streams_tx.clone();
+            let late_tx = late_tx.clone();
+            let release = release_late.clone();
+            async move {
+                let method = req.method().to_string();
+                let path = req.uri().path().to_owned();
+                let path_and_query = req
+                    .uri()
+                    .path_and_query()
+                    .map(|pq| pq.as_str().to_owned())
+                    .unwrap_or_default();
+                let headers = req.headers().clone();
+                // Dropped with this future, whether it ends or is dropped.
+                let mut _late_guard = None;
+                if path.starts_with("/late") {
+                    let (guard, ended) = oneshot::channel::<()>();
+                    _late_guard = Some(guard);
+                    let _ = late_tx.send(ended);
+                    release.notified().await;
+                }
+                let streamed = match path.as_str() {
+                    "/json-stream" => Some("application/json"),
+                    p if p.starts_with("/events")
+                        || p.starts_with("/live")
+                        || p.starts_with("/late") =>
+                    {
+                        Some("text/event-stream")
+                    }
+                    _ => None,
+                };
+                if let Some(content_type) = streamed {
+                    let (stream, response) = stream_response(&req, content_type);
+                    let _ = seen_tx.send(Seen {
+                        method,
+                        path_and_query,
+                        headers,
+                        body: Bytes::new(),
+                    });
+                    let _ = streams_tx.send(stream);
+                    return response;
+                }
+                let body = req
+                    .into_body()
+                    .collect()
+                    .await
+                    .map(|b| b.to_bytes())
+                    .unwrap_or_default();
+                let echo = format!(
+                    "{method} {path_and_query} {}",
+                    String::from_utf8_lossy(&body)
+                );
+                let _ = seen_tx.send(Seen {
+                    method,
+                    path_and_query,
+                    headers,
+                    body,
+                });
+                let text = |status: u16, body: String| {
+                    Response::builder()
+                        .status(status)
+                        .header("content-type", "text/plain")
+                        .body(full_body(body))
+                        .expect("response")
+                };
+                match path.as_str() {
+                    "/echo" => text(200, echo),
+                    "/missing" => text(404, "no such stream\n".into()),
+                    "/no-content" => Response::builder()
+                        .status(204)
+                        .body(empty_body())
+                        .expect("response"),
+                    "/not-modified" => Response::builder()
+                        .status(304)
+                        .header("etag", "\"v1\"")
+                        .body(empty_body())
+                        .expect("response"),
+                    "/dated" => Response::builder()
+                        .header("content-type", "text/plain")
+                        .header("date", FIXED_DATE)
+                        .body(full_body("dated\n"))
+                        .expect("response"),
+                    _ => text(200, "plain\n".into()),
+                }
+            }
+        })
+        .await;
+        Upstream {
+            addr: handle.addr,
+            _handle: handle,
+            seen,
+            streams,
+            late,
+            release,
+        }
+    }
+
+    /// Waits until a `/late` request has arrived; its receiver completes
+    /// when the upstream's handler for it is gone.
+    async fn next_late(&mut self) -> oneshot::Receiver<()> {
+        tokio::time::timeout(WAIT_LIMIT, self.late.recv())
+            .await
+            .expect("the upstream gets the late request")
+            .expect("upstream running")
+    }
+
+    /// The next streamed request, which must be for `path_and_query`.
+    async fn next_stream(&mut self, path_and_query: &str) -> UpstreamStream {
+        let stream = tokio::time::timeout(WAIT_LIMIT, self.streams.recv())
+            .await
+            .expect("the upstream gets the streamed request")
+            .expect("upstream running");
+        assert_eq!(stream.path_and_query, path_and_query);
+        stream
+    }
+
+    /// The next request the upstream received, of any kind.
+    async fn next_seen(&mut self) -> Seen {
+        tokio::time::timeout(WAIT_LIMIT, self.seen.recv())
+            .await
+            .expect("the upstream gets a request")
+            .expect("upstream running")
+    }
+
+    /// True if the upstream received no request the test has not taken.
+    fn saw_nothing_more(&mut self) -> bool {
+        matches!(self.seen.try_recv(), Err(mpsc::error::TryRecvError::Empty))
+    }
+}
+
+// ---------------------------------------------------------------- requests
+
+/// An EventSource request head for `path` with extra header lines.
+fn eventsource_request(path: &str, extra: &[&str]) -> Vec<u8> {
+    let mut head =
+        format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nAccept: text/event-stream\r\n");
+    for line in extra {
+        head.push_str(line);
+        head.push_str("\r\n");
+    }
+    head.push_str("\r\n");
+    head.into_bytes()
+}
+
+/// A plain GET for `path`, not eligible for the lean path (no Accept).
+fn plain_request(path: &str) -> Vec<u8> {
+    format!("GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n").into_bytes()
+}
+
+// ---------------------------------------------------------------- assertions
+
+/// Exactly one Date header, an IMF-fixdate within a few seconds of now.
+fn assert_fresh_date(head: &RawHead) {
+    let date = head
+        .get("date")
+        .unwrap_or_else(|| panic!("no date header: {:?}", head.raw));
+    let secs = parse_imf_fixdate(date).unwrap_or_else(|| panic!("not an IMF-fixdate: {date:?}"));
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .expect("clock after 1970")
+        .as_secs();
+    assert!(secs.abs_diff(now) <= 5, "date {date:?} is not now");
+}
+
+/// The head of a relayed event stream: 200, chunked, no length, no
+/// hop-by-hop headers, a fresh date, and `connection` as given.
+fn assert_event_stream_head(head: &RawHead, connection: Option<&str>) {
+    assert_eq!(head.start_line, "HTTP/1.1 200 OK", "{:?}", head.raw);
+    assert_eq!(
+        head.get("content-type"),
+        Some("text/event-stream"),
+        "{:?}",
+        head.raw
+    );
+    assert_eq!(
+        head.get("cache-control"),
+        Some("no-cache"),
+        "{:?}",
+        head.raw
+    );
+    assert_eq!(head.all("transfer-encoding"), ["chunked"], "{:?}", head.raw);
+    assert!(!head.has("content-length"), "{:?}", head.raw);
+    assert!(!head.has("keep-alive"), "{:?}", head.raw);
+    assert_eq!(head.get("connection"), connection, "{:?}", head.raw);
+    assert_fresh_date(head);
+}
+
+/// The connection still serves a plain keep-alive request.
+async fn assert_keeps_serving(conn: &mut TlsConn, what: &str) {
+    conn.write(&plain_request("/plain")).await;
+    let response = conn.read_response(false).await;
+    assert_eq!(
+        response.head.start_line, "HTTP/1.1 200 OK",
+        "{what}: {:?}",
+        response.head.raw
+    );
+    assert_eq!(response.head.get("content-length"), Some("6"), "{what}");
+    assert_eq!(response.body_text(), "plain\n", "{what}");
+}
+
+/// Waits until the proxy lets go of the upstream response.
+async fn assert_upstream_released(stream: UpstreamStream, what: &str) {
+    let started = Instant::now();
+    let released = tokio::time::timeout(HANGUP_LIMIT, stream.closed).await;
+    assert!(
+        matches!(released, Ok(Ok(()))),
+        "{what}: the upstream request was still open {:?} later",
+        started.elapsed()
+    );
+}
+
+/// Opens `/events`-like `path` on a fresh connection and reads the head.
+async fn open_stream(
+    addr: std::net::SocketAddr,
+    upstream: &mut Upstream,
+    path: &str,
+) -> (TlsConn, UpstreamStream) {
+    let mut conn = raw_connect(addr, &[b"http/1.1"]).await;
+    conn.write(&eventsource_request(path, &[])).await;
+    let stream = upstream.next_stream(path).await;
+    let head = conn.read_response_head().await;
+    assert_event_stream_head(&head, None);
+    (conn, stream)
+}
+
+/// Polls until connections to `addr` are refused: a closed listener cannot
+/// be awaited from outside.
+async fn until_refused(addr: std::net::SocketAddr) {
+    let deadline = Instant::now() + WAIT_LIMIT;
+    while tokio::net::TcpStream::connect(addr).await.is_ok() {
+        assert!(Instant::now() < deadline, "the listener is still open");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+// ---------------------------------------------------------------- wire format
+
+#[tokio::test]
+async fn event_stream_is_chunked_one_chunk_per_upstream_write_and_ends_with_the_last_chunk() {
+    let mut upstream = Upstream::start().await;
+    let proxy = spawn_proxy(upstream.addr).await;
+    let (mut conn, mut stream) = open_stream(proxy.addr, &mut upstream, "/events").await;
+
+    // Each write arrives on its own before the next is made: no batching,
+    // and no waiting for an event's end.
+    for write in ["id: 1\ndata: one\n\n", "id: 2\n", "data: two\n\n", ":\n\n"] {
+        stream.send(write).await;
+        assert_eq!(conn.chunk_text().await, write);
+    }
+    assert!(stream.is_open());
+
+    // The upstream ends the stream: the client's body ends cleanly.
+    drop(stream.tx);
+    conn.last_chunk().await;
+    assert!(
+        matches!(
+            tokio::time::timeout(WAIT_LIMIT, stream.closed).await,
+            Ok(Ok(()))
+        ),
+        "the upstream response was not released"
+    );
+    assert_keeps_serving(&mut conn, "after the event stream ended").await;
+}
+
+#[tokio::test]
+async fn a_connection_without_alpn_is_http1_and_gets_the_same_wire_format() {
+    let mut upstream = Upstream::start().await;
+    let proxy = spawn_proxy(upstream.addr).await;
+    let mut conn = raw_connect(proxy.addr, &[]).await;
+    assert_eq!(conn.io.get_ref().1.alpn_protocol(), None);
+    conn.write(&eventsource_request("/events/no-alpn", &[]))
+        .await;
+    let stream = upstream.next_stream("/events/no-alpn").await;
+    assert_event_stream_head(&conn.read_response_head().await, None);
+
+    stream.send("data: hello\n\n").await;
+    assert_eq!(conn.chunk_text().await, "data: hello\n\n");
+    drop(stream.tx);
+    conn.last_chunk().await;
+    assert_keeps_serving(&mut conn, "no ALPN").await;
+}
+
+#[tokio::test]
+async fn hsts_is_added_to_lean_responses() {
+    let mut upstream = Upstream::start().await;
+    let mut config = proxy_config(upstream.addr);
+    config.hsts = Some(http::HeaderValue::from_static("max-age=63072000"));
+    let proxy = spawn_proxy_with(config).await;
+    let mut conn = raw_connect(proxy.addr, &[b"http/1.1"]).await;
+    conn.write(&eventsource_request("/events/hsts", &[])).await;
+    let stream = upstream.next_stream("/events/hsts").await;
+    let head = conn.read_response_head().await;
+    assert_event_stream_head(&head, None);
+    assert_eq!(
+        head.get("strict-transport-security"),
+        Some("max-age=63072000")
+    );
+    drop(stream.tx);
+    conn.last_chunk().await;
+}
+
+#[tokio::test]
+async fn request_headers_are_rewritten_for_the_upstream() {
+    let mut upstream = Upstream::start().await;
+    let proxy = spawn_proxy(upstream.addr).await;
+    let mut conn = raw_connect(proxy.addr, &[b"http/1.1"]).await;
+    // Header names in mixed case; hop-by-hop headers the proxy must drop.
+    conn.write(
+        b"GET /events/h?x=1&y=%20 HTTP/1.1\r\n\
+          host: example.test:8443\r\n\
+          ACCEPT: text/html, text/event-stream;q=0.9\r\n\
+          Last-Event-ID: 41\r\n\
+          X-Forwarded-For: 203.0.113.7\r\n\
+          Connection: keep-alive, X-Hop\r\n\
+          X-Hop: secret\r\n\
+          Keep-Alive: 300\r\n\
+          Proxy-Authorization: Basic eDp5\r\n\
+          X-Client-Cert-Subject: CN=forged\r\n\
+          Cookie: session=1\r\n\
+          \r\n",
+    )
+    .await;
+    let stream = upstream.next_stream("/events/h?x=1&y=%20").await;
+    assert_eq!(stream.header("host"), Some("example.test:8443"));
+    assert_eq!(stream.header("x-forwarded-host"), Some("example.test:8443"));
+    assert_eq!(stream.header("x-forwarded-proto"), Some("https"));
+    assert_eq!(
+        stream.header("x-forwarded-for"),
+        Some("203.0.113.7, 127.0.0.1")
+    );
+    assert_eq!(stream.header("last-event-id"), Some("41"));
+    assert_eq!(
+        stream.header("accept"),
+        Some("text/html, text/event-stream;q=0.9")
+    );
+    assert_eq!(stream.header("cookie"), Some("session=1"));
+    // The proxy may manage its own upstream connection (`Connection:
+    // close` on a dedicated one), but never forwards the client's tokens.
+    let connection = stream.header("connection").unwrap_or_default();
+    assert!(
+        !connection.to_ascii_lowercase().contains("x-hop"),
+        "the client's Connection reached the upstream: {connection:?}"
+    );
+    for gone in [
+        "x-hop",
+        "keep-alive",
+        "proxy-authorization",
+        "x-client-cert-subject",
+    ] {
+        assert_eq!(stream.header(gone), None, "{gone} reached the upstream");
+    }
+    let seen = upstream.next_seen().await;
+    assert_eq!(seen.method, "GET");
+    assert_eq!(seen.path_and_query, "/events/h?x=1&y=%20");
+
+    assert_event_stream_head(&conn.read_response_head().await, None);
+    stream.send("data: ok\n\n").await;
+    assert_eq!(conn.chunk_text().await, "data: ok\n\n");
+}
+
+#[tokio::test]
+async fn response_hop_by_hop_headers_are_removed_and_a_date_is_added() {
+    let mut upstream = RawUpstream::start().await;
+    let proxy = spawn_proxy(upstream.addr).await;
+    let mut conn = raw_connect(proxy.addr, &[b"http/1.1"]).await;
+    conn.write(&eventsource_request("/events/raw?q=1", &[]))
+        .await;
+
+    let mut up = upstream.next().await;
+    assert_eq!(up.request.start_line, "GET /events/raw?q=1 HTTP/1.1");
+    assert_eq!(up.request.get("host"), Some("localhost"));
+    assert_eq!(up.request.get("accept"), Some("text/event-stream"));
+    // No Date: the proxy adds one. Its own framing replaces the upstream's.
+    up.write(
+        b"HTTP/1.1 200 OK\r\n\
+          Content-Type: text/event-stream\r\n\
+          Cache-Control: no-cache\r\n\
+          Connection: keep-alive, X-Secret\r\n\
+          Keep-Alive: timeout=5\r\n\
+          X-Secret: 1\r\n\
+          Proxy-Connection: keep-alive\r\n\
+          X-Multi: a\r\n\
+          X-Multi: b\r\n\
+          Transfer-Encoding: chunked\r\n\
+          \r\n",
+    )
+    .await;
+    let head = conn.read_response_head().await;
+    assert_event_stream_head(&head, None);
+    for gone in ["x-secret", "proxy-connection"] {
+        assert!(!head.has(gone), "{gone} reached the client: {:?}", head.raw);
+    }
+    assert_eq!(head.all("x-multi"), ["a", "b"], "{:?}", head.raw);
+
+    // Upstream chunks are re-framed one for one.
+    for write in ["id: 1\ndata: one\n\n", "id: 2\n", "data: two\n\n"] {
+        up.write_chunk(write).await;
+        assert_eq!(conn.chunk_text().await, write);
+    }
+    up.write(b"0\r\n\r\n").await;
+    conn.last_chunk().await;
+}
+
+#[tokio::test]
+async fn connection_close_from_the_client_is_announced_and_honoured() {
+    let mut upstream = Upstream::start().await;
+    let proxy = spawn_proxy(upstream.addr).await;
+    let mut conn = raw_connect(proxy.addr, &[b"http/1.1"]).await;
+    conn.write(&eventsource_request(
+        "/events/close",
+        &["Connection: close"],
+    ))
+    .await;
+    let stream = upstream.next_stream("/events/close").await;
+    assert_event_stream_head(&conn.read_response_head().await, Some("close"));
+
+    stream.send("data: last\n\n").await;
+    assert_eq!(conn.chunk_text().await, "data: last\n\n");
+    drop(stream.tx);
+    conn.last_chunk().await;
+    conn.assert_closed("after a Connection: close response")
+        .await;
+}
+
+// ---------------------------------------------------------------- ordinary answers
+
+#[tokio::test]
+async fn a_known_length_answer_gets_content_length_and_keeps_the_upstream_date() {
+    let upstream = Upstream::start().await;
+    let proxy = spawn_proxy(upstream.addr).await;
+    let mut conn = raw_connect(proxy.addr, &[b"http/1.1"]).await;
+    conn.write(&eventsource_request("/dated", &[])).await;
+    let response = conn.read_response(false).await;
+    let head = &response.head;
+    assert_eq!(head.start_line, "HTTP/1.1 200 OK", "{:?}", head.raw);
+    assert_eq!(head.get("content-length"), Some("6"), "{:?}", head.raw);
+    assert!(!head.has("transfer-encoding"), "{:?}", head.raw);
+    assert_eq!(head.all("date"), [FIXED_DATE], "{:?}", head.raw);
+    assert_eq!(head.get("content-type"), Some("text/plain"));
+    assert_eq!(response.body_text(), "dated\n");
+    assert_keeps_serving(&mut conn, "after a known-length answer").await;
+}
+
+#[tokio::test]
+async fn a_404_to_an_eventsource_request_then_the_connection_is_kept() {
+    let upstream = Upstream::start().await;
+    let proxy = spawn_proxy(upstream.addr).await;
+    let mut conn = raw_connect(proxy.addr, &[b"http/1.1"]).await;
+    conn.write(&eventsource_request("/missing", &[])).await;
+    let response = conn.read_response(false).await;
+    let head = &response.head;
+    assert_eq!(head.start_line, "HTTP/1.1 404 Not Found", "{:?}", head.raw);
+    assert_eq!(head.get("content-length"), Some("15"), "{:?}", head.raw);
+    assert!(!head.has("transfer-encoding"), "{:?}", head.raw);
+    assert_eq!(head.get("connection"), None, "{:?}", head.raw);
+    assert_fresh_date(head);
+    assert_eq!(response.body_text(), "no such stream\n");
+    assert_keeps_serving(&mut conn, "after a 404").await;
+}
+
+#[tokio::test]
+async fn no_content_and_not_modified_have_no_body() {
+    let upstream = Upstream::start().await;
+    let proxy = spawn_proxy(upstream.addr).await;
+    for (path, status_line) in [
+        ("/no-content", "HTTP/1.1 204 No Content"),
+        ("/not-modified", "HTTP/1.1 304 Not Modified"),
+    ] {
+        let mut conn = raw_connect(proxy.addr, &[b"http/1.1"]).await;
+        conn.write(&eventsource_request(path, &[])).await;
+        let head = conn.read_response_head().await;
+        assert_eq!(head.start_line, status_line, "{:?}", head.raw);
+        assert!(!head.has("transfer-encoding"), "{path}: {:?}", head.raw);
+        assert!(!head.has("content-length"), "{path}: {:?}", head.raw);
+        assert_fresh_date(&head);
+        if path == "/not-modified" {
+            assert_eq!(head.get("etag"), Some("\"v1\""));
+        }
+        // Not a byte of body: the next response follows the head directly.
+        assert_keeps_serving(&mut conn, path).await;
+    }
+}
+
+#[tokio::test]
+async fn an_ordinary_body_of_unknown_length_is_chunked() {
+    let mut upstream = Upstream::start().await;
+    let proxy = spawn_proxy(upstream.addr).await;
+    let mut conn = raw_connect(proxy.addr, &[b"http/1.1"]).await;
+    conn.write(&eventsource_request("/json-stream", &[])).await;
+    let stream = upstream.next_stream("/json-stream").await;
+    let head = conn.read_response_head().await;
+    assert_eq!(head.start_line, "HTTP/1.1 200 OK", "{:?}", head.raw);
+    assert_eq!(head.get("content-type"), Some("application/json"));
+    assert_eq!(head.all("transfer-encoding"), ["chunked"], "{:?}", head.raw);
+    assert!(!head.has("content-length"), "{:?}", head.raw);
+    assert!(!head.has("connection"), "{:?}", head.raw);
+    assert_fresh_date(&head);
+
+    // Ordinary bodies may be batched: only the bytes and the end count.
+    stream.send("{\"a\":").await;
+    stream.send("1}").await;
+    drop(stream.tx);
+    assert_eq!(conn.chunks_to_end().await.concat(), b"{\"a\":1}");
+    assert_keeps_serving(&mut conn, "after an ordinary chunked body").await;
+}
+
+#[tokio::test]
+async fn upstream_down_gives_502_with_a_plain_text_body() {
+    let proxy = spawn_proxy(dead_upstream_addr().await).await;
+    let mut conn = raw_connect(proxy.addr, &[b"http/1.1"]).await;
+    for attempt in 1..=2 {
+        // The second on the same connection: a 502 ends cleanly too.
+        conn.write(&eventsource_request("/events", &[])).await;
+        let response = conn.read_response(false).await;
+        let head = &response.head;
+        assert_eq!(
+            head.start_line, "HTTP/1.1 502 Bad Gateway",
+            "attempt {attempt}: {:?}",
+            head.raw
+        );
+        assert_eq!(head.get("content-type"), Some("text/plain; charset=utf-8"));
+        assert_eq!(
+            head.get("content-length"),
+            Some(BAD_GATEWAY_BODY.len().to_string().as_str())
+        );
+        assert!(!head.has("transfer-encoding"), "{:?}", head.raw);
+        assert_fresh_date(head);
+        assert_eq!(response.body_text(), BAD_GATEWAY_BODY);
+    }
+}
+
+// ---------------------------------------------------------------- keep-alive and pipelining
+
+#[tokio::test]
+async fn a_request_pipelined_during_the_stream_is_answered_after_it() {
+    let mut upstream = Upstream::start().await;
+    let proxy = spawn_proxy(upstream.addr).await;
+    let (mut conn, stream) = open_stream(proxy.addr, &mut upstream, "/events").await;
+    stream.send("id: 1\ndata: one\n\n").await;
+    assert_eq!(conn.chunk_text().await, "id: 1\ndata: one\n\n");
+
+    // Written while the stream is open; answered once it has ended.
+    conn.write(b"GET /echo?second HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .await;
+    stream.send("id: 2\ndata: two\n\n").await;
+    assert_eq!(conn.chunk_text().await, "id: 2\ndata: two\n\n");
+    drop(stream.tx);
+    conn.last_chunk().await;
+    let second = conn.read_response(false).await;
+    assert_eq!(second.head.start_line, "HTTP/1.1 200 OK");
+    assert_eq!(second.body_text(), "GET /echo?second ");
+
+    // A third, again an EventSource request, on the same connection.
+    conn.write(&eventsource_request("/events/third", &[])).await;
+    let third = upstream.next_stream("/events/third").await;
+    assert_event_stream_head(&conn.read_response_head().await, None);
+    third.send("data: three\n\n").await;
+    assert_eq!(conn.chunk_text().await, "data: three\n\n");
+    drop(third.tx);
+    conn.last_chunk().await;
+    assert_keeps_serving(&mut conn, "after three requests").await;
+}
+
+#[tokio::test]
+async fn requests_pipelined_in_one_write_are_all_answered_in_order() {
+    let mut upstream = Upstream::start().await;
+    let proxy = spawn_proxy(upstream.addr).await;
+    let mut conn = raw_connect(proxy.addr, &[b"http/1.1"]).await;
+    let mut burst = eventsource_request("/missing", &[]);
+    burst.extend_from_slice(b"GET /echo?2 HTTP/1.1\r\nHost: localhost\r\n\r\n");
+    burst.extend_from_slice(
+        b"POST /echo?3 HTTP/1.1\r\nHost: localhost\r\nContent-Length: 5\r\n\r\nhello",
+    );
+    burst.extend_from_slice(&eventsource_request("/echo?4", &[]));
+    conn.write(&burst).await;
+
+    let first = conn.read_response(false).await;
+    assert_eq!(first.head.start_line, "HTTP/1.1 404 Not Found");
+    assert_eq!(first.body_text(), "no such stream\n");
+    for expected in ["GET /echo?2 ", "POST /echo?3 hello", "GET /echo?4 "] {
+        let response = conn.read_response(false).await;
+        assert_eq!(response.head.start_line, "HTTP/1.1 200 OK", "{expected}");
+        assert_eq!(response.body_text(), expected);
+    }
+    let methods_and_bodies: Vec<(String, String, Bytes)> = {
+        let mut out = Vec::new();
+        for _ in 0..4 {
+            let seen = upstream.next_seen().await;
+            out.push((seen.method, seen.path_and_query, seen.body));
+        }
+        out
+    };
+    assert_eq!(
+        methods_and_bodies,
+        [
+            ("GET".into(), "/missing".into(), Bytes::new()),
+            ("GET".into(), "/echo?2".into(), Bytes::new()),
+            (
+                "POST".into(),
+                "/echo?3".into(),
+                Bytes::from_static(b"hello")
+            ),
+            ("GET".into(), "/echo?4".into(), Bytes::new()),
+        ]
+    );
+    assert!(upstream.saw_nothing_more());
+}
+
+#[tokio::test]
+async fn hyper_client_reuses_the_connection_after_an_event_stream() {
+    let mut upstream = Upstream::start().await;
+    let proxy = spawn_proxy(upstream.addr).await;
+    let mut client = Client::h1(proxy.addr).await;
+    let response = client
+        .get_with("/events/h1", &[("accept", "text/event-stream")])
+        .await;
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.version(), Version::HTTP_11);
+    let stream = upstream.next_stream("/events/h1").await;
+    let mut reader = EventReader::new(response.into_body());
+    for id in 1..=3 {
+        assert!(write_event(&stream.tx, id, "tick", &[&format!("n{id}")]).await);
+        let event = reader.next_event(WAIT_LIMIT).await.expect("event");
+        assert_eq!(event.text, event_text(id, "tick", &format!("n{id}")));
+    }
+    drop(stream.tx);
+    assert!(
+        reader.wait_end(WAIT_LIMIT).await,
+        "the stream ended cleanly"
+    );
+    assert!(reader.leftover().is_empty());
+
+    let response = tokio::time::timeout(WAIT_LIMIT, client.get("/plain"))
+        .await
+        .expect("second response in time");
+    assert_eq!(response.status(), 200);
+    assert_eq!(read_body(response.into_body()).await, "plain\n");
+    let Client::H1(h1) = &client else {
+        unreachable!()
+    };
+    assert!(!h1.conn.is_finished(), "the connection was closed");
+}
+
+// ---------------------------------------------------------------- not eligible
+
+#[tokio::test]
+async fn requests_that_are_not_eligible_are_served_as_before() {
+    let mut upstream = Upstream::start().await;
+    let proxy = spawn_proxy(upstream.addr).await;
+    const ACCEPT: &str = "Accept: text/event-stream\r\n";
+    let cases: Vec<(&str, String, &str, &str)> = vec![
+        (
+            "POST",
+            format!("POST /echo HTTP/1.1\r\nHost: localhost\r\n{ACCEPT}Content-Length: 5\r\n\r\nhello"),
+            "HTTP/1.1 200 OK",
+            "POST /echo hello",
+        ),
+        (
+            "GET with Content-Length",
+            format!("GET /echo HTTP/1.1\r\nHost: localhost\r\n{ACCEPT}Content-Length: 5\r\n\r\nhello"),
+            "HTTP/1.1 200 OK",
+            "GET /echo hello",
+        ),
+        (
+            // As before the lean path: hyper's client sends no chunked body
+            // on a GET, but the client's body is read, so the connection
+            // stays in step (checked below).
+            "GET with Transfer-Encoding",
+            format!("GET /echo HTTP/1.1\r\nHost: localhost\r\n{ACCEPT}Transfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n"),
+            "HTTP/1.1 200 OK",
+            "GET /echo ",
+        ),
+        (
+            "GET with Expect",
+            format!("GET /echo HTTP/1.1\r\nHost: localhost\r\n{ACCEPT}Expect: 100-continue\r\nContent-Length: 5\r\n\r\nhello"),
+            "HTTP/1.1 200 OK",
+            "GET /echo hello",
+        ),
+        (
+            "GET with Upgrade",
+            format!("GET /echo HTTP/1.1\r\nHost: localhost\r\n{ACCEPT}Connection: Upgrade\r\nUpgrade: websocket\r\n\r\n"),
+            "HTTP/1.1 200 OK",
+            "GET /echo ",
+        ),
+        (
+            "absolute-form target",
+            format!("GET https://localhost/echo HTTP/1.1\r\nHost: localhost\r\n{ACCEPT}\r\n"),
+            "HTTP/1.1 200 OK",
+            "GET /echo ",
+        ),
+        (
+            "Accept without text/event-stream",
+            "GET /echo HTTP/1.1\r\nHost: localhost\r\nAccept: application/json\r\n\r\n".into(),
+            "HTTP/1.1 200 OK",
+            "GET /echo ",
+        ),
+        (
+            "HTTP/1.0",
+            format!("GET /echo HTTP/1.0\r\nHost: localhost\r\n{ACCEPT}\r\n"),
+            "HTTP/1.0 200 OK",
+            "GET /echo ",
+        ),
+        (
+            "HEAD",
+            format!("HEAD /echo HTTP/1.1\r\nHost: localhost\r\n{ACCEPT}\r\n"),
+            "HTTP/1.1 200 OK",
+            "",
+        ),
+    ];
+    for (what, request, status_line, body) in cases {
+        let mut conn = raw_connect(proxy.addr, &[b"http/1.1"]).await;
+        conn.write(request.as_bytes()).await;
+        let response = conn.read_response(what == "HEAD").await;
+        assert_eq!(
+            response.head.start_line, status_line,
+            "{what}: {:?}",
+            response.head.raw
+        );
+        assert_eq!(response.body_text(), body, "{what}");
+        let seen = upstream.next_seen().await;
+        let method = request.split(' ').next().unwrap_or_default();
+        assert_eq!(seen.method, method, "{what}");
+        assert_eq!(seen.path_and_query, "/echo", "{what}");
+        assert_eq!(seen.header("x-forwarded-proto"), Some("https"), "{what}");
+        assert_eq!(seen.header("upgrade"), None, "{what}");
+        if what == "HTTP/1.0" {
+            // No keep-alive asked for: HTTP/1.0 closes.
+            conn.assert_closed(what).await;
+        } else {
+            // Nothing was lost or left over between the two requests.
+            assert_keeps_serving(&mut conn, what).await;
+            upstream.next_seen().await;
+        }
+    }
+    assert!(upstream.saw_nothing_more());
+}
+
+#[tokio::test]
+async fn an_http10_eventsource_request_is_streamed_without_chunking_until_close() {
+    let mut upstream = Upstream::start().await;
+    let proxy = spawn_proxy(upstream.addr).await;
+    let mut conn = raw_connect(proxy.addr, &[b"http/1.1"]).await;
+    conn.write(b"GET /events/old HTTP/1.0\r\nHost: localhost\r\nAccept: text/event-stream\r\n\r\n")
+        .await;
+    let stream = upstream.next_stream("/events/old").await;
+    let head = conn.read_response_head().await;
+    assert_eq!(head.start_line, "HTTP/1.0 200 OK", "{:?}", head.raw);
+    assert!(!head.has("transfer-encoding"), "{:?}", head.raw);
+    assert!(!head.has("content-length"), "{:?}", head.raw);
+    stream.send("data: one\n\n").await;
+    assert_eq!(conn.read_exact(11).await, b"data: one\n\n");
+    drop(stream.tx);
+    conn.assert_closed("end of an HTTP/1.0 stream").await;
+}
+
+#[tokio::test]
+async fn malformed_or_hostless_eventsource_requests_get_400() {
+    let mut upstream = Upstream::start().await;
+    let proxy = spawn_proxy(upstream.addr).await;
+
+    // Malformed: hyper's own 400.
+    let mut conn = raw_connect(proxy.addr, &[b"http/1.1"]).await;
+    conn.write(b"GET /events HTTP/1.1\r\nHost localhost\r\nAccept: text/event-stream\r\n\r\n")
+        .await;
+    let head = conn.read_response_head().await;
+    assert!(
+        head.start_line.starts_with("HTTP/1.1 400 "),
+        "{:?}",
+        head.raw
+    );
+
+    // Well-formed but without Host: the proxy's 400, with its body.
+    let mut conn = raw_connect(proxy.addr, &[b"http/1.1"]).await;
+    conn.write(b"GET /events HTTP/1.1\r\nAccept: text/event-stream\r\n\r\n")
+        .await;
+    let response = conn.read_response(false).await;
+    assert_eq!(response.head.start_line, "HTTP/1.1 400 Bad Request");
+    assert_eq!(
+        response.head.get("content-type"),
+        Some("text/plain; charset=utf-8")
+    );
+    assert_eq!(response.body_text(), BAD_REQUEST_BODY);
+    assert!(
+        upstream.saw_nothing_more(),
+        "a bad request reached the upstream"
+    );
+}
+
+// ---------------------------------------------------------------- hang-ups and failures
+
+#[tokio::test]
+async fn client_hangup_closes_the_upstream_request() {
+    let mut upstream = Upstream::start().await;
+    let proxy = spawn_proxy(upstream.addr).await;
+
+    // After an event...
+    let (mut conn, stream) = open_stream(proxy.addr, &mut upstream, "/events/a").await;
+    stream.send("id: 1\ndata: one\n\n").await;
+    assert_eq!(conn.chunk_text().await, "id: 1\ndata: one\n\n");
+    drop(conn);
+    // ...with a silent upstream: the proxy must notice without writing.
+    assert_upstream_released(stream, "hang-up after an event").await;
+
+    // ...and before any event.
+    let (conn, stream) = open_stream(proxy.addr, &mut upstream, "/events/b").await;
+    drop(conn);
+    assert_upstream_released(stream, "hang-up before any event").await;
+}
+
+/// Beyond the literal spec, as before the lean path (hyper watches the
+/// connection while the service waits): a client that leaves before the
+/// upstream's response head does not leave the upstream request behind.
+#[tokio::test]
+async fn client_hangup_before_the_response_head_releases_the_upstream_request() {
+    let mut upstream = Upstream::start().await;
+    let proxy = spawn_proxy(upstream.addr).await;
+    let mut conn = raw_connect(proxy.addr, &[b"http/1.1"]).await;
+    conn.write(&eventsource_request("/late/hangup", &[])).await;
+    let handler_gone = upstream.next_late().await;
+    drop(conn);
+    let released = tokio::time::timeout(HANGUP_LIMIT, handler_gone).await;
+    assert!(
+        released.is_ok(),
+        "the upstream request was still open {HANGUP_LIMIT:?} after the client left"
+    );
+}
+
+#[tokio::test]
+async fn upstream_failing_mid_event_stream_ends_the_body_cleanly() {
+    let mut upstream = RawUpstream::start().await;
+    let proxy = spawn_proxy(upstream.addr).await;
+    let mut conn = raw_connect(proxy.addr, &[b"http/1.1"]).await;
+    conn.write(&eventsource_request("/events", &[])).await;
+    let mut up = upstream.next().await;
+    up.write(
+        b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n\
+          Cache-Control: no-cache\r\nTransfer-Encoding: chunked\r\n\r\n",
+    )
+    .await;
+    assert_event_stream_head(&conn.read_response_head().await, None);
+    up.write_chunk("id: 1\ndata: one\n\n").await;
+    assert_eq!(conn.chunk_text().await, "id: 1\ndata: one\n\n");
+    up.write_chunk("id: 2\n").await;
+    assert_eq!(conn.chunk_text().await, "id: 2\n");
+
+    // The upstream dies in the middle of its chunked body.
+    drop(up);
+    conn.last_chunk().await;
+
+    // The client's connection carries on (to a fresh upstream connection).
+    conn.write(&plain_request("/plain")).await;
+    let mut up = upstream.next().await;
+    assert_eq!(up.request.start_line, "GET /plain HTTP/1.1");
+    up.write(b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\nplain\n")
+        .await;
+    let response = conn.read_response(false).await;
+    assert_eq!(response.head.start_line, "HTTP/1.1 200 OK");
+    assert_eq!(response.body_text(), "plain\n");
+}
+
+#[tokio::test]
+async fn upstream_failing_mid_ordinary_body_cuts_the_connection() {
+    let mut upstream = RawUpstream::start().await;
+    let proxy = spawn_proxy(upstream.addr).await;
+
+    // Chunked: no terminating chunk, the connection is cut.
+    let mut conn = raw_connect(proxy.addr, &[b"http/1.1"]).await;
+    conn.write(&eventsource_request("/download", &[])).await;
+    let mut up = upstream.next().await;
+    up.write(
+        b"HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\n\
+          Transfer-Encoding: chunked\r\n\r\n",
+    )
+    .await;
+    let head = conn.read_response_head().await;
+    assert_eq!(head.start_line, "HTTP/1.1 200 OK", "{:?}", head.raw);
+    assert_eq!(head.all("transfer-encoding"), ["chunked"], "{:?}", head.raw);
+    up.write_chunk("partial").await;
+    drop(up);
+    let mut received = Vec::new();
+    loop {
+        match conn.try_chunk(WAIT_LIMIT).await {
+            ChunkRead::Data(data) => received.extend_from_slice(&data),
+            ChunkRead::Closed => break,
+            ChunkRead::Last => panic!("a failed body ended with the last chunk"),
+            ChunkRead::Silent => panic!("a failed body was neither cut nor ended"),
+        }
+    }
+    assert!(
+        b"partial".starts_with(&received),
+        "got {:?}",
+        String::from_utf8_lossy(&received)
+    );
+
+    // Known length: fewer bytes than announced, then the cut.
+    let mut conn = raw_connect(proxy.addr, &[b"http/1.1"]).await;
+    conn.write(&eventsource_request("/download-fixed", &[]))
+        .await;
+    let mut up = upstream.next().await;
+    up.write(
+        b"HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\n\
+          Content-Length: 100\r\n\r\n0123456789",
+    )
+    .await;
+    let head = conn.read_response_head().await;
+    assert_eq!(head.start_line, "HTTP/1.1 200 OK", "{:?}", head.raw);
+    assert_eq!(head.get("content-length"), Some("100"), "{:?}", head.raw);
+    assert!(!head.has("transfer-encoding"), "{:?}", head.raw);
+    drop(up);
+    let (received, closed) = conn.read_to_close(WAIT_LIMIT).await;
+    assert!(closed, "a failed fixed-length body was not cut");
+    assert!(
+        b"0123456789".starts_with(&received),
+        "got {:?}",
+        String::from_utf8_lossy(&received)
+    );
+}
+
+// ---------------------------------------------------------------- shared streams
+
+#[tokio::test]
+async fn shared_stream_clients_get_the_same_events_from_one_upstream_request() {
+    let mut upstream = Upstream::start().await;
+    let mut config = proxy_config(upstream.addr);
+    config.streams.shared_prefixes = vec!["/live".into()];
+    let proxy = spawn_proxy_with(config).await;
+    const PATH: &str = "/live/feed";
+
+    let mut a = raw_connect(proxy.addr, &[b"http/1.1"]).await;
+    a.write(&eventsource_request(PATH, &["Cookie: session=a"]))
+        .await;
+    let stream = upstream.next_stream(PATH).await;
+    assert_eq!(stream.header("cookie"), None);
+    assert_eq!(stream.header("accept"), Some("text/event-stream"));
+    assert_event_stream_head(&a.read_response_head().await, None);
+    let mut b = raw_connect(proxy.addr, &[b"http/1.1"]).await;
+    b.write(&eventsource_request(PATH, &[])).await;
+    assert_event_stream_head(&b.read_response_head().await, None);
+
+    for event in ["id: 1\ndata: one\n\n", "id: 2\ndata: two\n\n"] {
+        stream.send(event).await;
+        assert_eq!(a.chunk_text().await, event);
+        assert_eq!(b.chunk_text().await, event);
+    }
+
+    // A reconnecting client resumes from the replay buffer.
+    let mut c = raw_connect(proxy.addr, &[b"http/1.1"]).await;
+    c.write(&eventsource_request(PATH, &["Last-Event-ID: 1"]))
+        .await;
+    assert_event_stream_head(&c.read_response_head().await, None);
+    assert_eq!(c.chunk_text().await, "id: 2\ndata: two\n\n");
+    stream.send("id: 3\ndata: three\n\n").await;
+    for conn in [&mut a, &mut b, &mut c] {
+        assert_eq!(conn.chunk_text().await, "id: 3\ndata: three\n\n");
+    }
+
+    let stats = proxy.hub.stats(PATH).expect("the shared stream exists");
+    assert_eq!(stats.upstream_requests, 1, "{stats:?}");
+    assert_eq!(stats.subscribers, 3, "{stats:?}");
+    upstream.next_seen().await;
+    assert!(upstream.saw_nothing_more(), "a second upstream request");
+}
+
+// ---------------------------------------------------------------- drain
+
+#[tokio::test]
+async fn shutdown_ends_a_stream_at_the_event_boundary_with_retry_and_closes() {
+    let mut upstream = Upstream::start().await;
+    let mut config = proxy_config(upstream.addr);
+    config.streams.drain_retry = Some(Duration::from_millis(250));
+    let mut proxy = spawn_proxy_with(config).await;
+    let (mut conn, stream) = open_stream(proxy.addr, &mut upstream, "/events").await;
+    stream.send("id: 1\ndata: one\n\n").await;
+    assert_eq!(conn.chunk_text().await, "id: 1\ndata: one\n\n");
+    stream.send("id: 2\n").await;
+    assert_eq!(conn.chunk_text().await, "id: 2\n");
+
+    let task = proxy.task.take().expect("proxy task");
+    proxy.shutdown.cancel();
+    // In the middle of an event: nothing ends until the event does.
+    conn.assert_silent(Duration::from_millis(300), "mid-event at shutdown")
+        .await;
+    stream.send("data: two\n\n").await;
+    assert_eq!(conn.chunk_text().await, "data: two\n\n");
+    assert_eq!(conn.chunks_to_end().await.concat(), b"retry: 250\n\n");
+    conn.assert_closed("after the drained stream").await;
+    assert_upstream_released(stream, "drained stream").await;
+    tokio::time::timeout(WAIT_LIMIT, task)
+        .await
+        .expect("the proxy finishes draining")
+        .expect("proxy task");
+}
+
+#[tokio::test]
+async fn shutdown_at_an_event_boundary_ends_the_stream_at_once() {
+    let mut upstream = Upstream::start().await;
+    let mut proxy = spawn_proxy(upstream.addr).await;
+    let (mut conn, stream) = open_stream(proxy.addr, &mut upstream, "/events").await;
+    stream.send("id: 1\ndata: one\n\n").await;
+    assert_eq!(conn.chunk_text().await, "id: 1\ndata: one\n\n");
+
+    let task = proxy.task.take().expect("proxy task");
+    proxy.shutdown.cancel();
+    // No drain_retry: no retry line, just the end.
+    conn.last_chunk().await;
+    conn.assert_closed("after the drained stream").await;
+    tokio::time::timeout(WAIT_LIMIT, task)
+        .await
+        .expect("the proxy finishes draining")
+        .expect("proxy task");
+}
+
+#[tokio::test]
+async fn a_response_head_written_during_shutdown_says_connection_close() {
+    let mut upstream = Upstream::start().await;
+    let mut proxy = spawn_proxy(upstream.addr).await;
+    let mut conn = raw_connect(proxy.addr, &[b"http/1.1"]).await;
+    conn.write(&eventsource_request("/late/drain", &[])).await;
+    let _handler = upstream.next_late().await;
+
+    let task = proxy.task.take().expect("proxy task");
+    proxy.shutdown.cancel();
+    until_refused(proxy.addr).await;
+    // Only now the upstream answers: the stream is drained at once.
+    upstream.release.notify_one();
+    let stream = upstream.next_stream("/late/drain").await;
+    assert_event_stream_head(&conn.read_response_head().await, Some("close"));
+    conn.last_chunk().await;
+    conn.assert_closed("after a response during shutdown").await;
+    assert_upstream_released(stream, "drained at once").await;
+    tokio::time::timeout(WAIT_LIMIT, task)
+        .await
+        .expect("the proxy finishes draining")
+        .expect("proxy task");
+}
+
+/// As before the lean path: a new connection that has not sent a request
+/// (a browser's preconnect) does not hold up the drain until the header
+/// read timeout.
+#[tokio::test]
+async fn shutdown_closes_a_new_connection_that_has_sent_nothing_at_once() {
+    const PROMPTLY: Duration = Duration::from_secs(2);
+    let upstream = Upstream::start().await;
+    let mut config = proxy_config(upstream.addr);
+    config.timeouts.header_read = Duration::from_secs(30);
+    let mut proxy = spawn_proxy_with(config).await;
+    // The handshake is done, so the proxy has accepted the connection.
+    let mut silent = raw_connect(proxy.addr, &[b"http/1.1"]).await;
+
+    let task = proxy.task.take().expect("proxy task");
+    let started = Instant::now();
+    proxy.shutdown.cancel();
+    let (data, closed) = silent.read_to_close(PROMPTLY).await;
+    assert!(
+        closed,
+        "a connection without a request was still open {PROMPTLY:?} into the drain"
+    );
+    assert!(data.is_empty(), "{:?}", String::from_utf8_lossy(&data));
+    tokio::time::timeout(PROMPTLY, task)
+        .await
+        .expect("the drain was held up")
+        .expect("proxy task");
+    assert!(started.elapsed() < PROMPTLY);
+}
+
+// ---------------------------------------------------------------- heartbeats
+
+#[tokio::test]
+async fn heartbeats_are_comment_chunks_written_only_between_events() {
+    const HEARTBEAT: Duration = Duration::from_millis(150);
+    let mut upstream = Upstream::start().await;
+    let mut config = proxy_config(upstream.addr);
+    config.streams.heartbeat = Some(HEARTBEAT);
+    let proxy = spawn_proxy_with(config).await;
+    let started = Instant::now();
+    let (mut conn, stream) = open_stream(proxy.addr, &mut upstream, "/events").await;
+
+    assert_eq!(conn.chunk_text().await, ":\n\n");
+    assert!(
+        started.elapsed() >= HEARTBEAT,
+        "heartbeat after only {:?}",
+        started.elapsed()
+    );
+    stream.send("id: 1\n").await;
+    assert_eq!(conn.chunk_text().await, "id: 1\n");
+    conn.assert_silent(HEARTBEAT * 3, "no heartbeat inside an event")
+        .await;
+    stream.send("data: one\n\n").await;
+    assert_eq!(conn.chunk_text().await, "data: one\n\n");
+    assert_eq!(conn.chunk_text().await, ":\n\n");
+}
+
+// ---------------------------------------------------------------- request heads
+
+#[tokio::test]
+async fn header_read_timeout_disconnects_half_sent_and_trickled_heads() {
+    const HEADER_READ: Duration = Duration::from_millis(400);
+    let mut upstream = Upstream::start().await;
+    let mut config = proxy_config(upstream.addr);
+    config.timeouts.header_read = HEADER_READ;
+    let proxy = spawn_proxy_with(config).await;
+
+    // Half a head, then nothing.
+    let mut half = raw_connect(proxy.addr, &[b"http/1.1"]).await;
+    let connected = Instant::now();
+    half.write(b"GET /events HTTP/1.1\r\nHost: localhost\r\nAccept: text/event-stream\r\n")
+        .await;
+    let (data, closed) = half.read_to_close(WAIT_LIMIT).await;
+    let after = connected.elapsed();
+    assert!(closed, "a half-sent head was still open after {after:?}");
+    assert!(
+        after >= HEADER_READ - Duration::from_millis(100),
+        "closed after only {after:?}"
+    );
+    assert!(
+        data.is_empty() || data.starts_with(b"HTTP/1.1 408"),
+        "unexpected answer: {:?}",
+        String::from_utf8_lossy(&data)
+    );
+
+    // A whole head, one byte every 50 ms: the limit is for the whole head.
+    let head = eventsource_request("/events", &[]);
+    let mut trickle = raw_connect(proxy.addr, &[b"http/1.1"]).await;
+    let connected = Instant::now();
+    let mut sent = 0;
+    let mut closed = false;
+    while sent < head.len() {
+        if !trickle.try_write(&head[sent..sent + 1]).await {
+            closed = true;
+            break;
+        }
+        sent += 1;
+        let (data, gone) = trickle.read_to_close(Duration::from_millis(50)).await;
+        assert!(
+            data.is_empty() || data.starts_with(b"HTTP/1.1 408"),
+            "unexpected answer: {:?}",
+            String::from_utf8_lossy(&data)
+        );
+        if gone {
+            closed = true;
+            break;
+        }
+    }
+    let after = connected.elapsed();
+    assert!(
+        closed,
+        "a trickled head was served after {after:?} ({sent} bytes)"
+    );
+    assert!(sent < head.len());
+    assert!(
+        after < HEADER_READ + Duration::from_secs(1),
+        "closed only after {after:?}"
+    );
+    assert!(
+        upstream.saw_nothing_more(),
+        "a request reached the upstream"
+    );
+
+    // The proxy still serves.
+    let (mut conn, stream) = open_stream(proxy.addr, &mut upstream, "/events/ok").await;
+    stream.send("data: ok\n\n").await;
+    assert_eq!(conn.chunk_text().await, "data: ok\n\n");
+}
+
+#[tokio::test]
+async fn an_oversized_eventsource_head_gets_431() {
+    let upstream = Upstream::start().await;
+    let proxy = spawn_proxy(upstream.addr).await;
+    let mut conn = raw_connect(proxy.addr, &[b"http/1.1"]).await;
+    let big = format!("X-Big: {}", "a".repeat(100 * 1024));
+    conn.write(&eventsource_request("/events", &[big.as_str()]))
+        .await;
+    let response = conn.read_response(false).await;
+    assert_eq!(
+        response.head.start_line,
+        "HTTP/1.1 431 Request Header Fields Too Large"
+    );
+    assert_eq!(
+        response.head.get("content-type"),
+        Some("text/plain; charset=utf-8")
+    );
+    assert_eq!(response.body_text(), TOO_LARGE_BODY);
+}
+
+#[tokio::test]
+async fn an_eventsource_head_over_16_kib_is_still_streamed() {
+    let mut upstream = Upstream::start().await;
+    let proxy = spawn_proxy(upstream.addr).await;
+    let mut conn = raw_connect(proxy.addr, &[b"http/1.1"]).await;
+    let big = "b".repeat(30 * 1024);
+    let line = format!("X-Big: {big}");
+    conn.write(&eventsource_request("/events/big", &[line.as_str()]))
+        .await;
+    let stream = upstream.next_stream("/events/big").await;
+    assert_eq!(stream.header("x-big"), Some(big.as_str()));
+    assert_eq!(stream.header("accept"), Some("text/event-stream"));
+    assert_event_stream_head(&conn.read_response_head().await, None);
+    stream.send("data: big\n\n").await;
+    assert_eq!(conn.chunk_text().await, "data: big\n\n");
+    drop(stream.tx);
+    conn.last_chunk().await;
+    assert_keeps_serving(&mut conn, "after a large head").await;
+}
+
+// ---------------------------------------------------------------- HTTP/2
+
+#[tokio::test]
+async fn http2_event_streams_are_unaffected() {
+    let mut upstream = Upstream::start().await;
+    let proxy = spawn_proxy(upstream.addr).await;
+    let mut client = Client::connect(proxy.addr, Version::HTTP_2).await;
+    let response = client
+        .get_with("/events/h2", &[("accept", "text/event-stream")])
+        .await;
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.version(), Version::HTTP_2);
+    assert_eq!(
+        response.headers().get("content-type").map(|v| v.as_bytes()),
+        Some(&b"text/event-stream"[..])
+    );
+    assert!(response.headers().get("connection").is_none());
+    let stream = upstream.next_stream("/events/h2").await;
+    assert_eq!(stream.header("host"), Some("localhost"));
+    let mut reader = EventReader::new(response.into_body());
+    for id in 1..=2 {
+        assert!(write_event(&stream.tx, id, "tick", &["h2"]).await);
+        let event = reader.next_event(WAIT_LIMIT).await.expect("event");
+        assert_eq!(event.text, event_text(id, "tick", "h2"));
+    }
+    drop(stream.tx);
+    assert!(
+        reader.wait_end(WAIT_LIMIT).await,
+        "the stream ended cleanly"
+    );
+}
