@@ -123,7 +123,7 @@ pub struct StreamSettings {
     pub shared_prefixes: Vec<String>,
     /// Replay buffer length per shared stream.
     pub replay: usize,
-    /// Events queued per shared-stream subscriber before it is dropped.
+    /// Events a shared-stream subscriber may fall behind before it is dropped.
     pub subscriber_queue: usize,
     /// How long a shared stream's upstream stays open without subscribers.
     pub linger: Duration,

@@ -10,7 +10,7 @@ use std::convert::Infallible;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::task::{Context, Poll};
+use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -18,9 +18,11 @@ use http::header::{self, HeaderValue};
 use http::{Request, StatusCode};
 use http_body::{Body, Frame};
 use http_body_util::{BodyExt, Empty};
-use tokio::sync::{mpsc, watch, Notify};
+use tokio::sync::broadcast::{self, error::RecvError};
+use tokio::sync::{watch, Notify};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
+use tokio_util::sync::ReusableBoxFuture;
 
 use super::parser::{EventParser, ParsedEvent};
 use crate::config::UpstreamUrl;
@@ -40,7 +42,7 @@ pub struct HubSettings {
     pub prefixes: Vec<String>,
     /// Events kept per stream for `Last-Event-ID` replay.
     pub replay: usize,
-    /// Events queued per subscriber before it counts as too slow and is dropped.
+    /// Events a subscriber may fall behind before it counts as too slow and is dropped.
     pub queue: usize,
     /// How long an upstream stays open after its last subscriber left.
     pub linger: Duration,
@@ -51,6 +53,7 @@ pub struct HubSettings {
 }
 
 pub const DEFAULT_REPLAY: usize = 1000;
+/// Events a subscriber may fall behind (the shared ring's size).
 pub const DEFAULT_SUBSCRIBER_QUEUE: usize = 256;
 pub const DEFAULT_LINGER: Duration = Duration::from_secs(5);
 
@@ -99,12 +102,28 @@ struct ReplayEntry {
     raw: Bytes,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct StreamState {
     replay: VecDeque<ReplayEntry>,
-    subscribers: Vec<mpsc::Sender<Bytes>>,
+    /// Live events, one ring shared by every subscriber: a subscriber costs a
+    /// read position, not a queue of its own.
+    live: broadcast::Sender<Bytes>,
+    lag_limit: usize,
     retry: Option<u64>,
     last_id: Option<String>,
+}
+
+impl StreamState {
+    fn new(lag_limit: usize) -> Self {
+        let lag_limit = lag_limit.max(1);
+        StreamState {
+            replay: VecDeque::new(),
+            live: broadcast::Sender::new(lag_limit),
+            lag_limit,
+            retry: None,
+            last_id: None,
+        }
+    }
 }
 
 /// One upstream event stream and its subscribers.
@@ -127,13 +146,13 @@ impl SharedStream {
     }
 
     /// Registers a subscriber: the `retry:` line, missed events from the
-    /// replay buffer, then live events through a bounded queue.
+    /// replay buffer, then live events. Under the state lock, so no event
+    /// falls between replay and live or arrives twice.
     fn add_subscriber(
         &self,
         last_event_id: Option<&str>,
-        queue: usize,
-    ) -> (VecDeque<Bytes>, mpsc::Receiver<Bytes>) {
-        let mut state = self.state();
+    ) -> (VecDeque<Bytes>, broadcast::Receiver<Bytes>) {
+        let state = self.state();
         let mut initial = VecDeque::new();
         if let Some(retry) = state.retry {
             initial.push_back(Bytes::from(format!("retry: {retry}\n\n")));
@@ -147,16 +166,16 @@ impl SharedStream {
                 initial.extend(state.replay.iter().skip(seen + 1).map(|e| e.raw.clone()));
             }
         }
-        let (tx, rx) = mpsc::channel(queue.max(1));
-        state.subscribers.push(tx);
+        let rx = state.live.subscribe();
         self.stats
             .subscribers
-            .store(state.subscribers.len(), Ordering::Relaxed);
+            .store(state.live.receiver_count(), Ordering::Relaxed);
         (initial, rx)
     }
 
-    /// Records an upstream event and queues it for every subscriber. A
-    /// subscriber whose queue is full is dropped, so it never slows the rest.
+    /// Records an upstream event and publishes it to every subscriber. A
+    /// subscriber that falls too far behind is dropped by its `Subscription`,
+    /// so it never slows the rest.
     fn publish(&self, event: ParsedEvent, replay_capacity: usize) {
         let mut state = self.state();
         if let Some(retry) = event.retry {
@@ -176,43 +195,19 @@ impl SharedStream {
             });
         }
         self.stats.events_in.fetch_add(1, Ordering::Relaxed);
-        let mut delivered = 0;
-        let mut dropped = 0;
-        state
-            .subscribers
-            .retain(|tx| match tx.try_send(event.raw.clone()) {
-                Ok(()) => {
-                    delivered += 1;
-                    true
-                }
-                Err(mpsc::error::TrySendError::Full(_)) => {
-                    dropped += 1;
-                    false
-                }
-                Err(mpsc::error::TrySendError::Closed(_)) => false,
-            });
+        // Err only when nobody listens.
+        let delivered = state.live.send(event.raw).unwrap_or(0);
         self.stats
             .events_out
-            .fetch_add(delivered, Ordering::Relaxed);
-        if dropped > 0 {
-            self.stats
-                .subscribers_dropped
-                .fetch_add(dropped, Ordering::Relaxed);
-            tracing::warn!(stream = %self.key, dropped, "slow subscribers dropped: queue full");
-        }
-        self.stats
-            .subscribers
-            .store(state.subscribers.len(), Ordering::Relaxed);
+            .fetch_add(delivered as u64, Ordering::Relaxed);
+        self.stats.subscribers.store(delivered, Ordering::Relaxed);
     }
 
     /// Forgets subscribers that went away; returns how many remain.
     fn prune(&self) -> usize {
-        let mut state = self.state();
-        state.subscribers.retain(|tx| !tx.is_closed());
-        self.stats
-            .subscribers
-            .store(state.subscribers.len(), Ordering::Relaxed);
-        state.subscribers.len()
+        let count = self.state().live.receiver_count();
+        self.stats.subscribers.store(count, Ordering::Relaxed);
+        count
     }
 
     fn last_id(&self) -> Option<String> {
@@ -228,7 +223,9 @@ impl SharedStream {
 
     /// Ends every subscriber's stream (their EventSource reconnects).
     fn close_subscribers(&self) {
-        self.state().subscribers.clear();
+        // Receivers see the end once the sender is gone.
+        let mut state = self.state();
+        state.live = broadcast::Sender::new(state.lag_limit);
         self.stats.subscribers.store(0, Ordering::Relaxed);
     }
 }
@@ -302,7 +299,7 @@ impl Hub {
                 None => {
                     let stream = Arc::new(SharedStream {
                         key: path_and_query.to_owned(),
-                        state: Mutex::new(StreamState::default()),
+                        state: Mutex::new(StreamState::new(self.settings.queue)),
                         status: watch::Sender::new(Status::Connecting),
                         subscriber_left: Notify::new(),
                         stats: StreamStats::default(),
@@ -312,7 +309,7 @@ impl Hub {
                     stream
                 }
             };
-            let (initial, rx) = stream.add_subscriber(last_event_id, self.settings.queue);
+            let (initial, rx) = stream.add_subscriber(last_event_id);
             (stream, initial, rx)
         };
 
@@ -329,11 +326,7 @@ impl Hub {
         if let Some(err) = failed {
             return Err(err);
         }
-        Ok(Subscription {
-            initial,
-            rx,
-            stream,
-        })
+        Ok(Subscription::new(initial, rx, stream))
     }
 
     /// Removes `stream` if it has no subscribers; true if it was removed.
@@ -524,11 +517,32 @@ fn backoff(retry: Duration, failures: u32) -> Duration {
         .min(MAX_RECONNECT_BACKOFF.max(retry))
 }
 
+type Received = (Result<Bytes, RecvError>, broadcast::Receiver<Bytes>);
+
 /// One subscriber's view of a shared stream: replayed events, then live ones.
 pub struct Subscription {
     initial: VecDeque<Bytes>,
-    rx: mpsc::Receiver<Bytes>,
+    /// The pending receive; `None` once the subscription has ended.
+    next: Option<ReusableBoxFuture<'static, Received>>,
     stream: Arc<SharedStream>,
+}
+
+async fn receive(mut rx: broadcast::Receiver<Bytes>) -> Received {
+    (rx.recv().await, rx)
+}
+
+impl Subscription {
+    fn new(
+        initial: VecDeque<Bytes>,
+        rx: broadcast::Receiver<Bytes>,
+        stream: Arc<SharedStream>,
+    ) -> Self {
+        Subscription {
+            initial,
+            next: Some(ReusableBoxFuture::new(receive(rx))),
+            stream,
+        }
+    }
 }
 
 impl Body for Subscription {
@@ -542,15 +556,38 @@ impl Body for Subscription {
         if let Some(bytes) = self.initial.pop_front() {
             return Poll::Ready(Some(Ok(Frame::data(bytes))));
         }
-        self.rx
-            .poll_recv(cx)
-            .map(|event| event.map(|bytes| Ok(Frame::data(bytes))))
+        let Some(next) = self.next.as_mut() else {
+            return Poll::Ready(None);
+        };
+        let (received, rx) = ready!(next.poll(cx));
+        match received {
+            Ok(bytes) => {
+                next.set(receive(rx));
+                Poll::Ready(Some(Ok(Frame::data(bytes))))
+            }
+            Err(RecvError::Lagged(missed)) => {
+                self.next = None;
+                drop(rx);
+                self.stream
+                    .stats
+                    .subscribers_dropped
+                    .fetch_add(1, Ordering::Relaxed);
+                self.stream.subscriber_left.notify_one();
+                tracing::warn!(stream = %self.stream.key, missed, "slow subscriber dropped: fell too far behind");
+                Poll::Ready(None)
+            }
+            Err(RecvError::Closed) => {
+                self.next = None;
+                Poll::Ready(None)
+            }
+        }
     }
 }
 
 impl Drop for Subscription {
     fn drop(&mut self) {
-        self.rx.close();
+        // The receiver goes first, so the hub counts one subscriber fewer.
+        self.next = None;
         self.stream.subscriber_left.notify_one();
     }
 }
@@ -580,7 +617,7 @@ mod tests {
     fn stream() -> SharedStream {
         SharedStream {
             key: "/s".into(),
-            state: Mutex::new(StreamState::default()),
+            state: Mutex::new(StreamState::new(2)),
             status: watch::Sender::new(Status::Live),
             subscriber_left: Notify::new(),
             stats: StreamStats::default(),
@@ -602,7 +639,7 @@ mod tests {
         for i in 1..=5 {
             s.publish(event(&i.to_string()), 3);
         }
-        let (initial, _rx) = s.add_subscriber(Some("3"), 8);
+        let (initial, _rx) = s.add_subscriber(Some("3"));
         assert_eq!(
             initial,
             vec![
@@ -611,21 +648,31 @@ mod tests {
             ]
         );
         // "1" fell out of the 3-event buffer: start live.
-        let (initial, _rx) = s.add_subscriber(Some("1"), 8);
+        let (initial, _rx) = s.add_subscriber(Some("1"));
         assert!(initial.is_empty());
     }
 
-    #[test]
-    fn a_full_queue_drops_that_subscriber_only() {
-        let s = stream();
-        let (_, mut fast) = s.add_subscriber(None, 2);
-        let (_, _slow) = s.add_subscriber(None, 2);
+    #[tokio::test]
+    async fn a_subscriber_too_far_behind_is_dropped_alone() {
+        use http_body_util::BodyExt;
+        let s = Arc::new(stream());
+        let subscribe = || {
+            let (initial, rx) = s.add_subscriber(None);
+            Subscription::new(initial, rx, s.clone())
+        };
+        let (mut fast, mut slow) = (subscribe(), subscribe());
+        // The ring holds 2 events: the slow one misses the first of 3.
         for i in 1..=3 {
             s.publish(event(&i.to_string()), 10);
-            assert!(fast.try_recv().is_ok());
+            let frame = fast.frame().await.unwrap().unwrap();
+            assert_eq!(
+                frame.into_data().unwrap(),
+                format!("id: {i}\ndata: {i}\n\n")
+            );
         }
+        assert!(slow.frame().await.is_none());
         let stats = s.stats.snapshot();
-        assert_eq!(stats.subscribers, 1);
         assert_eq!(stats.subscribers_dropped, 1);
+        assert_eq!(s.prune(), 1);
     }
 }
