@@ -30,6 +30,8 @@ impl<B> RequestBody for B where B: Body<Data = Bytes, Error: Into<BoxError>> + S
 /// Shared by every connection: configuration, the upstream pool, shutdown.
 pub struct Proxy {
     config: Config,
+    ordinary_relay: Arc<RelaySettings>,
+    event_stream_relay: Arc<RelaySettings>,
     pool: UpstreamPool,
     hub: Arc<Hub>,
     shutdown: CancellationToken,
@@ -53,6 +55,8 @@ impl Proxy {
             shutdown.clone(),
         );
         Arc::new(Proxy {
+            ordinary_relay: relay_settings(&config, BodyKind::Ordinary),
+            event_stream_relay: relay_settings(&config, BodyKind::EventStream),
             config,
             pool,
             hub,
@@ -145,16 +149,10 @@ impl Proxy {
         response.map(|body| RelayBody::new(body, settings, &self.shutdown, access).boxed())
     }
 
-    fn relay_settings(&self, kind: BodyKind) -> RelaySettings {
-        let timeouts = &self.config.timeouts;
-        RelaySettings {
-            kind,
-            idle_timeout: match kind {
-                BodyKind::Ordinary => timeouts.request,
-                BodyKind::EventStream => timeouts.sse_idle,
-            },
-            heartbeat: self.config.streams.heartbeat,
-            drain_retry: self.config.streams.drain_retry,
+    fn relay_settings(&self, kind: BodyKind) -> Arc<RelaySettings> {
+        match kind {
+            BodyKind::Ordinary => self.ordinary_relay.clone(),
+            BodyKind::EventStream => self.event_stream_relay.clone(),
         }
     }
 
@@ -269,6 +267,19 @@ impl Proxy {
         let body = body.map_err(Into::into).boxed();
         Ok(Request::from_parts(parts, body))
     }
+}
+
+fn relay_settings(config: &Config, kind: BodyKind) -> Arc<RelaySettings> {
+    let timeouts = &config.timeouts;
+    Arc::new(RelaySettings {
+        kind,
+        idle_timeout: match kind {
+            BodyKind::Ordinary => timeouts.request,
+            BodyKind::EventStream => timeouts.sse_idle,
+        },
+        heartbeat: config.streams.heartbeat,
+        drain_retry: config.streams.drain_retry,
+    })
 }
 
 /// How a request reaches the upstream.

@@ -128,9 +128,7 @@ impl Server {
             // Reap finished connection tasks so the set stays small.
             while tasks.try_join_next().is_some() {}
             tasks.spawn(async move {
-                // Boxed: the handshake's state is large and short-lived, and an
-                // unboxed future would size every connection task by it.
-                let Some(tls) = boxed(connections.handshake(tcp, peer)).await else {
+                let Some(tls) = connections.handshake(tcp, peer).await else {
                     return;
                 };
                 // Boxed: futures copy their arguments, and the TLS state is large.
@@ -142,7 +140,7 @@ impl Server {
                 // The protocol follows ALPN, as browsers negotiate it; without
                 // ALPN, HTTP/1.1 (HTTP/2 over TLS requires ALPN, RFC 9113 §3.2).
                 if tls.get_ref().1.alpn_protocol() == Some(b"h2") {
-                    boxed(serve_h2(tls, proxy, conn, &connections, watcher)).await;
+                    serve_h2(tls, proxy, conn, &connections, watcher).await;
                 } else {
                     serve_h1(tls, proxy, conn, &connections, watcher).await;
                 }
@@ -181,56 +179,59 @@ async fn serve_h1(
         Next::Hyper(io) => io,
         Next::Closed => return,
     };
-    // Boxed, so hyper's connection state is not part of every lean stream's task.
-    boxed(serve_h1_with_hyper(io, proxy, conn, connections, watcher)).await;
+    serve_h1_with_hyper(io, proxy, conn, connections, watcher).await;
 }
 
-/// Moves a future to the heap. A plain function, so the future is never a
-/// temporary inside the caller's (long-lived) state.
-fn boxed<F: std::future::Future>(future: F) -> std::pin::Pin<Box<F>> {
-    Box::pin(future)
-}
+// The futures below are returned boxed: each connection task's size is that
+// of the largest future it awaits inline, for as long as it lives, so the
+// large, short-lived or hyper-owned states go to the heap. (Boxing at the
+// call site is not enough: the future would still be a temporary there.)
+type Boxed<'a, T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send + 'a>>;
 
-async fn serve_h1_with_hyper(
+fn serve_h1_with_hyper(
     io: Rewind<ClientTls>,
     proxy: Arc<Proxy>,
     conn: ConnInfo,
     connections: &ConnectionSettings,
     watcher: Watcher,
-) {
-    let peer = conn.peer;
-    let service = service_fn(move |req| proxy.clone().handle(req, conn.clone()));
-    let serving = connections.h1.serve_connection(TokioIo::new(io), service);
-    if let Err(err) = watcher.watch(serving).await {
-        log_connection_error(peer, &err);
-    }
+) -> Boxed<'_, ()> {
+    Box::pin(async move {
+        let peer = conn.peer;
+        let service = service_fn(move |req| proxy.clone().handle(req, conn.clone()));
+        let serving = connections.h1.serve_connection(TokioIo::new(io), service);
+        if let Err(err) = watcher.watch(serving).await {
+            log_connection_error(peer, &err);
+        }
+    })
 }
 
-async fn serve_h2(
+fn serve_h2(
     tls: ClientTls,
     proxy: Arc<Proxy>,
     conn: ConnInfo,
     connections: &ConnectionSettings,
     watcher: Watcher,
-) {
-    let peer = conn.peer;
-    let got_request = Arc::new(AtomicBool::new(false));
-    let service = {
-        let got_request = got_request.clone();
-        service_fn(move |req| {
-            got_request.store(true, Ordering::Relaxed);
-            proxy.clone().handle(req, conn.clone())
-        })
-    };
-    let serving = watcher.watch(connections.h2.serve_connection(TokioIo::new(tls), service));
-    // hyper has no header-read timeout for HTTP/2: a client that sends no
-    // request in that time is disconnected.
-    let limit = connections.header_read_timeout;
-    match with_first_request_deadline(serving, &got_request, limit).await {
-        Some(Ok(())) => {}
-        Some(Err(err)) => log_connection_error(peer, &err),
-        None => tracing::info!(%peer, "no HTTP/2 request received in time; connection closed"),
-    }
+) -> Boxed<'_, ()> {
+    Box::pin(async move {
+        let peer = conn.peer;
+        let got_request = Arc::new(AtomicBool::new(false));
+        let service = {
+            let got_request = got_request.clone();
+            service_fn(move |req| {
+                got_request.store(true, Ordering::Relaxed);
+                proxy.clone().handle(req, conn.clone())
+            })
+        };
+        let serving = watcher.watch(connections.h2.serve_connection(TokioIo::new(tls), service));
+        // hyper has no header-read timeout for HTTP/2: a client that sends no
+        // request in that time is disconnected.
+        let limit = connections.header_read_timeout;
+        match with_first_request_deadline(serving, &got_request, limit).await {
+            Some(Ok(())) => {}
+            Some(Err(err)) => log_connection_error(peer, &err),
+            None => tracing::info!(%peer, "no HTTP/2 request received in time; connection closed"),
+        }
+    })
 }
 
 /// Runs `conn` but gives up (None) if no request has arrived by `limit`.
@@ -282,27 +283,29 @@ impl ConnectionSettings {
         }
     }
 
-    async fn handshake(
+    fn handshake(
         &self,
         tcp: TcpStream,
         peer: SocketAddr,
-    ) -> Option<tokio_rustls::server::TlsStream<TcpStream>> {
-        // Events are small writes; Nagle would hold them back 40-200 ms.
-        if let Err(err) = tcp.set_nodelay(true) {
-            tracing::debug!(%peer, error = %err, "cannot set TCP_NODELAY");
-        }
-        let handshake = crate::tls::accept::accept(tcp, self.tls.clone());
-        match tokio::time::timeout(self.tls_handshake_timeout, handshake).await {
-            Ok(Ok(tls)) => Some(tls),
-            Ok(Err(err)) => {
-                tracing::debug!(%peer, error = %err, "TLS handshake failed");
-                None
+    ) -> Boxed<'_, Option<tokio_rustls::server::TlsStream<TcpStream>>> {
+        Box::pin(async move {
+            // Events are small writes; Nagle would hold them back 40-200 ms.
+            if let Err(err) = tcp.set_nodelay(true) {
+                tracing::debug!(%peer, error = %err, "cannot set TCP_NODELAY");
             }
-            Err(_) => {
-                tracing::debug!(%peer, timeout = ?self.tls_handshake_timeout, "TLS handshake timed out");
-                None
+            let handshake = crate::tls::accept::accept(tcp, self.tls.clone());
+            match tokio::time::timeout(self.tls_handshake_timeout, handshake).await {
+                Ok(Ok(tls)) => Some(tls),
+                Ok(Err(err)) => {
+                    tracing::debug!(%peer, error = %err, "TLS handshake failed");
+                    None
+                }
+                Err(_) => {
+                    tracing::debug!(%peer, timeout = ?self.tls_handshake_timeout, "TLS handshake timed out");
+                    None
+                }
             }
-        }
+        })
     }
 }
 

@@ -12,19 +12,19 @@ mod request;
 mod response;
 mod rewind;
 
+use std::future::Future;
 use std::io;
+use std::pin::{pin, Pin};
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use http::{Request, Response};
-use http_body::Body;
 use http_body_util::{BodyExt, Empty};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use crate::proxy::{ConnInfo, Proxy, ProxyBody, Transport};
 use request::Sniffed;
-use response::Framing;
+use response::{Framing, WireBytes};
 pub use rewind::Rewind;
 
 /// Bytes a client may pipeline behind a streaming response before the
@@ -50,50 +50,21 @@ pub async fn serve_first_request<IO>(
     header_read_timeout: Duration,
 ) -> Next<IO>
 where
-    IO: AsyncRead + AsyncWrite + Unpin,
+    IO: AsyncRead + AsyncWrite + Unpin + Send,
 {
-    let mut buf = BytesMut::new();
-    let reading = tokio::time::timeout(header_read_timeout, read_head(&mut io, &mut buf));
-    // A connection without a request yet does not hold up a drain.
-    let read = tokio::select! {
-        read = reading => read,
-        () = proxy.shutdown_token().cancelled() => return Next::Closed,
+    let ready = match until_response_head(&mut io, proxy, conn, header_read_timeout).await {
+        Head::Ready(ready) => ready,
+        Head::ForHyper(prefix) => return Next::Hyper(Rewind::new(io, prefix)),
+        Head::Closed => return Next::Closed,
     };
-    let sniffed = match read {
-        Ok(Ok(Some(sniffed))) => sniffed,
-        Ok(Ok(None)) => return Next::Closed,
-        Ok(Err(err)) => {
-            tracing::debug!(peer = %conn.peer, error = %err, "reading request head failed");
-            return Next::Closed;
-        }
-        Err(_) => {
-            tracing::info!(peer = %conn.peer, "request headers not received in time; connection closed");
-            return Next::Closed;
-        }
-    };
-    let Sniffed::EventSource {
-        request,
-        head_len,
-        keep_alive,
-    } = sniffed
-    else {
-        return Next::Hyper(Rewind::new(io, buf.freeze()));
-    };
-    // Whatever followed the head is the client's next request. Copied (it is
-    // usually empty), so the head's buffer is freed rather than kept alive.
-    let mut pipelined = BytesMut::from(&buf[head_len..]);
-    drop(buf);
-
-    // Boxed: the proxy's future is large and needed only until the response
-    // head arrives, while this task lives as long as the stream.
-    let request = bodiless(request);
-    let handling = Box::pin(proxy.handle_over(request, conn.clone(), Transport::Dedicated));
-    // A client that leaves before the response head cancels the upstream request.
-    let Some(response) = until_client_leaves(&mut io, handling, &mut pipelined).await else {
-        return Next::Closed;
-    };
-    let close = !keep_alive || proxy.shutdown_token().is_cancelled();
-    match write_response(&mut io, response, close, &mut pipelined).await {
+    let HeadReady {
+        head,
+        framing,
+        body,
+        close,
+        mut pipelined,
+    } = *ready;
+    match write_response(&mut io, head, framing, body, &mut pipelined).await {
         Ok(Written::Complete) if !close && !proxy.shutdown_token().is_cancelled() => {
             Next::Hyper(Rewind::new(io, pipelined.freeze()))
         }
@@ -111,10 +82,86 @@ where
     }
 }
 
-/// The request as the proxy takes it. A function, so the box is freed here
-/// and not at the end of the (long-lived) caller.
-fn bodiless(request: Box<Request<()>>) -> Request<Empty<Bytes>> {
-    (*request).map(|()| Empty::new())
+/// How the first exchange got on up to the response head.
+enum Head {
+    /// An EventSource request, forwarded; its response is ready to write.
+    Ready(Box<HeadReady>),
+    /// Not an EventSource request: hyper serves it from these bytes on.
+    ForHyper(Bytes),
+    Closed,
+}
+
+struct HeadReady {
+    head: Vec<u8>,
+    framing: Framing,
+    body: ProxyBody,
+    /// The connection closes after this response.
+    close: bool,
+    /// What the client sent after its request.
+    pipelined: BytesMut,
+}
+
+/// Reads and sniffs the request head, then forwards an EventSource request
+/// and encodes the response head. Returned boxed: this phase is large and
+/// short-lived, and an inline future would size the task of every stream by
+/// it for as long as the stream lives.
+fn until_response_head<'a, IO>(
+    io: &'a mut IO,
+    proxy: &'a Proxy,
+    conn: &'a ConnInfo,
+    header_read_timeout: Duration,
+) -> Pin<Box<dyn Future<Output = Head> + Send + 'a>>
+where
+    IO: AsyncRead + Unpin + Send,
+{
+    Box::pin(async move {
+        let mut buf = BytesMut::new();
+        let read = tokio::select! {
+            read = tokio::time::timeout(header_read_timeout, read_head(io, &mut buf)) => read,
+            // A connection without a request yet does not hold up a drain.
+            () = proxy.shutdown_token().cancelled() => return Head::Closed,
+        };
+        let sniffed = match read {
+            Ok(Ok(Some(sniffed))) => sniffed,
+            Ok(Ok(None)) => return Head::Closed,
+            Ok(Err(err)) => {
+                tracing::debug!(peer = %conn.peer, error = %err, "reading request head failed");
+                return Head::Closed;
+            }
+            Err(_) => {
+                tracing::info!(peer = %conn.peer, "request headers not received in time; connection closed");
+                return Head::Closed;
+            }
+        };
+        let Sniffed::EventSource {
+            request,
+            head_len,
+            keep_alive,
+        } = sniffed
+        else {
+            return Head::ForHyper(buf.freeze());
+        };
+        // Whatever followed the head is the client's next request. Copied (it
+        // is usually empty), so the head's buffer is freed, not kept alive.
+        let mut pipelined = BytesMut::from(&buf[head_len..]);
+        drop(buf);
+
+        let request = (*request).map(|()| Empty::<Bytes>::new());
+        let forwarding = pin!(proxy.handle_over(request, conn.clone(), Transport::Dedicated));
+        // A client that leaves before the response head cancels the upstream request.
+        let Some(response) = until_client_leaves(io, forwarding, &mut pipelined).await else {
+            return Head::Closed;
+        };
+        let close = !keep_alive || proxy.shutdown_token().is_cancelled();
+        let (head, framing, body) = response::encode(response, close);
+        Head::Ready(Box::new(HeadReady {
+            head,
+            framing,
+            body,
+            close,
+            pipelined,
+        }))
+    })
 }
 
 /// Runs `future` while keeping what the client pipelines; None if the client
@@ -126,7 +173,7 @@ async fn until_client_leaves<IO, F>(
 ) -> Option<F::Output>
 where
     IO: AsyncRead + Unpin,
-    F: std::future::Future + Unpin,
+    F: Future + Unpin,
 {
     let mut future = future;
     loop {
@@ -176,18 +223,14 @@ enum Written {
 /// keeping what it pipelines.
 async fn write_response<IO>(
     io: &mut IO,
-    response: Response<ProxyBody>,
-    close: bool,
+    head: Vec<u8>,
+    framing: Framing,
+    mut body: ProxyBody,
     pipelined: &mut BytesMut,
 ) -> io::Result<Written>
 where
     IO: AsyncRead + AsyncWrite + Unpin,
 {
-    let (parts, mut body) = response.into_parts();
-    let framing = Framing::for_response(parts.status, &body.size_hint());
-    let head = response::encode_head(&parts, framing, close);
-    // The header map is not needed again; an idle stream should not keep it.
-    drop(parts);
     io.write_all(&head).await?;
     drop(head);
     io.flush().await?;
@@ -199,31 +242,20 @@ where
         let Some(frame) = until_client_leaves(io, body.frame(), pipelined).await else {
             return Ok(Written::ClientGone);
         };
-        match frame {
-            Some(Ok(frame)) => {
-                let Ok(data) = frame.into_data() else {
-                    continue; // trailers: not relayed over HTTP/1.1
-                };
-                if data.is_empty() {
-                    continue;
-                }
-                match framing {
-                    Framing::Chunked => io.write_all(&response::encode_chunk(&data)).await?,
-                    _ => io.write_all(&data).await?,
-                }
-                io.flush().await?;
-            }
-            Some(Err(err)) => {
-                tracing::debug!(error = %err, "response body failed; connection cut");
-                return Ok(Written::Cut);
-            }
-            None => {
-                if framing == Framing::Chunked {
-                    io.write_all(response::LAST_CHUNK).await?;
-                }
+        let bytes = match response::wire_bytes(frame, framing) {
+            WireBytes::Write(bytes) => bytes,
+            WireBytes::Skip => continue,
+            WireBytes::End(last) => {
+                io.write_all(last).await?;
                 io.flush().await?;
                 return Ok(Written::Complete);
             }
-        }
+            WireBytes::Failed(err) => {
+                tracing::debug!(error = %err, "response body failed; connection cut");
+                return Ok(Written::Cut);
+            }
+        };
+        io.write_all(&bytes).await?;
+        io.flush().await?;
     }
 }

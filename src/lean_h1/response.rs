@@ -1,9 +1,12 @@
 //! Writing a response head and its body framing by hand.
 
+use bytes::Bytes;
 use http::header;
 use http::response::Parts;
-use http::StatusCode;
-use http_body::SizeHint;
+use http::{Response, StatusCode};
+use http_body::{Body, Frame, SizeHint};
+
+use crate::error::BoxError;
 
 /// How the body is delimited on the wire.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -27,6 +30,15 @@ impl Framing {
             Framing::Chunked
         }
     }
+}
+
+/// Splits a response into its encoded head, framing and body. Done before
+/// the body streams, so an idle stream keeps neither the header map nor the
+/// response around.
+pub fn encode<B: Body>(response: Response<B>, close: bool) -> (Vec<u8>, Framing, B) {
+    let (parts, body) = response.into_parts();
+    let framing = Framing::for_response(parts.status, &body.size_hint());
+    (encode_head(&parts, framing, close), framing, body)
 }
 
 /// The status line and header section. Framing and connection headers are
@@ -78,8 +90,34 @@ fn push_header(head: &mut Vec<u8>, name: &str, value: &[u8]) {
     head.extend_from_slice(b"\r\n");
 }
 
-/// One chunk in one buffer, so it leaves in one TLS record.
-pub fn encode_chunk(data: &[u8]) -> Vec<u8> {
+/// What to do with the next thing the body yielded.
+pub enum WireBytes {
+    Write(Bytes),
+    /// Nothing to send (an empty frame, or trailers, not relayed over HTTP/1.1).
+    Skip,
+    /// The body is complete: send this, then the response is done.
+    End(&'static [u8]),
+    Failed(BoxError),
+}
+
+/// The bytes on the wire for a body frame: a chunk (one buffer, so it leaves
+/// in one TLS record) or the data as it is. A plain function, so the frame is
+/// not part of the writer's state while it waits.
+pub fn wire_bytes(frame: Option<Result<Frame<Bytes>, BoxError>>, framing: Framing) -> WireBytes {
+    match frame {
+        Some(Ok(frame)) => match frame.into_data() {
+            Ok(data) if data.is_empty() => WireBytes::Skip,
+            Ok(data) if framing == Framing::Chunked => WireBytes::Write(encode_chunk(&data).into()),
+            Ok(data) => WireBytes::Write(data),
+            Err(_trailers) => WireBytes::Skip,
+        },
+        Some(Err(err)) => WireBytes::Failed(err),
+        None if framing == Framing::Chunked => WireBytes::End(LAST_CHUNK),
+        None => WireBytes::End(b""),
+    }
+}
+
+fn encode_chunk(data: &[u8]) -> Vec<u8> {
     let size = format!("{:X}\r\n", data.len());
     let mut chunk = Vec::with_capacity(size.len() + data.len() + 2);
     chunk.extend_from_slice(size.as_bytes());
@@ -89,12 +127,12 @@ pub fn encode_chunk(data: &[u8]) -> Vec<u8> {
 }
 
 /// The chunk that ends a chunked body (no trailers).
-pub const LAST_CHUNK: &[u8] = b"0\r\n\r\n";
+const LAST_CHUNK: &[u8] = b"0\r\n\r\n";
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use http::{HeaderValue, Response};
+    use http::HeaderValue;
 
     fn parts(status: u16, headers: &[(&'static str, &'static str)]) -> Parts {
         let mut response = Response::new(());

@@ -9,6 +9,7 @@
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -102,7 +103,8 @@ pin_project_lite::pin_project! {
         inner: B,
         #[pin]
         idle: Sleep,
-        settings: RelaySettings,
+        // Shared: there are only two per proxy, and an idle stream is small.
+        settings: Arc<RelaySettings>,
         heartbeat: Option<Pin<Box<Sleep>>>,
         boundary: EventBoundary,
         // Fires when the proxy shuts down; `None` once it has fired.
@@ -121,7 +123,7 @@ pin_project_lite::pin_project! {
 impl<B> RelayBody<B> {
     pub fn new(
         inner: B,
-        settings: RelaySettings,
+        settings: Arc<RelaySettings>,
         shutdown_token: &CancellationToken,
         mut access: AccessLog,
     ) -> Self {
