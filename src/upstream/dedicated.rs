@@ -16,6 +16,7 @@ use http::{HeaderMap, Response, StatusCode, Version};
 use http_body::{Body, Frame, SizeHint};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+use tokio_util::io::poll_read_buf;
 
 use super::decode::{DecodeError, Decoder, Framing};
 use crate::error::ProxyError;
@@ -229,12 +230,19 @@ impl Body for DedicatedBody {
                 Ok(None) => {}
                 Err(err) => return Poll::Ready(Some(Err(err.into()))),
             }
-            // Wait for readability without a buffer, then read.
+            // Wait for readability without a buffer, then read. A read through
+            // AsyncRead that does not fill the buffer tells tokio the socket is
+            // drained, which saves the read that would only say "would block".
             if let Err(err) = ready!(this.stream.poll_read_ready(cx)) {
                 return Poll::Ready(Some(Err(err.into())));
             }
             this.buf.reserve(READ_SIZE);
-            match this.stream.try_read_buf(&mut this.buf) {
+            let read = poll_read_buf(Pin::new(&mut this.stream), cx, &mut this.buf);
+            if read.is_pending() && this.buf.is_empty() {
+                // Readiness was stale: wait without holding the buffer.
+                this.buf = BytesMut::new();
+            }
+            match ready!(read) {
                 Ok(0) => {
                     return match this.decoder.finish() {
                         Ok(()) => Poll::Ready(None),
@@ -242,7 +250,6 @@ impl Body for DedicatedBody {
                     }
                 }
                 Ok(_) => {}
-                Err(err) if err.kind() == io::ErrorKind::WouldBlock => {}
                 Err(err) => return Poll::Ready(Some(Err(err.into()))),
             }
         }
