@@ -75,3 +75,15 @@ impl ProxyError {
 
 /// Error type carried by relayed bodies.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// The error with its sources, e.g. "client error (Connect): tcp connect error: Connection refused".
+pub fn error_chain(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}

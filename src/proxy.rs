@@ -13,10 +13,11 @@ use hyper::body::Incoming;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, MAX_REQUEST_HEADER_BYTES};
-use crate::error::{BoxError, ProxyError};
+use crate::error::{error_chain, BoxError, ProxyError};
 use crate::headers;
 use crate::sse::hub::{Hub, HubSettings};
 use crate::sse::{AccessLog, BodyKind, RelayBody, RelaySettings};
+use crate::upstream::affine::{AffineBody, AffineSlot};
 use crate::upstream::dedicated::{self, DedicatedBody};
 use crate::upstream::{self, UpstreamPool};
 
@@ -74,17 +75,18 @@ impl Proxy {
         &self.shutdown
     }
 
-    /// Handles one request over the upstream pool. Never fails: every error
+    /// Handles one request (as a hyper service). Never fails: every error
     /// becomes a response.
     pub async fn handle<B>(
         self: Arc<Self>,
         req: Request<B>,
         conn: ConnInfo,
+        transport: Transport,
     ) -> Result<Response<ProxyBody>, std::convert::Infallible>
     where
         B: RequestBody,
     {
-        Ok(self.handle_over(req, conn, Transport::Pooled).await)
+        Ok(self.handle_over(req, conn, transport).await)
     }
 
     /// Handles one request, reaching the upstream over `transport`.
@@ -123,6 +125,10 @@ impl Proxy {
         }
         match transport {
             Transport::Pooled => match self.forward(req, &conn).await {
+                Ok((response, kind)) => self.relay(response, kind, access),
+                Err(err) => failed(&err, access),
+            },
+            Transport::Affine(slot) => match self.forward_affine(req, &conn, &slot).await {
                 Ok((response, kind)) => self.relay(response, kind, access),
                 Err(err) => failed(&err, access),
             },
@@ -209,6 +215,22 @@ impl Proxy {
         Ok(prepare_response(response))
     }
 
+    /// Like `forward`, over the client connection's own upstream connection.
+    async fn forward_affine<B: RequestBody>(
+        &self,
+        req: Request<B>,
+        conn: &ConnInfo,
+        slot: &Arc<AffineSlot>,
+    ) -> Result<(Response<AffineBody>, BodyKind), ProxyError> {
+        let upstream_req = self.upstream_request(req, conn)?;
+        let timeout = self.config.timeouts.request;
+        let exchange = slot.send(upstream_req, self.config.timeouts.connect);
+        match tokio::time::timeout(timeout, exchange).await {
+            Err(_) => Err(ProxyError::UpstreamTimeout(timeout)),
+            Ok(result) => Ok(prepare_response(result?)),
+        }
+    }
+
     /// Like `forward`, over a connection of the request's own (bodiless
     /// requests only: the body is not sent).
     async fn forward_dedicated<B: RequestBody>(
@@ -283,10 +305,14 @@ fn relay_settings(config: &Config, kind: BodyKind) -> Arc<RelaySettings> {
 }
 
 /// How a request reaches the upstream.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub enum Transport {
-    /// hyper's pool of keep-alive connections.
+    /// hyper's pool of keep-alive connections (HTTP/2 clients, whose
+    /// requests run concurrently).
     Pooled,
+    /// The client connection's own upstream connection, driven by the task
+    /// that serves the client (HTTP/1.1 clients: one request at a time).
+    Affine(Arc<AffineSlot>),
     /// A new connection of the request's own, holding no buffer while the
     /// response is idle (bodiless EventSource requests on the lean path).
     Dedicated,
@@ -348,16 +374,4 @@ fn error_response(err: &ProxyError) -> Response<ProxyBody> {
         HeaderValue::from_static("text/plain; charset=utf-8"),
     );
     response
-}
-
-/// The error with its sources, e.g. "client error (Connect): tcp connect error: Connection refused".
-fn error_chain(err: &dyn std::error::Error) -> String {
-    let mut text = err.to_string();
-    let mut source = err.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }

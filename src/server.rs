@@ -15,7 +15,8 @@ use tokio_util::sync::CancellationToken;
 use crate::config::{Config, MAX_REQUEST_HEADER_BYTES};
 use crate::error::StartError;
 use crate::lean_h1::{Next, Rewind};
-use crate::proxy::{ConnInfo, Proxy};
+use crate::proxy::{ConnInfo, Proxy, Transport};
+use crate::upstream::affine::AffineSlot;
 
 /// hyper's read buffer limit for HTTP/1.1. Above the proxy's own header limit,
 /// so an oversized header section usually reaches the proxy and gets a 431
@@ -197,7 +198,10 @@ fn serve_h1_with_hyper(
 ) -> Boxed<'_, ()> {
     Box::pin(async move {
         let peer = conn.peer;
-        let service = service_fn(move |req| proxy.clone().handle(req, conn.clone()));
+        // One upstream connection for this client connection's requests.
+        let upstream = Transport::Affine(Arc::new(AffineSlot::default()));
+        let service =
+            service_fn(move |req| proxy.clone().handle(req, conn.clone(), upstream.clone()));
         let serving = connections.h1.serve_connection(TokioIo::new(io), service);
         if let Err(err) = watcher.watch(serving).await {
             log_connection_error(peer, &err);
@@ -219,7 +223,7 @@ fn serve_h2(
             let got_request = got_request.clone();
             service_fn(move |req| {
                 got_request.store(true, Ordering::Relaxed);
-                proxy.clone().handle(req, conn.clone())
+                proxy.clone().handle(req, conn.clone(), Transport::Pooled)
             })
         };
         let serving = watcher.watch(connections.h2.serve_connection(TokioIo::new(tls), service));

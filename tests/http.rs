@@ -315,6 +315,86 @@ async fn keep_alive_on_both_sides() {
     );
 }
 
+#[tokio::test]
+async fn each_http1_client_connection_keeps_its_own_upstream_connection() {
+    let upstream = counting_upstream().await;
+    let proxy = spawn_proxy(upstream.addr).await;
+    let mut first = Client::connect(proxy.addr, Version::HTTP_11).await;
+    let mut second = Client::connect(proxy.addr, Version::HTTP_11).await;
+    for i in 0..3 {
+        for (name, client) in [("first", &mut first), ("second", &mut second)] {
+            let path = format!("/{name}/{i}");
+            let response = client.get(&path).await;
+            assert_eq!(response.status(), 200, "{path}");
+            assert_eq!(body_text(response).await, path);
+        }
+    }
+    assert_eq!(
+        upstream.accepts.load(Ordering::SeqCst),
+        2,
+        "one upstream connection per client connection, reused"
+    );
+}
+
+/// An upstream that answers one request per connection with its path (as a
+/// keep-alive response) and then closes the connection unannounced, as an
+/// upstream's idle timeout does. Reports each close.
+async fn closing_upstream() -> (
+    SocketAddr,
+    tokio::sync::mpsc::UnboundedReceiver<()>,
+    tokio::task::JoinHandle<()>,
+) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let (closed_tx, closed_rx) = tokio::sync::mpsc::unbounded_channel();
+    let task = tokio::spawn(async move {
+        loop {
+            let Ok((mut tcp, _)) = listener.accept().await else {
+                continue;
+            };
+            let closed_tx = closed_tx.clone();
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut buf = [0u8; 1024];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match tcp.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let head = String::from_utf8_lossy(&head).into_owned();
+                let path = head.split(' ').nth(1).unwrap_or("?").to_owned();
+                let response = format!(
+                    "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{path}",
+                    path.len()
+                );
+                tcp.write_all(response.as_bytes()).await.expect("respond");
+                tcp.shutdown().await.expect("close");
+                drop(tcp);
+                let _ = closed_tx.send(());
+            });
+        }
+    });
+    (addr, closed_rx, task)
+}
+
+#[tokio::test]
+async fn an_upstream_connection_closed_while_idle_is_replaced_without_an_error() {
+    let (addr, mut closed, task) = closing_upstream().await;
+    let proxy = spawn_proxy(addr).await;
+    let mut client = Client::connect(proxy.addr, Version::HTTP_11).await;
+    for path in ["/one", "/two", "/three"] {
+        let response = client.get(path).await;
+        assert_eq!(response.status(), 200, "{path}");
+        assert_eq!(body_text(response).await, path);
+        tokio::time::timeout(LIMIT, closed.recv())
+            .await
+            .expect("upstream closed its connection")
+            .expect("upstream running");
+    }
+    task.abort();
+}
+
 // -------------------------------------------------------------- slowloris
 
 const SLOW_CLIENTS: usize = 300;
@@ -366,6 +446,7 @@ async fn slow_clients_do_not_block_others() {
     let finished = futures_util::stream::iter(slow)
         .map(|(mut tls, _)| async move {
             tls.write_all(b"\r\n").await.expect("finish head");
+            tls.flush().await.expect("flush");
             let head = read_head(&mut tls).await;
             head.starts_with("HTTP/1.1 200")
         })

@@ -2,6 +2,7 @@
 //! connections for ordinary requests, and a dedicated connection per
 //! EventSource request on the lean path.
 
+pub mod affine;
 mod decode;
 pub mod dedicated;
 
