@@ -124,32 +124,29 @@ impl Proxy {
             return self.subscribe(req, access).await;
         }
         match transport {
-            Transport::Pooled => match self.forward(req, &conn).await {
-                Ok((response, kind)) => self.relay(response, kind, access),
-                Err(err) => failed(&err, access),
-            },
-            Transport::Affine(slot) => match self.forward_affine(req, &conn, &slot).await {
-                Ok((response, kind)) => self.relay(response, kind, access),
-                Err(err) => failed(&err, access),
-            },
-            Transport::Dedicated => match self.forward_dedicated(req, &conn).await {
-                Ok((response, kind)) => self.relay(response, kind, access),
-                Err(err) => failed(&err, access),
-            },
+            Transport::Pooled => self.relay(self.forward(req, &conn).await, access),
+            Transport::Affine(slot) => {
+                self.relay(self.forward_affine(req, &conn, &slot).await, access)
+            }
+            Transport::Dedicated => self.relay(self.forward_dedicated(req, &conn).await, access),
         }
     }
 
-    /// Wraps an upstream response body for its way to the client.
+    /// Wraps an upstream response body for its way to the client, or turns
+    /// the failure to get one into an error response.
     fn relay<B>(
         &self,
-        response: Response<B>,
-        kind: BodyKind,
+        forwarded: Result<(Response<B>, BodyKind), ProxyError>,
         mut access: AccessLog,
     ) -> Response<ProxyBody>
     where
         B: Body<Data = Bytes> + Send + Sync + 'static,
         B::Error: Into<BoxError> + std::fmt::Display,
     {
+        let (response, kind) = match forwarded {
+            Ok(forwarded) => forwarded,
+            Err(err) => return failed(&err, access),
+        };
         access.status = response.status();
         let settings = self.relay_settings(kind);
         response.map(|body| RelayBody::new(body, settings, &self.shutdown, access).boxed())

@@ -53,7 +53,8 @@ impl AffineSlot {
         request: Request<UpstreamBody>,
         connect_timeout: Duration,
     ) -> Result<Response<AffineBody>, ProxyError> {
-        let (address, mut request) = origin_form(request)?;
+        let upstream_uri = request.uri().clone();
+        let mut request = in_origin_form(request)?;
         if let Some(mut upstream) = self.take_idle() {
             if upstream.wait_ready().await {
                 match upstream.send(request).await {
@@ -67,9 +68,9 @@ impl AffineSlot {
                 }
             }
         }
-        let mut upstream = connect(&address, connect_timeout).await?;
-        match upstream.send(request).await {
-            Ok(response) => Ok(self.body_for(response, upstream)),
+        let mut connection = connect(&upstream_uri, connect_timeout).await?;
+        match connection.send(request).await {
+            Ok(response) => Ok(self.body_for(response, connection)),
             Err(err) => Err(upstream_error(err.into_error())),
         }
     }
@@ -101,44 +102,19 @@ impl AffineSlot {
     }
 }
 
-/// Splits the absolute URI the proxy built into the address to connect to and
-/// the origin-form target an HTTP/1.1 request line carries.
-fn origin_form(
-    request: Request<UpstreamBody>,
-) -> Result<((String, u16), Request<UpstreamBody>), ProxyError> {
+/// The request with the origin-form target an HTTP/1.1 request line
+/// carries, instead of the absolute URI the proxy built.
+fn in_origin_form(request: Request<UpstreamBody>) -> Result<Request<UpstreamBody>, ProxyError> {
     let (mut parts, body) = request.into_parts();
-    let authority = parts
-        .uri
-        .authority()
-        .ok_or_else(|| ProxyError::Upstream("request has no upstream authority".into()))?;
-    let address = (
-        authority.host().to_owned(),
-        authority.port_u16().unwrap_or(80),
-    );
     let target = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
     parts.uri = target
         .parse()
         .map_err(|_| ProxyError::Upstream("request target cannot be sent".into()))?;
-    Ok((address, Request::from_parts(parts, body)))
+    Ok(Request::from_parts(parts, body))
 }
 
-async fn connect(address: &(String, u16), timeout: Duration) -> Result<Upstream, ProxyError> {
-    let addr = (address.0.as_str(), address.1);
-    let tcp = match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
-        Ok(Ok(tcp)) => tcp,
-        Ok(Err(err)) => {
-            return Err(ProxyError::UpstreamConnect(format!(
-                "tcp connect error: {err}"
-            )))
-        }
-        Err(_) => {
-            return Err(ProxyError::UpstreamConnect(format!(
-                "tcp connect timed out after {timeout:?}"
-            )))
-        }
-    };
-    // Small event writes must not wait for Nagle's algorithm.
-    let _ = tcp.set_nodelay(true);
+async fn connect(uri: &http::Uri, timeout: Duration) -> Result<Upstream, ProxyError> {
+    let tcp = super::connect(uri, timeout).await?;
     let (sender, connection) = http1::handshake(TokioIo::new(tcp))
         .await
         .map_err(upstream_error)?;

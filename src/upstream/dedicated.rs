@@ -35,30 +35,7 @@ pub async fn send(
     request: &http::request::Parts,
     connect_timeout: Duration,
 ) -> Result<Response<DedicatedBody>, ProxyError> {
-    let (host, port) = match request.uri.authority() {
-        Some(authority) => (authority.host(), authority.port_u16().unwrap_or(80)),
-        None => {
-            return Err(ProxyError::Upstream(
-                "request has no upstream authority".into(),
-            ))
-        }
-    };
-    let mut stream =
-        match tokio::time::timeout(connect_timeout, TcpStream::connect((host, port))).await {
-            Ok(Ok(stream)) => stream,
-            Ok(Err(err)) => {
-                return Err(ProxyError::UpstreamConnect(format!(
-                    "tcp connect error: {err}"
-                )))
-            }
-            Err(_) => {
-                return Err(ProxyError::UpstreamConnect(format!(
-                    "tcp connect timed out after {connect_timeout:?}"
-                )))
-            }
-        };
-    // Small event writes must not wait for Nagle's algorithm.
-    let _ = stream.set_nodelay(true);
+    let mut stream = super::connect(&request.uri, connect_timeout).await?;
     let upstream_failed = |err: io::Error| ProxyError::Upstream(format!("connection error: {err}"));
     stream
         .write_all(&encode_request(request))

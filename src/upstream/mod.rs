@@ -15,7 +15,9 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 
 use crate::config::UPSTREAM_POOL_IDLE_TIMEOUT;
-use crate::error::BoxError;
+use tokio::net::TcpStream;
+
+use crate::error::{BoxError, ProxyError};
 
 /// Body type of requests sent upstream: the client's streamed body, or none.
 pub type UpstreamBody = BoxBody<Bytes, BoxError>;
@@ -36,4 +38,29 @@ pub fn pool(connect_timeout: Duration) -> UpstreamPool {
         // Keep the client's Host header: set below from the client request.
         .set_host(false)
         .build(connector)
+}
+
+/// Opens a TCP connection to the authority of `uri` (the absolute URI the
+/// proxy builds; port 80 by default) within `timeout`, with TCP_NODELAY.
+pub(crate) async fn connect(uri: &http::Uri, timeout: Duration) -> Result<TcpStream, ProxyError> {
+    let authority = uri
+        .authority()
+        .ok_or_else(|| ProxyError::Upstream("request has no upstream authority".into()))?;
+    let addr = (authority.host(), authority.port_u16().unwrap_or(80));
+    let tcp = match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
+        Ok(Ok(tcp)) => tcp,
+        Ok(Err(err)) => {
+            return Err(ProxyError::UpstreamConnect(format!(
+                "tcp connect error: {err}"
+            )))
+        }
+        Err(_) => {
+            return Err(ProxyError::UpstreamConnect(format!(
+                "tcp connect timed out after {timeout:?}"
+            )))
+        }
+    };
+    // Small event writes must not wait for Nagle's algorithm.
+    let _ = tcp.set_nodelay(true);
+    Ok(tcp)
 }
