@@ -196,20 +196,18 @@ impl Body for DedicatedBody {
         let this = self.get_mut();
         loop {
             match this.decoder.decode(&mut this.buf) {
-                Ok(Some(data)) => {
-                    if this.buf.is_empty() {
-                        // Idle streams keep no buffer; `data` holds what it needs.
-                        this.buf = BytesMut::new();
-                    }
-                    return Poll::Ready(Some(Ok(Frame::data(data))));
-                }
+                Ok(Some(data)) => return Poll::Ready(Some(Ok(Frame::data(data)))),
                 Ok(None) if this.decoder.is_done() => return Poll::Ready(None),
                 Ok(None) => {}
                 Err(err) => return Poll::Ready(Some(Err(err.into()))),
             }
-            // Wait for readability without a buffer, then read. A read through
-            // AsyncRead that does not fill the buffer tells tokio the socket is
-            // drained, which saves the read that would only say "would block".
+            // Wait for readability without a buffer (an idle stream keeps none;
+            // the frames already handed out hold what they need), then read. A
+            // read through AsyncRead that does not fill the buffer tells tokio
+            // the socket is drained, which saves a read that says "would block".
+            if this.buf.is_empty() {
+                this.buf = BytesMut::new();
+            }
             if let Err(err) = ready!(this.stream.poll_read_ready(cx)) {
                 return Poll::Ready(Some(Err(err.into())));
             }
@@ -294,6 +292,44 @@ mod tests {
         assert!(head(b"HTTP/1.1 101 Switching Protocols\r\n\r\n").is_err());
         assert!(head(b"garbage\r\n\r\n").is_err());
         assert!(head(b"HTTP/1.1 200 OK\r\nContent-Le").unwrap().is_none());
+    }
+
+    #[tokio::test]
+    async fn a_body_waiting_for_the_next_event_holds_no_read_buffer() {
+        use http_body_util::BodyExt;
+        use tokio::net::TcpListener;
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let upstream = tokio::spawn(async move {
+            let (mut tcp, _) = listener.accept().await.unwrap();
+            let mut head = Vec::new();
+            while !head.ends_with(b"\r\n\r\n") {
+                head.push(tcp.read_u8().await.unwrap());
+            }
+            // Head, one event and the chunk's CRLF in one write, as Node sends them.
+            tcp.write_all(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\nD\r\ndata: first\n\n\r\n")
+                .await
+                .unwrap();
+            tcp
+        });
+        let request = http::Request::get(format!("http://{addr}/events"))
+            .body(())
+            .unwrap()
+            .into_parts()
+            .0;
+        let mut body = send(&request, Duration::from_secs(5))
+            .await
+            .unwrap()
+            .into_body();
+        let event = body.frame().await.unwrap().unwrap().into_data().unwrap();
+        assert_eq!(event, "data: first\n\n");
+        drop(event);
+        let waiting =
+            std::future::poll_fn(|cx| Poll::Ready(Pin::new(&mut body).poll_frame(cx).is_pending()))
+                .await;
+        assert!(waiting, "no second event was sent");
+        assert_eq!(body.buf.capacity(), 0, "idle body keeps a read buffer");
+        drop(upstream.await.unwrap());
     }
 
     #[test]
