@@ -226,6 +226,38 @@ async fn upload(version: Version) {
     assert_eq!(echoed, format!("{} {:016x}", UPLOAD_LEN, fnv1a(&data)));
 }
 
+/// curl sends `Expect: 100-continue` and holds the body back until the proxy
+/// answers 100 (told to wait up to 30 s, beyond the run's limit, so a missing
+/// 100 fails the test instead of slowing it down).
+#[tokio::test]
+async fn curl_upload_with_expect_100_continue_is_byte_exact_over_http1() {
+    let upstream = hashing_upstream(Arc::new(Notify::new())).await;
+    let proxy = spawn_proxy(upstream.addr).await;
+    let data = pattern(256 * 1024, 0x5eed_0003);
+    let dir = TempDir::new("expect-100");
+    let file = dir.write("upload.bin", &data);
+    let url = format!("https://localhost:{}/upload", proxy.addr.port());
+    let mut curl = curl_command(proxy.addr.port(), &dev_cert_path(), 20);
+    curl.args([
+        "--http1.1",
+        "--expect100-timeout",
+        "30",
+        "-H",
+        "Expect: 100-continue",
+    ])
+    .arg("--data-binary")
+    .arg(format!("@{}", file.display()))
+    .args(["-w", "\n%{response_code}", &url]);
+    let run = run_tool(curl, "curl").await;
+    assert!(run.success, "curl failed:\n{}", run.all);
+    assert_eq!(
+        run.stdout,
+        format!("{} {:016x}\n200", data.len(), fnv1a(&data)),
+        "{}",
+        run.all
+    );
+}
+
 #[tokio::test]
 async fn upload_of_4_mib_is_byte_exact_over_http1() {
     upload(Version::HTTP_11).await;
