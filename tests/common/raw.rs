@@ -524,48 +524,14 @@ impl RawUpstream {
 
 /// Seconds since the Unix epoch of an IMF-fixdate (`Sun, 06 Nov 1994
 /// 08:49:37 GMT`, RFC 9110 §5.6.7), or None if `text` is not one. The
-/// weekday must match the date.
+/// weekday must match the date. httpdate also reads the two obsolete
+/// formats, so only a date it writes back unchanged counts.
 pub fn parse_imf_fixdate(text: &str) -> Option<u64> {
-    const DAYS: [&str; 7] = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"];
-    const MONTHS: [&str; 12] = [
-        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
-    ];
-    if text.len() != 29 {
+    let time = httpdate::parse_http_date(text).ok()?;
+    if httpdate::fmt_http_date(time) != text {
         return None;
     }
-    let parts: Vec<&str> = text.split(' ').collect();
-    let [weekday, day, month, year, time, "GMT"] = parts[..] else {
-        return None;
-    };
-    let weekday = weekday.strip_suffix(',')?;
-    let number = |s: &str, len: usize| -> Option<i64> {
-        if s.len() == len && s.bytes().all(|b| b.is_ascii_digit()) {
-            s.parse().ok()
-        } else {
-            None
-        }
-    };
-    let day = number(day, 2)?;
-    let month = MONTHS.iter().position(|m| *m == month)? as i64 + 1;
-    let year = number(year, 4)?;
-    let hms: Vec<&str> = time.split(':').collect();
-    let [h, m, s] = hms[..] else {
-        return None;
-    };
-    let (h, m, s) = (number(h, 2)?, number(m, 2)?, number(s, 2)?);
-    if !(1..=31).contains(&day) || h > 23 || m > 59 || s > 60 {
-        return None;
-    }
-    // Days from 1970-01-01 (Howard Hinnant's days_from_civil).
-    let y = if month <= 2 { year - 1 } else { year };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let mp = (month + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + day - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    let days = era * 146_097 + doe - 719_468;
-    if DAYS[days.rem_euclid(7) as usize] != weekday {
-        return None;
-    }
-    u64::try_from(days * 86_400 + h * 3600 + m * 60 + s).ok()
+    time.duration_since(std::time::UNIX_EPOCH)
+        .ok()
+        .map(|since| since.as_secs())
 }
