@@ -18,7 +18,7 @@ use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 use tokio_rustls::client::TlsStream;
@@ -89,41 +89,29 @@ async fn pong_upstream() -> UpstreamHandle {
 struct CountingUpstream {
     addr: SocketAddr,
     accepts: Arc<AtomicUsize>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Drop for CountingUpstream {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
+    _accepting: UpstreamHandle,
 }
 
 async fn counting_upstream() -> CountingUpstream {
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let addr = listener.local_addr().expect("addr");
     let accepts = Arc::new(AtomicUsize::new(0));
     let counter = accepts.clone();
-    let task = tokio::spawn(async move {
-        loop {
-            let Ok((tcp, _)) = listener.accept().await else {
-                continue;
-            };
-            counter.fetch_add(1, Ordering::SeqCst);
-            tokio::spawn(async move {
-                let service = service_fn(|req: Request<Incoming>| async move {
-                    let path = req.uri().path().to_owned();
-                    Ok::<_, Infallible>(Response::new(full_body(path)))
-                });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(tcp), service)
-                    .await;
+    let accepting = accept_loop(move |tcp| {
+        counter.fetch_add(1, Ordering::SeqCst);
+        async move {
+            let service = service_fn(|req: Request<Incoming>| async move {
+                let path = req.uri().path().to_owned();
+                Ok::<_, Infallible>(Response::new(full_body(path)))
             });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(tcp), service)
+                .await;
         }
-    });
+    })
+    .await;
     CountingUpstream {
-        addr,
+        addr: accepting.addr,
         accepts,
-        task,
+        _accepting: accepting,
     }
 }
 
@@ -368,63 +356,31 @@ async fn each_http1_client_connection_keeps_its_own_upstream_connection() {
     );
 }
 
-/// An upstream that answers one request per connection with its path (as a
-/// keep-alive response) and then closes the connection unannounced, as an
-/// upstream's idle timeout does. Reports each close.
-async fn closing_upstream() -> (
-    SocketAddr,
-    tokio::sync::mpsc::UnboundedReceiver<()>,
-    tokio::task::JoinHandle<()>,
-) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    let (closed_tx, closed_rx) = tokio::sync::mpsc::unbounded_channel();
-    let task = tokio::spawn(async move {
-        loop {
-            let Ok((mut tcp, _)) = listener.accept().await else {
-                continue;
-            };
-            let closed_tx = closed_tx.clone();
-            tokio::spawn(async move {
-                let mut head = Vec::new();
-                let mut buf = [0u8; 1024];
-                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match tcp.read(&mut buf).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => head.extend_from_slice(&buf[..n]),
-                    }
-                }
-                let head = String::from_utf8_lossy(&head).into_owned();
-                let path = head.split(' ').nth(1).unwrap_or("?").to_owned();
-                let response = format!(
-                    "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{path}",
-                    path.len()
-                );
-                tcp.write_all(response.as_bytes()).await.expect("respond");
-                tcp.shutdown().await.expect("close");
-                drop(tcp);
-                let _ = closed_tx.send(());
-            });
-        }
-    });
-    (addr, closed_rx, task)
-}
-
 #[tokio::test]
 async fn an_upstream_connection_closed_while_idle_is_replaced_without_an_error() {
-    let (addr, mut closed, task) = closing_upstream().await;
-    let proxy = spawn_proxy(addr).await;
+    let mut upstream = RawUpstream::start().await;
+    let proxy = spawn_proxy(upstream.addr).await;
     let mut client = Client::connect(proxy.addr, Version::HTTP_11).await;
     for path in ["/one", "/two", "/three"] {
-        let response = client.get(path).await;
+        // Each request arrives on a new upstream connection, which answers it
+        // as keep-alive ...
+        let answer = async {
+            let mut conn = upstream.next().await;
+            assert_eq!(conn.request.start_line, format!("GET {path} HTTP/1.1"));
+            let response = format!(
+                "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{path}",
+                path.len()
+            );
+            conn.write(response.as_bytes()).await;
+            conn
+        };
+        let (response, conn) = tokio::join!(client.get(path), answer);
         assert_eq!(response.status(), 200, "{path}");
         assert_eq!(body_text(response).await, path);
-        tokio::time::timeout(LIMIT, closed.recv())
-            .await
-            .expect("upstream closed its connection")
-            .expect("upstream running");
+        // ... and, once the proxy holds it idle, closes it unannounced, as an
+        // upstream's idle timeout does.
+        drop(conn);
     }
-    task.abort();
 }
 
 // -------------------------------------------------------------- slowloris

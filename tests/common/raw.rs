@@ -8,12 +8,10 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_rustls::client::TlsStream;
-
-use ssegate::CancellationToken;
 
 use super::{tls_connect, WAIT_LIMIT};
 
@@ -470,45 +468,28 @@ impl RawUpstreamConn {
 pub struct RawUpstream {
     pub addr: SocketAddr,
     conns: mpsc::UnboundedReceiver<RawUpstreamConn>,
-    stop: CancellationToken,
-}
-
-impl Drop for RawUpstream {
-    fn drop(&mut self) {
-        self.stop.cancel();
-    }
+    _accepting: super::UpstreamHandle,
 }
 
 impl RawUpstream {
     pub async fn start() -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("raw upstream binds");
-        let addr = listener.local_addr().expect("raw upstream addr");
-        let stop = CancellationToken::new();
         let (conns_tx, conns) = mpsc::unbounded_channel();
-        let stop_accepting = stop.clone();
-        tokio::spawn(async move {
-            loop {
-                let tcp = tokio::select! {
-                    accepted = listener.accept() => match accepted {
-                        Ok((tcp, _)) => tcp,
-                        Err(_) => continue,
-                    },
-                    () = stop_accepting.cancelled() => return,
-                };
-                let _ = tcp.set_nodelay(true);
-                let conns_tx = conns_tx.clone();
-                tokio::spawn(async move {
-                    let mut conn = RawConn::new(tcp);
-                    // A pooled connection that is never used sends nothing.
-                    if let Ok(request) = conn.try_read_head(Instant::now() + WAIT_LIMIT).await {
-                        let _ = conns_tx.send(RawUpstreamConn { request, conn });
-                    }
-                });
+        let accepting = super::accept_loop(move |tcp| {
+            let conns_tx = conns_tx.clone();
+            async move {
+                let mut conn = RawConn::new(tcp);
+                // A pooled connection that is never used sends nothing.
+                if let Ok(request) = conn.try_read_head(Instant::now() + WAIT_LIMIT).await {
+                    let _ = conns_tx.send(RawUpstreamConn { request, conn });
+                }
             }
-        });
-        RawUpstream { addr, conns, stop }
+        })
+        .await;
+        RawUpstream {
+            addr: accepting.addr,
+            conns,
+            _accepting: accepting,
+        }
     }
 
     /// The next request head the upstream receives, on its connection.

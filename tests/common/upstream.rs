@@ -15,7 +15,7 @@ use http_body_util::{BodyExt, Empty, Full};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, oneshot};
 
 use ssegate::CancellationToken;
@@ -34,18 +34,18 @@ impl Drop for UpstreamHandle {
     }
 }
 
-/// Starts an upstream whose every request is answered by `handler`.
-pub async fn spawn_upstream<F, Fut>(handler: F) -> UpstreamHandle
+/// Binds 127.0.0.1:0 and hands every accepted connection (TCP_NODELAY set)
+/// to `serve`, on a task of its own, until the handle is dropped.
+pub async fn accept_loop<F, Fut>(serve: F) -> UpstreamHandle
 where
-    F: Fn(Request<Incoming>) -> Fut + Send + Sync + 'static,
-    Fut: Future<Output = Response<TestBody>> + Send + 'static,
+    F: Fn(TcpStream) -> Fut + Send + 'static,
+    Fut: Future<Output = ()> + Send + 'static,
 {
     let listener = TcpListener::bind("127.0.0.1:0")
         .await
         .expect("upstream binds");
     let addr = listener.local_addr().expect("upstream addr");
     let stop = CancellationToken::new();
-    let handler = Arc::new(handler);
     let stop_accepting = stop.clone();
     tokio::spawn(async move {
         loop {
@@ -57,19 +57,32 @@ where
                 () = stop_accepting.cancelled() => return,
             };
             let _ = tcp.set_nodelay(true);
-            let handler = handler.clone();
-            tokio::spawn(async move {
-                let service = service_fn(move |req| {
-                    let handler = handler.clone();
-                    async move { Ok::<_, Infallible>(handler(req).await) }
-                });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(tcp), service)
-                    .await;
-            });
+            tokio::spawn(serve(tcp));
         }
     });
     UpstreamHandle { addr, stop }
+}
+
+/// Starts an upstream whose every request is answered by `handler`.
+pub async fn spawn_upstream<F, Fut>(handler: F) -> UpstreamHandle
+where
+    F: Fn(Request<Incoming>) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Response<TestBody>> + Send + 'static,
+{
+    let handler = Arc::new(handler);
+    accept_loop(move |tcp| {
+        let handler = handler.clone();
+        async move {
+            let service = service_fn(move |req| {
+                let handler = handler.clone();
+                async move { Ok::<_, Infallible>(handler(req).await) }
+            });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(tcp), service)
+                .await;
+        }
+    })
+    .await
 }
 
 /// An address where nothing listens: bound, then closed.
