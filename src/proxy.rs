@@ -194,22 +194,23 @@ impl Proxy {
         }
     }
 
+    /// Sends the request over the shared pool.
     async fn forward<B: RequestBody>(
         &self,
         req: Request<B>,
         conn: &ConnInfo,
     ) -> Result<(Response<Incoming>, BodyKind), ProxyError> {
         let upstream_req = self.upstream_request(req, conn)?;
-        let timeout = self.config.timeouts.request;
-        let response = match tokio::time::timeout(timeout, self.pool.request(upstream_req)).await {
-            Err(_) => return Err(ProxyError::UpstreamTimeout(timeout)),
-            Ok(Err(err)) if err.is_connect() => {
-                return Err(ProxyError::UpstreamConnect(error_chain(&err)))
-            }
-            Ok(Err(err)) => return Err(ProxyError::Upstream(error_chain(&err))),
-            Ok(Ok(response)) => response,
+        let exchange = async {
+            self.pool.request(upstream_req).await.map_err(|err| {
+                if err.is_connect() {
+                    ProxyError::UpstreamConnect(error_chain(&err))
+                } else {
+                    ProxyError::Upstream(error_chain(&err))
+                }
+            })
         };
-        Ok(prepare_response(response))
+        self.response_head(exchange).await
     }
 
     /// Like `forward`, over the client connection's own upstream connection.
@@ -220,12 +221,8 @@ impl Proxy {
         slot: &Arc<AffineSlot>,
     ) -> Result<(Response<AffineBody>, BodyKind), ProxyError> {
         let upstream_req = self.upstream_request(req, conn)?;
-        let timeout = self.config.timeouts.request;
-        let exchange = slot.send(upstream_req, self.config.timeouts.connect);
-        match tokio::time::timeout(timeout, exchange).await {
-            Err(_) => Err(ProxyError::UpstreamTimeout(timeout)),
-            Ok(result) => Ok(prepare_response(result?)),
-        }
+        self.response_head(slot.send(upstream_req, self.config.timeouts.connect))
+            .await
     }
 
     /// Like `forward`, over a connection of the request's own (bodiless
@@ -236,11 +233,20 @@ impl Proxy {
         conn: &ConnInfo,
     ) -> Result<(Response<DedicatedBody>, BodyKind), ProxyError> {
         let (parts, _) = self.upstream_request(req, conn)?.into_parts();
+        self.response_head(dedicated::send(&parts, self.config.timeouts.connect))
+            .await
+    }
+
+    /// Waits up to the request timeout for `exchange` to bring the upstream's
+    /// response head, then prepares the response for the client.
+    async fn response_head<B>(
+        &self,
+        exchange: impl std::future::Future<Output = Result<Response<B>, ProxyError>>,
+    ) -> Result<(Response<B>, BodyKind), ProxyError> {
         let timeout = self.config.timeouts.request;
-        let exchange = dedicated::send(&parts, self.config.timeouts.connect);
         match tokio::time::timeout(timeout, exchange).await {
             Err(_) => Err(ProxyError::UpstreamTimeout(timeout)),
-            Ok(result) => Ok(prepare_response(result?)),
+            Ok(response) => Ok(prepare_response(response?)),
         }
     }
 
