@@ -4,6 +4,8 @@
 use http::header::{self, HeaderName, HeaderValue};
 use http::{HeaderMap, Method, Request, Uri, Version};
 
+use crate::headers::list_elements;
+
 /// Heads larger than this go to hyper, which enforces the real limits
 /// (and answers 431).
 pub const MAX_HEAD_BYTES: usize = 16 * 1024;
@@ -69,7 +71,9 @@ pub fn sniff(buf: &[u8]) -> Sniffed {
         if name == header::ACCEPT && contains_ignore_case(value.as_bytes(), b"text/event-stream") {
             wants_event_stream = true;
         }
-        if name == header::CONNECTION && has_token(value.as_bytes(), b"close") {
+        if name == header::CONNECTION
+            && list_elements(&value).any(|token| token.eq_ignore_ascii_case(b"close"))
+        {
             keep_alive = false;
         }
         map.append(name, value);
@@ -94,13 +98,6 @@ fn contains_ignore_case(haystack: &[u8], needle: &[u8]) -> bool {
     haystack
         .windows(needle.len())
         .any(|window| window.eq_ignore_ascii_case(needle))
-}
-
-/// Whether a comma-separated header value lists `token`.
-fn has_token(value: &[u8], token: &[u8]) -> bool {
-    value
-        .split(|&b| b == b',')
-        .any(|item| item.trim_ascii().eq_ignore_ascii_case(token))
 }
 
 #[cfg(test)]

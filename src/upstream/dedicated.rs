@@ -20,6 +20,7 @@ use tokio_util::io::poll_read_buf;
 
 use super::decode::{DecodeError, Decoder, Framing};
 use crate::error::ProxyError;
+use crate::headers::list_elements;
 
 /// Largest upstream response head accepted.
 const MAX_RESPONSE_HEAD: usize = 64 * 1024;
@@ -141,11 +142,9 @@ fn framing(status: StatusCode, headers: &HeaderMap) -> Result<Framing, ProxyErro
         .iter()
         .next_back()
     {
-        let chunked_last = last
-            .as_bytes()
-            .rsplit(|&b| b == b',')
-            .next()
-            .is_some_and(|coding| coding.trim_ascii().eq_ignore_ascii_case(b"chunked"));
+        let chunked_last = list_elements(last)
+            .next_back()
+            .is_some_and(|coding| coding.eq_ignore_ascii_case(b"chunked"));
         return Ok(if chunked_last {
             Framing::Chunked
         } else {
