@@ -17,7 +17,7 @@ use crate::error::{error_chain, BoxError, ProxyError};
 use crate::headers;
 use crate::sse::hub::{Hub, HubSettings};
 use crate::sse::{AccessLog, BodyKind, RelayBody, RelaySettings};
-use crate::upstream::affine::{AffineBody, AffineSlot};
+use crate::upstream::affine::{AffineBody, AffineSlot, IdleUpstreams};
 use crate::upstream::dedicated::{self, DedicatedBody};
 use crate::upstream::{self, UpstreamPool};
 
@@ -34,6 +34,8 @@ pub struct Proxy {
     ordinary_relay: Arc<RelaySettings>,
     event_stream_relay: Arc<RelaySettings>,
     pool: UpstreamPool,
+    /// Upstream connections between HTTP/1.1 client connections.
+    idle_upstreams: Arc<IdleUpstreams>,
     hub: Arc<Hub>,
     shutdown: CancellationToken,
 }
@@ -60,9 +62,16 @@ impl Proxy {
             event_stream_relay: relay_settings(&config, BodyKind::EventStream),
             config,
             pool,
+            idle_upstreams: IdleUpstreams::new(),
             hub,
             shutdown,
         })
+    }
+
+    /// The upstream side of a new HTTP/1.1 client connection: a slot for its
+    /// own upstream connection, filled from the parked ones when it can be.
+    pub fn affine_transport(&self) -> Transport {
+        Transport::Affine(Arc::new(AffineSlot::new(self.idle_upstreams.clone())))
     }
 
     /// The shared-stream hub (for its counters).

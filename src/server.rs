@@ -16,7 +16,6 @@ use crate::config::{Config, MAX_REQUEST_HEADER_BYTES};
 use crate::error::StartError;
 use crate::lean_h1::{Next, Rewind};
 use crate::proxy::{ConnInfo, Proxy, Transport};
-use crate::upstream::affine::AffineSlot;
 
 /// hyper's read buffer limit for HTTP/1.1. Above the proxy's own header limit,
 /// so an oversized header section usually reaches the proxy and gets a 431
@@ -199,7 +198,7 @@ fn serve_h1_with_hyper(
     Box::pin(async move {
         let peer = conn.peer;
         // One upstream connection for this client connection's requests.
-        let upstream = Transport::Affine(Arc::new(AffineSlot::default()));
+        let upstream = proxy.affine_transport();
         let service =
             service_fn(move |req| proxy.clone().handle(req, conn.clone(), upstream.clone()));
         let serving = connections.h1.serve_connection(TokioIo::new(io), service);

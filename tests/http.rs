@@ -357,6 +357,30 @@ async fn each_http1_client_connection_keeps_its_own_upstream_connection() {
 }
 
 #[tokio::test]
+async fn a_new_client_connection_takes_the_upstream_connection_a_closed_one_left() {
+    let upstream = counting_upstream().await;
+    let proxy = spawn_proxy(upstream.addr).await;
+    for i in 0..3 {
+        // One request per TLS connection, as clients without keep-alive do.
+        let mut tls = tls_connect(proxy.addr, &[b"http/1.1"]).await;
+        let request =
+            format!("GET /conn/{i} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
+        tls.write_all(request.as_bytes()).await.unwrap();
+        tls.flush().await.unwrap();
+        let (response, closed) = read_until_closed(&mut tls, WAIT_LIMIT).await;
+        let response = String::from_utf8_lossy(&response);
+        assert!(closed, "the proxy closes after `Connection: close`");
+        assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+        assert!(response.ends_with(&format!("/conn/{i}")), "{response}");
+    }
+    assert_eq!(
+        upstream.accepts.load(Ordering::SeqCst),
+        1,
+        "the upstream connection outlives each client connection"
+    );
+}
+
+#[tokio::test]
 async fn an_upstream_connection_closed_while_idle_is_replaced_without_an_error() {
     let mut upstream = RawUpstream::start().await;
     let proxy = spawn_proxy(upstream.addr).await;

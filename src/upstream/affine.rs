@@ -4,7 +4,12 @@
 //! one upstream connection for itself, reused request after request and
 //! driven by the very task that serves the client. Compared with the shared
 //! pool, a request then crosses no task boundary (no wake-ups between threads)
-//! and takes no pool lock. The upstream connection closes with the client's.
+//! and takes no pool lock.
+//!
+//! When the client connection closes, its upstream connection is parked in
+//! [`IdleUpstreams`] for the next client connection to take, so a client that
+//! opens a new TLS connection per request does not cost a new TCP connection
+//! upstream as well (nginx's `keepalive` does the same).
 
 use std::future::{poll_fn, Future};
 use std::pin::Pin;
@@ -19,16 +24,26 @@ use hyper::body::Incoming;
 use hyper::client::conn::http1;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
+use tokio::time::Instant;
 
 use super::UpstreamBody;
+use crate::config::UPSTREAM_POOL_IDLE_TIMEOUT;
 use crate::error::{error_chain, ProxyError};
 
 type Connection = http1::Connection<TokioIo<TcpStream>, UpstreamBody>;
 
+/// At most this many upstream connections stay parked between client
+/// connections; beyond it the oldest is closed.
+pub const MAX_PARKED: usize = 128;
+
+/// How often parked connections are checked for having been closed by the
+/// upstream (Node closes idle keep-alive connections after 5 s).
+const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
+
 /// The upstream connection of one client connection, while it is idle.
-#[derive(Default)]
 pub struct AffineSlot {
     idle: Mutex<Option<Upstream>>,
+    parked: Arc<IdleUpstreams>,
 }
 
 struct Upstream {
@@ -45,6 +60,13 @@ impl std::fmt::Debug for AffineSlot {
 }
 
 impl AffineSlot {
+    pub fn new(parked: Arc<IdleUpstreams>) -> Self {
+        AffineSlot {
+            idle: Mutex::new(None),
+            parked,
+        }
+    }
+
     /// Sends `request` over the slot's connection (a new one if there is none
     /// or it was closed) and waits for the response head. The request's URI
     /// is absolute, as the proxy builds it; the connection goes to its authority.
@@ -75,11 +97,14 @@ impl AffineSlot {
         }
     }
 
+    /// The slot's own idle connection, or else a parked one.
     fn take_idle(&self) -> Option<Upstream> {
-        self.idle
+        let own = self
+            .idle
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .take()
+            .take();
+        own.or_else(|| self.parked.take())
     }
 
     fn put_idle(&self, upstream: Upstream) {
@@ -99,6 +124,100 @@ impl AffineSlot {
             upstream: Some(upstream),
             slot: Arc::downgrade(self),
         })
+    }
+}
+
+impl Drop for AffineSlot {
+    /// The client connection is gone: its idle upstream connection is parked.
+    fn drop(&mut self) {
+        let idle = self
+            .idle
+            .get_mut()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .take();
+        if let Some(upstream) = idle {
+            self.parked.park(upstream);
+        }
+    }
+}
+
+/// Idle upstream connections between client connections, newest last.
+#[derive(Default)]
+pub struct IdleUpstreams {
+    parked: Mutex<Vec<Parked>>,
+}
+
+struct Parked {
+    since: Instant,
+    upstream: Upstream,
+}
+
+impl IdleUpstreams {
+    /// A new set, swept every second by a task that ends with the set.
+    pub fn new() -> Arc<Self> {
+        let idle = Arc::new(IdleUpstreams::default());
+        let weak = Arc::downgrade(&idle);
+        tokio::spawn(async move {
+            let mut interval = tokio::time::interval(SWEEP_INTERVAL);
+            interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                interval.tick().await;
+                match weak.upgrade() {
+                    Some(idle) => idle.sweep(Instant::now()),
+                    None => break,
+                }
+            }
+        });
+        idle
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Parked>> {
+        self.parked
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn park(&self, upstream: Upstream) {
+        if upstream.closed {
+            return;
+        }
+        let mut parked = self.lock();
+        if parked.len() >= MAX_PARKED {
+            parked.remove(0);
+        }
+        parked.push(Parked {
+            since: Instant::now(),
+            upstream,
+        });
+    }
+
+    /// The most recently parked connection that has not expired. It may
+    /// still have been closed by the upstream: the caller drives it first.
+    fn take(&self) -> Option<Upstream> {
+        let mut parked = self.lock();
+        let newest = parked.pop()?;
+        if newest.since.elapsed() < UPSTREAM_POOL_IDLE_TIMEOUT {
+            Some(newest.upstream)
+        } else {
+            // Everything below is older still.
+            parked.clear();
+            None
+        }
+    }
+
+    /// Closes connections parked too long, and lets every other one notice
+    /// whether the upstream has closed it, so none lingers half-closed.
+    fn sweep(&self, now: Instant) {
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        let stale: Vec<Parked> = self
+            .lock()
+            .extract_if(.., |p| {
+                now.duration_since(p.since) >= UPSTREAM_POOL_IDLE_TIMEOUT
+                    || p.upstream.drive(&mut cx)
+            })
+            .collect();
+        // Closed here, after the lock is released.
+        drop(stale);
     }
 }
 
@@ -211,5 +330,108 @@ impl Drop for AffineBody {
                 slot.put_idle(upstream);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::net::TcpListener;
+
+    const SOON: Duration = Duration::from_secs(5);
+
+    /// A listener that accepts connections and hands them to the test.
+    async fn listener() -> (http::Uri, TcpListener) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let uri = format!("http://{}/", listener.local_addr().unwrap())
+            .parse()
+            .unwrap();
+        (uri, listener)
+    }
+
+    async fn open(uri: &http::Uri, listener: &TcpListener) -> (Upstream, TcpStream) {
+        let (upstream, accepted) =
+            tokio::join!(connect(uri, Duration::from_secs(5)), listener.accept());
+        (upstream.unwrap(), accepted.unwrap().0)
+    }
+
+    /// Waits up to `within` until the proxy side of `peer`'s connection is closed.
+    async fn closed(peer: &mut TcpStream, within: Duration) {
+        let mut byte = [0u8; 1];
+        let read = tokio::io::AsyncReadExt::read(peer, &mut byte);
+        let read = tokio::time::timeout(within, read).await;
+        assert_eq!(read.expect("closed in time").unwrap(), 0, "end of stream");
+    }
+
+    #[tokio::test]
+    async fn the_newest_parked_connection_is_taken_first() {
+        let (uri, listener) = listener().await;
+        let idle = IdleUpstreams::new();
+        let (older, mut older_peer) = open(&uri, &listener).await;
+        let (newer, mut newer_peer) = open(&uri, &listener).await;
+        idle.park(older);
+        idle.park(newer);
+        // Each taken connection is closed here, and its peer tells which it was.
+        drop(idle.take().expect("one parked"));
+        closed(&mut newer_peer, SOON).await;
+        drop(idle.take().expect("another parked"));
+        closed(&mut older_peer, SOON).await;
+        assert!(idle.take().is_none());
+    }
+
+    #[tokio::test]
+    async fn the_oldest_is_closed_beyond_the_limit() {
+        let (uri, listener) = listener().await;
+        let idle = IdleUpstreams::new();
+        let (first, mut first_peer) = open(&uri, &listener).await;
+        idle.park(first);
+        let mut peers = Vec::new();
+        for _ in 0..MAX_PARKED {
+            let (upstream, peer) = open(&uri, &listener).await;
+            idle.park(upstream);
+            peers.push(peer);
+        }
+        closed(&mut first_peer, SOON).await;
+        assert_eq!(idle.lock().len(), MAX_PARKED);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_connection_parked_too_long_is_not_taken() {
+        let (uri, listener) = listener().await;
+        let idle = IdleUpstreams::new();
+        let (upstream, _peer) = open(&uri, &listener).await;
+        idle.park(upstream);
+        tokio::time::advance(UPSTREAM_POOL_IDLE_TIMEOUT).await;
+        assert!(idle.take().is_none());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_sweep_closes_expired_connections() {
+        let (uri, listener) = listener().await;
+        let idle = IdleUpstreams::new();
+        let (upstream, mut peer) = open(&uri, &listener).await;
+        idle.park(upstream);
+        // The sweeping task runs as time passes; the connection is closed.
+        let within = UPSTREAM_POOL_IDLE_TIMEOUT + SWEEP_INTERVAL * 2;
+        closed(&mut peer, within).await;
+        assert!(idle.lock().is_empty());
+    }
+
+    #[tokio::test]
+    async fn the_sweep_drops_connections_the_upstream_closed() {
+        let (uri, listener) = listener().await;
+        let idle = IdleUpstreams::new();
+        let (upstream, peer) = open(&uri, &listener).await;
+        idle.park(upstream);
+        let (_kept, _kept_peer) = open(&uri, &listener).await;
+        drop(peer);
+        // The sweep notices within its interval.
+        tokio::time::timeout(SOON, async {
+            while !idle.lock().is_empty() {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+        .await
+        .expect("the closed connection leaves the parked set");
     }
 }
