@@ -16,7 +16,7 @@ use crate::config::{Config, MAX_REQUEST_HEADER_BYTES};
 use crate::error::{error_chain, BoxError, ProxyError};
 use crate::headers;
 use crate::sse::hub::{Hub, HubSettings};
-use crate::sse::{AccessLog, BodyKind, RelayBody, RelaySettings};
+use crate::sse::{AccessLog, BodyKind, Outcome, RelayBody, RelaySettings};
 use crate::upstream::affine::{AffineBody, AffineSlot, IdleUpstreams};
 use crate::upstream::dedicated::{self, DedicatedBody};
 use crate::upstream::{self, UpstreamPool};
@@ -33,6 +33,7 @@ pub struct Proxy {
     config: Config,
     ordinary_relay: Arc<RelaySettings>,
     event_stream_relay: Arc<RelaySettings>,
+    subscriber_relay: Arc<RelaySettings>,
     pool: UpstreamPool,
     /// Upstream connections between HTTP/1.1 client connections.
     idle_upstreams: Arc<IdleUpstreams>,
@@ -60,6 +61,11 @@ impl Proxy {
         Arc::new(Proxy {
             ordinary_relay: relay_settings(&config, BodyKind::Ordinary),
             event_stream_relay: relay_settings(&config, BodyKind::EventStream),
+            // The hub watches the shared stream's upstream for silence.
+            subscriber_relay: Arc::new(RelaySettings {
+                idle_timeout: None,
+                ..*relay_settings(&config, BodyKind::EventStream)
+            }),
             config,
             pool,
             idle_upstreams: IdleUpstreams::new(),
@@ -183,7 +189,7 @@ impl Proxy {
         {
             Ok(subscription) => {
                 access.status = http::StatusCode::OK;
-                let settings = self.relay_settings(BodyKind::EventStream);
+                let settings = self.subscriber_relay.clone();
                 let body = RelayBody::new(subscription, settings, &self.shutdown, access).boxed();
                 let mut response = Response::new(body);
                 let headers = response.headers_mut();
@@ -196,7 +202,7 @@ impl Proxy {
             }
             Err(err) => {
                 access.status = err.status();
-                access.outcome = "proxy error";
+                access.outcome = Outcome::ProxyError;
                 tracing::warn!(peer = %access.peer, path = %access.path, status = err.status().as_u16(), "shared stream: {err}");
                 error_response(&err)
             }
@@ -294,7 +300,7 @@ impl Proxy {
         if let Some(subject) = &conn.client_subject {
             parts
                 .headers
-                .insert(headers::X_CLIENT_CERT_SUBJECT.clone(), subject.clone());
+                .insert(headers::X_CLIENT_CERT_SUBJECT.clone(), (**subject).clone());
         }
         parts.version = Version::HTTP_11;
 
@@ -307,10 +313,10 @@ fn relay_settings(config: &Config, kind: BodyKind) -> Arc<RelaySettings> {
     let timeouts = &config.timeouts;
     Arc::new(RelaySettings {
         kind,
-        idle_timeout: match kind {
+        idle_timeout: Some(match kind {
             BodyKind::Ordinary => timeouts.request,
             BodyKind::EventStream => timeouts.sse_idle,
-        },
+        }),
         heartbeat: config.streams.heartbeat,
         drain_retry: config.streams.drain_retry,
     })
@@ -335,7 +341,8 @@ pub enum Transport {
 pub struct ConnInfo {
     pub peer: SocketAddr,
     /// Subject of the client certificate verified in the TLS handshake.
-    pub client_subject: Option<HeaderValue>,
+    /// (Boxed: this lives in every connection's task, and is rarely set.)
+    pub client_subject: Option<Box<HeaderValue>>,
 }
 
 /// The host the client asked for. HTTP/2 carries it in `:authority`; the
@@ -370,7 +377,7 @@ fn prepare_response<B>(response: Response<B>) -> (Response<B>, BodyKind) {
 /// The response for a request that could not be forwarded, logged.
 fn failed(err: &ProxyError, mut access: AccessLog) -> Response<ProxyBody> {
     access.status = err.status();
-    access.outcome = "proxy error";
+    access.outcome = Outcome::ProxyError;
     tracing::warn!(peer = %access.peer, path = %access.path, status = err.status().as_u16(), "{err}");
     error_response(err)
 }

@@ -780,6 +780,45 @@ async fn an_upstream_restart_is_resumed_with_last_event_id_and_no_gap() {
     assert_eq!(stats.subscribers, 2, "{stats:?}");
 }
 
+#[tokio::test]
+async fn a_silent_upstream_is_replaced_while_its_subscribers_stay_connected() {
+    const PATH: &str = "/live/silent";
+    const IDLE: Duration = Duration::from_millis(300);
+    let mut upstream = Upstream::start().await;
+    let mut config = shared_config(upstream.addr);
+    config.timeouts.sse_idle = IDLE;
+    let proxy = spawn_proxy_with(config).await;
+    let mut h1 = Client::h1(proxy.addr).await;
+    let mut a = subscribe(&mut h1, PATH, &[]).await;
+    let mut h2 = Client::connect(proxy.addr, Version::HTTP_2).await;
+    let mut b = subscribe(&mut h2, PATH, &[]).await;
+
+    // The first upstream response sends one event, then goes silent without
+    // closing: the hub gives up on it after the SSE idle timeout ...
+    let first = upstream.next(PATH).await;
+    first.send("retry: 50\n\n").await;
+    first.tick(1).await;
+    // ... and asks again, resuming after the last event.
+    let second = upstream.next(PATH).await;
+    assert_eq!(second.header("last-event-id"), Some("1"));
+    second.tick(2).await;
+
+    // The subscribers were not ended by the silence (the hub watches the
+    // upstream for them) and got both events.
+    for (name, reader) in [("h1", &mut a), ("h2", &mut b)] {
+        let texts = texts_until(reader, &tick(2)).await;
+        let events: Vec<String> = texts
+            .into_iter()
+            .filter(|t| !t.starts_with("retry:"))
+            .collect();
+        assert_eq!(events, vec![tick(1), tick(2)], "{name}");
+    }
+    let stats = stats(&proxy, PATH);
+    assert_eq!(stats.upstream_requests, 2, "{stats:?}");
+    assert_eq!(stats.subscribers, 2, "{stats:?}");
+    drop(first);
+}
+
 // ---------------------------------------------------------------- credentials
 
 #[tokio::test]

@@ -39,8 +39,9 @@ pub enum BodyKind {
 #[derive(Debug, Clone)]
 pub struct RelaySettings {
     pub kind: BodyKind,
-    /// Longest silence from the upstream before the body is ended.
-    pub idle_timeout: Duration,
+    /// Longest silence from the upstream before the body is ended. None for
+    /// shared-stream subscribers: the hub watches the one upstream for them.
+    pub idle_timeout: Option<Duration>,
     /// Event streams only: write a comment after this much silence, at a boundary.
     pub heartbeat: Option<Duration>,
     /// Event streams only: on shutdown, tell the browser to reconnect after this.
@@ -59,7 +60,31 @@ pub struct AccessLog {
     pub started: std::time::Instant,
     pub bytes: u64,
     pub sse: bool,
-    pub outcome: &'static str,
+    pub outcome: Outcome,
+}
+
+/// How a response ended, for the access log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    ClientClosed,
+    Complete,
+    ProxyError,
+    UpstreamError,
+    IdleTimeout,
+    Shutdown,
+}
+
+impl Outcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::ClientClosed => "client closed",
+            Outcome::Complete => "complete",
+            Outcome::ProxyError => "proxy error",
+            Outcome::UpstreamError => "upstream error",
+            Outcome::IdleTimeout => "idle timeout",
+            Outcome::Shutdown => "shutdown",
+        }
+    }
 }
 
 impl AccessLog {
@@ -74,7 +99,7 @@ impl AccessLog {
             bytes: 0,
             sse: false,
             // Replaced when the body completes; still set if the client left first.
-            outcome: "client closed",
+            outcome: Outcome::ClientClosed,
         }
     }
 }
@@ -91,7 +116,7 @@ impl Drop for AccessLog {
             duration_ms = self.started.elapsed().as_millis() as u64,
             bytes = self.bytes,
             sse = self.sse,
-            outcome = self.outcome,
+            outcome = self.outcome.as_str(),
             "request"
         );
     }
@@ -101,8 +126,8 @@ pin_project_lite::pin_project! {
     pub struct RelayBody<B = Incoming> {
         #[pin]
         inner: B,
-        #[pin]
-        idle: Sleep,
+        // Boxed and optional: subscribers of shared streams have none.
+        idle: Option<Pin<Box<Sleep>>>,
         // Shared: there are only two per proxy, and an idle stream is small.
         settings: Arc<RelaySettings>,
         heartbeat: Option<Pin<Box<Sleep>>>,
@@ -141,7 +166,9 @@ impl<B> RelayBody<B> {
         };
         RelayBody {
             inner,
-            idle: tokio::time::sleep_until(now + settings.idle_timeout),
+            idle: settings
+                .idle_timeout
+                .map(|idle| Box::pin(tokio::time::sleep_until(now + idle))),
             settings,
             heartbeat,
             boundary: EventBoundary::new(),
@@ -209,7 +236,7 @@ where
                 }
                 Poll::Ready(Some(Err(err))) => {
                     *this.done = true;
-                    this.access.outcome = "upstream error";
+                    this.access.outcome = Outcome::UpstreamError;
                     tracing::warn!(path = %this.access.path, error = %err, "upstream body failed");
                     // An event stream ends cleanly so EventSource reconnects; an
                     // ordinary body is cut so the client sees it is incomplete.
@@ -220,7 +247,7 @@ where
                 }
                 Poll::Ready(None) => {
                     *this.done = true;
-                    this.access.outcome = "complete";
+                    this.access.outcome = Outcome::Complete;
                     return Poll::Ready(None);
                 }
                 Poll::Pending => {}
@@ -237,7 +264,7 @@ where
         }
         if *this.draining && this.boundary.at_boundary() {
             *this.done = true;
-            this.access.outcome = "shutdown";
+            this.access.outcome = Outcome::Shutdown;
             if let Some(retry) = this.settings.drain_retry {
                 let line = format!("retry: {}\n\n", retry.as_millis());
                 this.access.bytes += line.len() as u64;
@@ -246,21 +273,21 @@ where
             return Poll::Ready(None);
         }
 
-        let idle_deadline = *this.last_frame + this.settings.idle_timeout;
-        if fired(this.idle.as_mut(), idle_deadline, cx) {
-            *this.done = true;
-            this.access.outcome = "idle timeout";
-            let idle = this.settings.idle_timeout;
-            return match this.settings.kind {
-                BodyKind::EventStream => {
-                    tracing::info!(path = %this.access.path, ?idle, "event stream idle; ended");
-                    Poll::Ready(None)
-                }
-                BodyKind::Ordinary => {
-                    tracing::warn!(path = %this.access.path, ?idle, "upstream body idle; cut");
-                    Poll::Ready(Some(Err(format!("upstream body idle for {idle:?}").into())))
-                }
-            };
+        if let (Some(timer), Some(idle)) = (this.idle.as_mut(), this.settings.idle_timeout) {
+            if fired(timer.as_mut(), *this.last_frame + idle, cx) {
+                *this.done = true;
+                this.access.outcome = Outcome::IdleTimeout;
+                return match this.settings.kind {
+                    BodyKind::EventStream => {
+                        tracing::info!(path = %this.access.path, ?idle, "event stream idle; ended");
+                        Poll::Ready(None)
+                    }
+                    BodyKind::Ordinary => {
+                        tracing::warn!(path = %this.access.path, ?idle, "upstream body idle; cut");
+                        Poll::Ready(Some(Err(format!("upstream body idle for {idle:?}").into())))
+                    }
+                };
+            }
         }
 
         if let (Some(heartbeat), Some(every)) = (this.heartbeat.as_mut(), this.settings.heartbeat) {
