@@ -127,8 +127,11 @@ impl Server {
             let connections = connections.clone();
             // Reap finished connection tasks so the set stays small.
             while tasks.try_join_next().is_some() {}
+            // Started here so the task holds the boxed handshake, not the
+            // socket it has moved on from.
+            let handshake = connections.handshake(tcp, peer);
             tasks.spawn(async move {
-                let Some(tls) = connections.handshake(tcp, peer).await else {
+                let Some(tls) = handshake.await else {
                     return;
                 };
                 // Boxed: futures copy their arguments, and the TLS state is large.
@@ -167,19 +170,29 @@ type ClientTls = Box<tokio_rustls::server::TlsStream<TcpStream>>;
 
 /// HTTP/1.1: an EventSource request arriving first is served by the lean
 /// path; everything else, and what follows it, by hyper.
-async fn serve_h1(
+///
+/// (Written as a function returning an `async move` block rather than an
+/// `async fn`: an `async fn` keeps a second copy of its arguments for as long
+/// as it runs, and this one runs as long as the connection.)
+#[allow(
+    clippy::manual_async_fn,
+    reason = "an async fn keeps its arguments twice"
+)]
+fn serve_h1(
     tls: ClientTls,
     proxy: Arc<Proxy>,
     conn: ConnInfo,
     connections: &ConnectionSettings,
     watcher: Watcher,
-) {
-    let limit = connections.header_read_timeout;
-    let io = match crate::lean_h1::serve_first_request(tls, &proxy, &conn, limit).await {
-        Next::Hyper(io) => io,
-        Next::Closed => return,
-    };
-    serve_h1_with_hyper(io, proxy, conn, connections, watcher).await;
+) -> impl std::future::Future<Output = ()> + Send + '_ {
+    async move {
+        let limit = connections.header_read_timeout;
+        let io = match crate::lean_h1::serve_first_request(tls, &proxy, &conn, limit).await {
+            Next::Hyper(io) => io,
+            Next::Closed => return,
+        };
+        serve_h1_with_hyper(io, proxy, conn, connections, watcher).await;
+    }
 }
 
 // The futures below are returned boxed: each connection task's size is that
@@ -290,21 +303,23 @@ impl ConnectionSettings {
         &self,
         tcp: TcpStream,
         peer: SocketAddr,
-    ) -> Boxed<'_, Option<tokio_rustls::server::TlsStream<TcpStream>>> {
+    ) -> Boxed<'static, Option<tokio_rustls::server::TlsStream<TcpStream>>> {
+        let config = self.tls.clone();
+        let timeout = self.tls_handshake_timeout;
         Box::pin(async move {
             // Events are small writes; Nagle would hold them back 40-200 ms.
             if let Err(err) = tcp.set_nodelay(true) {
                 tracing::debug!(%peer, error = %err, "cannot set TCP_NODELAY");
             }
-            let handshake = crate::tls::accept::accept(tcp, self.tls.clone());
-            match tokio::time::timeout(self.tls_handshake_timeout, handshake).await {
+            let handshake = crate::tls::accept::accept(tcp, config);
+            match tokio::time::timeout(timeout, handshake).await {
                 Ok(Ok(tls)) => Some(tls),
                 Ok(Err(err)) => {
                     tracing::debug!(%peer, error = %err, "TLS handshake failed");
                     None
                 }
                 Err(_) => {
-                    tracing::debug!(%peer, timeout = ?self.tls_handshake_timeout, "TLS handshake timed out");
+                    tracing::debug!(%peer, ?timeout, "TLS handshake timed out");
                     None
                 }
             }
@@ -313,9 +328,11 @@ impl ConnectionSettings {
 }
 
 /// The verified client certificate's subject, as a header value.
-fn client_subject(tls: &tokio_rustls::server::TlsStream<TcpStream>) -> Option<http::HeaderValue> {
+fn client_subject(
+    tls: &tokio_rustls::server::TlsStream<TcpStream>,
+) -> Option<Box<http::HeaderValue>> {
     let subject = crate::tls::client_subject(tls.get_ref().1.peer_certificates())?;
-    http::HeaderValue::from_str(&subject).ok()
+    http::HeaderValue::from_str(&subject).ok().map(Box::new)
 }
 
 fn log_connection_error(peer: SocketAddr, err: &hyper::Error) {

@@ -16,11 +16,12 @@ use std::future::Future;
 use std::io;
 use std::pin::{pin, Pin};
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use http_body_util::{BodyExt, Empty};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 
 use crate::proxy::{ConnInfo, Proxy, ProxyBody, Transport};
 use request::Sniffed;
@@ -43,41 +44,45 @@ pub enum Next<IO> {
 
 /// Reads the first request head; serves it here if it is an EventSource
 /// request, else hands it to hyper.
-pub async fn serve_first_request<IO>(
+///
+/// This and `write_response` return `async move` blocks instead of being
+/// `async fn`s: an `async fn` keeps a second copy of its arguments in its
+/// state, and this state lives as long as the event stream.
+#[allow(
+    clippy::manual_async_fn,
+    reason = "an async fn keeps its arguments twice"
+)]
+pub fn serve_first_request<'a, IO>(
     mut io: IO,
-    proxy: &Arc<Proxy>,
-    conn: &ConnInfo,
+    proxy: &'a Arc<Proxy>,
+    conn: &'a ConnInfo,
     header_read_timeout: Duration,
-) -> Next<IO>
+) -> impl Future<Output = Next<IO>> + Send + 'a
 where
-    IO: AsyncRead + AsyncWrite + Unpin + Send,
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'a,
 {
-    let ready = match until_response_head(&mut io, proxy, conn, header_read_timeout).await {
-        Head::Ready(ready) => ready,
-        Head::ForHyper(prefix) => return Next::Hyper(Rewind::new(io, prefix)),
-        Head::Closed => return Next::Closed,
-    };
-    let HeadReady {
-        head,
-        framing,
-        body,
-        close,
-        mut pipelined,
-    } = *ready;
-    match write_response(&mut io, head, framing, body, &mut pipelined).await {
-        Ok(Written::Complete) if !close && !proxy.shutdown_token().is_cancelled() => {
-            Next::Hyper(Rewind::new(io, pipelined.freeze()))
-        }
-        Ok(Written::Complete) => {
-            // close_notify, so the client knows nothing was cut.
-            let _ = io.shutdown().await;
-            Next::Closed
-        }
-        Ok(Written::ClientGone) => Next::Closed,
-        Ok(Written::Cut) => Next::Closed,
-        Err(err) => {
-            tracing::debug!(peer = %conn.peer, error = %err, "writing response failed");
-            Next::Closed
+    async move {
+        let mut ready = match until_response_head(&mut io, proxy, conn, header_read_timeout).await {
+            Head::Ready(ready) => ready,
+            Head::ForHyper(prefix) => return Next::Hyper(Rewind::new(io, prefix)),
+            Head::Closed => return Next::Closed,
+        };
+        let written = write_response(&mut io, &mut ready).await;
+        match written {
+            Ok(Written::Complete) if !ready.close && !proxy.shutdown_token().is_cancelled() => {
+                Next::Hyper(Rewind::new(io, ready.pipelined.split().freeze()))
+            }
+            Ok(Written::Complete) => {
+                // close_notify, so the client knows nothing was cut.
+                let _ = io.shutdown().await;
+                Next::Closed
+            }
+            Ok(Written::ClientGone) => Next::Closed,
+            Ok(Written::Cut) => Next::Closed,
+            Err(err) => {
+                tracing::debug!(peer = %conn.peer, error = %err, "writing response failed");
+                Next::Closed
+            }
         }
     }
 }
@@ -180,12 +185,28 @@ where
         tokio::select! {
             biased;
             output = &mut future => return Some(output),
-            read = io.read_buf(pipelined), if pipelined.len() < MAX_PIPELINED => match read {
+            read = read_pipelined(io, pipelined), if pipelined.len() < MAX_PIPELINED => match read {
                 Ok(0) | Err(_) => return None,
                 Ok(_) => {}
             },
         }
     }
+}
+
+/// Reads what the client sends into `pipelined`. The read goes through a
+/// stack buffer, so an idle connection's `pipelined` holds no allocation
+/// (`read_buf` would reserve one just to wait).
+fn read_pipelined<'a, IO: AsyncRead + Unpin>(
+    io: &'a mut IO,
+    pipelined: &'a mut BytesMut,
+) -> impl Future<Output = io::Result<usize>> + 'a {
+    std::future::poll_fn(move |cx| {
+        let mut buf = [0u8; 1024];
+        let mut read = ReadBuf::new(&mut buf);
+        std::task::ready!(Pin::new(&mut *io).poll_read(cx, &mut read))?;
+        pipelined.extend_from_slice(read.filled());
+        Poll::Ready(Ok(read.filled().len()))
+    })
 }
 
 /// Reads until the head is complete (or qualifies as hyper's). None: the
@@ -221,41 +242,65 @@ enum Written {
 /// Writes head and body, each body frame as it comes (one chunk, one TLS
 /// record, flushed at once), while watching the client for hang-ups and
 /// keeping what it pipelines.
-async fn write_response<IO>(
-    io: &mut IO,
-    head: Vec<u8>,
-    framing: Framing,
-    mut body: ProxyBody,
-    pipelined: &mut BytesMut,
-) -> io::Result<Written>
+#[allow(
+    clippy::manual_async_fn,
+    reason = "an async fn keeps its arguments twice"
+)]
+fn write_response<'a, IO>(
+    io: &'a mut IO,
+    ready: &'a mut HeadReady,
+) -> impl Future<Output = io::Result<Written>> + Send + 'a
 where
-    IO: AsyncRead + AsyncWrite + Unpin,
+    IO: AsyncRead + AsyncWrite + Unpin + Send,
 {
-    io.write_all(&head).await?;
-    drop(head);
-    io.flush().await?;
-    if framing == Framing::NoBody {
-        return Ok(Written::Complete);
-    }
-
-    loop {
-        let Some(frame) = until_client_leaves(io, body.frame(), pipelined).await else {
-            return Ok(Written::ClientGone);
-        };
-        let bytes = match response::wire_bytes(frame, framing) {
-            WireBytes::Write(bytes) => bytes,
-            WireBytes::Skip => continue,
-            WireBytes::End(last) => {
-                io.write_all(last).await?;
-                io.flush().await?;
+    async move {
+        write_flushed(io, &ready.head).await?;
+        ready.head = Vec::new();
+        if ready.framing == Framing::NoBody {
+            return Ok(Written::Complete);
+        }
+        // One await per step, and nothing held across more than one of them:
+        // a value kept across several awaits keeps a slot in this state for
+        // the stream's life.
+        loop {
+            let (bytes, last) = {
+                let frame = until_client_leaves(io, ready.body.frame(), &mut ready.pipelined);
+                let wire = match frame.await {
+                    None => return Ok(Written::ClientGone),
+                    Some(frame) => response::wire_bytes(frame, ready.framing),
+                };
+                match wire {
+                    WireBytes::Write(bytes) => (bytes, false),
+                    WireBytes::Skip => continue,
+                    WireBytes::End(last) => (Bytes::from_static(last), true),
+                    WireBytes::Failed(err) => {
+                        tracing::debug!(error = %err, "response body failed; connection cut");
+                        return Ok(Written::Cut);
+                    }
+                }
+            };
+            write_flushed(io, &bytes).await?;
+            if last {
                 return Ok(Written::Complete);
             }
-            WireBytes::Failed(err) => {
-                tracing::debug!(error = %err, "response body failed; connection cut");
-                return Ok(Written::Cut);
-            }
-        };
-        io.write_all(&bytes).await?;
-        io.flush().await?;
+        }
+    }
+}
+
+/// Writes `bytes` and flushes them (one TLS record, sent at once).
+#[allow(
+    clippy::manual_async_fn,
+    reason = "an async fn keeps its arguments twice"
+)]
+fn write_flushed<'a, IO>(
+    io: &'a mut IO,
+    bytes: &'a [u8],
+) -> impl Future<Output = io::Result<()>> + Send + 'a
+where
+    IO: AsyncWrite + Unpin + Send,
+{
+    async move {
+        io.write_all(bytes).await?;
+        io.flush().await
     }
 }
