@@ -34,7 +34,7 @@ type Connection = http1::Connection<TokioIo<TcpStream>, UpstreamBody>;
 
 /// At most this many upstream connections stay parked between client
 /// connections; beyond it the oldest is closed.
-pub const MAX_PARKED: usize = 128;
+const MAX_PARKED: usize = 128;
 
 /// How often parked connections are checked for having been closed by the
 /// upstream (Node closes idle keep-alive connections after 5 s).
@@ -181,28 +181,33 @@ impl IdleUpstreams {
         if upstream.closed {
             return;
         }
-        let mut parked = self.lock();
-        if parked.len() >= MAX_PARKED {
-            parked.remove(0);
-        }
-        parked.push(Parked {
-            since: Instant::now(),
-            upstream,
-        });
+        let oldest = {
+            let mut parked = self.lock();
+            let oldest = (parked.len() >= MAX_PARKED).then(|| parked.remove(0));
+            parked.push(Parked {
+                since: Instant::now(),
+                upstream,
+            });
+            oldest
+        };
+        drop(oldest);
     }
 
     /// The most recently parked connection that has not expired. It may
     /// still have been closed by the upstream: the caller drives it first.
     fn take(&self) -> Option<Upstream> {
-        let mut parked = self.lock();
-        let newest = parked.pop()?;
-        if newest.since.elapsed() < UPSTREAM_POOL_IDLE_TIMEOUT {
-            Some(newest.upstream)
-        } else {
+        let expired = {
+            let mut parked = self.lock();
+            let newest = parked.pop()?;
+            if newest.since.elapsed() < UPSTREAM_POOL_IDLE_TIMEOUT {
+                return Some(newest.upstream);
+            }
             // Everything below is older still.
-            parked.clear();
-            None
-        }
+            std::mem::take(&mut *parked)
+        };
+        // Closed here, after the lock is released.
+        drop(expired);
+        None
     }
 
     /// Closes connections parked too long, and lets every other one notice
