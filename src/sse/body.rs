@@ -128,7 +128,7 @@ pin_project_lite::pin_project! {
         inner: B,
         // Boxed and optional: subscribers of shared streams have none.
         idle: Option<Pin<Box<Sleep>>>,
-        // Shared: there are only two per proxy, and an idle stream is small.
+        // Shared: there are only three per proxy, and an idle stream is small.
         settings: Arc<RelaySettings>,
         heartbeat: Option<Pin<Box<Sleep>>>,
         boundary: EventBoundary,
