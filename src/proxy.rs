@@ -59,12 +59,12 @@ impl Proxy {
             shutdown.clone(),
         );
         Arc::new(Proxy {
-            ordinary_relay: relay_settings(&config, BodyKind::Ordinary),
-            event_stream_relay: relay_settings(&config, BodyKind::EventStream),
+            ordinary_relay: Arc::new(relay_settings(&config, BodyKind::Ordinary)),
+            event_stream_relay: Arc::new(relay_settings(&config, BodyKind::EventStream)),
             // The hub watches the shared stream's upstream for silence.
             subscriber_relay: Arc::new(RelaySettings {
                 idle_timeout: None,
-                ..*relay_settings(&config, BodyKind::EventStream)
+                ..relay_settings(&config, BodyKind::EventStream)
             }),
             config,
             pool,
@@ -309,9 +309,9 @@ impl Proxy {
     }
 }
 
-fn relay_settings(config: &Config, kind: BodyKind) -> Arc<RelaySettings> {
+fn relay_settings(config: &Config, kind: BodyKind) -> RelaySettings {
     let timeouts = &config.timeouts;
-    Arc::new(RelaySettings {
+    RelaySettings {
         kind,
         idle_timeout: Some(match kind {
             BodyKind::Ordinary => timeouts.request,
@@ -319,7 +319,7 @@ fn relay_settings(config: &Config, kind: BodyKind) -> Arc<RelaySettings> {
         }),
         heartbeat: config.streams.heartbeat,
         drain_retry: config.streams.drain_retry,
-    })
+    }
 }
 
 /// How a request reaches the upstream.

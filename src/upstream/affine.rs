@@ -13,7 +13,7 @@
 
 use std::future::{poll_fn, Future};
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -99,19 +99,12 @@ impl AffineSlot {
 
     /// The slot's own idle connection, or else a parked one.
     fn take_idle(&self) -> Option<Upstream> {
-        let own = self
-            .idle
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .take();
+        let own = lock(&self.idle).take();
         own.or_else(|| self.parked.take())
     }
 
     fn put_idle(&self, upstream: Upstream) {
-        *self
-            .idle
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(upstream);
+        *lock(&self.idle) = Some(upstream);
     }
 
     fn body_for(
@@ -171,10 +164,8 @@ impl IdleUpstreams {
         idle
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Parked>> {
-        self.parked
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    fn lock(&self) -> MutexGuard<'_, Vec<Parked>> {
+        lock(&self.parked)
     }
 
     fn park(&self, upstream: Upstream) {
@@ -224,6 +215,14 @@ impl IdleUpstreams {
         // Closed here, after the lock is released.
         drop(stale);
     }
+}
+
+/// Locks `mutex`, also after a panic elsewhere: these locks guard whole
+/// connections, put in or taken out, which a panic cannot leave half-done.
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// The request with the origin-form target an HTTP/1.1 request line
