@@ -1,6 +1,7 @@
 //! The proxies under comparison, each started by the harness as its own
 //! process(es) with the same certificate, TLS versions (1.2 + 1.3), X25519
-//! key exchange and two worker threads or processes:
+//! key exchange, two worker threads or processes, and the same
+//! X-Forwarded-For/-Proto/-Host headers toward the upstream:
 //!
 //! - ssegate: the release binary (target/release/ssegate), per stream or
 //!   with `--sse-shared /sse` (one upstream request per stream path);
@@ -335,7 +336,7 @@ fn command_for(
                 .arg("--upstream")
                 .arg(format!("http://{upstream}"))
                 .args(["--drain-timeout", "1s"])
-                .env("TOKIO_WORKER_THREADS", WORKERS.to_string())
+                .args(["--threads", &WORKERS.to_string()])
                 .env("RUST_LOG", "warn");
             if kind == PeerKind::SsegateShared {
                 command.args(["--sse-shared", SHARED_PREFIX]);
@@ -435,6 +436,10 @@ http {{
             proxy_http_version 1.1;
             proxy_set_header Connection "";
             proxy_set_header Host $host;
+            # The headers ssegate (and Caddy) add, so every peer does the same work.
+            proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
+            proxy_set_header X-Forwarded-Proto $scheme;
+            proxy_set_header X-Forwarded-Host $host;
             proxy_buffering off;
             proxy_cache off;
             proxy_read_timeout 1h;
@@ -469,6 +474,10 @@ defaults
 
 frontend sse_in
     bind 127.0.0.1:{port} ssl crt {pem} alpn http/1.1 ssl-min-ver TLSv1.2 curves X25519 backlog 4096
+    # The headers ssegate (and Caddy) add, so every peer does the same work.
+    option forwardfor
+    http-request set-header X-Forwarded-Proto https
+    http-request set-header X-Forwarded-Host %[req.hdr(host)]
     default_backend sse_upstream
 
 backend sse_upstream
