@@ -1,6 +1,7 @@
 //! The command line, as users type it. Parsed here, validated in `config`.
 
 use std::net::SocketAddr;
+use std::num::NonZeroUsize;
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
@@ -62,6 +63,11 @@ pub struct ProxyArgs {
     /// Backend to forward to: http://host:port[/base-path].
     #[arg(long, value_name = "URL", env = "SSEGATE_UPSTREAM", required = true)]
     pub upstream: Option<String>,
+
+    /// Threads serving connections, each with its own event loop (a
+    /// connection stays on the thread that accepted it). Default: one per CPU.
+    #[arg(long, value_name = "N", env = "SSEGATE_THREADS")]
+    pub threads: Option<NonZeroUsize>,
 
     #[command(flatten)]
     pub timeouts: TimeoutArgs,

@@ -2,6 +2,7 @@
 //! (files, keys, URLs) is checked here, so a running proxy has no late surprises.
 
 use std::net::SocketAddr;
+use std::num::NonZeroUsize;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -210,6 +211,8 @@ pub struct Config {
     pub client_auth: bool,
     /// Plain-HTTP listener that redirects everything to https.
     pub redirect_http: Option<SocketAddr>,
+    /// Threads serving connections, each with its own event loop.
+    pub threads: NonZeroUsize,
 }
 
 impl std::fmt::Debug for Config {
@@ -236,6 +239,7 @@ impl Config {
             hsts: None,
             client_auth: false,
             redirect_http: None,
+            threads: NonZeroUsize::MIN,
         }
     }
 
@@ -270,6 +274,9 @@ impl Config {
             )
         });
         config.redirect_http = args.security.redirect_http;
+        config.threads = args
+            .threads
+            .unwrap_or_else(|| std::thread::available_parallelism().unwrap_or(NonZeroUsize::MIN));
         Ok(config)
     }
 }

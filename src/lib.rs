@@ -14,6 +14,7 @@ pub mod server;
 pub mod sse;
 pub mod tls;
 pub mod upstream;
+pub mod workers;
 
 pub use config::Config;
 pub use error::StartError;

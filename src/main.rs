@@ -68,7 +68,9 @@ fn ocsp_pairs(matches: &clap::ArgMatches) -> Vec<usize> {
 }
 
 fn serve(cli: Cli) -> anyhow::Result<()> {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
+    // This thread runs the accept loop and the first serving event loop; the
+    // server starts the others (`--threads`).
+    let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
     runtime.block_on(async {

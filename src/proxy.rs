@@ -35,8 +35,10 @@ pub struct Proxy {
     event_stream_relay: Arc<RelaySettings>,
     subscriber_relay: Arc<RelaySettings>,
     pool: UpstreamPool,
-    /// Upstream connections between HTTP/1.1 client connections.
-    idle_upstreams: Arc<IdleUpstreams>,
+    /// Upstream connections between HTTP/1.1 client connections, one set
+    /// per serving thread: a connection stays with the event loop it is
+    /// registered with.
+    idle_upstreams: Vec<Arc<IdleUpstreams>>,
     hub: Arc<Hub>,
     shutdown: CancellationToken,
 }
@@ -58,6 +60,9 @@ impl Proxy {
             pool.clone(),
             shutdown.clone(),
         );
+        let idle_upstreams = (0..config.threads.get())
+            .map(|_| IdleUpstreams::new())
+            .collect();
         Arc::new(Proxy {
             ordinary_relay: Arc::new(relay_settings(&config, BodyKind::Ordinary)),
             event_stream_relay: Arc::new(relay_settings(&config, BodyKind::EventStream)),
@@ -68,16 +73,18 @@ impl Proxy {
             }),
             config,
             pool,
-            idle_upstreams: IdleUpstreams::new(),
+            idle_upstreams,
             hub,
             shutdown,
         })
     }
 
-    /// The upstream side of a new HTTP/1.1 client connection: a slot for its
-    /// own upstream connection, filled from the parked ones when it can be.
-    pub fn affine_transport(&self) -> Transport {
-        Transport::Affine(Arc::new(AffineSlot::new(self.idle_upstreams.clone())))
+    /// The upstream side of a new HTTP/1.1 client connection on serving
+    /// thread `worker`: a slot for its own upstream connection, filled from
+    /// the ones parked by that thread's earlier connections when it can be.
+    pub fn affine_transport(&self, worker: usize) -> Transport {
+        let parked = &self.idle_upstreams[worker % self.idle_upstreams.len()];
+        Transport::Affine(Arc::new(AffineSlot::new(parked.clone())))
     }
 
     /// The shared-stream hub (for its counters).

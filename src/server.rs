@@ -16,6 +16,7 @@ use crate::config::{Config, MAX_REQUEST_HEADER_BYTES};
 use crate::error::StartError;
 use crate::lean_h1::{Next, Rewind};
 use crate::proxy::{ConnInfo, Proxy, Transport};
+use crate::workers::Workers;
 
 /// hyper's read buffer limit for HTTP/1.1. Above the proxy's own header limit,
 /// so an oversized header section usually reaches the proxy and gets a 431
@@ -35,6 +36,7 @@ pub struct Server {
     redirect: Option<TcpListener>,
     config: Config,
     proxy: Arc<Proxy>,
+    workers: Workers,
 }
 
 impl Server {
@@ -60,12 +62,15 @@ impl Server {
         };
         // The proxy's own token: cancelled by `run` when its caller's fires.
         let proxy = Proxy::new(config.clone(), CancellationToken::new());
+        let workers = Workers::start(config.threads)
+            .map_err(|e| StartError::Config(format!("cannot start serving threads: {e}")))?;
         Ok(Server {
             listener,
             local_addr,
             redirect,
             config,
             proxy,
+            workers,
         })
     }
 
@@ -86,6 +91,9 @@ impl Server {
     /// Serves until `shutdown` is cancelled, then stops accepting, lets open
     /// connections finish (event streams end at an event boundary) and returns
     /// once they have, or when the drain timeout runs out.
+    ///
+    /// Connections are accepted on the caller's runtime and served on the
+    /// server's `threads` (see [`crate::workers`]).
     pub async fn run(self, shutdown: CancellationToken) {
         let Server {
             listener,
@@ -93,11 +101,15 @@ impl Server {
             redirect,
             config,
             proxy,
+            workers,
         } = self;
         if let Some(reloader) = config.cert_reloader.clone() {
             reloader.spawn(shutdown.clone());
         }
-        tracing::info!("listening on https://{local_addr}");
+        tracing::info!(
+            threads = config.threads,
+            "listening on https://{local_addr}"
+        );
         if let Some(redirect) = redirect {
             tokio::spawn(crate::redirect::serve(
                 redirect,
@@ -122,6 +134,15 @@ impl Server {
                 },
                 () = shutdown.cancelled() => break,
             };
+            // Handed over unregistered: the worker's own event loop takes it.
+            let tcp = match tcp.into_std() {
+                Ok(tcp) => tcp,
+                Err(err) => {
+                    tracing::warn!(%peer, error = %err, "cannot hand the connection to a thread");
+                    continue;
+                }
+            };
+            let worker = workers.assign();
             let watcher = graceful.watcher();
             let proxy = proxy.clone();
             let connections = connections.clone();
@@ -130,7 +151,8 @@ impl Server {
             // Started here so the task holds the boxed handshake, not the
             // socket it has moved on from.
             let handshake = connections.handshake(tcp, peer);
-            tasks.spawn(async move {
+            let task = async move {
+                let _open = worker.open;
                 let Some(tls) = handshake.await else {
                     return;
                 };
@@ -145,9 +167,10 @@ impl Server {
                 if tls.get_ref().1.alpn_protocol() == Some(b"h2") {
                     serve_h2(tls, proxy, conn, &connections, watcher).await;
                 } else {
-                    serve_h1(tls, proxy, conn, &connections, watcher).await;
+                    serve_h1(tls, proxy, conn, worker.index, &connections, watcher).await;
                 }
-            });
+            };
+            tasks.spawn_on(task, &worker.handle);
         }
 
         drop(listener);
@@ -182,6 +205,7 @@ fn serve_h1(
     tls: ClientTls,
     proxy: Arc<Proxy>,
     conn: ConnInfo,
+    worker: usize,
     connections: &ConnectionSettings,
     watcher: Watcher,
 ) -> impl std::future::Future<Output = ()> + Send + '_ {
@@ -191,7 +215,7 @@ fn serve_h1(
             Next::Hyper(io) => io,
             Next::Closed => return,
         };
-        serve_h1_with_hyper(io, proxy, conn, connections, watcher).await;
+        serve_h1_with_hyper(io, proxy, conn, worker, connections, watcher).await;
     }
 }
 
@@ -205,13 +229,14 @@ fn serve_h1_with_hyper(
     io: Rewind<ClientTls>,
     proxy: Arc<Proxy>,
     conn: ConnInfo,
+    worker: usize,
     connections: &ConnectionSettings,
     watcher: Watcher,
 ) -> Boxed<'_, ()> {
     Box::pin(async move {
         let peer = conn.peer;
         // One upstream connection for this client connection's requests.
-        let upstream = proxy.affine_transport();
+        let upstream = proxy.affine_transport(worker);
         let service =
             service_fn(move |req| proxy.clone().handle(req, conn.clone(), upstream.clone()));
         let serving = connections.h1.serve_connection(TokioIo::new(io), service);
@@ -299,14 +324,23 @@ impl ConnectionSettings {
         }
     }
 
+    /// The TLS handshake of an accepted connection; polled first on the
+    /// worker's runtime, which registers the socket with its event loop.
     fn handshake(
         &self,
-        tcp: TcpStream,
+        tcp: std::net::TcpStream,
         peer: SocketAddr,
     ) -> Boxed<'static, Option<tokio_rustls::server::TlsStream<TcpStream>>> {
         let config = self.tls.clone();
         let timeout = self.tls_handshake_timeout;
         Box::pin(async move {
+            let tcp = match TcpStream::from_std(tcp) {
+                Ok(tcp) => tcp,
+                Err(err) => {
+                    tracing::warn!(%peer, error = %err, "cannot register the connection");
+                    return None;
+                }
+            };
             // Events are small writes; Nagle would hold them back 40-200 ms.
             if let Err(err) = tcp.set_nodelay(true) {
                 tracing::debug!(%peer, error = %err, "cannot set TCP_NODELAY");

@@ -360,9 +360,37 @@ async fn each_http1_client_connection_keeps_its_own_upstream_connection() {
 async fn a_new_client_connection_takes_the_upstream_connection_a_closed_one_left() {
     let upstream = counting_upstream().await;
     let proxy = spawn_proxy(upstream.addr).await;
-    for i in 0..3 {
+    one_request_per_connection(proxy.addr, 3).await;
+    assert_eq!(
+        upstream.accepts.load(Ordering::SeqCst),
+        1,
+        "the upstream connection outlives each client connection"
+    );
+}
+
+#[tokio::test]
+async fn a_parked_upstream_connection_stays_with_its_serving_thread() {
+    let upstream = counting_upstream().await;
+    let mut config = proxy_config(upstream.addr);
+    config.threads = 2.try_into().unwrap();
+    let proxy = spawn_proxy_with(config).await;
+    // One connection at a time: the threads take turns, so connections 0 and
+    // 2 share thread 0 and its parked upstream connection, while connection
+    // 1 on thread 1 needs one of its own.
+    one_request_per_connection(proxy.addr, 3).await;
+    assert_eq!(
+        upstream.accepts.load(Ordering::SeqCst),
+        2,
+        "one upstream connection per serving thread"
+    );
+}
+
+/// `count` requests, each on a TLS connection of its own that the client
+/// closes with `Connection: close`, one after the other.
+async fn one_request_per_connection(addr: SocketAddr, count: usize) {
+    for i in 0..count {
         // One request per TLS connection, as clients without keep-alive do.
-        let mut tls = tls_connect(proxy.addr, &[b"http/1.1"]).await;
+        let mut tls = tls_connect(addr, &[b"http/1.1"]).await;
         let request =
             format!("GET /conn/{i} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
         tls.write_all(request.as_bytes()).await.unwrap();
@@ -373,11 +401,6 @@ async fn a_new_client_connection_takes_the_upstream_connection_a_closed_one_left
         assert!(response.starts_with("HTTP/1.1 200"), "{response}");
         assert!(response.ends_with(&format!("/conn/{i}")), "{response}");
     }
-    assert_eq!(
-        upstream.accepts.load(Ordering::SeqCst),
-        1,
-        "the upstream connection outlives each client connection"
-    );
 }
 
 #[tokio::test]

@@ -164,11 +164,14 @@ async fn complete_event(stream: &UpstreamStream) {
 
 // ---------------------------------------------------------------- drain
 
-async fn drain_ends_streams_at_a_boundary_and_finishes_requests(version: Version) {
+/// With two serving threads, the event stream's connection is served by the
+/// test's runtime and the slow request's by the proxy's second thread.
+async fn drain_ends_streams_at_a_boundary_and_finishes_requests(version: Version, threads: usize) {
     const DRAIN_RETRY: Duration = Duration::from_millis(2500);
     const DRAIN_TIMEOUT: Duration = Duration::from_secs(20);
     let mut upstream = Upstream::start().await;
     let mut config = proxy_config(upstream.addr);
+    config.threads = threads.try_into().expect("threads > 0");
     config.streams.drain_retry = Some(DRAIN_RETRY);
     config.timeouts.drain = DRAIN_TIMEOUT;
     let proxy = spawn_proxy_with(config).await;
@@ -264,12 +267,17 @@ async fn drain_ends_streams_at_a_boundary_and_finishes_requests(version: Version
 
 #[tokio::test]
 async fn drain_finishes_requests_and_ends_streams_at_the_next_boundary_over_http1() {
-    drain_ends_streams_at_a_boundary_and_finishes_requests(Version::HTTP_11).await;
+    drain_ends_streams_at_a_boundary_and_finishes_requests(Version::HTTP_11, 1).await;
+}
+
+#[tokio::test]
+async fn drain_covers_the_connections_of_every_serving_thread() {
+    drain_ends_streams_at_a_boundary_and_finishes_requests(Version::HTTP_11, 2).await;
 }
 
 #[tokio::test]
 async fn drain_sends_goaway_finishes_requests_and_ends_streams_at_the_next_boundary_over_http2() {
-    drain_ends_streams_at_a_boundary_and_finishes_requests(Version::HTTP_2).await;
+    drain_ends_streams_at_a_boundary_and_finishes_requests(Version::HTTP_2, 1).await;
 }
 
 #[tokio::test]
