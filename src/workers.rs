@@ -52,16 +52,21 @@ impl Drop for OpenConnection {
 
 impl Workers {
     /// The current runtime as worker 0, and `threads - 1` more on threads of
-    /// their own. Must be called within a runtime.
+    /// their own. Fails outside a tokio runtime.
     pub fn start(threads: NonZeroUsize) -> io::Result<Self> {
-        let stop = CancellationToken::new();
-        let mut workers = vec![Worker::new(Handle::current())];
+        let current = Handle::try_current().map_err(io::Error::other)?;
+        // Built first, so that an early return stops the threads started so far.
+        let mut started = Workers {
+            workers: vec![Worker::new(current)],
+            next: AtomicUsize::new(0),
+            stop: CancellationToken::new(),
+        };
         for index in 1..threads.get() {
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()?;
-            workers.push(Worker::new(runtime.handle().clone()));
-            let stop = stop.clone();
+            let handle = runtime.handle().clone();
+            let stop = started.stop.clone();
             std::thread::Builder::new()
                 .name(format!("ssegate-{index}"))
                 .spawn(move || {
@@ -70,12 +75,9 @@ impl Workers {
                     // blocking tasks (DNS lookups) are not waited for.
                     runtime.shutdown_background();
                 })?;
+            started.workers.push(Worker::new(handle));
         }
-        Ok(Workers {
-            workers,
-            next: AtomicUsize::new(0),
-            stop,
-        })
+        Ok(started)
     }
 
     /// The worker with the fewest open connections, counting the new one.

@@ -142,7 +142,7 @@ fn header(md: &mut String, info: &RunInfo, results: &Results) {
             PeerKind::Nginx => "2 worker processes (+ master)".into(),
             PeerKind::Caddy => "GOMAXPROCS=2".into(),
             PeerKind::Haproxy => "nbthread 2".into(),
-            _ => "TOKIO_WORKER_THREADS=2".into(),
+            _ => "--threads 2".into(),
         };
         let tls = tls.as_ref().map_or("plain HTTP".into(), |t| t.to_string());
         let _ = writeln!(md, "| {kind} | {version} | {workers} | {tls} |");
