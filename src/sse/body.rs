@@ -126,7 +126,9 @@ pin_project_lite::pin_project! {
     pub struct RelayBody<B = Incoming> {
         #[pin]
         inner: B,
-        // Boxed and optional: subscribers of shared streams have none.
+        // Armed the first time the upstream is quiet (a response that arrives
+        // whole never needs one), boxed, and never for shared-stream
+        // subscribers (`idle_timeout` is None for them).
         idle: Option<Pin<Box<Sleep>>>,
         // Shared: there are only three per proxy, and an idle stream is small.
         settings: Arc<RelaySettings>,
@@ -166,9 +168,7 @@ impl<B> RelayBody<B> {
         };
         RelayBody {
             inner,
-            idle: settings
-                .idle_timeout
-                .map(|idle| Box::pin(tokio::time::sleep_until(now + idle))),
+            idle: None,
             settings,
             heartbeat,
             boundary: EventBoundary::new(),
@@ -273,8 +273,12 @@ where
             return Poll::Ready(None);
         }
 
-        if let (Some(timer), Some(idle)) = (this.idle.as_mut(), this.settings.idle_timeout) {
-            if fired(timer.as_mut(), *this.last_frame + idle, cx) {
+        if let Some(idle) = this.settings.idle_timeout {
+            let deadline = *this.last_frame + idle;
+            let timer = this
+                .idle
+                .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+            if fired(timer.as_mut(), deadline, cx) {
                 *this.done = true;
                 this.access.outcome = Outcome::IdleTimeout;
                 return match this.settings.kind {
