@@ -9,7 +9,8 @@
 //! When the client connection closes, its upstream connection is parked in
 //! [`IdleUpstreams`] for the next client connection to take, so a client that
 //! opens a new TLS connection per request does not cost a new TCP connection
-//! upstream as well (nginx's `keepalive` does the same).
+//! upstream as well (nginx's `keepalive` does the same). There is one set per
+//! serving thread: a connection stays with the event loop it is registered with.
 
 use std::future::{poll_fn, Future};
 use std::pin::Pin;
