@@ -430,6 +430,82 @@ async fn an_upstream_connection_closed_while_idle_is_replaced_without_an_error()
     }
 }
 
+/// Answers the request on `conn` with `body`, keeping the connection open.
+async fn answer_keep_alive(conn: &mut RawUpstreamConn, body: &str) {
+    let response = format!(
+        "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    conn.write(response.as_bytes()).await;
+}
+
+/// Serves `/one` keep-alive and returns the upstream connection it came on.
+async fn first_exchange(upstream: &mut RawUpstream, client: &mut Client) -> RawUpstreamConn {
+    let first = async {
+        let mut conn = upstream.next().await;
+        answer_keep_alive(&mut conn, "one").await;
+        conn
+    };
+    let (response, conn) = tokio::join!(client.get("/one"), first);
+    assert_eq!(body_text(response).await, "one");
+    conn
+}
+
+/// Reads the next request on `conn`, then closes the connection without
+/// answering, as an upstream does when its keep-alive timeout fires while a
+/// request is on its way. Returns the request's start line.
+async fn close_under_request(mut conn: RawUpstreamConn) -> String {
+    let head = conn.conn.read_head().await;
+    drop(conn);
+    head.start_line
+}
+
+#[tokio::test]
+async fn a_get_that_meets_the_upstream_closing_its_idle_connection_is_sent_again() {
+    let mut upstream = RawUpstream::start().await;
+    let proxy = spawn_proxy(upstream.addr).await;
+    let mut client = Client::connect(proxy.addr, Version::HTTP_11).await;
+    let conn = first_exchange(&mut upstream, &mut client).await;
+    let upstream_side = async {
+        let dropped = close_under_request(conn).await;
+        let mut again = upstream.next().await;
+        answer_keep_alive(&mut again, "two").await;
+        (dropped, again.request.start_line.clone(), again)
+    };
+    let (response, (dropped, resent, _again)) =
+        tokio::join!(client.send(get("/two", Version::HTTP_11)), upstream_side);
+    assert_eq!(dropped, "GET /two HTTP/1.1");
+    assert_eq!(
+        resent, "GET /two HTTP/1.1",
+        "sent again on a new connection"
+    );
+    assert_eq!(response.status(), 200);
+    assert_eq!(body_text(response).await, "two");
+}
+
+#[tokio::test]
+async fn a_post_that_meets_the_upstream_closing_its_idle_connection_is_not_sent_twice() {
+    let mut upstream = RawUpstream::start().await;
+    let proxy = spawn_proxy(upstream.addr).await;
+    let mut client = Client::connect(proxy.addr, Version::HTTP_11).await;
+    let conn = first_exchange(&mut upstream, &mut client).await;
+    let post = request(Version::HTTP_11, "POST", "localhost", "/order")
+        .body(full_body("item=1"))
+        .unwrap();
+    let (response, dropped) = tokio::join!(client.send(post), close_under_request(conn));
+    assert_eq!(dropped, "POST /order HTTP/1.1");
+    assert_eq!(response.status(), 502);
+    // The next upstream connection carries the next request, not the POST again.
+    let next = async {
+        let mut conn = upstream.next().await;
+        answer_keep_alive(&mut conn, "three").await;
+        conn.request.start_line.clone()
+    };
+    let (response, start_line) = tokio::join!(client.get("/three"), next);
+    assert_eq!(start_line, "GET /three HTTP/1.1");
+    assert_eq!(body_text(response).await, "three");
+}
+
 // -------------------------------------------------------------- slowloris
 
 const SLOW_CLIENTS: usize = 300;

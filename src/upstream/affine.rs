@@ -19,7 +19,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{Request, Response};
+use http::{Method, Request, Response};
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use hyper::client::conn::http1;
@@ -80,13 +80,21 @@ impl AffineSlot {
         let mut request = in_origin_form(request)?;
         if let Some(mut upstream) = self.take_idle() {
             if upstream.wait_ready().await {
+                // The upstream may close an idle connection (its keep-alive
+                // timeout) just as a request goes out on it. A request that
+                // can safely be sent twice is then sent again on a new
+                // connection, as nginx does with its cached connections.
+                let replay = replayable_copy(&request);
                 match upstream.send(request).await {
                     Ok(response) => return Ok(self.body_for(response, upstream)),
-                    // Closed by the upstream before the request went out: a
-                    // new connection can still take it.
-                    Err(mut err) => match err.take_message() {
-                        Some(unsent) => request = unsent,
-                        None => return Err(upstream_error(err.into_error())),
+                    Err(mut err) => match (err.take_message(), replay) {
+                        // Closed before the request went out.
+                        (Some(unsent), _) => request = unsent,
+                        (None, Some(copy)) if closed_under_request(err.error()) => {
+                            tracing::debug!(error = %err.error(), "reused upstream connection was closed; request sent again");
+                            request = copy;
+                        }
+                        (None, _) => return Err(upstream_error(err.into_error())),
                     },
                 }
             }
@@ -247,6 +255,41 @@ async fn connect(uri: &http::Uri, timeout: Duration) -> Result<Upstream, ProxyEr
         connection: Box::pin(connection),
         closed: false,
     })
+}
+
+/// A copy of `request` to send again, if that is safe: a safe method (RFC
+/// 9110 §9.2.1) and no body.
+fn replayable_copy(request: &Request<UpstreamBody>) -> Option<Request<UpstreamBody>> {
+    let safe = matches!(
+        *request.method(),
+        Method::GET | Method::HEAD | Method::OPTIONS
+    );
+    if !safe || !request.body().is_end_stream() {
+        return None;
+    }
+    let mut copy = Request::new(UpstreamBody::default());
+    *copy.method_mut() = request.method().clone();
+    *copy.uri_mut() = request.uri().clone();
+    *copy.version_mut() = request.version();
+    *copy.headers_mut() = request.headers().clone();
+    Some(copy)
+}
+
+/// Whether the connection was closed or reset under a request, before any
+/// of its response arrived.
+fn closed_under_request(err: &hyper::Error) -> bool {
+    use std::io::ErrorKind;
+    if err.is_incomplete_message() {
+        return true;
+    }
+    std::error::Error::source(err)
+        .and_then(|source| source.downcast_ref::<std::io::Error>())
+        .is_some_and(|io| {
+            matches!(
+                io.kind(),
+                ErrorKind::ConnectionReset | ErrorKind::BrokenPipe | ErrorKind::ConnectionAborted
+            )
+        })
 }
 
 fn upstream_error(err: hyper::Error) -> ProxyError {
