@@ -82,9 +82,9 @@ impl Proxy {
     /// The upstream side of a new HTTP/1.1 client connection on serving
     /// thread `worker`: a slot for its own upstream connection, filled from
     /// the ones parked by that thread's earlier connections when it can be.
-    pub fn affine_transport(&self, worker: usize) -> Transport {
+    pub fn affine_slot(&self, worker: usize) -> Arc<AffineSlot> {
         let parked = &self.idle_upstreams[worker % self.idle_upstreams.len()];
-        Transport::Affine(Arc::new(AffineSlot::new(parked.clone())))
+        Arc::new(AffineSlot::new(parked.clone()))
     }
 
     /// The shared-stream hub (for its counters).
@@ -149,6 +149,9 @@ impl Proxy {
             Transport::Pooled => self.relay(self.forward(req, &conn).await, access),
             Transport::Affine(slot) => {
                 self.relay(self.forward_affine(req, &conn, &slot).await, access)
+            }
+            Transport::AffineByHand(slot) => {
+                self.relay(self.forward_by_hand(req, &conn, &slot).await, access)
             }
             Transport::Dedicated => self.relay(self.forward_dedicated(req, &conn).await, access),
         }
@@ -247,6 +250,19 @@ impl Proxy {
             .await
     }
 
+    /// Like `forward_affine`, driving the connection by hand (bodiless
+    /// requests only: the body is not sent).
+    async fn forward_by_hand<B: RequestBody>(
+        &self,
+        req: Request<B>,
+        conn: &ConnInfo,
+        slot: &Arc<AffineSlot>,
+    ) -> Result<(Response<DedicatedBody>, BodyKind), ProxyError> {
+        let (parts, _) = self.upstream_request(req, conn)?.into_parts();
+        self.response_head(slot.send_bodiless(&parts, self.config.timeouts.connect))
+            .await
+    }
+
     /// Like `forward`, over a connection of the request's own (bodiless
     /// requests only: the body is not sent).
     async fn forward_dedicated<B: RequestBody>(
@@ -338,6 +354,9 @@ pub enum Transport {
     /// The client connection's own upstream connection, driven by the task
     /// that serves the client (HTTP/1.1 clients: one request at a time).
     Affine(Arc<AffineSlot>),
+    /// The same connection, driven by hand instead of by hyper's client
+    /// (bodiless GETs on the lean path).
+    AffineByHand(Arc<AffineSlot>),
     /// A new connection of the request's own, holding no buffer while the
     /// response is idle (bodiless EventSource requests on the lean path).
     Dedicated,

@@ -191,8 +191,8 @@ impl Server {
 
 type ClientTls = Box<tokio_rustls::server::TlsStream<TcpStream>>;
 
-/// HTTP/1.1: an EventSource request arriving first is served by the lean
-/// path; everything else, and what follows it, by hyper.
+/// HTTP/1.1: plain bodiless GETs are served by the lean path; the first
+/// other request, and everything after it, by hyper.
 ///
 /// (Written as a function returning an `async move` block rather than an
 /// `async fn`: an `async fn` keeps a second copy of its arguments for as long
@@ -211,11 +211,22 @@ fn serve_h1(
 ) -> impl std::future::Future<Output = ()> + Send + '_ {
     async move {
         let limit = connections.header_read_timeout;
-        let io = match crate::lean_h1::serve_first_request(tls, &proxy, &conn, limit).await {
-            Next::Hyper(io) => io,
+        let (io, slot) = match crate::lean_h1::serve(tls, &proxy, &conn, limit, worker).await {
+            Next::Hyper { io, slot } => (io, slot),
             Next::Closed => return,
         };
-        serve_h1_with_hyper(io, proxy, conn, worker, connections, watcher).await;
+        // One upstream connection for this client connection's requests,
+        // the same the lean path used, if it needed one.
+        let slot = slot.unwrap_or_else(|| proxy.affine_slot(worker));
+        serve_h1_with_hyper(
+            io,
+            proxy,
+            conn,
+            Transport::Affine(slot),
+            connections,
+            watcher,
+        )
+        .await;
     }
 }
 
@@ -229,14 +240,12 @@ fn serve_h1_with_hyper(
     io: Rewind<ClientTls>,
     proxy: Arc<Proxy>,
     conn: ConnInfo,
-    worker: usize,
+    upstream: Transport,
     connections: &ConnectionSettings,
     watcher: Watcher,
 ) -> Boxed<'_, ()> {
     Box::pin(async move {
         let peer = conn.peer;
-        // One upstream connection for this client connection's requests.
-        let upstream = proxy.affine_transport(worker);
         let service =
             service_fn(move |req| proxy.clone().handle(req, conn.clone(), upstream.clone()));
         let serving = connections.h1.serve_connection(TokioIo::new(io), service);

@@ -12,6 +12,7 @@ mod request;
 mod response;
 mod rewind;
 
+use std::future::poll_fn;
 use std::future::Future;
 use std::io;
 use std::pin::{pin, Pin};
@@ -20,10 +21,13 @@ use std::task::Poll;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
+use http_body::{Body, Frame};
 use http_body_util::{BodyExt, Empty};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 
+use crate::error::BoxError;
 use crate::proxy::{ConnInfo, Proxy, ProxyBody, Transport};
+use crate::upstream::affine::AffineSlot;
 use request::Sniffed;
 use response::{Framing, WireBytes};
 pub use rewind::Rewind;
@@ -33,17 +37,26 @@ pub use rewind::Rewind;
 const MAX_PIPELINED: usize = 64 * 1024;
 /// First read size for a request head; a browser's usually fits.
 const HEAD_READ_SIZE: usize = 2048;
+/// Body bytes gathered into one write at most: one full TLS record.
+const MAX_WRITE: usize = 16 * 1024;
 
-/// How a connection goes on after `serve_first_request`.
+/// How a connection goes on after the lean path.
 pub enum Next<IO> {
-    /// hyper serves the rest, starting with the bytes already read.
-    Hyper(Rewind<IO>),
+    /// hyper serves the rest, starting with the bytes already read, over
+    /// the client connection's upstream slot if the lean path made one.
+    Hyper {
+        io: Rewind<IO>,
+        slot: Option<Arc<AffineSlot>>,
+    },
     /// The connection is finished.
     Closed,
 }
 
-/// Reads the first request head; serves it here if it is an EventSource
-/// request, else hands it to hyper.
+/// Serves requests on an HTTP/1.1 connection (served by thread `worker`)
+/// for as long as they are plain bodiless GETs, then hands the connection
+/// to hyper. EventSource requests get an upstream connection of their own;
+/// other GETs share the client connection's own upstream connection, made
+/// on the first of them, which hyper then takes over.
 ///
 /// This and `write_response` return `async move` blocks instead of being
 /// `async fn`s: an `async fn` keeps a second copy of its arguments in its
@@ -52,52 +65,69 @@ pub enum Next<IO> {
     clippy::manual_async_fn,
     reason = "an async fn keeps its arguments twice"
 )]
-pub fn serve_first_request<'a, IO>(
+pub fn serve<'a, IO>(
     mut io: IO,
     proxy: &'a Arc<Proxy>,
     conn: &'a ConnInfo,
     header_read_timeout: Duration,
+    worker: usize,
 ) -> impl Future<Output = Next<IO>> + Send + 'a
 where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'a,
 {
     async move {
-        let mut ready = match until_response_head(&mut io, proxy, conn, header_read_timeout).await {
-            Head::Ready(ready) => ready,
-            Head::ForHyper(prefix) => return Next::Hyper(Rewind::new(io, prefix)),
-            Head::Closed => return Next::Closed,
-        };
-        let written = write_response(&mut io, &mut ready).await;
-        match written {
-            Ok(Written::Complete) if !ready.close && !proxy.shutdown_token().is_cancelled() => {
-                Next::Hyper(Rewind::new(io, ready.pipelined.split().freeze()))
-            }
-            Ok(Written::Complete) => {
-                // close_notify, so the client knows nothing was cut.
-                let _ = io.shutdown().await;
-                Next::Closed
-            }
-            Ok(Written::ClientGone) => Next::Closed,
-            Ok(Written::Cut) => Next::Closed,
-            Err(err) => {
-                tracing::debug!(peer = %conn.peer, error = %err, "writing response failed");
-                Next::Closed
+        // What the client sent beyond the request just served.
+        let mut received = BytesMut::new();
+        let mut slot = None;
+        loop {
+            let exchange = Exchange {
+                proxy,
+                conn,
+                header_read_timeout,
+                worker,
+                slot: &mut slot,
+            };
+            let mut ready = match exchange.until_response_head(&mut io, received).await {
+                Head::Ready(ready) => ready,
+                Head::ForHyper(prefix) => {
+                    let io = Rewind::new(io, prefix);
+                    return Next::Hyper { io, slot };
+                }
+                Head::Closed => return Next::Closed,
+            };
+            let written = write_response(&mut io, &mut ready).await;
+            match written {
+                Ok(Written::Complete) if !ready.close && !proxy.shutdown_token().is_cancelled() => {
+                    received = std::mem::take(&mut ready.pipelined);
+                }
+                Ok(Written::Complete) => {
+                    // close_notify, so the client knows nothing was cut.
+                    let _ = io.shutdown().await;
+                    return Next::Closed;
+                }
+                Ok(Written::ClientGone) => return Next::Closed,
+                Ok(Written::Cut) => return Next::Closed,
+                Err(err) => {
+                    tracing::debug!(peer = %conn.peer, error = %err, "writing response failed");
+                    return Next::Closed;
+                }
             }
         }
     }
 }
 
-/// How the first exchange got on up to the response head.
+/// How one exchange got on up to the response head.
 enum Head {
-    /// An EventSource request, forwarded; its response is ready to write.
+    /// A lean request, forwarded; its response is ready to write.
     Ready(Box<HeadReady>),
-    /// Not an EventSource request: hyper serves it from these bytes on.
+    /// Not a lean request: hyper serves it from these bytes on.
     ForHyper(Bytes),
     Closed,
 }
 
 struct HeadReady {
-    head: Vec<u8>,
+    /// The encoded head, then the bytes waiting to be written.
+    out: Vec<u8>,
     framing: Framing,
     body: ProxyBody,
     /// The connection closes after this response.
@@ -106,67 +136,117 @@ struct HeadReady {
     pipelined: BytesMut,
 }
 
-/// Reads and sniffs the request head, then forwards an EventSource request
-/// and encodes the response head. Returned boxed: this phase is large and
-/// short-lived, and an inline future would size the task of every stream by
-/// it for as long as the stream lives.
-fn until_response_head<'a, IO>(
-    io: &'a mut IO,
+/// What one request on the lean path needs.
+struct Exchange<'a> {
     proxy: &'a Proxy,
     conn: &'a ConnInfo,
     header_read_timeout: Duration,
-) -> Pin<Box<dyn Future<Output = Head> + Send + 'a>>
-where
-    IO: AsyncRead + Unpin + Send,
-{
-    Box::pin(async move {
-        let mut buf = BytesMut::new();
-        let read = tokio::select! {
-            read = tokio::time::timeout(header_read_timeout, read_head(io, &mut buf)) => read,
-            // A connection without a request yet does not hold up a drain.
-            () = proxy.shutdown_token().cancelled() => return Head::Closed,
-        };
-        let sniffed = match read {
-            Ok(Ok(Some(sniffed))) => sniffed,
-            Ok(Ok(None)) => return Head::Closed,
-            Ok(Err(err)) => {
-                tracing::debug!(peer = %conn.peer, error = %err, "reading request head failed");
-                return Head::Closed;
-            }
-            Err(_) => {
-                tracing::info!(peer = %conn.peer, "request headers not received in time; connection closed");
-                return Head::Closed;
-            }
-        };
-        let Sniffed::EventSource {
-            request,
-            head_len,
-            keep_alive,
-        } = sniffed
-        else {
-            return Head::ForHyper(buf.freeze());
-        };
-        // Whatever followed the head is the client's next request. Copied (it
-        // is usually empty), so the head's buffer is freed, not kept alive.
-        let mut pipelined = BytesMut::from(&buf[head_len..]);
-        drop(buf);
+    worker: usize,
+    /// The client connection's upstream slot, made when first needed.
+    slot: &'a mut Option<Arc<AffineSlot>>,
+}
 
-        let request = (*request).map(|()| Empty::<Bytes>::new());
-        let forwarding = pin!(proxy.handle_over(request, conn.clone(), Transport::Dedicated));
-        // A client that leaves before the response head cancels the upstream request.
-        let Some(response) = until_client_leaves(io, forwarding, &mut pipelined).await else {
-            return Head::Closed;
-        };
-        let close = !keep_alive || proxy.shutdown_token().is_cancelled();
-        let (head, framing, body) = response::encode(response, close);
-        Head::Ready(Box::new(HeadReady {
-            head,
-            framing,
-            body,
-            close,
-            pipelined,
-        }))
-    })
+impl<'a> Exchange<'a> {
+    /// Reads and sniffs the request head (`received` holds what was already
+    /// read), then forwards a lean request and encodes the response head.
+    /// Returned boxed: this phase is large and short-lived, and an inline
+    /// future would size the task of every stream by it for as long as the
+    /// stream lives.
+    fn until_response_head<IO>(
+        self,
+        io: &'a mut IO,
+        received: BytesMut,
+    ) -> Pin<Box<dyn Future<Output = Head> + Send + 'a>>
+    where
+        IO: AsyncRead + Unpin + Send,
+    {
+        let Exchange {
+            proxy,
+            conn,
+            header_read_timeout,
+            worker,
+            slot,
+        } = self;
+        Box::pin(async move {
+            let mut buf = received;
+            let read = tokio::select! {
+                read = tokio::time::timeout(header_read_timeout, read_head(io, &mut buf)) => read,
+                // A connection without a request yet does not hold up a drain.
+                () = proxy.shutdown_token().cancelled() => return Head::Closed,
+            };
+            let sniffed = match read {
+                Ok(Ok(Some(sniffed))) => sniffed,
+                Ok(Ok(None)) => return Head::Closed,
+                Ok(Err(err)) => {
+                    tracing::debug!(peer = %conn.peer, error = %err, "reading request head failed");
+                    return Head::Closed;
+                }
+                Err(_) => {
+                    tracing::info!(peer = %conn.peer, "request headers not received in time; connection closed");
+                    return Head::Closed;
+                }
+            };
+            let Sniffed::Lean {
+                request,
+                head_len,
+                keep_alive,
+                event_source,
+            } = sniffed
+            else {
+                return Head::ForHyper(buf.freeze());
+            };
+            // Whatever followed the head is the client's next request. Copied
+            // (it is usually empty), so the head's buffer is freed, not kept alive.
+            let mut pipelined = BytesMut::from(&buf[head_len..]);
+            drop(buf);
+
+            // An event stream holds its upstream connection for as long as
+            // it lasts, so it gets one of its own.
+            let transport = if event_source {
+                Transport::Dedicated
+            } else {
+                let slot = slot.get_or_insert_with(|| proxy.affine_slot(worker));
+                Transport::AffineByHand(slot.clone())
+            };
+            let request = (*request).map(|()| Empty::<Bytes>::new());
+            let forwarding = pin!(proxy.handle_over(request, conn.clone(), transport));
+            // A client that leaves before the response head cancels the upstream request.
+            let Some(response) = until_client_leaves(io, forwarding, &mut pipelined).await else {
+                return Head::Closed;
+            };
+            let close = !keep_alive || proxy.shutdown_token().is_cancelled();
+            let (out, framing, body) = response::encode(response, close);
+            Head::Ready(Box::new(HeadReady {
+                out,
+                framing,
+                body,
+                close,
+                pipelined,
+            }))
+        })
+    }
+}
+
+impl HeadReady {
+    /// Adds a body frame's bytes to those waiting to be written; Some once
+    /// the body has ended.
+    fn add(&mut self, frame: Option<Result<Frame<Bytes>, BoxError>>) -> Option<Written> {
+        match response::wire_bytes(frame, self.framing) {
+            WireBytes::Write(bytes) => {
+                self.out.extend_from_slice(&bytes);
+                None
+            }
+            WireBytes::Skip => None,
+            WireBytes::End(last) => {
+                self.out.extend_from_slice(last);
+                Some(Written::Complete)
+            }
+            WireBytes::Failed(err) => {
+                tracing::debug!(error = %err, "response body failed; connection cut");
+                Some(Written::Cut)
+            }
+        }
+    }
 }
 
 /// Runs `future` while keeping what the client pipelines; None if the client
@@ -239,9 +319,10 @@ enum Written {
     Cut,
 }
 
-/// Writes head and body, each body frame as it comes (one chunk, one TLS
-/// record, flushed at once), while watching the client for hang-ups and
-/// keeping what it pipelines.
+/// Writes head and body: whatever the body has ready leaves together (the
+/// head and a whole small body in one TLS record), then each frame as it
+/// comes, flushed at once, while the writer watches the client for hang-ups
+/// and keeps what it pipelines.
 #[allow(
     clippy::manual_async_fn,
     reason = "an async fn keeps its arguments twice"
@@ -254,34 +335,28 @@ where
     IO: AsyncRead + AsyncWrite + Unpin + Send,
 {
     async move {
-        write_flushed(io, &ready.head).await?;
-        ready.head = Vec::new();
-        if ready.framing == Framing::NoBody {
-            return Ok(Written::Complete);
-        }
+        let mut ended = (ready.framing == Framing::NoBody).then_some(Written::Complete);
         // One await per step, and nothing held across more than one of them:
         // a value kept across several awaits keeps a slot in this state for
         // the stream's life.
         loop {
-            let (bytes, last) = {
-                let frame = until_client_leaves(io, ready.body.frame(), &mut ready.pipelined);
-                let wire = match frame.await {
-                    None => return Ok(Written::ClientGone),
-                    Some(frame) => response::wire_bytes(frame, ready.framing),
+            while ended.is_none() && ready.out.len() < MAX_WRITE {
+                let frame = poll_fn(|cx| Poll::Ready(Pin::new(&mut ready.body).poll_frame(cx)));
+                let Poll::Ready(frame) = frame.await else {
+                    break;
                 };
-                match wire {
-                    WireBytes::Write(bytes) => (bytes, false),
-                    WireBytes::Skip => continue,
-                    WireBytes::End(last) => (Bytes::from_static(last), true),
-                    WireBytes::Failed(err) => {
-                        tracing::debug!(error = %err, "response body failed; connection cut");
-                        return Ok(Written::Cut);
-                    }
-                }
-            };
-            write_flushed(io, &bytes).await?;
-            if last {
-                return Ok(Written::Complete);
+                ended = ready.add(frame);
+            }
+            write_flushed(io, &ready.out).await?;
+            // Released, so an idle stream holds no buffer.
+            ready.out = Vec::new();
+            if let Some(ended) = ended {
+                return Ok(ended);
+            }
+            let frame = until_client_leaves(io, ready.body.frame(), &mut ready.pipelined);
+            match frame.await {
+                None => return Ok(Written::ClientGone),
+                Some(frame) => ended = ready.add(frame),
             }
         }
     }

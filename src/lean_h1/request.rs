@@ -1,4 +1,4 @@
-//! The first request head of a connection: is it an EventSource request the
+//! A request head on an HTTP/1.1 connection: is it a plain bodiless GET the
 //! lean path serves, or something to hand to hyper untouched?
 
 use http::header::{self, HeaderName, HeaderValue};
@@ -14,12 +14,14 @@ const MAX_HEADERS: usize = 100;
 
 #[derive(Debug)]
 pub enum Sniffed {
-    /// A complete EventSource request; the head was the first `head_len` bytes.
-    EventSource {
+    /// A complete plain GET; the head was the first `head_len` bytes.
+    Lean {
         request: Box<Request<()>>,
         head_len: usize,
         /// False when the client sent `Connection: close`.
         keep_alive: bool,
+        /// It asked for `text/event-stream` (an EventSource).
+        event_source: bool,
     },
     /// Anything else, including malformed heads: hyper serves it (and rejects
     /// what is malformed) from the same bytes.
@@ -29,9 +31,8 @@ pub enum Sniffed {
 }
 
 /// Decides from the bytes read so far. Only the plainest requests qualify:
-/// GET, HTTP/1.1, origin-form target, `Accept: text/event-stream`, no body
-/// and nothing that changes the connection (Upgrade, Expect). Everything
-/// unusual is hyper's to judge.
+/// GET, HTTP/1.1, origin-form target, no body and nothing that changes the
+/// connection (Upgrade, Expect). Everything unusual is hyper's to judge.
 pub fn sniff(buf: &[u8]) -> Sniffed {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut parsed = httparse::Request::new(&mut headers);
@@ -78,19 +79,17 @@ pub fn sniff(buf: &[u8]) -> Sniffed {
         }
         map.append(name, value);
     }
-    if !wants_event_stream {
-        return Sniffed::Other;
-    }
 
     let mut request = Request::new(());
     *request.method_mut() = Method::GET;
     *request.uri_mut() = uri;
     *request.version_mut() = Version::HTTP_11;
     *request.headers_mut() = map;
-    Sniffed::EventSource {
+    Sniffed::Lean {
         request: Box::new(request),
         head_len,
         keep_alive,
+        event_source: wants_event_stream,
     }
 }
 
@@ -111,19 +110,34 @@ mod tests {
         let mut bytes = EVENT_SOURCE.to_vec();
         bytes.extend_from_slice(b"GET /next");
         match sniff(&bytes) {
-            Sniffed::EventSource {
+            Sniffed::Lean {
                 request,
                 head_len,
                 keep_alive,
+                event_source,
             } => {
                 assert_eq!(head_len, EVENT_SOURCE.len());
                 assert!(keep_alive);
+                assert!(event_source);
                 assert_eq!(request.uri(), "/events?x=1");
                 assert_eq!(request.headers()["last-event-id"], "7");
                 assert_eq!(request.headers()["host"], "example.com");
             }
-            other => panic!("expected EventSource, got {other:?}"),
+            other => panic!("expected Lean, got {other:?}"),
         }
+    }
+
+    #[test]
+    fn a_plain_get_qualifies_too() {
+        let head = b"GET /static HTTP/1.1\r\nHost: a\r\nAccept: */*\r\n\r\n";
+        assert!(matches!(
+            sniff(head),
+            Sniffed::Lean {
+                event_source: false,
+                keep_alive: true,
+                ..
+            }
+        ));
     }
 
     #[test]
@@ -139,7 +153,7 @@ mod tests {
         let head = b"GET / HTTP/1.1\r\nHost: a\r\nAccept: TEXT/Event-Stream\r\nConnection: keep-alive, Close\r\n\r\n";
         assert!(matches!(
             sniff(head),
-            Sniffed::EventSource {
+            Sniffed::Lean {
                 keep_alive: false,
                 ..
             }
@@ -149,7 +163,7 @@ mod tests {
     #[test]
     fn everything_else_goes_to_hyper() {
         let others: [&[u8]; 8] = [
-            b"GET / HTTP/1.1\r\nHost: a\r\n\r\n",
+            b"HEAD / HTTP/1.1\r\nHost: a\r\n\r\n",
             b"POST / HTTP/1.1\r\nHost: a\r\nAccept: text/event-stream\r\n\r\n",
             b"GET / HTTP/1.0\r\nHost: a\r\nAccept: text/event-stream\r\n\r\n",
             b"GET http://a/ HTTP/1.1\r\nHost: a\r\nAccept: text/event-stream\r\n\r\n",

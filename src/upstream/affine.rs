@@ -6,6 +6,11 @@
 //! pool, a request then crosses no task boundary (no wake-ups between threads)
 //! and takes no pool lock.
 //!
+//! The lean path's GETs drive the connection by hand (`send_bodiless`, see
+//! `dedicated.rs`); every other request drives it through hyper's client
+//! (`send`). A connection goes from one to the other when its client
+//! connection does, which happens at most once.
+//!
 //! When the client connection closes, its upstream connection is parked in
 //! [`IdleUpstreams`] for the next client connection to take, so a client that
 //! opens a new TLS connection per request does not cost a new TCP connection
@@ -27,6 +32,7 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
+use super::dedicated::{self, DedicatedBody, ExchangeError};
 use super::UpstreamBody;
 use crate::config::UPSTREAM_POOL_IDLE_TIMEOUT;
 use crate::error::{error_chain, ProxyError};
@@ -43,8 +49,16 @@ const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
 
 /// The upstream connection of one client connection, while it is idle.
 pub struct AffineSlot {
-    idle: Mutex<Option<Upstream>>,
+    idle: Mutex<Option<Idle>>,
     parked: Arc<IdleUpstreams>,
+}
+
+/// An idle upstream connection, as the path that used it last left it.
+enum Idle {
+    /// Driven by hand: just the socket.
+    Raw(TcpStream),
+    /// Driven by hyper's client.
+    Hyper(Upstream),
 }
 
 struct Upstream {
@@ -78,7 +92,7 @@ impl AffineSlot {
     ) -> Result<Response<AffineBody>, ProxyError> {
         let upstream_uri = request.uri().clone();
         let mut request = in_origin_form(request)?;
-        if let Some(mut upstream) = self.take_idle() {
+        if let Some(mut upstream) = self.take_hyper().await {
             if upstream.wait_ready().await {
                 // The upstream may close an idle connection (its keep-alive
                 // timeout) just as a request goes out on it. A request that
@@ -106,14 +120,61 @@ impl AffineSlot {
         }
     }
 
+    /// Sends a bodiless GET over the slot's connection (a new one if there
+    /// is none), driven by hand, and reads the response head. The connection
+    /// comes back to the slot once the body is read to its end. The
+    /// request's URI is absolute, as the proxy builds it.
+    pub async fn send_bodiless(
+        self: &Arc<Self>,
+        request: &http::request::Parts,
+        connect_timeout: Duration,
+    ) -> Result<Response<DedicatedBody>, ProxyError> {
+        let recycle = || Some(Arc::downgrade(self));
+        if let Some(tcp) = self.take_raw() {
+            match dedicated::exchange(tcp, request, recycle()).await {
+                Ok(response) => return Ok(response),
+                // The upstream closed the idle connection (its keep-alive
+                // timeout) as the request went out: a safe request is sent
+                // again on a new connection, as in `send`.
+                Err(ExchangeError::Unanswered(err)) if is_safe(&request.method) => {
+                    tracing::debug!(error = %err, "reused upstream connection was closed; request sent again");
+                }
+                Err(err) => return Err(err.into()),
+            }
+        }
+        let tcp = super::connect(&request.uri, connect_timeout).await?;
+        Ok(dedicated::exchange(tcp, request, recycle()).await?)
+    }
+
     /// The slot's own idle connection, or else a parked one.
-    fn take_idle(&self) -> Option<Upstream> {
+    fn take_idle(&self) -> Option<Idle> {
         let own = lock(&self.idle).take();
-        own.or_else(|| self.parked.take())
+        own.or_else(|| self.parked.take().map(Idle::Raw))
+    }
+
+    /// The idle connection, for hyper's client.
+    async fn take_hyper(&self) -> Option<Upstream> {
+        match self.take_idle()? {
+            Idle::Hyper(upstream) => Some(upstream),
+            Idle::Raw(tcp) => Upstream::over(tcp).await.ok(),
+        }
+    }
+
+    /// The idle connection, to drive by hand.
+    fn take_raw(&self) -> Option<TcpStream> {
+        match self.take_idle()? {
+            Idle::Raw(tcp) => Some(tcp),
+            Idle::Hyper(upstream) => upstream.into_raw(),
+        }
     }
 
     fn put_idle(&self, upstream: Upstream) {
-        *lock(&self.idle) = Some(upstream);
+        *lock(&self.idle) = Some(Idle::Hyper(upstream));
+    }
+
+    /// Takes back a connection driven by hand, ready for the next request.
+    pub(super) fn put_raw(&self, tcp: TcpStream) {
+        *lock(&self.idle) = Some(Idle::Raw(tcp));
     }
 
     fn body_for(
@@ -137,13 +198,19 @@ impl Drop for AffineSlot {
             .get_mut()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
             .take();
-        if let Some(upstream) = idle {
-            self.parked.park(upstream);
+        let tcp = match idle {
+            Some(Idle::Raw(tcp)) => Some(tcp),
+            Some(Idle::Hyper(upstream)) => upstream.into_raw(),
+            None => None,
+        };
+        if let Some(tcp) = tcp {
+            self.parked.park(tcp);
         }
     }
 }
 
 /// Idle upstream connections between client connections, newest last.
+/// They are parked as sockets, so either path can take them.
 #[derive(Default)]
 pub struct IdleUpstreams {
     parked: Mutex<Vec<Parked>>,
@@ -151,7 +218,7 @@ pub struct IdleUpstreams {
 
 struct Parked {
     since: Instant,
-    upstream: Upstream,
+    tcp: TcpStream,
 }
 
 impl IdleUpstreams {
@@ -177,37 +244,46 @@ impl IdleUpstreams {
         lock(&self.parked)
     }
 
-    fn park(&self, upstream: Upstream) {
-        if upstream.closed {
-            return;
-        }
+    fn park(&self, tcp: TcpStream) {
         let oldest = {
             let mut parked = self.lock();
             let oldest = (parked.len() >= MAX_PARKED).then(|| parked.remove(0));
             parked.push(Parked {
                 since: Instant::now(),
-                upstream,
+                tcp,
             });
             oldest
         };
         drop(oldest);
     }
 
-    /// The most recently parked connection that has not expired. It may
-    /// still have been closed by the upstream: the caller drives it first.
-    fn take(&self) -> Option<Upstream> {
-        let expired = {
+    /// The most recently parked connection that has not expired and is not
+    /// known to be closed. The upstream may still close it at any moment.
+    fn take(&self) -> Option<TcpStream> {
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        let mut unusable = Vec::new();
+        let taken = {
             let mut parked = self.lock();
-            let newest = parked.pop()?;
-            if newest.since.elapsed() < UPSTREAM_POOL_IDLE_TIMEOUT {
-                return Some(newest.upstream);
+            loop {
+                let Some(newest) = parked.pop() else {
+                    break None;
+                };
+                if newest.since.elapsed() >= UPSTREAM_POOL_IDLE_TIMEOUT {
+                    // Everything below is older still.
+                    unusable.push(newest);
+                    unusable.append(&mut parked);
+                    break None;
+                }
+                if is_closed(&newest.tcp, &mut cx) {
+                    unusable.push(newest);
+                    continue;
+                }
+                break Some(newest.tcp);
             }
-            // Everything below is older still.
-            std::mem::take(&mut *parked)
         };
         // Closed here, after the lock is released.
-        drop(expired);
-        None
+        drop(unusable);
+        taken
     }
 
     /// Closes connections parked too long, and lets every other one notice
@@ -218,7 +294,7 @@ impl IdleUpstreams {
             .lock()
             .extract_if(.., |p| {
                 now.duration_since(p.since) >= UPSTREAM_POOL_IDLE_TIMEOUT
-                    || p.upstream.drive(&mut cx)
+                    || is_closed(&p.tcp, &mut cx)
             })
             .collect();
         // Closed here, after the lock is released.
@@ -247,24 +323,31 @@ fn in_origin_form(request: Request<UpstreamBody>) -> Result<Request<UpstreamBody
 
 async fn connect(uri: &http::Uri, timeout: Duration) -> Result<Upstream, ProxyError> {
     let tcp = super::connect(uri, timeout).await?;
-    let (sender, connection) = http1::handshake(TokioIo::new(tcp))
-        .await
-        .map_err(upstream_error)?;
-    Ok(Upstream {
-        sender,
-        connection: Box::pin(connection),
-        closed: false,
-    })
+    Upstream::over(tcp).await
 }
 
-/// A copy of `request` to send again, if that is safe: a safe method (RFC
-/// 9110 §9.2.1) and no body.
+/// Whether an idle connection has been closed by the upstream (or sent
+/// something unasked, which makes it unusable too).
+fn is_closed(tcp: &TcpStream, cx: &mut Context<'_>) -> bool {
+    match tcp.poll_read_ready(cx) {
+        Poll::Pending => false,
+        Poll::Ready(Err(_)) => true,
+        Poll::Ready(Ok(())) => {
+            let mut byte = [0u8; 1];
+            !matches!(tcp.try_read(&mut byte), Err(err) if err.kind() == std::io::ErrorKind::WouldBlock)
+        }
+    }
+}
+
+/// A safe method (RFC 9110 §9.2.1): one a request may be sent twice with.
+fn is_safe(method: &Method) -> bool {
+    matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS)
+}
+
+/// A copy of `request` to send again, if that is safe: a safe method and
+/// no body.
 fn replayable_copy(request: &Request<UpstreamBody>) -> Option<Request<UpstreamBody>> {
-    let safe = matches!(
-        *request.method(),
-        Method::GET | Method::HEAD | Method::OPTIONS
-    );
-    if !safe || !request.body().is_end_stream() {
+    if !is_safe(request.method()) || !request.body().is_end_stream() {
         return None;
     }
     let mut copy = Request::new(UpstreamBody::default());
@@ -297,6 +380,28 @@ fn upstream_error(err: hyper::Error) -> ProxyError {
 }
 
 impl Upstream {
+    /// hyper's client over an open connection.
+    async fn over(tcp: TcpStream) -> Result<Upstream, ProxyError> {
+        let (sender, connection) = http1::handshake(TokioIo::new(tcp))
+            .await
+            .map_err(upstream_error)?;
+        Ok(Upstream {
+            sender,
+            connection: Box::pin(connection),
+            closed: false,
+        })
+    }
+
+    /// The socket, for the next request to be driven by hand; None unless
+    /// the connection is open, between requests, with nothing unread.
+    fn into_raw(self) -> Option<TcpStream> {
+        if self.closed || !self.sender.is_ready() {
+            return None;
+        }
+        let parts = Pin::into_inner(self.connection).into_parts();
+        parts.read_buf.is_empty().then(|| parts.io.into_inner())
+    }
+
     /// Lets the connection read and write what it can; true once it is closed.
     fn drive(&mut self, cx: &mut Context<'_>) -> bool {
         if !self.closed {
@@ -397,9 +502,11 @@ mod tests {
         (uri, listener)
     }
 
-    async fn open(uri: &http::Uri, listener: &TcpListener) -> (Upstream, TcpStream) {
-        let (upstream, accepted) =
-            tokio::join!(connect(uri, Duration::from_secs(5)), listener.accept());
+    async fn open(uri: &http::Uri, listener: &TcpListener) -> (TcpStream, TcpStream) {
+        let (upstream, accepted) = tokio::join!(
+            super::super::connect(uri, Duration::from_secs(5)),
+            listener.accept()
+        );
         (upstream.unwrap(), accepted.unwrap().0)
     }
 

@@ -1,12 +1,17 @@
-//! One upstream connection for one long-lived request, driven by hand.
+//! An upstream connection driven by hand: the request head is written, the
+//! response head parsed with httparse, and the body decoded straight from
+//! the socket when it becomes readable, so an idle stream holds no buffer
+//! and no connection task (a hyper connection keeps two 8 KiB buffers, a
+//! task and a request channel).
 //!
-//! Used for EventSource requests on the lean path: the response body is read
-//! straight from the socket when it becomes readable, so an idle stream holds
-//! no buffer and no connection task, unlike a pooled hyper connection (two
-//! 8 KiB buffers, a task and a request channel).
+//! Used for the lean path's bodiless GETs: an EventSource request gets a
+//! connection of its own (`send`, `Connection: close`); other GETs use their
+//! client connection's keep-alive connection (`exchange`), which returns to
+//! its slot once the response is read to its end.
 
 use std::io;
 use std::pin::Pin;
+use std::sync::Weak;
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
@@ -18,6 +23,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_util::io::poll_read_buf;
 
+use super::affine::AffineSlot;
 use super::decode::{DecodeError, Decoder, Framing};
 use crate::error::ProxyError;
 use crate::headers::list_elements;
@@ -29,43 +35,83 @@ const MAX_HEADERS: usize = 100;
 /// Bytes read at once from the upstream.
 const READ_SIZE: usize = 8 * 1024;
 
-/// Sends a bodiless request on a new connection and reads the response head.
-/// The request's URI is absolute (`http://host:port/path`), as the proxy
-/// builds it; it is sent in origin form with `Connection: close`.
+/// Sends a bodiless request on a new connection of its own, with
+/// `Connection: close`, and reads the response head. The request's URI is
+/// absolute (`http://host:port/path`), as the proxy builds it.
 pub async fn send(
     request: &http::request::Parts,
     connect_timeout: Duration,
 ) -> Result<Response<DedicatedBody>, ProxyError> {
-    let mut stream = super::connect(&request.uri, connect_timeout).await?;
-    let upstream_failed = |err: io::Error| ProxyError::Upstream(format!("connection error: {err}"));
-    stream
-        .write_all(&encode_request(request))
-        .await
-        .map_err(upstream_failed)?;
+    let stream = super::connect(&request.uri, connect_timeout).await?;
+    exchange(stream, request, None).await.map_err(Into::into)
+}
 
-    let mut buf = BytesMut::new();
-    loop {
-        if let Some((response, framing)) = parse_head(&mut buf)? {
-            let body = DedicatedBody {
-                stream,
-                buf,
-                decoder: Decoder::new(framing),
-            };
-            return Ok(response.map(|()| body));
-        }
-        if buf.len() >= MAX_RESPONSE_HEAD {
-            return Err(ProxyError::Upstream("response head too large".into()));
-        }
-        buf.reserve(READ_SIZE);
-        if stream.read_buf(&mut buf).await.map_err(upstream_failed)? == 0 {
-            return Err(ProxyError::Upstream(
-                "connection closed before the response head".into(),
-            ));
+/// Why an exchange failed.
+#[derive(Debug)]
+pub enum ExchangeError {
+    /// Not a byte of a response came back: the connection was closed or
+    /// reset first. On a reused connection this is the upstream's keep-alive
+    /// timeout, and a safe request can be sent again.
+    Unanswered(ProxyError),
+    Failed(ProxyError),
+}
+
+impl From<ExchangeError> for ProxyError {
+    fn from(err: ExchangeError) -> Self {
+        match err {
+            ExchangeError::Unanswered(err) | ExchangeError::Failed(err) => err,
         }
     }
 }
 
-fn encode_request(request: &http::request::Parts) -> Vec<u8> {
+/// Sends a bodiless request over `stream` (in origin form) and reads the
+/// response head. With `recycle`, the request asks for keep-alive, and a
+/// connection the upstream keeps open returns to that slot once the body is
+/// read to its end; without, it is sent with `Connection: close`.
+pub async fn exchange(
+    mut stream: TcpStream,
+    request: &http::request::Parts,
+    recycle: Option<Weak<AffineSlot>>,
+) -> Result<Response<DedicatedBody>, ExchangeError> {
+    let upstream_failed = |err: io::Error| ProxyError::Upstream(format!("connection error: {err}"));
+    let head = encode_request(request, recycle.is_some());
+    if let Err(err) = stream.write_all(&head).await {
+        return Err(ExchangeError::Unanswered(upstream_failed(err)));
+    }
+    drop(head);
+
+    let mut buf = BytesMut::new();
+    loop {
+        if let Some(head) = parse_head(&mut buf).map_err(ExchangeError::Failed)? {
+            let body = DedicatedBody {
+                stream: Some(stream),
+                buf,
+                decoder: Decoder::new(head.framing),
+                recycle: recycle.filter(|_| head.reusable),
+            };
+            return Ok(head.response.map(|()| body));
+        }
+        if buf.len() >= MAX_RESPONSE_HEAD {
+            return Err(ExchangeError::Failed(ProxyError::Upstream(
+                "response head too large".into(),
+            )));
+        }
+        buf.reserve(READ_SIZE);
+        let nothing_yet = buf.is_empty();
+        let failed = match stream.read_buf(&mut buf).await {
+            Ok(0) => ProxyError::Upstream("connection closed before the response head".into()),
+            Ok(_) => continue,
+            Err(err) => upstream_failed(err),
+        };
+        return Err(if nothing_yet {
+            ExchangeError::Unanswered(failed)
+        } else {
+            ExchangeError::Failed(failed)
+        });
+    }
+}
+
+fn encode_request(request: &http::request::Parts, keep_alive: bool) -> Vec<u8> {
     let target = request.uri.path_and_query().map_or("/", |pq| pq.as_str());
     let mut head = Vec::with_capacity(512);
     head.extend_from_slice(request.method.as_str().as_bytes());
@@ -81,14 +127,25 @@ fn encode_request(request: &http::request::Parts) -> Vec<u8> {
         head.extend_from_slice(value.as_bytes());
         head.extend_from_slice(b"\r\n");
     }
-    // The connection serves this one request.
-    head.extend_from_slice(b"connection: close\r\n\r\n");
+    if !keep_alive {
+        // The connection serves this one request.
+        head.extend_from_slice(b"connection: close\r\n");
+    }
+    head.extend_from_slice(b"\r\n");
     head
+}
+
+/// A final response head, as parsed.
+struct ResponseHead {
+    response: Response<()>,
+    framing: Framing,
+    /// The upstream keeps the connection open after this response.
+    reusable: bool,
 }
 
 /// Parses a complete final response head off the front of `buf`; 1xx
 /// interim responses are skipped. `Ok(None)`: more bytes are needed.
-fn parse_head(buf: &mut BytesMut) -> Result<Option<(Response<()>, Framing)>, ProxyError> {
+fn parse_head(buf: &mut BytesMut) -> Result<Option<ResponseHead>, ProxyError> {
     loop {
         let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
         let mut parsed = httparse::Response::new(&mut headers);
@@ -123,12 +180,25 @@ fn parse_head(buf: &mut BytesMut) -> Result<Option<(Response<()>, Framing)>, Pro
             map.append(name, value);
         }
         let framing = framing(status, &map)?;
+        // HTTP/1.1 keeps the connection unless it says otherwise (RFC 9112
+        // §9.3); HTTP/1.0 keep-alive is not relied on.
+        let reusable = parsed.version == Some(1)
+            && framing != Framing::UntilClose
+            && !map
+                .get_all(header::CONNECTION)
+                .iter()
+                .flat_map(list_elements)
+                .any(|token| token.eq_ignore_ascii_case(b"close"));
         let mut response = Response::new(());
         *response.status_mut() = status;
         *response.version_mut() = Version::HTTP_11;
         *response.headers_mut() = map;
         let _ = buf.split_to(head_len);
-        return Ok(Some((response, framing)));
+        return Ok(Some(ResponseHead {
+            response,
+            framing,
+            reusable,
+        }));
     }
 }
 
@@ -170,10 +240,34 @@ fn framing(status: StatusCode, headers: &HeaderMap) -> Result<Framing, ProxyErro
 
 /// The response body, read from the socket only when it is readable.
 pub struct DedicatedBody {
-    stream: TcpStream,
+    /// None once the connection went back to its slot.
+    stream: Option<TcpStream>,
     /// Bytes read but not yet decoded; released whenever it empties.
     buf: BytesMut,
     decoder: Decoder,
+    /// Where the connection goes once the body is read to its end.
+    recycle: Option<Weak<AffineSlot>>,
+}
+
+impl DedicatedBody {
+    /// Hands the connection back to its slot if the response was read to
+    /// its end and nothing followed it.
+    fn recycle(&mut self) {
+        if !self.decoder.is_done() || !self.buf.is_empty() {
+            return;
+        }
+        let slot = self.recycle.take().and_then(|slot| slot.upgrade());
+        if let (Some(slot), Some(stream)) = (slot, self.stream.take()) {
+            slot.put_raw(stream);
+        }
+    }
+}
+
+impl Drop for DedicatedBody {
+    /// A body without content (204, 304) is never read, yet complete.
+    fn drop(&mut self) {
+        self.recycle();
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -196,10 +290,16 @@ impl Body for DedicatedBody {
         loop {
             match this.decoder.decode(&mut this.buf) {
                 Ok(Some(data)) => return Poll::Ready(Some(Ok(Frame::data(data)))),
-                Ok(None) if this.decoder.is_done() => return Poll::Ready(None),
+                Ok(None) if this.decoder.is_done() => {
+                    this.recycle();
+                    return Poll::Ready(None);
+                }
                 Ok(None) => {}
                 Err(err) => return Poll::Ready(Some(Err(err.into()))),
             }
+            let Some(stream) = this.stream.as_mut() else {
+                return Poll::Ready(None);
+            };
             // Wait for readability without a buffer (an idle stream keeps none;
             // the frames already handed out hold what they need), then read. A
             // read through AsyncRead that does not fill the buffer tells tokio
@@ -207,11 +307,11 @@ impl Body for DedicatedBody {
             if this.buf.is_empty() {
                 this.buf = BytesMut::new();
             }
-            if let Err(err) = ready!(this.stream.poll_read_ready(cx)) {
+            if let Err(err) = ready!(stream.poll_read_ready(cx)) {
                 return Poll::Ready(Some(Err(err.into())));
             }
             this.buf.reserve(READ_SIZE);
-            let read = poll_read_buf(Pin::new(&mut this.stream), cx, &mut this.buf);
+            let read = poll_read_buf(Pin::new(stream), cx, &mut this.buf);
             if read.is_pending() && this.buf.is_empty() {
                 // Readiness was stale: wait without holding the buffer.
                 this.buf = BytesMut::new();
@@ -245,13 +345,13 @@ impl Body for DedicatedBody {
 mod tests {
     use super::*;
 
-    fn head(bytes: &[u8]) -> Result<Option<(Response<()>, Framing)>, ProxyError> {
+    fn head(bytes: &[u8]) -> Result<Option<ResponseHead>, ProxyError> {
         parse_head(&mut BytesMut::from(bytes))
     }
 
     #[test]
     fn framing_follows_rfc_9112() {
-        let framing_of = |bytes: &[u8]| head(bytes).unwrap().unwrap().1;
+        let framing_of = |bytes: &[u8]| head(bytes).unwrap().unwrap().framing;
         assert_eq!(
             framing_of(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n"),
             Framing::Chunked
@@ -276,9 +376,9 @@ mod tests {
     #[test]
     fn interim_responses_are_skipped() {
         let mut buf = BytesMut::from(&b"HTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nhi"[..]);
-        let (response, framing) = parse_head(&mut buf).unwrap().unwrap();
-        assert_eq!(response.status(), StatusCode::OK);
-        assert_eq!(framing, Framing::Length(2));
+        let head = parse_head(&mut buf).unwrap().unwrap();
+        assert_eq!(head.response.status(), StatusCode::OK);
+        assert_eq!(head.framing, Framing::Length(2));
         assert_eq!(&buf[..], b"hi");
     }
 
@@ -338,10 +438,30 @@ mod tests {
             .header("connection", "keep-alive")
             .body(())
             .unwrap();
-        let wire = encode_request(&request.into_parts().0);
+        let parts = request.into_parts().0;
         assert_eq!(
-            String::from_utf8(wire).unwrap(),
+            String::from_utf8(encode_request(&parts, false)).unwrap(),
             "GET /events?x=1 HTTP/1.1\r\nhost: example.com\r\nconnection: close\r\n\r\n"
         );
+        assert_eq!(
+            String::from_utf8(encode_request(&parts, true)).unwrap(),
+            "GET /events?x=1 HTTP/1.1\r\nhost: example.com\r\n\r\n"
+        );
+    }
+
+    #[test]
+    fn only_a_kept_http_1_1_connection_is_reused() {
+        let reusable = |bytes: &[u8]| head(bytes).unwrap().unwrap().reusable;
+        assert!(reusable(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n"));
+        assert!(reusable(
+            b"HTTP/1.1 204 No Content\r\nConnection: keep-alive\r\n\r\n"
+        ));
+        assert!(!reusable(
+            b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: Keep-Alive, Close\r\n\r\n"
+        ));
+        assert!(!reusable(b"HTTP/1.1 200 OK\r\n\r\n"), "delimited by close");
+        assert!(!reusable(
+            b"HTTP/1.0 200 OK\r\nContent-Length: 2\r\nConnection: keep-alive\r\n\r\n"
+        ));
     }
 }
