@@ -186,7 +186,10 @@ impl Proxy {
 
     /// Joins a shared stream: one upstream request serves every subscriber.
     async fn subscribe<B>(&self, req: Request<B>, mut access: AccessLog) -> Response<ProxyBody> {
-        let host = request_host(&req);
+        // Copied: the shared stream keeps it, and a value parsed on the lean
+        // path shares its buffer with the whole request head.
+        let host =
+            request_host(&req).and_then(|host| HeaderValue::from_bytes(host.as_bytes()).ok());
         let last_event_id = req
             .headers()
             .get("last-event-id")

@@ -1,10 +1,11 @@
 //! A request head on an HTTP/1.1 connection: is it a plain bodiless GET the
 //! lean path serves, or something to hand to hyper untouched?
 
-use http::header::{self, HeaderName, HeaderValue};
-use http::{HeaderMap, Method, Request, Uri, Version};
+use bytes::Bytes;
+use http::header;
+use http::{Method, Request, Uri, Version};
 
-use crate::headers::list_elements;
+use crate::headers::{list_elements, map_from_httparse};
 
 /// Heads larger than this go to hyper, which enforces the real limits
 /// (and answers 431).
@@ -44,24 +45,23 @@ pub fn sniff(buf: &[u8]) -> Sniffed {
     if head_len > MAX_HEAD_BYTES || parsed.method != Some("GET") || parsed.version != Some(1) {
         return Sniffed::Other;
     }
-    let Some(uri) = parsed
-        .path
-        .filter(|path| path.starts_with('/'))
-        .and_then(|path| path.parse::<Uri>().ok())
+    let Some(path) = parsed.path.filter(|path| path.starts_with('/')) else {
+        return Sniffed::Other;
+    };
+    // One copy of the head, which the target and the header values share.
+    let head = Bytes::copy_from_slice(&buf[..head_len]);
+    let Some(map) = map_from_httparse(parsed.headers, buf, &head) else {
+        return Sniffed::Other;
+    };
+    let Some(uri) = target_bytes(path, buf, &head)
+        .and_then(|target| Uri::from_maybe_shared(head.slice_ref(target)).ok())
     else {
         return Sniffed::Other;
     };
 
-    let mut map = HeaderMap::with_capacity(parsed.headers.len());
     let mut wants_event_stream = false;
     let mut keep_alive = true;
-    for raw in parsed.headers.iter() {
-        let (Ok(name), Ok(value)) = (
-            HeaderName::from_bytes(raw.name.as_bytes()),
-            HeaderValue::from_bytes(raw.value),
-        ) else {
-            return Sniffed::Other;
-        };
+    for (name, value) in &map {
         if name == header::CONTENT_LENGTH
             || name == header::TRANSFER_ENCODING
             || name == header::UPGRADE
@@ -73,11 +73,10 @@ pub fn sniff(buf: &[u8]) -> Sniffed {
             wants_event_stream = true;
         }
         if name == header::CONNECTION
-            && list_elements(&value).any(|token| token.eq_ignore_ascii_case(b"close"))
+            && list_elements(value).any(|token| token.eq_ignore_ascii_case(b"close"))
         {
             keep_alive = false;
         }
-        map.append(name, value);
     }
 
     let mut request = Request::new(());
@@ -91,6 +90,12 @@ pub fn sniff(buf: &[u8]) -> Sniffed {
         keep_alive,
         event_source: wants_event_stream,
     }
+}
+
+/// The request target's bytes within `head`, the copy of `buf`'s head.
+fn target_bytes<'a>(path: &str, buf: &[u8], head: &'a Bytes) -> Option<&'a [u8]> {
+    let start = (path.as_ptr() as usize).checked_sub(buf.as_ptr() as usize)?;
+    head.get(start..start + path.len())
 }
 
 fn contains_ignore_case(haystack: &[u8], needle: &[u8]) -> bool {

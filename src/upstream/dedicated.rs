@@ -16,7 +16,7 @@ use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use http::header::{self, HeaderName, HeaderValue};
+use http::header;
 use http::{HeaderMap, Response, StatusCode, Version};
 use http_body::{Body, Frame, SizeHint};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -26,7 +26,7 @@ use tokio_util::io::poll_read_buf;
 use super::affine::AffineSlot;
 use super::decode::{DecodeError, Decoder, Framing};
 use crate::error::ProxyError;
-use crate::headers::list_elements;
+use crate::headers::{list_elements, map_from_httparse};
 
 /// Largest upstream response head accepted.
 const MAX_RESPONSE_HEAD: usize = 64 * 1024;
@@ -171,14 +171,11 @@ fn parse_head(buf: &mut BytesMut) -> Result<Option<ResponseHead>, ProxyError> {
             let _ = buf.split_to(head_len);
             continue;
         }
-        let mut map = HeaderMap::with_capacity(parsed.headers.len());
-        for raw in parsed.headers.iter() {
-            let name = HeaderName::from_bytes(raw.name.as_bytes())
-                .map_err(|_| ProxyError::Upstream("invalid response header name".into()))?;
-            let value = HeaderValue::from_bytes(raw.value)
-                .map_err(|_| ProxyError::Upstream("invalid response header value".into()))?;
-            map.append(name, value);
-        }
+        // One copy of the head, which the header values share; it is freed
+        // with the header map, once the head is written to the client.
+        let head = Bytes::copy_from_slice(&buf[..head_len]);
+        let map = map_from_httparse(parsed.headers, buf, &head)
+            .ok_or_else(|| ProxyError::Upstream("invalid response header".into()))?;
         let framing = framing(status, &map)?;
         // HTTP/1.1 keeps the connection unless it says otherwise (RFC 9112
         // §9.3); HTTP/1.0 keep-alive is not relied on.
