@@ -61,6 +61,18 @@ enum Idle {
     Hyper(Upstream),
 }
 
+impl Idle {
+    /// False for a socket the upstream has closed, or sent something
+    /// unasked on (a 408 before closing, say), which must not be taken for
+    /// the answer to the next request. hyper's client checks its own.
+    fn may_be_open(&self) -> bool {
+        match self {
+            Idle::Raw(tcp) => !is_closed(tcp, &mut Context::from_waker(std::task::Waker::noop())),
+            Idle::Hyper(_) => true,
+        }
+    }
+}
+
 struct Upstream {
     sender: http1::SendRequest<UpstreamBody>,
     connection: Pin<Box<Connection>>,
@@ -148,7 +160,7 @@ impl AffineSlot {
 
     /// The slot's own idle connection, or else a parked one.
     fn take_idle(&self) -> Option<Idle> {
-        let own = lock(&self.idle).take();
+        let own = lock(&self.idle).take().filter(Idle::may_be_open);
         own.or_else(|| self.parked.take().map(Idle::Raw))
     }
 

@@ -1,0 +1,1139 @@
+//! Keep-alive on the lean HTTP/1.1 path: every plain bodiless GET of an
+//! HTTP/1.1 client connection is served by the lean path over the client
+//! connection's own upstream keep-alive connection, driven by hand; the
+//! first other request hands both connections to hyper; a closed client
+//! connection parks its upstream connection for the next one on the same
+//! serving thread.
+//!
+//! Which upstream connection carried a request is seen from the upstream:
+//! `TaggedUpstream` (hyper) counts the connections it accepts and names the
+//! one that answered in `x-upstream-conn`; `ScriptedUpstream` hands every
+//! accepted connection to the test, which reads each request and writes the
+//! response bytes itself. The client side is raw bytes over TLS (`RawConn`).
+//!
+//! Each test says, above it, which broken behaviour makes it fail.
+
+mod common;
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::*;
+use http::{Request, Response};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use ssegate::config::Config;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+/// The header in which `TaggedUpstream` names the connection that answered.
+const CONN_HEADER: &str = "x-upstream-conn";
+/// How soon the proxy must close an upstream connection it may not reuse,
+/// or a client connection it drains.
+const PROMPTLY: Duration = Duration::from_secs(3);
+
+// ---------------------------------------------------------------- tagged upstream
+
+/// A hyper upstream that numbers its TCP connections from 1 and answers
+/// each request with the number of the connection it came on (in
+/// `x-upstream-conn`): `/no-content` 204, `/not-modified` 304 with an ETag,
+/// `/echo` "METHOD path body", `/bytes/N` N bytes of `pattern`, anything
+/// else its path as the body.
+struct TaggedUpstream {
+    addr: SocketAddr,
+    accepts: Arc<AtomicUsize>,
+    requests: Arc<AtomicUsize>,
+    _handle: UpstreamHandle,
+}
+
+impl TaggedUpstream {
+    async fn start() -> Self {
+        let accepts = Arc::new(AtomicUsize::new(0));
+        let requests = Arc::new(AtomicUsize::new(0));
+        let (accepted, received) = (accepts.clone(), requests.clone());
+        let handle = accept_loop(move |tcp| {
+            let conn = accepted.fetch_add(1, Ordering::SeqCst) + 1;
+            let received = received.clone();
+            async move {
+                let service = service_fn(move |req| {
+                    received.fetch_add(1, Ordering::SeqCst);
+                    tagged_answer(conn, req)
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(tcp), service)
+                    .await;
+            }
+        })
+        .await;
+        TaggedUpstream {
+            addr: handle.addr,
+            accepts,
+            requests,
+            _handle: handle,
+        }
+    }
+
+    /// TCP connections accepted so far.
+    fn accepts(&self) -> usize {
+        self.accepts.load(Ordering::SeqCst)
+    }
+
+    /// Requests received so far, on all connections.
+    fn requests(&self) -> usize {
+        self.requests.load(Ordering::SeqCst)
+    }
+}
+
+async fn tagged_answer(
+    conn: usize,
+    req: Request<Incoming>,
+) -> Result<Response<TestBody>, Infallible> {
+    let method = req.method().to_string();
+    let path = req.uri().path().to_owned();
+    let body = req
+        .into_body()
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
+    let builder = Response::builder().header(CONN_HEADER, conn.to_string());
+    let response = match path.as_str() {
+        "/no-content" => builder.status(204).body(empty_body()),
+        "/not-modified" => builder
+            .status(304)
+            .header("etag", "\"v1\"")
+            .body(empty_body()),
+        "/echo" => builder
+            .header("content-type", "text/plain")
+            .body(full_body(format!(
+                "{method} {path} {}",
+                String::from_utf8_lossy(&body)
+            ))),
+        p if p.starts_with("/bytes/") => {
+            let len = p["/bytes/".len()..].parse().expect("/bytes/N");
+            builder
+                .header("content-type", "application/octet-stream")
+                .body(full_body(pattern(len)))
+        }
+        _ => builder
+            .header("content-type", "text/plain")
+            .body(full_body(path)),
+    };
+    Ok(response.expect("valid response"))
+}
+
+/// `len` bytes in which a shifted or repeated stretch shows.
+fn pattern(len: usize) -> Vec<u8> {
+    (0..len).map(|i| ((i * 7 + i / 251) % 251) as u8).collect()
+}
+
+// ---------------------------------------------------------------- scripted upstream
+
+/// One request as the scripted upstream read it.
+#[derive(Debug)]
+struct UpRequest {
+    start_line: String,
+    /// Names lowercased, values trimmed, in order.
+    headers: Vec<(String, String)>,
+}
+
+impl UpRequest {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// One TCP connection the proxy opened to the scripted upstream.
+struct UpConn {
+    /// 1 for the first connection accepted, and so on.
+    id: usize,
+    tcp: TcpStream,
+    buf: Vec<u8>,
+}
+
+impl UpConn {
+    /// The next request head (the proxy sends bodiless GETs only here);
+    /// an error if the proxy closes the connection or sends nothing in `limit`.
+    async fn try_request(&mut self, limit: Duration) -> Result<UpRequest, String> {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(end) = self.buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                let head: Vec<u8> = self.buf.drain(..end + 4).collect();
+                let head = String::from_utf8(head).expect("ASCII request head");
+                let mut lines = head.trim_end().split("\r\n");
+                let start_line = lines.next().unwrap_or_default().to_owned();
+                let headers = lines
+                    .map(|line| {
+                        let (name, value) = line.split_once(':').expect("header line");
+                        (name.to_ascii_lowercase(), value.trim().to_owned())
+                    })
+                    .collect::<Vec<_>>();
+                let request = UpRequest {
+                    start_line,
+                    headers,
+                };
+                assert!(
+                    request.header("content-length").is_none()
+                        && request.header("transfer-encoding").is_none(),
+                    "a request with a body reached the scripted upstream: {request:?}"
+                );
+                return Ok(request);
+            }
+            let mut chunk = [0u8; 4096];
+            match tokio::time::timeout_at(deadline, self.tcp.read(&mut chunk)).await {
+                Err(_) => return Err(format!("no request on upstream connection #{}", self.id)),
+                Ok(Ok(0)) | Ok(Err(_)) => {
+                    return Err(format!(
+                        "upstream connection #{} closed by the proxy; unread: {:?}",
+                        self.id,
+                        String::from_utf8_lossy(&self.buf)
+                    ))
+                }
+                Ok(Ok(n)) => self.buf.extend_from_slice(&chunk[..n]),
+            }
+        }
+    }
+
+    /// The next request head; fails unless it arrives within `WAIT_LIMIT`.
+    async fn request(&mut self) -> UpRequest {
+        self.try_request(WAIT_LIMIT)
+            .await
+            .unwrap_or_else(|err| panic!("{err}"))
+    }
+
+    async fn write(&mut self, bytes: &[u8]) {
+        tokio::time::timeout(WAIT_LIMIT, self.tcp.write_all(bytes))
+            .await
+            .expect("upstream write in time")
+            .expect("upstream write");
+    }
+
+    /// Answers with `body` and a Content-Length, keeping the connection.
+    async fn answer(&mut self, body: &str) {
+        let response = format!(
+            "HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        self.write(response.as_bytes()).await;
+    }
+
+    /// Waits up to `limit` for the proxy to close the connection: whether
+    /// it did, and what it sent before.
+    async fn until_closed(&mut self, limit: Duration) -> (Vec<u8>, bool) {
+        let deadline = Instant::now() + limit;
+        let mut received = std::mem::take(&mut self.buf);
+        loop {
+            let mut chunk = [0u8; 4096];
+            match tokio::time::timeout_at(deadline, self.tcp.read(&mut chunk)).await {
+                Err(_) => return (received, false),
+                Ok(Ok(0)) | Ok(Err(_)) => return (received, true),
+                Ok(Ok(n)) => received.extend_from_slice(&chunk[..n]),
+            }
+        }
+    }
+
+    /// Asserts that the proxy closes the connection within `PROMPTLY`
+    /// without sending anything more on it.
+    async fn assert_closed_by_proxy(&mut self, what: &str) {
+        let (sent, closed) = self.until_closed(PROMPTLY).await;
+        assert!(
+            sent.is_empty(),
+            "{what}: the proxy sent {:?} on upstream connection #{}",
+            String::from_utf8_lossy(&sent),
+            self.id
+        );
+        assert!(
+            closed,
+            "{what}: upstream connection #{} still open {PROMPTLY:?} later",
+            self.id
+        );
+    }
+}
+
+/// A plain-TCP upstream that hands every connection the proxy opens to the
+/// test, numbered from 1, before anything is read from it.
+struct ScriptedUpstream {
+    addr: SocketAddr,
+    conns: mpsc::UnboundedReceiver<UpConn>,
+    accepts: Arc<AtomicUsize>,
+    _handle: UpstreamHandle,
+}
+
+impl ScriptedUpstream {
+    async fn start() -> Self {
+        let (conns_tx, conns) = mpsc::unbounded_channel();
+        let accepts = Arc::new(AtomicUsize::new(0));
+        let accepted = accepts.clone();
+        let handle = accept_loop(move |tcp| {
+            let id = accepted.fetch_add(1, Ordering::SeqCst) + 1;
+            let _ = conns_tx.send(UpConn {
+                id,
+                tcp,
+                buf: Vec::new(),
+            });
+            async {}
+        })
+        .await;
+        ScriptedUpstream {
+            addr: handle.addr,
+            conns,
+            accepts,
+            _handle: handle,
+        }
+    }
+
+    /// The next new connection the proxy opens.
+    async fn next_conn(&mut self) -> UpConn {
+        tokio::time::timeout(WAIT_LIMIT, self.conns.recv())
+            .await
+            .expect("the proxy opens an upstream connection")
+            .expect("scripted upstream running")
+    }
+
+    /// The next request, which must come on `conn`: fails at once if the
+    /// proxy opens a new upstream connection instead, or closes `conn`.
+    async fn next_request_on(&mut self, conn: &mut UpConn) -> UpRequest {
+        let id = conn.id;
+        tokio::select! {
+            biased;
+            request = conn.try_request(WAIT_LIMIT) => request.unwrap_or_else(|err| {
+                panic!("expected the next request on upstream connection #{id}: {err}")
+            }),
+            new = self.conns.recv() => {
+                let new = new.expect("scripted upstream running");
+                panic!(
+                    "the proxy opened upstream connection #{} instead of reusing #{id}",
+                    new.id
+                )
+            }
+        }
+    }
+
+    fn accepts(&self) -> usize {
+        self.accepts.load(Ordering::SeqCst)
+    }
+}
+
+// ---------------------------------------------------------------- client side
+
+/// A plain GET, as curl sends it: eligible for the lean path.
+fn get_request(path: &str) -> Vec<u8> {
+    format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nAccept: */*\r\n\r\n").into_bytes()
+}
+
+async fn client(proxy: &ProxyHandle) -> TlsConn {
+    raw_connect(proxy.addr, &[b"http/1.1"]).await
+}
+
+/// Sends a GET for `path` and reads the whole response.
+async fn get(conn: &mut TlsConn, path: &str) -> RawResponse {
+    conn.write(&get_request(path)).await;
+    conn.read_response(false).await
+}
+
+/// A complete 200 with exactly `body`, framed by a Content-Length that
+/// matches it, and nothing that would close the client connection.
+fn assert_ok_with(response: &RawResponse, body: &[u8], what: &str) {
+    let head = &response.head;
+    assert_eq!(head.start_line, "HTTP/1.1 200 OK", "{what}: {:?}", head.raw);
+    let expected_length = body.len().to_string();
+    assert_eq!(
+        head.get("content-length"),
+        Some(expected_length.as_str()),
+        "{what}: {:?}",
+        head.raw
+    );
+    assert!(
+        !head.has("transfer-encoding"),
+        "{what}: both framings: {:?}",
+        head.raw
+    );
+    assert!(
+        !head.has("connection"),
+        "{what}: the client connection is not kept: {:?}",
+        head.raw
+    );
+    assert!(
+        response.body == body,
+        "{what}: body of {} bytes differs from the {} expected (starts {:?})",
+        response.body.len(),
+        body.len(),
+        String::from_utf8_lossy(&response.body[..response.body.len().min(64)])
+    );
+}
+
+/// The number of the upstream connection that answered (`TaggedUpstream`).
+fn upstream_conn(response: &RawResponse) -> usize {
+    response
+        .head
+        .get(CONN_HEADER)
+        .unwrap_or_else(|| panic!("no {CONN_HEADER}: {:?}", response.head.raw))
+        .parse()
+        .expect("numeric connection id")
+}
+
+/// Reads chunks of a chunked body until `expected` bytes arrived in all
+/// (`so_far` holds what arrived before); they must be exactly `expected`.
+async fn chunks_until(conn: &mut TlsConn, so_far: &mut Vec<u8>, expected: &str) {
+    while so_far.len() < expected.len() {
+        so_far.extend_from_slice(&conn.chunk().await);
+    }
+    assert_eq!(String::from_utf8_lossy(so_far), expected);
+}
+
+/// Closes the client side (close_notify, then FIN) and waits until the
+/// proxy has closed the connection too, so it has let go of its upstream
+/// connection by the time this returns.
+async fn close_and_wait(mut conn: TlsConn, what: &str) {
+    tokio::time::timeout(WAIT_LIMIT, conn.io.shutdown())
+        .await
+        .expect("shutdown in time")
+        .expect("shutdown");
+    conn.assert_closed(what).await;
+}
+
+/// The next upstream connection the proxy opens, which must come before
+/// the client gets any answer: fails at once, with the answer, if the proxy
+/// answered the client instead of (re)sending its request upstream.
+async fn next_conn_before_any_answer(
+    upstream: &mut ScriptedUpstream,
+    client: &mut TlsConn,
+) -> UpConn {
+    tokio::select! {
+        biased;
+        conn = upstream.next_conn() => conn,
+        response = client.read_response(false) => panic!(
+            "the client got {:?} ({:?}) instead of the request going to a new upstream connection",
+            response.head.start_line,
+            response.body_text()
+        ),
+    }
+}
+
+/// Polls until connections to `addr` are refused: a closed listener cannot
+/// be awaited from outside (the proxy cancels its own drain token right
+/// after closing it).
+async fn until_refused(addr: SocketAddr) {
+    let deadline = Instant::now() + WAIT_LIMIT;
+    while TcpStream::connect(addr).await.is_ok() {
+        assert!(Instant::now() < deadline, "the listener is still open");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// One serving thread, so that every client connection shares the parked
+/// upstream connections of the same thread.
+fn one_thread(upstream: SocketAddr) -> Config {
+    let mut config = proxy_config(upstream);
+    config.threads = 1.try_into().expect("non-zero");
+    config
+}
+
+// ---------------------------------------------------------------- 1. reuse
+
+/// Catches: a lean GET's upstream connection not going back to the client
+/// connection's slot once its body is read (a new upstream connection per
+/// request), and any framing error in the hand-written path: a wrong or
+/// missing Content-Length, a body cut, repeated or shifted where the writer
+/// gathers head and body (the 100 kB body spans several 16 KiB writes), or
+/// stray bytes left between responses.
+#[tokio::test]
+async fn several_gets_on_one_client_connection_share_one_upstream_connection() {
+    let upstream = TaggedUpstream::start().await;
+    let proxy = spawn_proxy(upstream.addr).await;
+    let mut conn = client(&proxy).await;
+
+    let cases: [(&str, Vec<u8>); 6] = [
+        ("/first", b"/first".to_vec()),
+        ("/bytes/0", Vec::new()),
+        ("/bytes/100000", pattern(100_000)),
+        ("/second", b"/second".to_vec()),
+        ("/bytes/16384", pattern(16_384)),
+        ("/third", b"/third".to_vec()),
+    ];
+    for (path, body) in &cases {
+        let response = get(&mut conn, path).await;
+        assert_ok_with(&response, body, path);
+        assert_eq!(
+            upstream_conn(&response),
+            1,
+            "{path} went over another upstream connection"
+        );
+    }
+    assert_eq!(upstream.accepts(), 1, "one upstream connection in all");
+    assert_eq!(upstream.requests(), cases.len());
+    assert!(
+        conn.buffered().is_empty(),
+        "bytes after the last response: {:?}",
+        String::from_utf8_lossy(conn.buffered())
+    );
+}
+
+// ---------------------------------------------------------------- 2. not reusable
+
+/// Catches: reusing an upstream connection whose response said
+/// `Connection: close` or was HTTP/1.0 (the proxy would send the next GET on
+/// a connection the upstream is about to close, or leave it open), and
+/// passing the upstream's `Connection: close` on to the client or closing
+/// the client connection because of it. The upstream here keeps the socket
+/// open after `Connection: close`, so only the proxy's own decision closes
+/// it. Also catches a close-delimited body not relayed whole, and the warm-up
+/// GETs catch a connection that is never reused at all.
+#[tokio::test]
+async fn a_response_that_ends_the_upstream_connection_is_relayed_and_the_next_get_gets_a_new_one() {
+    let mut upstream = ScriptedUpstream::start().await;
+    let proxy = spawn_proxy(upstream.addr).await;
+    let mut conn = client(&proxy).await;
+
+    struct Case {
+        name: &'static str,
+        response: &'static str,
+        body: &'static str,
+        /// The upstream closes after the body (it delimits it).
+        then_close: bool,
+    }
+    let cases = [
+        Case {
+            name: "connection-close",
+            response:
+                "HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 10\r\n\r\nlast one\r\n",
+            body: "last one\r\n",
+            then_close: false,
+        },
+        Case {
+            name: "http-1.0",
+            response: "HTTP/1.0 200 OK\r\nConnection: keep-alive\r\nContent-Length: 4\r\n\r\n1.0!",
+            body: "1.0!",
+            then_close: false,
+        },
+        Case {
+            name: "until-close",
+            response: "HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\n\r\nuntil the end",
+            body: "until the end",
+            then_close: true,
+        },
+    ];
+    for (i, case) in cases.iter().enumerate() {
+        let what = case.name;
+        // A fresh upstream connection, shown reusable by a first exchange.
+        conn.write(&get_request(&format!("/warm/{i}"))).await;
+        let mut up = upstream.next_conn().await;
+        let request = up.request().await;
+        assert_eq!(request.start_line, format!("GET /warm/{i} HTTP/1.1"));
+        assert_eq!(
+            request.header("connection"),
+            None,
+            "{what}: a keep-alive GET asks the upstream to close"
+        );
+        up.answer("warm").await;
+        assert_ok_with(&conn.read_response(false).await, b"warm", what);
+
+        conn.write(&get_request(&format!("/{}", case.name))).await;
+        let request = upstream.next_request_on(&mut up).await;
+        assert_eq!(request.start_line, format!("GET /{} HTTP/1.1", case.name));
+        up.write(case.response.as_bytes()).await;
+        if case.then_close {
+            up.tcp.shutdown().await.expect("upstream half-close");
+        }
+        let response = conn.read_response(false).await;
+        let head = &response.head;
+        assert_eq!(head.start_line, "HTTP/1.1 200 OK", "{what}: {:?}", head.raw);
+        assert_eq!(response.body_text(), case.body, "{what}");
+        assert!(
+            !head.has("connection"),
+            "{what}: the upstream's connection header reached the client: {:?}",
+            head.raw
+        );
+        if case.then_close {
+            assert_eq!(head.all("transfer-encoding"), ["chunked"], "{what}");
+            assert!(!head.has("content-length"), "{what}: {:?}", head.raw);
+        } else {
+            let length = case.body.len().to_string();
+            assert_eq!(head.get("content-length"), Some(length.as_str()), "{what}");
+        }
+        up.assert_closed_by_proxy(what).await;
+    }
+
+    // The client connection is still open, and its next GET gets a new
+    // upstream connection.
+    conn.write(&get_request("/after")).await;
+    let mut up = upstream.next_conn().await;
+    assert_eq!(up.request().await.start_line, "GET /after HTTP/1.1");
+    up.answer("after").await;
+    assert_ok_with(&conn.read_response(false).await, b"after", "after");
+    assert_eq!(upstream.accepts(), cases.len() + 1);
+}
+
+// ---------------------------------------------------------------- 3. handover
+
+/// Catches: the lean path not handing its upstream connection to hyper
+/// with the client connection (the POST would open a second upstream
+/// connection), hyper's client not keeping it for the GET after the POST,
+/// and request bytes lost or reordered at the handover (the POST's head and
+/// body are read by the lean path's sniffer before hyper gets them).
+#[tokio::test]
+async fn gets_then_a_post_then_a_get_all_go_over_one_upstream_connection() {
+    let upstream = TaggedUpstream::start().await;
+    let proxy = spawn_proxy(upstream.addr).await;
+    let mut conn = client(&proxy).await;
+
+    for path in ["/one", "/two"] {
+        let response = get(&mut conn, path).await;
+        assert_ok_with(&response, path.as_bytes(), path);
+        assert_eq!(upstream_conn(&response), 1, "{path}");
+    }
+    conn.write(
+        b"POST /echo HTTP/1.1\r\nHost: localhost\r\nContent-Type: text/plain\r\nContent-Length: 11\r\n\r\nhello world",
+    )
+    .await;
+    let response = conn.read_response(false).await;
+    assert_ok_with(&response, b"POST /echo hello world", "POST");
+    assert_eq!(
+        upstream_conn(&response),
+        1,
+        "the POST went over another upstream connection"
+    );
+    let response = get(&mut conn, "/three").await;
+    assert_ok_with(&response, b"/three", "GET after the POST");
+    assert_eq!(upstream_conn(&response), 1, "GET after the POST");
+    assert_eq!(upstream.accepts(), 1, "one upstream connection in all");
+    assert_eq!(upstream.requests(), 4);
+}
+
+// ---------------------------------------------------------------- 4. pipelining
+
+/// Catches: a request that arrived behind another in the same read being
+/// dropped, answered out of order, or answered twice, and the lean writer
+/// mixing two responses' bytes (the middle body spans several writes).
+#[tokio::test]
+async fn gets_pipelined_in_one_write_are_answered_in_order() {
+    let upstream = TaggedUpstream::start().await;
+    let proxy = spawn_proxy(upstream.addr).await;
+    let mut conn = client(&proxy).await;
+
+    let mut pipelined = get_request("/first");
+    pipelined.extend_from_slice(&get_request("/bytes/40000"));
+    pipelined.extend_from_slice(&get_request("/last"));
+    conn.write(&pipelined).await;
+    let expected: [(&str, Vec<u8>); 3] = [
+        ("/first", b"/first".to_vec()),
+        ("/bytes/40000", pattern(40_000)),
+        ("/last", b"/last".to_vec()),
+    ];
+    for (path, body) in &expected {
+        let response = conn.read_response(false).await;
+        assert_ok_with(&response, body, path);
+        assert_eq!(upstream_conn(&response), 1, "{path}");
+    }
+    // Nothing more: three requests, three responses.
+    conn.assert_silent(Duration::from_millis(200), "after three responses")
+        .await;
+    assert_eq!(upstream.requests(), 3);
+    assert_eq!(upstream.accepts(), 1);
+}
+
+/// Catches: request bytes that the lean path read behind a GET (while its
+/// response was on the way) being lost, or not given to hyper, when the
+/// request behind is a POST with a body; and the POST not getting the
+/// lean path's upstream connection.
+#[tokio::test]
+async fn a_post_pipelined_behind_a_get_is_answered_after_it_on_the_same_upstream_connection() {
+    let upstream = TaggedUpstream::start().await;
+    let proxy = spawn_proxy(upstream.addr).await;
+    let mut conn = client(&proxy).await;
+
+    let mut pipelined = get_request("/bytes/20000");
+    pipelined.extend_from_slice(
+        b"POST /echo HTTP/1.1\r\nHost: localhost\r\nContent-Length: 9\r\n\r\npipelined",
+    );
+    pipelined.extend_from_slice(&get_request("/after"));
+    conn.write(&pipelined).await;
+    let expected: [(&str, Vec<u8>); 3] = [
+        ("GET", pattern(20_000)),
+        ("POST", b"POST /echo pipelined".to_vec()),
+        ("GET after", b"/after".to_vec()),
+    ];
+    for (what, body) in &expected {
+        let response = conn.read_response(false).await;
+        assert_ok_with(&response, body, what);
+        assert_eq!(upstream_conn(&response), 1, "{what}");
+    }
+    assert_eq!(upstream.requests(), 3);
+    assert_eq!(upstream.accepts(), 1);
+}
+
+// ---------------------------------------------------------------- 5. no body
+
+/// Catches: a body (or a chunked terminator, or a Content-Length) written
+/// after a 204 or 304, which the client would read as the start of the next
+/// response, and the upstream connection of a bodiless response not going
+/// back to the slot (its body is never polled, only dropped).
+#[tokio::test]
+async fn no_content_and_not_modified_have_no_body_and_keep_the_upstream_connection() {
+    let upstream = TaggedUpstream::start().await;
+    let proxy = spawn_proxy(upstream.addr).await;
+    let mut conn = client(&proxy).await;
+
+    let response = get(&mut conn, "/no-content").await;
+    let head = &response.head;
+    assert_eq!(head.start_line, "HTTP/1.1 204 No Content", "{:?}", head.raw);
+    assert!(!head.has("content-length"), "{:?}", head.raw);
+    assert!(!head.has("transfer-encoding"), "{:?}", head.raw);
+    assert!(!head.has("connection"), "{:?}", head.raw);
+    assert_eq!(upstream_conn(&response), 1);
+
+    let response = get(&mut conn, "/not-modified").await;
+    let head = &response.head;
+    assert_eq!(
+        head.start_line, "HTTP/1.1 304 Not Modified",
+        "{:?}",
+        head.raw
+    );
+    assert_eq!(head.get("etag"), Some("\"v1\""), "{:?}", head.raw);
+    assert!(!head.has("transfer-encoding"), "{:?}", head.raw);
+    assert!(!head.has("connection"), "{:?}", head.raw);
+    assert_eq!(upstream_conn(&response), 1);
+
+    // Had a body followed either, this head would not parse as one.
+    let response = get(&mut conn, "/after").await;
+    assert_ok_with(&response, b"/after", "after 204 and 304");
+    assert_eq!(
+        upstream_conn(&response),
+        1,
+        "the upstream connection was not reused"
+    );
+    assert_eq!(upstream.accepts(), 1);
+}
+
+// ---------------------------------------------------------------- 6. chunked
+
+/// Catches: an ordinary body of unknown length buffered to its end instead
+/// of relayed as it comes (the upstream only writes on once the client has
+/// the previous part), a chunk split across upstream writes mis-decoded, a
+/// body not re-chunked for the client or ended without its last chunk, and
+/// the connection not reused after a chunked body, or reused before the
+/// last chunk's final CRLF was read (the next response would not parse).
+#[tokio::test]
+async fn a_chunked_body_of_unknown_length_arrives_whole_and_the_connection_is_reused() {
+    let mut upstream = ScriptedUpstream::start().await;
+    let proxy = spawn_proxy(upstream.addr).await;
+    let mut conn = client(&proxy).await;
+
+    conn.write(&get_request("/stream")).await;
+    let mut up = upstream.next_conn().await;
+    assert_eq!(up.request().await.start_line, "GET /stream HTTP/1.1");
+    let mut first =
+        b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ntransfer-encoding: chunked\r\n\r\n"
+            .to_vec();
+    first.extend_from_slice(&chunk_bytes(b"[1,"));
+    up.write(&first).await;
+
+    let head = conn.read_response_head().await;
+    assert_eq!(head.start_line, "HTTP/1.1 200 OK", "{:?}", head.raw);
+    assert_eq!(head.all("transfer-encoding"), ["chunked"], "{:?}", head.raw);
+    assert!(!head.has("content-length"), "{:?}", head.raw);
+    assert_eq!(head.get("content-type"), Some("application/json"));
+    let mut body = Vec::new();
+    chunks_until(&mut conn, &mut body, "[1,").await;
+
+    up.write(&chunk_bytes(b"2,")).await;
+    chunks_until(&mut conn, &mut body, "[1,2,").await;
+
+    // One chunk in two writes, split inside its data.
+    up.write(b"5\r\n3,").await;
+    up.write(b"4,5\r\n").await;
+    chunks_until(&mut conn, &mut body, "[1,2,3,4,5").await;
+
+    // The last chunk, its final CRLF in a write of its own.
+    let mut end = chunk_bytes(b"]");
+    end.extend_from_slice(b"0\r\n");
+    up.write(&end).await;
+    up.write(b"\r\n").await;
+    chunks_until(&mut conn, &mut body, "[1,2,3,4,5]").await;
+    conn.last_chunk().await;
+
+    conn.write(&get_request("/next")).await;
+    let request = upstream.next_request_on(&mut up).await;
+    assert_eq!(request.start_line, "GET /next HTTP/1.1");
+    up.answer("next").await;
+    assert_ok_with(&conn.read_response(false).await, b"next", "after chunked");
+    assert_eq!(upstream.accepts(), 1);
+}
+
+// ---------------------------------------------------------------- 7. upstream closes
+
+/// Catches: a reused upstream connection that the upstream closed while it
+/// was idle (its keep-alive timeout) turning the next GET into a 502
+/// instead of being replaced (the proxy only learns of the close when its
+/// request meets it), and the replacement not being kept for the GET after.
+#[tokio::test]
+async fn an_upstream_connection_closed_while_idle_between_gets_costs_no_502() {
+    let mut upstream = ScriptedUpstream::start().await;
+    let proxy = spawn_proxy(upstream.addr).await;
+    let mut conn = client(&proxy).await;
+
+    conn.write(&get_request("/one")).await;
+    let mut first = upstream.next_conn().await;
+    assert_eq!(first.request().await.start_line, "GET /one HTTP/1.1");
+    first.answer("one").await;
+    assert_ok_with(&conn.read_response(false).await, b"one", "one");
+    // The client has its answer; the upstream now closes the idle connection.
+    drop(first);
+
+    conn.write(&get_request("/two")).await;
+    let mut second = next_conn_before_any_answer(&mut upstream, &mut conn).await;
+    assert_eq!(second.request().await.start_line, "GET /two HTTP/1.1");
+    second.answer("two").await;
+    assert_ok_with(
+        &conn.read_response(false).await,
+        b"two",
+        "GET after the upstream closed",
+    );
+
+    conn.write(&get_request("/three")).await;
+    let request = upstream.next_request_on(&mut second).await;
+    assert_eq!(request.start_line, "GET /three HTTP/1.1");
+    second.answer("three").await;
+    assert_ok_with(&conn.read_response(false).await, b"three", "three");
+    assert_eq!(upstream.accepts(), 2);
+}
+
+/// Catches: a GET that meets the upstream closing its reused connection
+/// under it (the request was written, then the connection closed without a
+/// byte of answer) getting 502 instead of being sent again on a new
+/// connection, and a resend that loops: on a fresh connection that closes
+/// unanswered the proxy must give 502, not try again.
+#[tokio::test]
+async fn a_get_that_meets_the_upstream_closing_its_reused_connection_is_sent_again_once() {
+    let mut upstream = ScriptedUpstream::start().await;
+    let proxy = spawn_proxy(upstream.addr).await;
+    let mut conn = client(&proxy).await;
+
+    conn.write(&get_request("/one")).await;
+    let mut first = upstream.next_conn().await;
+    assert_eq!(first.request().await.start_line, "GET /one HTTP/1.1");
+    first.answer("one").await;
+    assert_ok_with(&conn.read_response(false).await, b"one", "one");
+
+    conn.write(&get_request("/two")).await;
+    let request = upstream.next_request_on(&mut first).await;
+    assert_eq!(request.start_line, "GET /two HTTP/1.1");
+    drop(first);
+    let mut second = next_conn_before_any_answer(&mut upstream, &mut conn).await;
+    assert_eq!(
+        second.request().await.start_line,
+        "GET /two HTTP/1.1",
+        "sent again on a new connection"
+    );
+    second.answer("two").await;
+    assert_ok_with(&conn.read_response(false).await, b"two", "resent GET");
+
+    // The reused connection closes under the request, and so does the new
+    // one it is sent again on: 502, and no third attempt.
+    conn.write(&get_request("/three")).await;
+    let request = upstream.next_request_on(&mut second).await;
+    assert_eq!(request.start_line, "GET /three HTTP/1.1");
+    drop(second);
+    let mut third = next_conn_before_any_answer(&mut upstream, &mut conn).await;
+    assert_eq!(third.request().await.start_line, "GET /three HTTP/1.1");
+    drop(third);
+    let response = conn.read_response(false).await;
+    assert_eq!(response.head.status(), 502, "{:?}", response.head.raw);
+    assert_eq!(response.body_text(), "502 Bad Gateway\n");
+    assert_eq!(upstream.accepts(), 3, "sent again once only");
+
+    // The 502 leaves the client connection open, and no dead upstream
+    // connection in its slot.
+    conn.write(&get_request("/four")).await;
+    let mut fourth = next_conn_before_any_answer(&mut upstream, &mut conn).await;
+    assert_eq!(fourth.request().await.start_line, "GET /four HTTP/1.1");
+    fourth.answer("four").await;
+    assert_ok_with(&conn.read_response(false).await, b"four", "after the 502");
+}
+
+// ---------------------------------------------------------------- 8. timeouts, drain
+
+/// Catches: an idle keep-alive wait between lean requests that is not
+/// bounded by the header read timeout (idle or slowloris connections would
+/// be held forever), and, the other way, a connection closed right after a
+/// response instead of kept alive for the timeout.
+#[tokio::test]
+async fn an_idle_keep_alive_connection_is_closed_after_the_header_read_timeout() {
+    const HEADER_READ: Duration = Duration::from_millis(300);
+    let upstream = TaggedUpstream::start().await;
+    let mut config = proxy_config(upstream.addr);
+    config.timeouts.header_read = HEADER_READ;
+    let proxy = spawn_proxy_with(config).await;
+
+    // Nothing at all after a response.
+    let mut idle = client(&proxy).await;
+    let sent = Instant::now();
+    assert_ok_with(&get(&mut idle, "/one").await, b"/one", "one");
+    let (data, closed) = idle.read_to_close(WAIT_LIMIT).await;
+    let after = sent.elapsed();
+    assert!(closed, "an idle keep-alive connection was still open");
+    assert!(data.is_empty(), "{:?}", String::from_utf8_lossy(&data));
+    // The wait starts after the response, so after the request was sent.
+    assert!(after >= HEADER_READ, "closed after only {after:?}");
+    assert!(
+        after < HEADER_READ + Duration::from_secs(2),
+        "closed only after {after:?}"
+    );
+
+    // Half a second head after a response.
+    let mut half = client(&proxy).await;
+    let sent = Instant::now();
+    assert_ok_with(&get(&mut half, "/two").await, b"/two", "two");
+    half.write(b"GET /never HTTP/1.1\r\nHost: local").await;
+    let (data, closed) = half.read_to_close(WAIT_LIMIT).await;
+    let after = sent.elapsed();
+    assert!(closed, "a half-sent second head was still open");
+    assert!(
+        data.is_empty() || data.starts_with(b"HTTP/1.1 408"),
+        "{:?}",
+        String::from_utf8_lossy(&data)
+    );
+    assert!(after >= HEADER_READ, "closed after only {after:?}");
+    assert!(
+        after < HEADER_READ + Duration::from_secs(2),
+        "closed only after {after:?}"
+    );
+    assert_eq!(
+        upstream.requests(),
+        2,
+        "the half-sent request went upstream"
+    );
+}
+
+/// Catches: a drain that waits for an idle lean keep-alive connection (until
+/// its header read timeout, 30 s here, or the drain timeout) instead of
+/// closing it at once.
+#[tokio::test]
+async fn a_drain_closes_an_idle_keep_alive_connection_at_once() {
+    let upstream = TaggedUpstream::start().await;
+    let mut config = proxy_config(upstream.addr);
+    config.timeouts.header_read = Duration::from_secs(30);
+    let mut proxy = spawn_proxy_with(config).await;
+    let mut conn = client(&proxy).await;
+    assert_ok_with(&get(&mut conn, "/one").await, b"/one", "one");
+    assert_ok_with(&get(&mut conn, "/two").await, b"/two", "two");
+
+    let task = proxy.task.take().expect("proxy task");
+    let started = Instant::now();
+    proxy.shutdown.cancel();
+    let (data, closed) = conn.read_to_close(PROMPTLY).await;
+    assert!(
+        closed,
+        "an idle keep-alive connection was still open {PROMPTLY:?} into the drain"
+    );
+    assert!(data.is_empty(), "{:?}", String::from_utf8_lossy(&data));
+    tokio::time::timeout(PROMPTLY, task)
+        .await
+        .expect("the drain was held up")
+        .expect("proxy task");
+    assert!(started.elapsed() < PROMPTLY);
+}
+
+/// Catches: a GET whose response head arrives during a drain not saying
+/// `Connection: close` (the client would send its next request into a
+/// closing connection), the response being cut instead of completed, and
+/// the connection left open after it.
+#[tokio::test]
+async fn a_get_in_flight_during_a_drain_is_answered_with_connection_close() {
+    let mut upstream = ScriptedUpstream::start().await;
+    let mut proxy = spawn_proxy(upstream.addr).await;
+    let mut conn = client(&proxy).await;
+    conn.write(&get_request("/slow")).await;
+    let mut up = upstream.next_conn().await;
+    assert_eq!(up.request().await.start_line, "GET /slow HTTP/1.1");
+
+    let task = proxy.task.take().expect("proxy task");
+    proxy.shutdown.cancel();
+    until_refused(proxy.addr).await;
+    up.answer("slow").await;
+    let response = conn.read_response(false).await;
+    assert_eq!(response.head.start_line, "HTTP/1.1 200 OK");
+    assert_eq!(response.head.get("connection"), Some("close"));
+    assert_eq!(response.head.get("content-length"), Some("4"));
+    assert_eq!(response.body_text(), "slow");
+    conn.assert_closed("after a response during the drain")
+        .await;
+    tokio::time::timeout(PROMPTLY, task)
+        .await
+        .expect("the drain was held up")
+        .expect("proxy task");
+}
+
+// ---------------------------------------------------------------- 9. parking
+
+/// Catches: the upstream connection of a client connection served only by
+/// the lean path not being parked when that client connection closes (by
+/// the client, or after `Connection: close`), and a new client connection
+/// on the same serving thread not taking the parked one: a client that
+/// opens a TLS connection per request would cost a TCP connection upstream
+/// each time.
+#[tokio::test]
+async fn a_new_client_connection_reuses_the_upstream_connection_a_closed_one_parked() {
+    let upstream = TaggedUpstream::start().await;
+    let proxy = spawn_proxy_with(one_thread(upstream.addr)).await;
+
+    let mut first = client(&proxy).await;
+    for path in ["/a", "/b"] {
+        let response = get(&mut first, path).await;
+        assert_ok_with(&response, path.as_bytes(), path);
+        assert_eq!(upstream_conn(&response), 1, "{path}");
+    }
+    close_and_wait(first, "closed by the client").await;
+
+    let mut second = client(&proxy).await;
+    let response = get(&mut second, "/c").await;
+    assert_ok_with(&response, b"/c", "/c");
+    assert_eq!(
+        upstream_conn(&response),
+        1,
+        "the second client connection did not take the parked upstream connection"
+    );
+    // This time the client asks to close.
+    second
+        .write(b"GET /d HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        .await;
+    let response = second.read_response(false).await;
+    assert_eq!(response.head.start_line, "HTTP/1.1 200 OK");
+    assert_eq!(response.head.get("connection"), Some("close"));
+    assert_eq!(response.body_text(), "/d");
+    assert_eq!(upstream_conn(&response), 1, "/d");
+    second.assert_closed("after Connection: close").await;
+
+    let mut third = client(&proxy).await;
+    let response = get(&mut third, "/e").await;
+    assert_ok_with(&response, b"/e", "/e");
+    assert_eq!(
+        upstream_conn(&response),
+        1,
+        "the third client connection did not take the parked upstream connection"
+    );
+    assert_eq!(upstream.accepts(), 1);
+}
+
+/// Catches: an upstream connection that hyper's client drove (after a POST
+/// took the client connection off the lean path) not being turned back
+/// into a plain socket when its client connection closes, so it is closed
+/// instead of parked, and the next client connection's lean GET opening a
+/// new one.
+#[tokio::test]
+async fn an_upstream_connection_that_went_through_hyper_is_parked_too() {
+    let upstream = TaggedUpstream::start().await;
+    let proxy = spawn_proxy_with(one_thread(upstream.addr)).await;
+
+    let mut first = client(&proxy).await;
+    let response = get(&mut first, "/a").await;
+    assert_ok_with(&response, b"/a", "/a");
+    first
+        .write(b"POST /echo HTTP/1.1\r\nHost: localhost\r\nContent-Length: 4\r\n\r\nbody")
+        .await;
+    let response = first.read_response(false).await;
+    assert_ok_with(&response, b"POST /echo body", "POST");
+    assert_eq!(upstream_conn(&response), 1, "POST");
+    close_and_wait(first, "closed after hyper served it").await;
+
+    let mut second = client(&proxy).await;
+    let response = get(&mut second, "/b").await;
+    assert_ok_with(&response, b"/b", "/b");
+    assert_eq!(
+        upstream_conn(&response),
+        1,
+        "the upstream connection hyper used was not parked"
+    );
+    assert_eq!(upstream.accepts(), 1);
+}
+
+// ---------------------------------------------------------------- event streams
+
+/// Catches: an EventSource GET sent over the client connection's keep-alive
+/// upstream connection (an event stream would hold it, or a hand-driven
+/// keep-alive request would lose `Connection: close`), and the client
+/// connection's own upstream connection lost while the stream ran.
+#[tokio::test]
+async fn an_event_stream_gets_its_own_upstream_connection_and_the_kept_one_stays() {
+    let mut upstream = ScriptedUpstream::start().await;
+    let proxy = spawn_proxy(upstream.addr).await;
+    let mut conn = client(&proxy).await;
+
+    conn.write(&get_request("/plain")).await;
+    let mut kept = upstream.next_conn().await;
+    assert_eq!(kept.request().await.start_line, "GET /plain HTTP/1.1");
+    kept.answer("plain").await;
+    assert_ok_with(&conn.read_response(false).await, b"plain", "plain");
+
+    conn.write(b"GET /events HTTP/1.1\r\nHost: localhost\r\nAccept: text/event-stream\r\n\r\n")
+        .await;
+    let mut stream = upstream.next_conn().await;
+    let request = stream.request().await;
+    assert_eq!(request.start_line, "GET /events HTTP/1.1");
+    assert_eq!(request.header("connection"), Some("close"));
+    stream
+        .write(
+            b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n",
+        )
+        .await;
+    let head = conn.read_response_head().await;
+    assert_eq!(head.start_line, "HTTP/1.1 200 OK", "{:?}", head.raw);
+    stream.write(&chunk_bytes(b"data: one\n\n")).await;
+    assert_eq!(conn.chunk_text().await, "data: one\n\n");
+    stream.write(b"0\r\n\r\n").await;
+    conn.last_chunk().await;
+
+    conn.write(&get_request("/plain-again")).await;
+    let request = upstream.next_request_on(&mut kept).await;
+    assert_eq!(request.start_line, "GET /plain-again HTTP/1.1");
+    kept.answer("again").await;
+    assert_ok_with(
+        &conn.read_response(false).await,
+        b"again",
+        "after the stream",
+    );
+    assert_eq!(upstream.accepts(), 2);
+}
+
+// ------------------------------------------------------ unsolicited bytes
+
+/// Catches: bytes the upstream sent on an idle kept connection, unasked,
+/// being taken for the answer to the next GET. Here the upstream announces
+/// its idle timeout with a 408 and closes, as some servers do. Relaying it
+/// as the answer to `/two` (or any stale bytes, even a whole 200) would put
+/// responses and requests out of step; the connection must be dropped and
+/// the GET sent on a new one, as hyper's client does.
+#[tokio::test]
+async fn bytes_the_upstream_sent_on_an_idle_connection_are_not_taken_for_the_next_answer() {
+    let mut upstream = ScriptedUpstream::start().await;
+    let proxy = spawn_proxy(upstream.addr).await;
+    let mut conn = client(&proxy).await;
+
+    conn.write(&get_request("/one")).await;
+    let mut first = upstream.next_conn().await;
+    assert_eq!(first.request().await.start_line, "GET /one HTTP/1.1");
+    first.answer("one").await;
+    assert_ok_with(&conn.read_response(false).await, b"one", "one");
+    // Written before the client sends its next request; it reaches the
+    // proxy long before that request crosses TLS.
+    first
+        .write(b"HTTP/1.1 408 Request Timeout\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+        .await;
+    drop(first);
+
+    conn.write(&get_request("/two")).await;
+    let mut second = next_conn_before_any_answer(&mut upstream, &mut conn).await;
+    assert_eq!(second.request().await.start_line, "GET /two HTTP/1.1");
+    second.answer("two").await;
+    assert_ok_with(&conn.read_response(false).await, b"two", "two");
+}
