@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, MAX_REQUEST_HEADER_BYTES};
 use crate::error::StartError;
-use crate::lean_h1::{Next, Rewind};
+use crate::lean_h1::{self, Next, Rewind};
 use crate::proxy::{ConnInfo, Proxy, Transport};
 use crate::workers::Workers;
 
@@ -151,23 +151,32 @@ impl Server {
             // Started here so the task holds the boxed handshake, not the
             // socket it has moved on from.
             let handshake = connections.handshake(tcp, peer);
+            // Made here, so the task holds it once: the serving futures
+            // below borrow it instead of keeping copies of its parts.
+            let mut client = lean_h1::Client {
+                proxy: proxy.clone(),
+                conn: ConnInfo {
+                    peer,
+                    client_subject: None,
+                },
+                header_read_timeout: connections.header_read_timeout,
+                worker: worker.index,
+            };
+            let open = worker.open;
             let task = async move {
-                let _open = worker.open;
+                let _open = open;
                 let Some(tls) = handshake.await else {
                     return;
                 };
                 // Boxed: futures copy their arguments, and the TLS state is large.
                 let tls = Box::new(tls);
-                let conn = ConnInfo {
-                    peer,
-                    client_subject: client_subject(&tls),
-                };
+                client.conn.client_subject = client_subject(&tls);
                 // The protocol follows ALPN, as browsers negotiate it; without
                 // ALPN, HTTP/1.1 (HTTP/2 over TLS requires ALPN, RFC 9113 §3.2).
                 if tls.get_ref().1.alpn_protocol() == Some(b"h2") {
-                    serve_h2(tls, proxy, conn, &connections, watcher).await;
+                    serve_h2(tls, &client, &connections, watcher).await;
                 } else {
-                    serve_h1(tls, proxy, conn, worker.index, &connections, watcher).await;
+                    serve_h1(tls, &client, &connections, watcher).await;
                 }
             };
             tasks.spawn_on(task, &worker.handle);
@@ -201,32 +210,22 @@ type ClientTls = Box<tokio_rustls::server::TlsStream<TcpStream>>;
     clippy::manual_async_fn,
     reason = "an async fn keeps its arguments twice"
 )]
-fn serve_h1(
+fn serve_h1<'a>(
     tls: ClientTls,
-    proxy: Arc<Proxy>,
-    conn: ConnInfo,
-    worker: usize,
-    connections: &ConnectionSettings,
+    client: &'a lean_h1::Client,
+    connections: &'a ConnectionSettings,
     watcher: Watcher,
-) -> impl std::future::Future<Output = ()> + Send + '_ {
+) -> impl std::future::Future<Output = ()> + Send + 'a {
     async move {
-        let limit = connections.header_read_timeout;
-        let (io, slot) = match crate::lean_h1::serve(tls, &proxy, &conn, limit, worker).await {
+        let (io, slot) = match lean_h1::serve(tls, client).await {
             Next::Hyper { io, slot } => (io, slot),
             Next::Closed => return,
         };
         // One upstream connection for this client connection's requests,
         // the same the lean path used, if it needed one.
-        let slot = slot.unwrap_or_else(|| proxy.affine_slot(worker));
-        serve_h1_with_hyper(
-            io,
-            proxy,
-            conn,
-            Transport::Affine(slot),
-            connections,
-            watcher,
-        )
-        .await;
+        let slot = slot.unwrap_or_else(|| client.proxy.affine_slot(client.worker));
+        let upstream = Transport::Affine(slot);
+        serve_h1_with_hyper(io, client, upstream, connections, watcher).await;
     }
 }
 
@@ -236,14 +235,14 @@ fn serve_h1(
 // call site is not enough: the future would still be a temporary there.)
 type Boxed<'a, T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send + 'a>>;
 
-fn serve_h1_with_hyper(
+fn serve_h1_with_hyper<'a>(
     io: Rewind<ClientTls>,
-    proxy: Arc<Proxy>,
-    conn: ConnInfo,
+    client: &lean_h1::Client,
     upstream: Transport,
-    connections: &ConnectionSettings,
+    connections: &'a ConnectionSettings,
     watcher: Watcher,
-) -> Boxed<'_, ()> {
+) -> Boxed<'a, ()> {
+    let (proxy, conn) = (client.proxy.clone(), client.conn.clone());
     Box::pin(async move {
         let peer = conn.peer;
         let service =
@@ -255,13 +254,13 @@ fn serve_h1_with_hyper(
     })
 }
 
-fn serve_h2(
+fn serve_h2<'a>(
     tls: ClientTls,
-    proxy: Arc<Proxy>,
-    conn: ConnInfo,
-    connections: &ConnectionSettings,
+    client: &lean_h1::Client,
+    connections: &'a ConnectionSettings,
     watcher: Watcher,
-) -> Boxed<'_, ()> {
+) -> Boxed<'a, ()> {
+    let (proxy, conn) = (client.proxy.clone(), client.conn.clone());
     Box::pin(async move {
         let peer = conn.peer;
         let got_request = Arc::new(AtomicBool::new(false));

@@ -65,13 +65,7 @@ pub enum Next<IO> {
     clippy::manual_async_fn,
     reason = "an async fn keeps its arguments twice"
 )]
-pub fn serve<'a, IO>(
-    mut io: IO,
-    proxy: &'a Arc<Proxy>,
-    conn: &'a ConnInfo,
-    header_read_timeout: Duration,
-    worker: usize,
-) -> impl Future<Output = Next<IO>> + Send + 'a
+pub fn serve<'a, IO>(mut io: IO, client: &'a Client) -> impl Future<Output = Next<IO>> + Send + 'a
 where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'a,
 {
@@ -80,14 +74,14 @@ where
         let mut received = BytesMut::new();
         let mut slot = None;
         loop {
-            let exchange = Exchange {
-                proxy,
-                conn,
-                header_read_timeout,
-                worker,
+            // (The exchange is a temporary of this statement, so it takes no
+            // room in this state while the response is written.)
+            let head = Exchange {
+                client,
                 slot: &mut slot,
-            };
-            let mut ready = match exchange.until_response_head(&mut io, received).await {
+            }
+            .until_response_head(&mut io, received);
+            let mut ready = match head.await {
                 Head::Ready(ready) => ready,
                 Head::ForHyper(prefix) => {
                     let io = Rewind::new(io, prefix);
@@ -97,7 +91,9 @@ where
             };
             let written = write_response(&mut io, &mut ready).await;
             match written {
-                Ok(Written::Complete) if !ready.close && !proxy.shutdown_token().is_cancelled() => {
+                Ok(Written::Complete)
+                    if !ready.close && !client.proxy.shutdown_token().is_cancelled() =>
+                {
                     received = std::mem::take(&mut ready.pipelined);
                 }
                 Ok(Written::Complete) => {
@@ -108,7 +104,7 @@ where
                 Ok(Written::ClientGone) => return Next::Closed,
                 Ok(Written::Cut) => return Next::Closed,
                 Err(err) => {
-                    tracing::debug!(peer = %conn.peer, error = %err, "writing response failed");
+                    tracing::debug!(peer = %client.conn.peer, error = %err, "writing response failed");
                     return Next::Closed;
                 }
             }
@@ -136,12 +132,20 @@ struct HeadReady {
     pipelined: BytesMut,
 }
 
+/// The client connection the lean path serves, and what serving it takes.
+/// (Held by the connection's task and lent to the lean path, which then
+/// keeps one reference instead of a copy of each.)
+pub struct Client {
+    pub proxy: Arc<Proxy>,
+    pub conn: ConnInfo,
+    pub header_read_timeout: Duration,
+    /// The serving thread, whose parked upstream connections it may take.
+    pub worker: usize,
+}
+
 /// What one request on the lean path needs.
 struct Exchange<'a> {
-    proxy: &'a Proxy,
-    conn: &'a ConnInfo,
-    header_read_timeout: Duration,
-    worker: usize,
+    client: &'a Client,
     /// The client connection's upstream slot, made when first needed.
     slot: &'a mut Option<Arc<AffineSlot>>,
 }
@@ -160,17 +164,17 @@ impl<'a> Exchange<'a> {
     where
         IO: AsyncRead + Unpin + Send,
     {
-        let Exchange {
+        let Exchange { client, slot } = self;
+        let Client {
             proxy,
             conn,
             header_read_timeout,
             worker,
-            slot,
-        } = self;
+        } = client;
         Box::pin(async move {
             let mut buf = received;
             let read = tokio::select! {
-                read = tokio::time::timeout(header_read_timeout, read_head(io, &mut buf)) => read,
+                read = tokio::time::timeout(*header_read_timeout, read_head(io, &mut buf)) => read,
                 // A connection without a request yet does not hold up a drain.
                 () = proxy.shutdown_token().cancelled() => return Head::Closed,
             };
@@ -205,7 +209,7 @@ impl<'a> Exchange<'a> {
             let transport = if event_source {
                 Transport::Dedicated
             } else {
-                let slot = slot.get_or_insert_with(|| proxy.affine_slot(worker));
+                let slot = slot.get_or_insert_with(|| proxy.affine_slot(*worker));
                 Transport::AffineByHand(slot.clone())
             };
             let request = (*request).map(|()| Empty::<Bytes>::new());
