@@ -19,11 +19,13 @@ use http::{header, Request, StatusCode};
 use http_body_util::{BodyExt, Empty};
 use hyper::client::conn::http1::SendRequest;
 use hyper_util::rt::TokioIo;
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::client::Resumption;
 use rustls::crypto::aws_lc_rs;
+use rustls::crypto::{verify_tls12_signature, verify_tls13_signature, CryptoProvider};
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, ServerName};
-use rustls::{ClientConfig, RootCertStore};
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
 use tokio::net::{TcpSocket, TcpStream};
 use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
@@ -62,15 +64,31 @@ impl std::fmt::Display for TlsInfo {
     }
 }
 
+/// How the client treats the server's certificate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CertCheck {
+    /// Verify the chain against the trusted certificate, as a browser does.
+    Chain,
+    /// Check only the handshake signature, as h2load and wrk do: in the
+    /// handshakes/s measurement the client then spends the shared cores on
+    /// the handshake, not on validating the same certificate every time.
+    SignatureOnly,
+}
+
 /// The client TLS configuration every peer is measured with. `resume: false`
 /// makes every handshake a full one.
-pub fn tls_client_config(trusted_cert: &Path, resume: bool) -> Result<Arc<ClientConfig>, String> {
+pub fn tls_client_config(
+    trusted_cert: &Path,
+    resume: bool,
+    check: CertCheck,
+) -> Result<Arc<ClientConfig>, String> {
     let mut provider = aws_lc_rs::default_provider();
     provider.kx_groups = vec![aws_lc_rs::kx_group::X25519];
     provider.cipher_suites = vec![
         aws_lc_rs::cipher_suite::TLS13_AES_128_GCM_SHA256,
         aws_lc_rs::cipher_suite::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256,
     ];
+    let provider = Arc::new(provider);
     let mut roots = RootCertStore::empty();
     let certs = CertificateDer::pem_file_iter(trusted_cert)
         .map_err(|e| format!("{}: {e}", trusted_cert.display()))?;
@@ -80,16 +98,71 @@ pub fn tls_client_config(trusted_cert: &Path, resume: bool) -> Result<Arc<Client
             .add(cert)
             .map_err(|e| format!("{}: {e}", trusted_cert.display()))?;
     }
-    let mut config = ClientConfig::builder_with_provider(Arc::new(provider))
+    let builder = ClientConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
-        .map_err(|e| format!("client TLS config: {e}"))?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
+        .map_err(|e| format!("client TLS config: {e}"))?;
+    let mut config = match check {
+        CertCheck::Chain => builder.with_root_certificates(roots),
+        CertCheck::SignatureOnly => builder
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(SignatureOnly(provider))),
+    }
+    .with_no_client_auth();
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     if !resume {
         config.resumption = Resumption::disabled();
     }
     Ok(Arc::new(config))
+}
+
+/// Accepts the server's certificate chain unchecked, but verifies that the
+/// server signed the handshake with the certificate's key.
+#[derive(Debug)]
+struct SignatureOnly(Arc<CryptoProvider>);
+
+impl ServerCertVerifier for SignatureOnly {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
 }
 
 /// Where the load goes: an address, TLS or not, and the local addresses the

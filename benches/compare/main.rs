@@ -27,6 +27,7 @@ use std::time::Instant;
 
 use clap::Parser;
 
+use loadgen::CertCheck;
 use peers::{PeerKind, PeerSetup};
 use scenarios::{Bench, Results, ScenarioKind, Sizes};
 
@@ -227,8 +228,8 @@ async fn run(options: Options) -> Result<bool, String> {
     }
     let cert = manifest_dir().join("certs/localhost.pem");
     let key = manifest_dir().join("certs/localhost-key.pem");
-    let client_tls = loadgen::tls_client_config(&cert, true)?;
-    let full_handshake_tls = loadgen::tls_client_config(&cert, false)?;
+    let client_tls = loadgen::tls_client_config(&cert, true, CertCheck::Chain)?;
+    let full_handshake_tls = loadgen::tls_client_config(&cert, false, CertCheck::SignatureOnly)?;
     let workdir = std::env::temp_dir().join(format!("ssegate-compare-{}", std::process::id()));
     std::fs::create_dir_all(&workdir).map_err(|e| format!("{}: {e}", workdir.display()))?;
     let harness_exe = std::env::current_exe().map_err(|e| format!("own executable: {e}"))?;
