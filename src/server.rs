@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, MAX_REQUEST_HEADER_BYTES};
 use crate::error::StartError;
-use crate::lean_h1::{self, Next, Rewind};
+use crate::lean_h1::{self, ClientTls, Next, Rewind};
 use crate::proxy::{ConnInfo, Proxy, Transport};
 use crate::workers::Workers;
 
@@ -197,8 +197,6 @@ impl Server {
         }
     }
 }
-
-type ClientTls = Box<tokio_rustls::server::TlsStream<TcpStream>>;
 
 /// HTTP/1.1: plain bodiless GETs are served by the lean path; the first
 /// other request, and everything after it, by hyper.

@@ -1137,3 +1137,38 @@ async fn bytes_the_upstream_sent_on_an_idle_connection_are_not_taken_for_the_nex
     second.answer("two").await;
     assert_ok_with(&conn.read_response(false).await, b"two", "two");
 }
+
+// ------------------------------------------------------------- clean close
+
+/// Catches: a `Connection: close` response followed by a bare TCP close,
+/// without TLS close_notify (the proxy sends the last response and its
+/// close_notify in one write), so that the client cannot tell a complete
+/// response from a cut one. rustls reports a close without close_notify
+/// as `UnexpectedEof`.
+#[tokio::test]
+async fn a_connection_close_response_ends_with_close_notify() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let upstream = TaggedUpstream::start().await;
+    let proxy = spawn_proxy(upstream.addr).await;
+    for path in ["/bytes/0", "/last", "/bytes/100000"] {
+        let mut tls = tls_connect(proxy.addr, &[b"http/1.1"]).await;
+        let request =
+            format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
+        tls.write_all(request.as_bytes()).await.unwrap();
+        tls.flush().await.unwrap();
+        let mut received = Vec::new();
+        let read = tokio::time::timeout(PROMPTLY, tls.read_to_end(&mut received))
+            .await
+            .expect("the proxy closes the connection");
+        read.unwrap_or_else(|err| panic!("{path}: not a clean TLS close: {err}"));
+        let text = String::from_utf8_lossy(&received);
+        assert!(
+            text.starts_with("HTTP/1.1 200 OK\r\n"),
+            "{path}: {text:.200}"
+        );
+        assert!(
+            text.contains("\r\nconnection: close\r\n"),
+            "{path}: {text:.400}"
+        );
+    }
+}

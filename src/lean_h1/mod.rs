@@ -14,7 +14,7 @@ mod rewind;
 
 use std::future::poll_fn;
 use std::future::Future;
-use std::io;
+use std::io::{self, Write};
 use std::pin::{pin, Pin};
 use std::sync::Arc;
 use std::task::Poll;
@@ -39,6 +39,9 @@ const MAX_PIPELINED: usize = 64 * 1024;
 const HEAD_READ_SIZE: usize = 2048;
 /// Body bytes gathered into one write at most: one full TLS record.
 const MAX_WRITE: usize = 16 * 1024;
+
+/// The client connection, as the server hands it over.
+pub type ClientTls = Box<tokio_rustls::server::TlsStream<tokio::net::TcpStream>>;
 
 /// How a connection goes on after the lean path.
 pub enum Next<IO> {
@@ -65,10 +68,10 @@ pub enum Next<IO> {
     clippy::manual_async_fn,
     reason = "an async fn keeps its arguments twice"
 )]
-pub fn serve<'a, IO>(mut io: IO, client: &'a Client) -> impl Future<Output = Next<IO>> + Send + 'a
-where
-    IO: AsyncRead + AsyncWrite + Unpin + Send + 'a,
-{
+pub fn serve(
+    mut io: ClientTls,
+    client: &Client,
+) -> impl Future<Output = Next<ClientTls>> + Send + '_ {
     async move {
         // What the client sent beyond the request just served.
         let mut received = BytesMut::new();
@@ -331,13 +334,10 @@ enum Written {
     clippy::manual_async_fn,
     reason = "an async fn keeps its arguments twice"
 )]
-fn write_response<'a, IO>(
-    io: &'a mut IO,
+fn write_response<'a>(
+    io: &'a mut ClientTls,
     ready: &'a mut HeadReady,
-) -> impl Future<Output = io::Result<Written>> + Send + 'a
-where
-    IO: AsyncRead + AsyncWrite + Unpin + Send,
-{
+) -> impl Future<Output = io::Result<Written>> + Send + 'a {
     async move {
         let mut ended = (ready.framing == Framing::NoBody).then_some(Written::Complete);
         // One await per step, and nothing held across more than one of them:
@@ -351,7 +351,11 @@ where
                 };
                 ended = ready.add(frame);
             }
-            write_flushed(io, &ready.out).await?;
+            if ready.close && matches!(ended, Some(Written::Complete)) {
+                write_last(io, &ready.out).await?;
+            } else {
+                write_flushed(io, &ready.out).await?;
+            }
             // Released, so an idle stream holds no buffer.
             ready.out = Vec::new();
             if let Some(ended) = ended {
@@ -364,6 +368,41 @@ where
             }
         }
     }
+}
+
+/// Writes the last bytes of a connection with its close_notify behind
+/// them, in one write instead of two.
+#[allow(
+    clippy::manual_async_fn,
+    reason = "an async fn keeps its arguments twice"
+)]
+fn write_last<'a>(
+    io: &'a mut ClientTls,
+    bytes: &'a [u8],
+) -> impl Future<Output = io::Result<()>> + Send + 'a {
+    async move {
+        // What did not fit the send buffer (usually nothing) goes the
+        // ordinary way, and the close_notify with the shutdown after it.
+        let rest = buffer_with_close_notify(io, bytes);
+        io.write_all(rest).await?;
+        io.flush().await
+    }
+}
+
+/// Encrypts as much of `bytes` as the send buffer takes without writing
+/// it, and if that is all of them, a close_notify after them. Returns the
+/// rest.
+fn buffer_with_close_notify<'b>(tls: &mut ClientTls, bytes: &'b [u8]) -> &'b [u8] {
+    let connection = tls.get_mut().1;
+    let mut rest = bytes;
+    while !rest.is_empty() {
+        match connection.writer().write(rest) {
+            Ok(0) | Err(_) => return rest,
+            Ok(n) => rest = &rest[n..],
+        }
+    }
+    connection.send_close_notify();
+    rest
 }
 
 /// Writes `bytes` and flushes them (one TLS record, sent at once).
