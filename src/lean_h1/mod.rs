@@ -1,12 +1,16 @@
-//! The lean HTTP/1.1 path for EventSource requests.
+//! The lean HTTP/1.1 path: plain GETs served without hyper.
 //!
 //! An idle event stream is most of what an SSE proxy holds, and hyper keeps
-//! two 8 KiB buffers per HTTP/1.1 connection for as long as it lives. So the
-//! first request of a new HTTP/1.1 connection is read here: an EventSource
-//! request (see `request::sniff`) is answered by a small writer that holds no
-//! buffer between events; anything else, and whatever follows a finished
-//! lean response on a keep-alive connection, is handed to hyper together with
-//! the bytes already read.
+//! two 8 KiB buffers per HTTP/1.1 connection for as long as it lives; and a
+//! plain GET, the bulk of ordinary traffic, costs hyper's dispatch on both
+//! sides. So request heads on a new HTTP/1.1 connection are read here. A
+//! plain bodiless GET (see `request::sniff`) is forwarded, and its response
+//! written by a small writer that holds no buffer between writes: an
+//! EventSource request over an upstream connection of its own, any other
+//! over the client connection's own upstream keep-alive connection, driven
+//! by hand. The first other request, together with the bytes already read
+//! and that upstream connection, is handed to hyper, which serves the rest
+//! of the connection.
 
 mod request;
 mod response;
@@ -44,11 +48,11 @@ const MAX_WRITE: usize = 16 * 1024;
 pub type ClientTls = Box<tokio_rustls::server::TlsStream<tokio::net::TcpStream>>;
 
 /// How a connection goes on after the lean path.
-pub enum Next<IO> {
+pub enum Next {
     /// hyper serves the rest, starting with the bytes already read, over
     /// the client connection's upstream slot if the lean path made one.
     Hyper {
-        io: Rewind<IO>,
+        io: Rewind<ClientTls>,
         slot: Option<Arc<AffineSlot>>,
     },
     /// The connection is finished.
@@ -68,10 +72,7 @@ pub enum Next<IO> {
     clippy::manual_async_fn,
     reason = "an async fn keeps its arguments twice"
 )]
-pub fn serve(
-    mut io: ClientTls,
-    client: &Client,
-) -> impl Future<Output = Next<ClientTls>> + Send + '_ {
+pub fn serve(mut io: ClientTls, client: &Client) -> impl Future<Output = Next> + Send + '_ {
     async move {
         // What the client sent beyond the request just served.
         let mut received = BytesMut::new();
@@ -326,9 +327,9 @@ enum Written {
     Cut,
 }
 
-/// Writes head and body: whatever the body has ready leaves together (the
-/// head and a whole small body in one TLS record), then each frame as it
-/// comes, flushed at once, while the writer watches the client for hang-ups
+/// Writes head and body: the head and whatever the body has ready leave
+/// together (a whole small response in one TLS record), then each frame as
+/// it comes, flushed at once, while the writer watches the client for hang-ups
 /// and keeps what it pipelines.
 #[allow(
     clippy::manual_async_fn,
@@ -340,17 +341,20 @@ fn write_response<'a>(
 ) -> impl Future<Output = io::Result<Written>> + Send + 'a {
     async move {
         let mut ended = (ready.framing == Framing::NoBody).then_some(Written::Complete);
+        // The head takes along what the body has ready. (Only the head: later
+        // frames are written as they come, so an event stream polls its body
+        // once per event, not twice.)
+        while ended.is_none() && ready.out.len() < MAX_WRITE {
+            let frame = poll_fn(|cx| Poll::Ready(Pin::new(&mut ready.body).poll_frame(cx)));
+            let Poll::Ready(frame) = frame.await else {
+                break;
+            };
+            ended = ready.add(frame);
+        }
         // One await per step, and nothing held across more than one of them:
         // a value kept across several awaits keeps a slot in this state for
         // the stream's life.
         loop {
-            while ended.is_none() && ready.out.len() < MAX_WRITE {
-                let frame = poll_fn(|cx| Poll::Ready(Pin::new(&mut ready.body).poll_frame(cx)));
-                let Poll::Ready(frame) = frame.await else {
-                    break;
-                };
-                ended = ready.add(frame);
-            }
             if ready.close && matches!(ended, Some(Written::Complete)) {
                 write_last(io, &ready.out).await?;
             } else {

@@ -8,8 +8,9 @@
 //!
 //! The lean path's GETs drive the connection by hand (`send_bodiless`, see
 //! `dedicated.rs`); every other request drives it through hyper's client
-//! (`send`). A connection goes from one to the other when its client
-//! connection does, which happens at most once.
+//! (`send`). The connection passes from one to the other when its client
+//! connection does (at most once), and a parked one, kept as a plain
+//! socket, goes to whichever path takes it.
 //!
 //! When the client connection closes, its upstream connection is parked in
 //! [`IdleUpstreams`] for the next client connection to take, so a client that
