@@ -421,7 +421,8 @@ fn reqresp_table(md: &mut String, results: &Results, info: &RunInfo) {
         md,
         "GET `/static` (1 KiB) from {} concurrent clients for {:?} after {:?} of warm-up: over keep-alive \
          connections, then with a new connection per request (a full TLS handshake each: the client disables \
-         session resumption). The direct path is plain HTTP, so its second figure is TCP connections/s. \
+         session resumption, and checks the server's handshake signature but not its certificate chain, as \
+         h2load and wrk do). The direct path is plain HTTP, so its second figure is TCP connections/s. \
          \"ssegate ÷ this\" compares requests/s (above 1 is better for ssegate).\n",
         info.sizes.reqresp_connections, info.sizes.reqresp_duration, info.sizes.reqresp_warmup
     );

@@ -232,7 +232,8 @@ pub struct Bench {
     pub upstream: UpstreamProcess,
     pub sizes: Sizes,
     pub open_file_limit: u64,
-    /// Client TLS without session resumption (every handshake a full one).
+    /// Client TLS without session resumption (every handshake a full one),
+    /// checking the handshake signature but not the certificate chain.
     pub full_handshake_tls: Arc<rustls::ClientConfig>,
     next_run: AtomicU32,
 }
