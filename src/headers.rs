@@ -145,13 +145,19 @@ pub fn map_from_httparse(
     let mut map = HeaderMap::with_capacity(parsed.len());
     for raw in parsed {
         let name = HeaderName::from_bytes(raw.name.as_bytes()).ok()?;
-        // httparse's values are slices of `buf`; `head` holds the same bytes.
-        let start = (raw.value.as_ptr() as usize).checked_sub(buf.as_ptr() as usize)?;
-        let bytes = head.get(start..start + raw.value.len())?;
-        let value = HeaderValue::from_maybe_shared(head.slice_ref(bytes)).ok()?;
+        let value = HeaderValue::from_maybe_shared(same_place(raw.value, buf, head)?).ok()?;
         map.append(name, value);
     }
     Some(map)
+}
+
+/// The bytes of `head`, a copy of the start of `buf`, where `part` (a slice
+/// of `buf`, as httparse returns them) stands in `buf`. None if `part` is
+/// not within the copied bytes.
+pub fn same_place(part: &[u8], buf: &[u8], head: &Bytes) -> Option<Bytes> {
+    let start = (part.as_ptr() as usize).checked_sub(buf.as_ptr() as usize)?;
+    let end = start.checked_add(part.len())?;
+    (end <= head.len()).then(|| head.slice(start..end))
 }
 
 /// Total size of a header section as it would appear on the wire.

@@ -78,13 +78,7 @@ pub fn serve(mut io: ClientTls, client: &Client) -> impl Future<Output = Next> +
         let mut received = BytesMut::new();
         let mut slot = None;
         loop {
-            // (The exchange is a temporary of this statement, so it takes no
-            // room in this state while the response is written.)
-            let head = Exchange {
-                client,
-                slot: &mut slot,
-            }
-            .until_response_head(&mut io, received);
+            let head = until_response_head(client, &mut slot, &mut io, received);
             let mut ready = match head.await {
                 Head::Ready(ready) => ready,
                 Head::ForHyper(prefix) => {
@@ -147,92 +141,85 @@ pub struct Client {
     pub worker: usize,
 }
 
-/// What one request on the lean path needs.
-struct Exchange<'a> {
+/// Reads and sniffs the request head (`received` holds what was already
+/// read), then forwards a lean request and encodes the response head. A
+/// GET that is not an event stream goes over `slot`, the client
+/// connection's upstream slot, made when first needed.
+/// Returned boxed: this phase is large and short-lived, and an inline
+/// future would size the task of every stream by it for as long as the
+/// stream lives.
+fn until_response_head<'a, IO>(
     client: &'a Client,
-    /// The client connection's upstream slot, made when first needed.
     slot: &'a mut Option<Arc<AffineSlot>>,
-}
-
-impl<'a> Exchange<'a> {
-    /// Reads and sniffs the request head (`received` holds what was already
-    /// read), then forwards a lean request and encodes the response head.
-    /// Returned boxed: this phase is large and short-lived, and an inline
-    /// future would size the task of every stream by it for as long as the
-    /// stream lives.
-    fn until_response_head<IO>(
-        self,
-        io: &'a mut IO,
-        received: BytesMut,
-    ) -> Pin<Box<dyn Future<Output = Head> + Send + 'a>>
-    where
-        IO: AsyncRead + Unpin + Send,
-    {
-        let Exchange { client, slot } = self;
-        let Client {
-            proxy,
-            conn,
-            header_read_timeout,
-            worker,
-        } = client;
-        Box::pin(async move {
-            let mut buf = received;
-            let read = tokio::select! {
-                read = tokio::time::timeout(*header_read_timeout, read_head(io, &mut buf)) => read,
-                // A connection without a request yet does not hold up a drain.
-                () = proxy.shutdown_token().cancelled() => return Head::Closed,
-            };
-            let sniffed = match read {
-                Ok(Ok(Some(sniffed))) => sniffed,
-                Ok(Ok(None)) => return Head::Closed,
-                Ok(Err(err)) => {
-                    tracing::debug!(peer = %conn.peer, error = %err, "reading request head failed");
-                    return Head::Closed;
-                }
-                Err(_) => {
-                    tracing::info!(peer = %conn.peer, "request headers not received in time; connection closed");
-                    return Head::Closed;
-                }
-            };
-            let Sniffed::Lean {
-                request,
-                head_len,
-                keep_alive,
-                event_source,
-            } = sniffed
-            else {
-                return Head::ForHyper(buf.freeze());
-            };
-            // Whatever followed the head is the client's next request. Copied
-            // (it is usually empty), so the head's buffer is freed, not kept alive.
-            let mut pipelined = BytesMut::from(&buf[head_len..]);
-            drop(buf);
-
-            // An event stream holds its upstream connection for as long as
-            // it lasts, so it gets one of its own.
-            let transport = if event_source {
-                Transport::Dedicated
-            } else {
-                let slot = slot.get_or_insert_with(|| proxy.affine_slot(*worker));
-                Transport::AffineByHand(slot.clone())
-            };
-            let request = (*request).map(|()| Empty::<Bytes>::new());
-            let forwarding = pin!(proxy.handle_over(request, conn.clone(), transport));
-            // A client that leaves before the response head cancels the upstream request.
-            let Some(response) = until_client_leaves(io, forwarding, &mut pipelined).await else {
+    io: &'a mut IO,
+    received: BytesMut,
+) -> Pin<Box<dyn Future<Output = Head> + Send + 'a>>
+where
+    IO: AsyncRead + Unpin + Send,
+{
+    let Client {
+        proxy,
+        conn,
+        header_read_timeout,
+        worker,
+    } = client;
+    Box::pin(async move {
+        let mut buf = received;
+        let read = tokio::select! {
+            read = tokio::time::timeout(*header_read_timeout, read_head(io, &mut buf)) => read,
+            // A connection without a request yet does not hold up a drain.
+            () = proxy.shutdown_token().cancelled() => return Head::Closed,
+        };
+        let sniffed = match read {
+            Ok(Ok(Some(sniffed))) => sniffed,
+            Ok(Ok(None)) => return Head::Closed,
+            Ok(Err(err)) => {
+                tracing::debug!(peer = %conn.peer, error = %err, "reading request head failed");
                 return Head::Closed;
-            };
-            let close = !keep_alive || proxy.shutdown_token().is_cancelled();
-            let (out, framing, body) = response::encode(response, close);
-            Head::Ready(Box::new(HeadReady {
-                out,
-                framing,
-                body,
-                close,
-                pipelined,
-            }))
-        })
-    }
+            }
+            Err(_) => {
+                tracing::info!(peer = %conn.peer, "request headers not received in time; connection closed");
+                return Head::Closed;
+            }
+        };
+        let Sniffed::Lean {
+            request,
+            head_len,
+            keep_alive,
+            event_source,
+        } = sniffed
+        else {
+            return Head::ForHyper(buf.freeze());
+        };
+        // Whatever followed the head is the client's next request. Copied
+        // (it is usually empty), so the head's buffer is freed, not kept alive.
+        let mut pipelined = BytesMut::from(&buf[head_len..]);
+        drop(buf);
+
+        // An event stream holds its upstream connection for as long as
+        // it lasts, so it gets one of its own.
+        let transport = if event_source {
+            Transport::Dedicated
+        } else {
+            let slot = slot.get_or_insert_with(|| proxy.affine_slot(*worker));
+            Transport::AffineByHand(slot.clone())
+        };
+        let request = (*request).map(|()| Empty::<Bytes>::new());
+        let forwarding = pin!(proxy.handle_over(request, conn.clone(), transport));
+        // A client that leaves before the response head cancels the upstream request.
+        let Some(response) = until_client_leaves(io, forwarding, &mut pipelined).await else {
+            return Head::Closed;
+        };
+        let close = !keep_alive || proxy.shutdown_token().is_cancelled();
+        let (out, framing, body) = response::encode(response, close);
+        Head::Ready(Box::new(HeadReady {
+            out,
+            framing,
+            body,
+            close,
+            pipelined,
+        }))
+    })
 }
 
 impl HeadReady {
@@ -388,8 +375,7 @@ fn write_last<'a>(
         // What did not fit the send buffer (usually nothing) goes the
         // ordinary way, and the close_notify with the shutdown after it.
         let rest = buffer_with_close_notify(io, bytes);
-        io.write_all(rest).await?;
-        io.flush().await
+        write_flushed(io, rest).await
     }
 }
 

@@ -5,7 +5,7 @@ use bytes::Bytes;
 use http::header;
 use http::{Method, Request, Uri, Version};
 
-use crate::headers::{list_elements, map_from_httparse};
+use crate::headers::{list_elements, map_from_httparse, same_place};
 
 /// Heads larger than this go to hyper, which enforces the real limits
 /// (and answers 431).
@@ -53,8 +53,8 @@ pub fn sniff(buf: &[u8]) -> Sniffed {
     let Some(map) = map_from_httparse(parsed.headers, buf, &head) else {
         return Sniffed::Other;
     };
-    let Some(uri) = target_bytes(path, buf, &head)
-        .and_then(|target| Uri::from_maybe_shared(head.slice_ref(target)).ok())
+    let Some(uri) = same_place(path.as_bytes(), buf, &head)
+        .and_then(|target| Uri::from_maybe_shared(target).ok())
     else {
         return Sniffed::Other;
     };
@@ -90,12 +90,6 @@ pub fn sniff(buf: &[u8]) -> Sniffed {
         keep_alive,
         event_source: wants_event_stream,
     }
-}
-
-/// The request target's bytes within `head`, the copy of `buf`'s head.
-fn target_bytes<'a>(path: &str, buf: &[u8], head: &'a Bytes) -> Option<&'a [u8]> {
-    let start = (path.as_ptr() as usize).checked_sub(buf.as_ptr() as usize)?;
-    head.get(start..start + path.len())
 }
 
 fn contains_ignore_case(haystack: &[u8], needle: &[u8]) -> bool {
