@@ -423,12 +423,14 @@ fn reqresp_table(md: &mut String, results: &Results, info: &RunInfo) {
          connections, then with a new connection per request (a full TLS handshake each: the client disables \
          session resumption, and checks the server's handshake signature but not its certificate chain, as \
          h2load and wrk do). The direct path is plain HTTP, so its second figure is TCP connections/s. \
+         \"harness CPU\" is the load generator's and the upstream's CPU in the same interval, per request: \
+         they share the cores with the proxy, so requests/s is about 2 cores ÷ (proxy CPU + harness CPU). \
          \"ssegate ÷ this\" compares requests/s (above 1 is better for ssegate).\n",
         info.sizes.reqresp_connections, info.sizes.reqresp_duration, info.sizes.reqresp_warmup
     );
     md.push_str(
-        "| peer | keep-alive req/s | p99 ms | proxy CPU us/req | errors | new-connection req/s (handshakes/s) | p99 ms | proxy CPU us/handshake | errors | ssegate ÷ this req/s | ssegate ÷ this handshakes/s |\n\
-         |---|---|---|---|---|---|---|---|---|---|---|\n",
+        "| peer | keep-alive req/s | p99 ms | proxy CPU us/req | harness CPU us/req | errors | new-connection req/s (handshakes/s) | p99 ms | proxy CPU us/handshake | harness CPU us/handshake | errors | ssegate ÷ this req/s | ssegate ÷ this handshakes/s |\n\
+         |---|---|---|---|---|---|---|---|---|---|---|---|---|\n",
     );
     let find = |kind: PeerKind| results.reqresp.iter().find(|r| r.peer == kind);
     let keepalive = |kind: PeerKind| find(kind).map(|r| r.keepalive.per_second());
@@ -437,15 +439,23 @@ fn reqresp_table(md: &mut String, results: &Results, info: &RunInfo) {
         let per = |cpu: Option<f64>, n: u64| cpu.filter(|_| n > 0).map(|c| c * 1e6 / n as f64);
         let _ = writeln!(
             md,
-            "| {} | {:.0} | {:.2} | {} | {} | {:.0} | {:.2} | {} | {} | {} | {} |",
+            "| {} | {:.0} | {:.2} | {} | {} | {} | {:.0} | {:.2} | {} | {} | {} | {} | {} |",
             r.peer,
             r.keepalive.per_second(),
             quantile_ms(&r.keepalive.latency_us, 0.99),
             opt(per(r.keepalive_cpu_seconds, r.keepalive.completed), 1),
+            opt(
+                per(r.keepalive_harness_cpu_seconds, r.keepalive.completed),
+                1
+            ),
             r.keepalive.errors,
             r.handshakes.per_second(),
             quantile_ms(&r.handshakes.latency_us, 0.99),
             opt(per(r.handshakes_cpu_seconds, r.handshakes.completed), 1),
+            opt(
+                per(r.handshakes_harness_cpu_seconds, r.handshakes.completed),
+                1
+            ),
             r.handshakes.errors,
             ratio(keepalive(PeerKind::Ssegate), keepalive(r.peer)),
             ratio(handshakes(PeerKind::Ssegate), handshakes(r.peer)),
@@ -695,10 +705,12 @@ fn to_json(info: &RunInfo, results: &Results) -> Value {
             "keepalive_errors": r.keepalive.errors,
             "keepalive_latency": latency(&r.keepalive.latency_us),
             "keepalive_cpu_seconds": r.keepalive_cpu_seconds,
+            "keepalive_harness_cpu_seconds": r.keepalive_harness_cpu_seconds,
             "handshakes_per_second": r.handshakes.per_second(),
             "handshake_errors": r.handshakes.errors,
             "handshake_latency": latency(&r.handshakes.latency_us),
             "handshakes_cpu_seconds": r.handshakes_cpu_seconds,
+            "handshakes_harness_cpu_seconds": r.handshakes_harness_cpu_seconds,
         })).collect::<Vec<_>>(),
         "failures": results.failures,
         "notes": results.notes,

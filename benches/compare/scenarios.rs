@@ -25,7 +25,7 @@ use crate::loadgen::{
     Target, TlsInfo,
 };
 use crate::peers::{PeerKind, RunningPeer};
-use crate::sys::Usage;
+use crate::sys::{self, Usage};
 use crate::upstream::{UpstreamProcess, EVENTS_PATH, IDLE_PATH, STATIC_PATH};
 
 /// The longest wait for late events after the publisher is done.
@@ -206,8 +206,12 @@ pub struct ReqRespResult {
     pub peer: PeerKind,
     pub keepalive: RequestOutcome,
     pub keepalive_cpu_seconds: Option<f64>,
+    /// CPU of the load generator and the upstream in the same interval: what
+    /// the proxy shares the cores with.
+    pub keepalive_harness_cpu_seconds: Option<f64>,
     pub handshakes: RequestOutcome,
     pub handshakes_cpu_seconds: Option<f64>,
+    pub handshakes_harness_cpu_seconds: Option<f64>,
 }
 
 /// Everything one harness run measured, plus what went wrong.
@@ -261,6 +265,12 @@ impl Bench {
     /// Usage of the process(es) that stand between client and upstream.
     fn proxy_usage(&self, peer: &RunningPeer) -> Option<Usage> {
         peer.usage()
+    }
+
+    /// CPU seconds of the load generator (this process) and the upstream.
+    fn harness_cpu_seconds(&self) -> Option<f64> {
+        let own = sys::own_cpu_seconds().ok()?;
+        Some(own + self.upstream.usage().cpu_seconds)
     }
 
     pub async fn run(&self, scenario: ScenarioKind, peer: &RunningPeer, results: &mut Results) {
@@ -656,6 +666,7 @@ impl Bench {
         )
         .await;
         let before = self.proxy_usage(peer);
+        let harness_before = self.harness_cpu_seconds();
         let keepalive = loadgen::request_load(
             keepalive_target,
             STATIC_PATH,
@@ -665,6 +676,7 @@ impl Bench {
         )
         .await;
         let after = self.proxy_usage(peer);
+        let keepalive_harness_cpu_seconds = spent(harness_before, self.harness_cpu_seconds());
         let keepalive_cpu_seconds = before.zip(after).map(|(b, a)| a.cpu_since(&b));
 
         let handshake_target: Target = if peer.target.tls.is_some() {
@@ -681,6 +693,7 @@ impl Bench {
         )
         .await;
         let before = self.proxy_usage(peer);
+        let harness_before = self.harness_cpu_seconds();
         let handshakes = loadgen::request_load(
             handshake_target,
             STATIC_PATH,
@@ -690,6 +703,7 @@ impl Bench {
         )
         .await;
         let after = self.proxy_usage(peer);
+        let handshakes_harness_cpu_seconds = spent(harness_before, self.harness_cpu_seconds());
         let handshakes_cpu_seconds = before.zip(after).map(|(b, a)| a.cpu_since(&b));
         for (what, outcome) in [("keep-alive", &keepalive), ("new connection", &handshakes)] {
             println!(
@@ -721,10 +735,17 @@ impl Bench {
             peer: peer.kind,
             keepalive,
             keepalive_cpu_seconds,
+            keepalive_harness_cpu_seconds,
             handshakes,
             handshakes_cpu_seconds,
+            handshakes_harness_cpu_seconds,
         });
     }
+}
+
+/// CPU seconds between two readings, when both were taken.
+fn spent(before: Option<f64>, after: Option<f64>) -> Option<f64> {
+    Some((after? - before?).max(0.0))
 }
 
 /// A set of event streams opened together, with their shared progress counters.

@@ -72,6 +72,19 @@ impl Usage {
     }
 }
 
+/// User plus system CPU seconds of this process (all its threads, not its
+/// children): the load generator's own cost.
+pub fn own_cpu_seconds() -> io::Result<f64> {
+    // SAFETY: an all-zero rusage is a valid value for getrusage to overwrite.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: `usage` is a valid, writable rusage.
+    if unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut usage) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let seconds = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    Ok(seconds(usage.ru_utime) + seconds(usage.ru_stime))
+}
+
 /// Sums VmRSS and utime+stime over `root` and its descendants.
 pub fn tree_usage(root: u32) -> io::Result<Usage> {
     let mut pids = vec![root];
