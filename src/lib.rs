@@ -8,6 +8,7 @@ pub mod demo;
 pub mod error;
 pub mod headers;
 pub mod lean_h1;
+pub mod listener;
 pub mod proxy;
 pub mod redirect;
 pub mod server;

@@ -15,6 +15,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::{Config, MAX_REQUEST_HEADER_BYTES};
 use crate::error::StartError;
 use crate::lean_h1::{self, ClientTls, Next, Rewind};
+use crate::listener::Listener;
 use crate::proxy::{ConnInfo, Proxy, Transport};
 use crate::workers::Workers;
 
@@ -31,7 +32,7 @@ const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(50);
 /// A bound, not yet serving, proxy. Binding first lets callers learn the real
 /// address when they asked for port 0.
 pub struct Server {
-    listener: TcpListener,
+    listener: Listener,
     local_addr: SocketAddr,
     redirect: Option<TcpListener>,
     config: Config,
@@ -41,13 +42,10 @@ pub struct Server {
 
 impl Server {
     pub async fn bind(config: Config) -> Result<Self, StartError> {
-        let listener =
-            TcpListener::bind(config.listen)
-                .await
-                .map_err(|source| StartError::Bind {
-                    addr: config.listen,
-                    source,
-                })?;
+        let listener = Listener::bind(config.listen).map_err(|source| StartError::Bind {
+            addr: config.listen,
+            source,
+        })?;
         let local_addr = listener.local_addr().map_err(|source| StartError::Bind {
             addr: config.listen,
             source,
@@ -133,14 +131,6 @@ impl Server {
                     }
                 },
                 () = shutdown.cancelled() => break,
-            };
-            // Handed over unregistered: the worker's own event loop takes it.
-            let tcp = match tcp.into_std() {
-                Ok(tcp) => tcp,
-                Err(err) => {
-                    tracing::warn!(%peer, error = %err, "cannot hand the connection to a thread");
-                    continue;
-                }
             };
             let worker = workers.assign();
             let watcher = graceful.watcher();
@@ -347,10 +337,6 @@ impl ConnectionSettings {
                     return None;
                 }
             };
-            // Events are small writes; Nagle would hold them back 40-200 ms.
-            if let Err(err) = tcp.set_nodelay(true) {
-                tracing::debug!(%peer, error = %err, "cannot set TCP_NODELAY");
-            }
             let handshake = crate::tls::accept::accept(tcp, config);
             match tokio::time::timeout(timeout, handshake).await {
                 Ok(Ok(tls)) => Some(tls),
