@@ -147,6 +147,80 @@ fn target_dir() -> PathBuf {
         .unwrap_or_else(|| manifest_dir().join("target"))
 }
 
+/// Starts a peer for a scenario, recording it (name, version, negotiated
+/// TLS) the first time, or its failure to start.
+async fn start_peer(
+    kind: PeerKind,
+    setup: &PeerSetup,
+    results: &mut Results,
+) -> Option<peers::RunningPeer> {
+    println!("{kind}: starting");
+    let started = peers::start(kind, setup).await;
+    let first_time = !results.peers.iter().any(|(k, _, _)| *k == kind);
+    let version = || peers::version(kind, &setup.ssegate_bin);
+    match started {
+        Ok(peer) => {
+            println!("{kind}: listening on {}", peer.addr);
+            if first_time {
+                results.peers.push((kind, version(), peer.tls.clone()));
+            }
+            Some(peer)
+        }
+        Err(err) => {
+            eprintln!("{kind}: FAILED TO START: {err}");
+            results
+                .failures
+                .push(format!("{kind} failed to start: {err}"));
+            if first_time {
+                results.peers.push((kind, version(), None));
+            }
+            None
+        }
+    }
+}
+
+/// Stops a peer, recording a failure if it had exited on its own.
+async fn stop_peer(kind: PeerKind, peer: peers::RunningPeer, results: &mut Results) {
+    if peer.usage().is_none() && kind != PeerKind::Direct {
+        results.failures.push(format!(
+            "{kind} exited during the run; its output:\n{}",
+            peer.log_tail()
+        ));
+    }
+    peer.stop().await;
+}
+
+/// Request/response in `sizes.reqresp_rounds` rounds, each taking every
+/// peer in turn on a fresh process: the machine's speed drifts by more
+/// than the differences measured (seen: ±10% between runs minutes apart),
+/// and taking turns puts every peer under the same drift. The report
+/// gives each peer's median round. False if a peer did not start.
+async fn reqresp_rounds(
+    bench: &Bench,
+    kinds: &[PeerKind],
+    setup: &PeerSetup,
+    results: &mut Results,
+) -> bool {
+    let mut all_started = true;
+    if kinds.contains(&PeerKind::SsegateShared) {
+        results.notes.push(
+            "reqresp: ssegate-shared left out: --sse-shared changes only event streams, so /static takes ssegate's path".into(),
+        );
+    }
+    for round in 1..=bench.sizes.reqresp_rounds {
+        println!("reqresp: round {round} of {}", bench.sizes.reqresp_rounds);
+        for &kind in kinds.iter().filter(|&&k| k != PeerKind::SsegateShared) {
+            let Some(peer) = start_peer(kind, setup, results).await else {
+                all_started = false;
+                continue;
+            };
+            bench.reqresp(&peer, round, results).await;
+            stop_peer(kind, peer, results).await;
+        }
+    }
+    all_started
+}
+
 fn machine_description() -> String {
     let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
     let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
@@ -261,34 +335,27 @@ async fn run(options: Options) -> Result<bool, String> {
     );
     let bench = Bench::new(upstream, sizes.clone(), open_file_limit, full_handshake_tls);
     let mut results = Results::default();
-    let mut peer_failed = false;
 
-    for &kind in &peer_kinds {
-        println!("{kind}: starting");
-        let peer = match peers::start(kind, &setup).await {
-            Ok(peer) => peer,
-            Err(err) => {
-                eprintln!("{kind}: FAILED TO START: {err}");
-                results
-                    .failures
-                    .push(format!("{kind} failed to start: {err}"));
-                peer_failed = true;
-                results
-                    .peers
-                    .push((kind, peers::version(kind, &ssegate_bin), None));
-                continue;
-            }
+    // Request/response runs last, in rounds that take the peers in turn
+    // (see `reqresp_rounds`); the other scenarios run peer by peer.
+    let per_peer: Vec<ScenarioKind> = scenarios
+        .iter()
+        .copied()
+        .filter(|&s| s != ScenarioKind::Reqresp)
+        .collect();
+    let mut failed_to_start = Vec::new();
+    let mut peer_failed = false;
+    for &kind in peer_kinds.iter().filter(|_| !per_peer.is_empty()) {
+        let Some(peer) = start_peer(kind, &setup, &mut results).await else {
+            failed_to_start.push(kind);
+            continue;
         };
-        println!("{kind}: listening on {}", peer.addr);
-        results
-            .peers
-            .push((kind, peers::version(kind, &ssegate_bin), peer.tls.clone()));
         let baseline_fds = peer.usage().map_or(0, |u| u.open_fds);
         let mut running = Some(peer);
-        for (i, &scenario) in scenarios.iter().enumerate() {
+        for (i, &scenario) in per_peer.iter().enumerate() {
             let Some(peer) = running.as_ref() else { break };
             bench.run(scenario, peer, &mut results).await;
-            if i + 1 == scenarios.len() {
+            if i + 1 == per_peer.len() {
                 break;
             }
             // A peer that still holds the closed streams' connections would
@@ -314,15 +381,18 @@ async fn run(options: Options) -> Result<bool, String> {
             }
         }
         if let Some(peer) = running {
-            if peer.usage().is_none() && kind != PeerKind::Direct {
-                results.failures.push(format!(
-                    "{kind} exited during the run; its output:\n{}",
-                    peer.log_tail()
-                ));
-            }
-            peer.stop().await;
+            stop_peer(kind, peer, &mut results).await;
         }
     }
+    if scenarios.contains(&ScenarioKind::Reqresp) {
+        let kinds: Vec<PeerKind> = peer_kinds
+            .iter()
+            .copied()
+            .filter(|kind| !failed_to_start.contains(kind))
+            .collect();
+        peer_failed |= !reqresp_rounds(&bench, &kinds, &setup, &mut results).await;
+    }
+    let peer_failed = peer_failed || !failed_to_start.is_empty();
     let Bench { upstream, .. } = bench;
     upstream.stop().await;
 

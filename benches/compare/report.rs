@@ -13,7 +13,7 @@ use plotters::prelude::*;
 use serde_json::{json, Value};
 
 use crate::peers::PeerKind;
-use crate::scenarios::{quantile_ms, Results, Sizes, THROUGHPUT_P99_LIMIT};
+use crate::scenarios::{quantile_ms, ReqRespResult, Results, Sizes, THROUGHPUT_P99_LIMIT};
 
 /// Where the report was written.
 pub struct Written {
@@ -232,21 +232,30 @@ fn targets(md: &mut String, results: &Results) {
             }
         }
     }
-    // Request/response.
-    if let (Some(s), Some(n)) = (
-        results.reqresp.iter().find(|r| r.peer == PeerKind::Ssegate),
-        results.reqresp.iter().find(|r| r.peer == PeerKind::Nginx),
-    ) {
-        let (sr, nr) = (s.keepalive.per_second(), n.keepalive.per_second());
+    // Request/response: medians over the rounds, with each round's ratio.
+    let summaries = reqresp_summaries(results);
+    let find = |kind: PeerKind| summaries.iter().find(|r| r.peer == kind);
+    if let (Some(s), Some(n)) = (find(PeerKind::Ssegate), find(PeerKind::Nginx)) {
+        let keepalive = |r: &ReqRespResult| r.keepalive.per_second();
+        let handshakes = |r: &ReqRespResult| r.handshakes.per_second();
+        let (sr, nr) = (keepalive(s.keepalive), keepalive(n.keepalive));
         rows.push((
             "keep-alive req/s >= 1.0x nginx".into(),
-            format!("{sr:.0} vs {nr:.0} ({:.2}x)", sr / nr),
+            format!(
+                "median {sr:.0} vs {nr:.0} ({:.2}x; by round {})",
+                sr / nr,
+                round_ratios(s, n, keepalive)
+            ),
             verdict(sr >= nr),
         ));
-        let (sh, nh) = (s.handshakes.per_second(), n.handshakes.per_second());
+        let (sh, nh) = (handshakes(s.handshakes), handshakes(n.handshakes));
         rows.push((
             "full TLS handshakes/s >= 1.5x nginx".into(),
-            format!("{sh:.0} vs {nh:.0} ({:.2}x)", sh / nh),
+            format!(
+                "median {sh:.0} vs {nh:.0} ({:.2}x; by round {})",
+                sh / nh,
+                round_ratios(s, n, handshakes)
+            ),
             verdict(sh >= 1.5 * nh),
         ));
     }
@@ -425,42 +434,120 @@ fn reqresp_table(md: &mut String, results: &Results, info: &RunInfo) {
          h2load and wrk do). The direct path is plain HTTP, so its second figure is TCP connections/s. \
          \"harness CPU\" is the load generator's and the upstream's CPU in the same interval, per request: \
          they share the cores with the proxy, so requests/s is about 2 cores ÷ (proxy CPU + harness CPU). \
-         \"ssegate ÷ this\" compares requests/s (above 1 is better for ssegate).\n",
-        info.sizes.reqresp_connections, info.sizes.reqresp_duration, info.sizes.reqresp_warmup
+         \"ssegate ÷ this\" compares requests/s (above 1 is better for ssegate). This ran in {} rounds, \
+         each taking every peer in turn on a fresh process, so that the machine's drift (±10% between runs \
+         minutes apart) falls on every peer alike; each row is the peer's median round (\"by round\" lists \
+         them all), chosen separately for keep-alive and for new connections.\n",
+        info.sizes.reqresp_connections,
+        info.sizes.reqresp_duration,
+        info.sizes.reqresp_warmup,
+        info.sizes.reqresp_rounds
     );
     md.push_str(
-        "| peer | keep-alive req/s | p99 ms | proxy CPU us/req | harness CPU us/req | errors | new-connection req/s (handshakes/s) | p99 ms | proxy CPU us/handshake | harness CPU us/handshake | errors | ssegate ÷ this req/s | ssegate ÷ this handshakes/s |\n\
-         |---|---|---|---|---|---|---|---|---|---|---|---|---|\n",
+        "| peer | keep-alive req/s | by round | p99 ms | proxy CPU us/req | harness CPU us/req | errors | new-connection req/s (handshakes/s) | by round | p99 ms | proxy CPU us/handshake | harness CPU us/handshake | errors | ssegate ÷ this req/s | ssegate ÷ this handshakes/s |\n\
+         |---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n",
     );
-    let find = |kind: PeerKind| results.reqresp.iter().find(|r| r.peer == kind);
-    let keepalive = |kind: PeerKind| find(kind).map(|r| r.keepalive.per_second());
-    let handshakes = |kind: PeerKind| find(kind).map(|r| r.handshakes.per_second());
-    for r in &results.reqresp {
+    let summaries = reqresp_summaries(results);
+    let find = |kind: PeerKind| summaries.iter().find(|r| r.peer == kind);
+    let keepalive = |kind: PeerKind| find(kind).map(|r| r.keepalive.keepalive.per_second());
+    let handshakes = |kind: PeerKind| find(kind).map(|r| r.handshakes.handshakes.per_second());
+    for summary in &summaries {
         let per = |cpu: Option<f64>, n: u64| cpu.filter(|_| n > 0).map(|c| c * 1e6 / n as f64);
+        let by_round = |rate: fn(&ReqRespResult) -> f64| {
+            let rates: Vec<String> = summary
+                .rounds
+                .iter()
+                .map(|r| format!("{:.0}", rate(r)))
+                .collect();
+            rates.join(" / ")
+        };
+        let (k, h) = (summary.keepalive, summary.handshakes);
         let _ = writeln!(
             md,
-            "| {} | {:.0} | {:.2} | {} | {} | {} | {:.0} | {:.2} | {} | {} | {} | {} | {} |",
-            r.peer,
-            r.keepalive.per_second(),
-            quantile_ms(&r.keepalive.latency_us, 0.99),
-            opt(per(r.keepalive_cpu_seconds, r.keepalive.completed), 1),
+            "| {} | {:.0} | {} | {:.2} | {} | {} | {} | {:.0} | {} | {:.2} | {} | {} | {} | {} | {} |",
+            summary.peer,
+            k.keepalive.per_second(),
+            by_round(|r| r.keepalive.per_second()),
+            quantile_ms(&k.keepalive.latency_us, 0.99),
+            opt(per(k.keepalive_cpu_seconds, k.keepalive.completed), 1),
             opt(
-                per(r.keepalive_harness_cpu_seconds, r.keepalive.completed),
+                per(k.keepalive_harness_cpu_seconds, k.keepalive.completed),
                 1
             ),
-            r.keepalive.errors,
-            r.handshakes.per_second(),
-            quantile_ms(&r.handshakes.latency_us, 0.99),
-            opt(per(r.handshakes_cpu_seconds, r.handshakes.completed), 1),
+            k.keepalive.errors,
+            h.handshakes.per_second(),
+            by_round(|r| r.handshakes.per_second()),
+            quantile_ms(&h.handshakes.latency_us, 0.99),
+            opt(per(h.handshakes_cpu_seconds, h.handshakes.completed), 1),
             opt(
-                per(r.handshakes_harness_cpu_seconds, r.handshakes.completed),
+                per(h.handshakes_harness_cpu_seconds, h.handshakes.completed),
                 1
             ),
-            r.handshakes.errors,
-            ratio(keepalive(PeerKind::Ssegate), keepalive(r.peer)),
-            ratio(handshakes(PeerKind::Ssegate), handshakes(r.peer)),
+            h.handshakes.errors,
+            ratio(keepalive(PeerKind::Ssegate), keepalive(summary.peer)),
+            ratio(handshakes(PeerKind::Ssegate), handshakes(summary.peer)),
         );
     }
+}
+
+/// One peer's request/response rounds, and its median round for each rate.
+struct ReqRespSummary<'a> {
+    peer: PeerKind,
+    /// The round with the median keep-alive requests/s.
+    keepalive: &'a ReqRespResult,
+    /// The round with the median handshakes/s.
+    handshakes: &'a ReqRespResult,
+    /// Every round, in the order run.
+    rounds: Vec<&'a ReqRespResult>,
+}
+
+/// Each peer's rounds, peers in the order first run.
+fn reqresp_summaries(results: &Results) -> Vec<ReqRespSummary<'_>> {
+    let mut peers: Vec<PeerKind> = Vec::new();
+    for r in &results.reqresp {
+        if !peers.contains(&r.peer) {
+            peers.push(r.peer);
+        }
+    }
+    peers
+        .into_iter()
+        .map(|peer| {
+            let mut rounds: Vec<&ReqRespResult> =
+                results.reqresp.iter().filter(|r| r.peer == peer).collect();
+            rounds.sort_by_key(|r| r.round);
+            ReqRespSummary {
+                peer,
+                keepalive: median(&rounds, |r| r.keepalive.per_second()),
+                handshakes: median(&rounds, |r| r.handshakes.per_second()),
+                rounds,
+            }
+        })
+        .collect()
+}
+
+/// The round with the median `rate` (of an even number, the lower middle
+/// one); `rounds` is not empty.
+fn median<'a>(rounds: &[&'a ReqRespResult], rate: fn(&ReqRespResult) -> f64) -> &'a ReqRespResult {
+    let mut sorted = rounds.to_vec();
+    sorted.sort_by(|a, b| rate(a).total_cmp(&rate(b)));
+    sorted[(sorted.len() - 1) / 2]
+}
+
+/// `a ÷ b` of `rate` in each round both ran, e.g. "1.02x, 0.97x, 1.10x".
+fn round_ratios(
+    a: &ReqRespSummary<'_>,
+    b: &ReqRespSummary<'_>,
+    rate: impl Fn(&ReqRespResult) -> f64,
+) -> String {
+    let ratios: Vec<String> = a
+        .rounds
+        .iter()
+        .filter_map(|ra| {
+            let rb = b.rounds.iter().find(|rb| rb.round == ra.round)?;
+            Some(format!("{:.2}x", rate(ra) / rate(rb)))
+        })
+        .collect();
+    ratios.join(", ")
 }
 
 fn failures_and_notes(md: &mut String, results: &Results, plot_errors: &[String]) {
@@ -701,6 +788,7 @@ fn to_json(info: &RunInfo, results: &Results) -> Value {
         })).collect::<Vec<_>>(),
         "reqresp": results.reqresp.iter().map(|r| json!({
             "peer": r.peer.name(),
+            "round": r.round,
             "keepalive_per_second": r.keepalive.per_second(),
             "keepalive_errors": r.keepalive.errors,
             "keepalive_latency": latency(&r.keepalive.latency_us),

@@ -84,6 +84,8 @@ pub struct Sizes {
     pub reqresp_connections: usize,
     pub reqresp_duration: Duration,
     pub reqresp_warmup: Duration,
+    /// Rounds of request/response, each taking every peer in turn.
+    pub reqresp_rounds: usize,
     /// After the publisher is done, streams are read until every event has
     /// arrived or none has arrived for this long (at most `MAX_DRAIN`):
     /// late events count as delivered, with their latency; the rest are lost.
@@ -109,6 +111,7 @@ impl Sizes {
             reqresp_connections: 32,
             reqresp_duration: Duration::from_secs(5),
             reqresp_warmup: Duration::from_secs(1),
+            reqresp_rounds: 3,
             drain: Duration::from_secs(3),
         }
     }
@@ -130,6 +133,8 @@ impl Sizes {
             reqresp_connections: 8,
             reqresp_duration: Duration::from_secs(1),
             reqresp_warmup: Duration::from_millis(200),
+            // Two, so the smoke run takes the rounds' path too.
+            reqresp_rounds: 2,
             drain: Duration::from_secs(2),
         }
     }
@@ -204,6 +209,8 @@ impl ThroughputResult {
 #[derive(Debug)]
 pub struct ReqRespResult {
     pub peer: PeerKind,
+    /// Which round of `Sizes::reqresp_rounds`, from 1.
+    pub round: usize,
     pub keepalive: RequestOutcome,
     pub keepalive_cpu_seconds: Option<f64>,
     /// CPU of the load generator and the upstream in the same interval: what
@@ -286,7 +293,7 @@ impl Bench {
                     self.throughput(peer, size, results).await;
                 }
             }
-            ScenarioKind::Reqresp => self.reqresp(peer, results).await,
+            ScenarioKind::Reqresp => self.reqresp(peer, 1, results).await,
         }
         // Let closed connections wind down before the next scenario.
         tokio::time::sleep(Duration::from_millis(300)).await;
@@ -648,14 +655,9 @@ impl Bench {
 
     // ------------------------------------------------------ request/response
 
-    async fn reqresp(&self, peer: &RunningPeer, results: &mut Results) {
+    /// One round of request/response against `peer`.
+    pub async fn reqresp(&self, peer: &RunningPeer, round: usize, results: &mut Results) {
         let sizes = &self.sizes;
-        if peer.kind == PeerKind::SsegateShared {
-            results.notes.push(
-                "reqresp: ssegate-shared left out: --sse-shared changes only event streams, so /static takes ssegate's path".into(),
-            );
-            return;
-        }
         let keepalive_target = peer.target.clone();
         let _ = loadgen::request_load(
             keepalive_target.clone(),
@@ -707,7 +709,7 @@ impl Bench {
         let handshakes_cpu_seconds = before.zip(after).map(|(b, a)| a.cpu_since(&b));
         for (what, outcome) in [("keep-alive", &keepalive), ("new connection", &handshakes)] {
             println!(
-                "  reqresp {} {what}: {:.0} req/s, {} errors, p99 {} us",
+                "  reqresp {} {what} (round {round}): {:.0} req/s, {} errors, p99 {} us",
                 peer.kind,
                 outcome.per_second(),
                 outcome.errors,
@@ -715,7 +717,7 @@ impl Bench {
             );
             if outcome.completed == 0 {
                 results.failures.push(format!(
-                    "reqresp {} {what}: no request completed ({})",
+                    "reqresp {} {what} (round {round}): no request completed ({})",
                     peer.kind,
                     outcome
                         .first_error
@@ -724,7 +726,7 @@ impl Bench {
                 ));
             } else if outcome.errors > 0 {
                 results.notes.push(format!(
-                    "reqresp {} {what}: {} errors (first: {})",
+                    "reqresp {} {what} (round {round}): {} errors (first: {})",
                     peer.kind,
                     outcome.errors,
                     outcome.first_error.as_deref().unwrap_or("-")
@@ -733,6 +735,7 @@ impl Bench {
         }
         results.reqresp.push(ReqRespResult {
             peer: peer.kind,
+            round,
             keepalive,
             keepalive_cpu_seconds,
             keepalive_harness_cpu_seconds,
