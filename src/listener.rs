@@ -80,12 +80,11 @@ mod tests {
         assert!(accepted.nodelay().unwrap(), "TCP_NODELAY not set");
 
         // Non-blocking, so a worker's runtime can take it as it is.
-        let accepted = tokio::net::TcpStream::from_std(accepted).unwrap();
+        let mut accepted = tokio::net::TcpStream::from_std(accepted).unwrap();
         tokio::io::AsyncWriteExt::write_all(&mut client, b"ping")
             .await
             .unwrap();
         let mut got = [0u8; 4];
-        let mut accepted = accepted;
         tokio::io::AsyncReadExt::read_exact(&mut accepted, &mut got)
             .await
             .unwrap();
