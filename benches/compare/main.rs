@@ -348,6 +348,7 @@ async fn run(options: Options) -> Result<bool, String> {
     for &kind in peer_kinds.iter().filter(|_| !per_peer.is_empty()) {
         let Some(peer) = start_peer(kind, &setup, &mut results).await else {
             failed_to_start.push(kind);
+            peer_failed = true;
             continue;
         };
         let baseline_fds = peer.usage().map_or(0, |u| u.open_fds);
@@ -392,7 +393,6 @@ async fn run(options: Options) -> Result<bool, String> {
             .collect();
         peer_failed |= !reqresp_rounds(&bench, &kinds, &setup, &mut results).await;
     }
-    let peer_failed = peer_failed || !failed_to_start.is_empty();
     let Bench { upstream, .. } = bench;
     upstream.stop().await;
 
