@@ -67,6 +67,10 @@ struct Options {
     #[arg(long, value_delimiter = ',')]
     throughput_rates: Option<Vec<u64>>,
 
+    /// Rounds of fan-out and request/response, overriding the mode's.
+    #[arg(long)]
+    rounds: Option<usize>,
+
     /// Holding stream counts, overriding the mode's (e.g. 1000,5000,15000).
     #[arg(long, value_delimiter = ',')]
     holding_streams: Option<Vec<usize>>,
@@ -190,31 +194,38 @@ async fn stop_peer(kind: PeerKind, peer: peers::RunningPeer, results: &mut Resul
     peer.stop().await;
 }
 
-/// Request/response in `sizes.reqresp_rounds` rounds, each taking every
-/// peer in turn on a fresh process: the machine's speed drifts by more
-/// than the differences measured (seen: ±10% between runs minutes apart),
-/// and taking turns puts every peer under the same drift. The report
-/// gives each peer's median round. False if a peer did not start.
-async fn reqresp_rounds(
+/// Runs `scenario` in `sizes.rounds` rounds, each taking every peer in
+/// turn on a fresh process: the machine's speed drifts by more than the
+/// differences measured (seen: ±10% between runs minutes apart), and taking
+/// turns puts every peer under the same drift. The report gives each peer's
+/// median round. False if a peer did not start.
+async fn run_in_rounds(
     bench: &Bench,
+    scenario: ScenarioKind,
     kinds: &[PeerKind],
     setup: &PeerSetup,
     results: &mut Results,
 ) -> bool {
     let mut all_started = true;
-    if kinds.contains(&PeerKind::SsegateShared) {
+    // --sse-shared changes only event streams: /static takes ssegate's path.
+    let skip_shared = scenario == ScenarioKind::Reqresp;
+    if skip_shared && kinds.contains(&PeerKind::SsegateShared) {
         results.notes.push(
             "reqresp: ssegate-shared left out: --sse-shared changes only event streams, so /static takes ssegate's path".into(),
         );
     }
-    for round in 1..=bench.sizes.reqresp_rounds {
-        println!("reqresp: round {round} of {}", bench.sizes.reqresp_rounds);
-        for &kind in kinds.iter().filter(|&&k| k != PeerKind::SsegateShared) {
+    let rounds = bench.sizes.rounds;
+    for round in 1..=rounds {
+        println!("{scenario:?}: round {round} of {rounds}");
+        for &kind in kinds
+            .iter()
+            .filter(|&&k| !(skip_shared && k == PeerKind::SsegateShared))
+        {
             let Some(peer) = start_peer(kind, setup, results).await else {
                 all_started = false;
                 continue;
             };
-            bench.reqresp(&peer, round, results).await;
+            bench.run(scenario, &peer, round, results).await;
             stop_peer(kind, peer, results).await;
         }
     }
@@ -269,6 +280,9 @@ async fn run(options: Options) -> Result<bool, String> {
     }
     if let Some(rates) = &options.throughput_rates {
         sizes.throughput_rates = rates.clone();
+    }
+    if let Some(rounds) = options.rounds {
+        sizes.rounds = rounds.max(1);
     }
     if let Some(n) = &options.holding_streams {
         sizes.holding_streams = n.clone();
@@ -336,12 +350,14 @@ async fn run(options: Options) -> Result<bool, String> {
     let bench = Bench::new(upstream, sizes.clone(), open_file_limit, full_handshake_tls);
     let mut results = Results::default();
 
-    // Request/response runs last, in rounds that take the peers in turn
-    // (see `reqresp_rounds`); the other scenarios run peer by peer.
+    // Holding and throughput run peer by peer on one process each; fan-out
+    // and request/response follow, in rounds that take the peers in turn
+    // (see `run_in_rounds`).
+    let in_rounds = [ScenarioKind::Fanout, ScenarioKind::Reqresp];
     let per_peer: Vec<ScenarioKind> = scenarios
         .iter()
         .copied()
-        .filter(|&s| s != ScenarioKind::Reqresp)
+        .filter(|s| !in_rounds.contains(s))
         .collect();
     let mut failed_to_start = Vec::new();
     let mut peer_failed = false;
@@ -355,7 +371,7 @@ async fn run(options: Options) -> Result<bool, String> {
         let mut running = Some(peer);
         for (i, &scenario) in per_peer.iter().enumerate() {
             let Some(peer) = running.as_ref() else { break };
-            bench.run(scenario, peer, &mut results).await;
+            bench.run(scenario, peer, 1, &mut results).await;
             if i + 1 == per_peer.len() {
                 break;
             }
@@ -385,13 +401,13 @@ async fn run(options: Options) -> Result<bool, String> {
             stop_peer(kind, peer, &mut results).await;
         }
     }
-    if scenarios.contains(&ScenarioKind::Reqresp) {
-        let kinds: Vec<PeerKind> = peer_kinds
-            .iter()
-            .copied()
-            .filter(|kind| !failed_to_start.contains(kind))
-            .collect();
-        peer_failed |= !reqresp_rounds(&bench, &kinds, &setup, &mut results).await;
+    let kinds: Vec<PeerKind> = peer_kinds
+        .iter()
+        .copied()
+        .filter(|kind| !failed_to_start.contains(kind))
+        .collect();
+    for scenario in in_rounds.into_iter().filter(|s| scenarios.contains(s)) {
+        peer_failed |= !run_in_rounds(&bench, scenario, &kinds, &setup, &mut results).await;
     }
     let Bench { upstream, .. } = bench;
     upstream.stop().await;

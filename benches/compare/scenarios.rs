@@ -84,8 +84,9 @@ pub struct Sizes {
     pub reqresp_connections: usize,
     pub reqresp_duration: Duration,
     pub reqresp_warmup: Duration,
-    /// Rounds of request/response, each taking every peer in turn.
-    pub reqresp_rounds: usize,
+    /// Rounds of fan-out and of request/response, each taking every peer in
+    /// turn on a fresh process.
+    pub rounds: usize,
     /// After the publisher is done, streams are read until every event has
     /// arrived or none has arrived for this long (at most `MAX_DRAIN`):
     /// late events count as delivered, with their latency; the rest are lost.
@@ -111,7 +112,7 @@ impl Sizes {
             reqresp_connections: 32,
             reqresp_duration: Duration::from_secs(5),
             reqresp_warmup: Duration::from_secs(1),
-            reqresp_rounds: 3,
+            rounds: 3,
             drain: Duration::from_secs(3),
         }
     }
@@ -134,7 +135,7 @@ impl Sizes {
             reqresp_duration: Duration::from_secs(1),
             reqresp_warmup: Duration::from_millis(200),
             // Two, so the smoke run takes the rounds' path too.
-            reqresp_rounds: 2,
+            rounds: 2,
             drain: Duration::from_secs(2),
         }
     }
@@ -146,6 +147,8 @@ impl Sizes {
 pub struct FanoutResult {
     pub peer: PeerKind,
     pub subscribers: usize,
+    /// Which round of `Sizes::rounds`, from 1.
+    pub round: usize,
     pub events: BatchOutcome,
     pub proxy_cpu_seconds: Option<f64>,
     pub upstream_cpu_seconds: f64,
@@ -209,7 +212,7 @@ impl ThroughputResult {
 #[derive(Debug)]
 pub struct ReqRespResult {
     pub peer: PeerKind,
-    /// Which round of `Sizes::reqresp_rounds`, from 1.
+    /// Which round of `Sizes::rounds`, from 1.
     pub round: usize,
     pub keepalive: RequestOutcome,
     pub keepalive_cpu_seconds: Option<f64>,
@@ -280,12 +283,20 @@ impl Bench {
         Some(own + self.upstream.usage().cpu_seconds)
     }
 
-    pub async fn run(&self, scenario: ScenarioKind, peer: &RunningPeer, results: &mut Results) {
+    /// Runs `scenario` against `peer`; `round` counts the rounds of the
+    /// scenarios that run in rounds (fan-out, request/response).
+    pub async fn run(
+        &self,
+        scenario: ScenarioKind,
+        peer: &RunningPeer,
+        round: usize,
+        results: &mut Results,
+    ) {
         match scenario {
             ScenarioKind::Holding => self.holding(peer, results).await,
             ScenarioKind::Fanout => {
                 for &subscribers in &self.sizes.fanout_subscribers {
-                    self.fanout(peer, subscribers, results).await;
+                    self.fanout(peer, subscribers, round, results).await;
                 }
             }
             ScenarioKind::Throughput => {
@@ -293,7 +304,7 @@ impl Bench {
                     self.throughput(peer, size, results).await;
                 }
             }
-            ScenarioKind::Reqresp => self.reqresp(peer, 1, results).await,
+            ScenarioKind::Reqresp => self.reqresp(peer, round, results).await,
         }
         // Let closed connections wind down before the next scenario.
         tokio::time::sleep(Duration::from_millis(300)).await;
@@ -326,13 +337,21 @@ impl Bench {
 
     // -------------------------------------------------------------- fan-out
 
-    async fn fanout(&self, peer: &RunningPeer, subscribers: usize, results: &mut Results) {
+    async fn fanout(
+        &self,
+        peer: &RunningPeer,
+        subscribers: usize,
+        round: usize,
+        results: &mut Results,
+    ) {
         let sizes = &self.sizes;
         if let Err(reason) = self.fd_budget(peer.kind, subscribers) {
-            results.notes.push(format!(
-                "fanout K={subscribers}: {} skipped: {reason}",
-                peer.kind
-            ));
+            if round == 1 {
+                results.notes.push(format!(
+                    "fanout K={subscribers}: {} skipped: {reason}",
+                    peer.kind
+                ));
+            }
             return;
         }
         let plan = Arc::new(StreamPlan {
@@ -341,7 +360,7 @@ impl Bench {
             expected: sizes.fanout_events,
         });
         let batch = StreamBatch::open(&peer.target, plan.clone(), subscribers);
-        let label = format!("fanout K={subscribers} {}", peer.kind);
+        let label = format!("fanout K={subscribers} {} (round {round})", peer.kind);
         if let Err(err) = batch.wait_connected(Duration::from_secs(120)).await {
             results.failures.push(format!("{label}: {err}"));
         }
@@ -412,6 +431,7 @@ impl Bench {
         results.fanout.push(FanoutResult {
             peer: peer.kind,
             subscribers,
+            round,
             events,
             proxy_cpu_seconds: proxy_before
                 .zip(proxy_after)
@@ -656,7 +676,7 @@ impl Bench {
     // ------------------------------------------------------ request/response
 
     /// One round of request/response against `peer`.
-    pub async fn reqresp(&self, peer: &RunningPeer, round: usize, results: &mut Results) {
+    async fn reqresp(&self, peer: &RunningPeer, round: usize, results: &mut Results) {
         let sizes = &self.sizes;
         let keepalive_target = peer.target.clone();
         let _ = loadgen::request_load(
