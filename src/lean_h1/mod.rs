@@ -95,8 +95,7 @@ pub fn serve(mut io: ClientTls, client: &Client) -> impl Future<Output = Next> +
                     received = std::mem::take(&mut ready.pipelined);
                 }
                 Ok(Written::Complete) => {
-                    // close_notify, so the client knows nothing was cut.
-                    let _ = io.shutdown().await;
+                    let _ = close_notify(&mut io).await;
                     return Next::Closed;
                 }
                 Ok(Written::ClientGone) => return Next::Closed,
@@ -377,6 +376,15 @@ fn write_last<'a>(
         let rest = buffer_with_close_notify(io, bytes);
         write_flushed(io, rest).await
     }
+}
+
+/// Sends close_notify (if the last response did not carry it already), so
+/// the client knows nothing was cut. No shutdown(2) after it: the socket is
+/// closed right after, and closing sends the FIN as well (a syscall fewer
+/// per connection, which shows in handshakes/s).
+async fn close_notify(io: &mut ClientTls) -> io::Result<()> {
+    io.get_mut().1.send_close_notify();
+    io.flush().await
 }
 
 /// Encrypts as much of `bytes` as the send buffer takes without writing
