@@ -442,8 +442,9 @@ fn reqresp_table(md: &mut String, results: &Results, info: &RunInfo) {
         md,
         "GET `/static` (1 KiB) from {} concurrent clients for {:?} after {:?} of warm-up: over keep-alive \
          connections, then with a new connection per request (a full TLS handshake each: the client disables \
-         session resumption, and checks the server's handshake signature but not its certificate chain, as \
-         h2load and wrk do). The direct path is plain HTTP, so its second figure is TCP connections/s. \
+         session resumption, and checks neither the server's certificate nor its handshake signature, so that \
+         the cores it shares with the proxy go to the proxy's handshake rather than to the client's ECDSA \
+         verify; every other connection of the run verifies the chain). The direct path is plain HTTP, so its second figure is TCP connections/s. \
          \"harness CPU\" is the load generator's and the upstream's CPU in the same interval, per request: \
          they share the cores with the proxy, so requests/s is about 2 cores ÷ (proxy CPU + harness CPU). \
          \"ssegate ÷ this\" compares requests/s (above 1 is better for ssegate). This ran in {} rounds, \

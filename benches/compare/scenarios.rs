@@ -247,7 +247,7 @@ pub struct Bench {
     pub sizes: Sizes,
     pub open_file_limit: u64,
     /// Client TLS without session resumption (every handshake a full one),
-    /// checking the handshake signature but not the certificate chain.
+    /// checking neither the certificate nor the handshake signature.
     pub full_handshake_tls: Arc<rustls::ClientConfig>,
     next_run: AtomicU32,
 }
