@@ -12,7 +12,27 @@ use tracing_subscriber::EnvFilter;
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// mimalloc asks for transparent huge pages for its arenas, so resident
+/// memory grows in 2 MiB steps: measured with the holding scenario of
+/// `cargo bench --bench compare`, 2 MiB more at start and 2 KiB more per
+/// idle stream at a thousand streams (11.6 instead of 9.4 KiB). A proxy's working set is small and its
+/// connections many: it wants the memory more than the fewer TLB misses.
+#[cfg(target_os = "linux")]
+fn disable_transparent_huge_pages() -> std::io::Result<()> {
+    // SAFETY: PR_SET_THP_DISABLE takes plain integers and touches no memory
+    // of ours; it only sets a flag on this process's address space.
+    let result = unsafe { libc::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0) };
+    if result == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
 fn main() -> ExitCode {
+    // First, before the allocations that serving makes.
+    #[cfg(target_os = "linux")]
+    let huge_pages = disable_transparent_huge_pages();
     let matches = Cli::command().get_matches();
     let mut cli = match Cli::from_arg_matches(&matches) {
         Ok(cli) => cli,
@@ -32,6 +52,11 @@ fn main() -> ExitCode {
         .with_writer(log_writer)
         .with_ansi(std::io::stderr().is_terminal())
         .init();
+    #[cfg(target_os = "linux")]
+    if let Err(err) = huge_pages {
+        // Memory use is then only higher, not wrong.
+        tracing::debug!(error = %err, "cannot disable transparent huge pages");
+    }
 
     let result = match &cli.command {
         Some(Command::Cert(args)) => write_dev_cert(args),
