@@ -6,13 +6,14 @@
 //!
 //! Which path served a request cannot be seen from outside, so these tests
 //! pin down behaviour and wire format: the exact status line and headers,
-//! one chunk per upstream write, the terminating chunk, keep-alive and
-//! pipelining afterwards, hang-ups, failures, shared streams, drain,
-//! heartbeats and header-read limits; and that requests which are not
-//! eligible are still served exactly as before.
+//! one chunk per upstream write (those read together in one TLS record),
+//! the terminating chunk, keep-alive and pipelining afterwards, hang-ups,
+//! failures, shared streams, drain, heartbeats and header-read limits; and
+//! that requests which are not eligible are still served exactly as before.
 
 mod common;
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -341,6 +342,153 @@ async fn event_stream_is_chunked_one_chunk_per_upstream_write_and_ends_with_the_
         "the upstream response was not released"
     );
     assert_keeps_serving(&mut conn, "after the event stream ended").await;
+}
+
+/// Counts the TLS records that come in through it, from their headers.
+struct RecordCounter {
+    tcp: tokio::net::TcpStream,
+    records: Arc<AtomicUsize>,
+    /// The next record's header bytes seen so far.
+    header: Vec<u8>,
+    /// Bytes of the current record's body still to come.
+    body_left: usize,
+}
+
+impl RecordCounter {
+    fn observe(&mut self, mut bytes: &[u8]) {
+        while !bytes.is_empty() {
+            if self.body_left > 0 {
+                let n = self.body_left.min(bytes.len());
+                self.body_left -= n;
+                bytes = &bytes[n..];
+                continue;
+            }
+            let n = (5 - self.header.len()).min(bytes.len());
+            self.header.extend_from_slice(&bytes[..n]);
+            bytes = &bytes[n..];
+            if self.header.len() == 5 {
+                self.body_left = usize::from(u16::from_be_bytes([self.header[3], self.header[4]]));
+                self.header.clear();
+                self.records.fetch_add(1, Ordering::SeqCst);
+            }
+        }
+    }
+}
+
+impl tokio::io::AsyncRead for RecordCounter {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        let before = buf.filled().len();
+        std::task::ready!(std::pin::Pin::new(&mut this.tcp).poll_read(cx, buf))?;
+        this.observe(&buf.filled()[before..]);
+        std::task::Poll::Ready(Ok(()))
+    }
+}
+
+impl tokio::io::AsyncWrite for RecordCounter {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bytes: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.get_mut().tcp).poll_write(cx, bytes)
+    }
+
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.get_mut().tcp).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.get_mut().tcp).poll_shutdown(cx)
+    }
+}
+
+/// Catches: events that reach the proxy in one read leaving in a TLS
+/// record (and a write) each, which caps a busy stream's event rate at the
+/// proxy's writes per second. Each keeps its own chunk.
+#[tokio::test]
+async fn events_that_arrive_together_leave_in_one_tls_record() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    const EVENTS: [&str; 3] = [
+        "id: 1\ndata: a\n\n",
+        "id: 2\ndata: b\n\n",
+        "id: 3\ndata: c\n\n",
+    ];
+    // An upstream that sends the head, then, when told, all three events
+    // (one chunk each) in a single write.
+    let go = Arc::new(Notify::new());
+    let go_upstream = go.clone();
+    let upstream = accept_loop(move |mut tcp| {
+        let go = go_upstream.clone();
+        async move {
+            let mut head = Vec::new();
+            let mut buf = [0u8; 1024];
+            while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                match tcp.read(&mut buf).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => head.extend_from_slice(&buf[..n]),
+                }
+            }
+            let response = "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n";
+            if tcp.write_all(response.as_bytes()).await.is_err() {
+                return;
+            }
+            go.notified().await;
+            let burst: Vec<u8> = EVENTS
+                .iter()
+                .flat_map(|event| chunk_bytes(event.as_bytes()))
+                .collect();
+            let _ = tcp.write_all(&burst).await;
+            // Open until the proxy closes its side.
+            let _ = tcp.read(&mut buf).await;
+        }
+    })
+    .await;
+    let proxy = spawn_proxy(upstream.addr).await;
+
+    let records = Arc::new(AtomicUsize::new(0));
+    let tcp = tokio::net::TcpStream::connect(proxy.addr)
+        .await
+        .expect("connect to proxy");
+    let counted = RecordCounter {
+        tcp,
+        records: records.clone(),
+        header: Vec::new(),
+        body_left: 0,
+    };
+    let tls = tokio_rustls::TlsConnector::from(client_tls_config(&[b"http/1.1"]))
+        .connect(
+            rustls::pki_types::ServerName::try_from("localhost").expect("name"),
+            counted,
+        )
+        .await
+        .expect("TLS handshake with proxy");
+    let mut conn = RawConn::new(tls);
+    conn.write(&eventsource_request("/events/burst", &[])).await;
+    let head = conn.read_response_head().await;
+    assert_eq!(head.start_line, "HTTP/1.1 200 OK", "{:?}", head.raw);
+    // Everything before the events (handshake, tickets, head) has arrived.
+    let before = records.load(Ordering::SeqCst);
+
+    go.notify_one();
+    for event in EVENTS {
+        assert_eq!(conn.chunk_text().await, event);
+    }
+    assert_eq!(
+        records.load(Ordering::SeqCst) - before,
+        1,
+        "three events read from the upstream at once took more than one TLS record"
+    );
 }
 
 #[tokio::test]

@@ -21,7 +21,7 @@ use std::future::Future;
 use std::io::{self, Write};
 use std::pin::{pin, Pin};
 use std::sync::Arc;
-use std::task::Poll;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
@@ -222,6 +222,20 @@ where
 }
 
 impl HeadReady {
+    /// Adds the body frames that are ready now, up to `MAX_WRITE` bytes
+    /// waiting; Some once the body has ended.
+    fn add_ready(&mut self, cx: &mut Context<'_>) -> Option<Written> {
+        while self.out.len() < MAX_WRITE {
+            let Poll::Ready(frame) = Pin::new(&mut self.body).poll_frame(cx) else {
+                break;
+            };
+            if let Some(ended) = self.add(frame) {
+                return Some(ended);
+            }
+        }
+        None
+    }
+
     /// Adds a body frame's bytes to those waiting to be written; Some once
     /// the body has ended.
     fn add(&mut self, frame: Option<Result<Frame<Bytes>, BoxError>>) -> Option<Written> {
@@ -315,8 +329,8 @@ enum Written {
 
 /// Writes head and body: the head and whatever the body has ready leave
 /// together (a whole small response in one TLS record), then each frame as
-/// it comes, flushed at once, while the writer watches the client for hang-ups
-/// and keeps what it pipelines.
+/// it comes, with the frames that came with it, flushed at once, while the
+/// writer watches the client for hang-ups and keeps what it pipelines.
 #[allow(
     clippy::manual_async_fn,
     reason = "an async fn keeps its arguments twice"
@@ -327,15 +341,8 @@ fn write_response<'a>(
 ) -> impl Future<Output = io::Result<Written>> + Send + 'a {
     async move {
         let mut ended = (ready.framing == Framing::NoBody).then_some(Written::Complete);
-        // The head takes along what the body has ready. (Only the head: later
-        // frames are written as they come, so an event stream polls its body
-        // once per event, not twice.)
-        while ended.is_none() && ready.out.len() < MAX_WRITE {
-            let frame = poll_fn(|cx| Poll::Ready(Pin::new(&mut ready.body).poll_frame(cx)));
-            let Poll::Ready(frame) = frame.await else {
-                break;
-            };
-            ended = ready.add(frame);
+        if ended.is_none() {
+            ended = poll_fn(|cx| Poll::Ready(ready.add_ready(cx))).await;
         }
         // One await per step, and nothing held across more than one of them:
         // a value kept across several awaits keeps a slot in this state for
@@ -355,6 +362,12 @@ fn write_response<'a>(
             match frame.await {
                 None => return Ok(Written::ClientGone),
                 Some(frame) => ended = ready.add(frame),
+            }
+            // Events that arrived together leave in one TLS record and one
+            // write: a busy stream pays per read from the upstream, not per
+            // event (a quiet one pays one more poll that finds nothing).
+            if ended.is_none() {
+                ended = poll_fn(|cx| Poll::Ready(ready.add_ready(cx))).await;
             }
         }
     }
