@@ -15,8 +15,9 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 /// mimalloc asks for transparent huge pages for its arenas, so resident
 /// memory grows in 2 MiB steps: measured with the holding scenario of
 /// `cargo bench --bench compare`, 2 MiB more at start and 2 KiB more per
-/// idle stream at a thousand streams (11.6 instead of 9.4 KiB). A proxy's working set is small and its
-/// connections many: it wants the memory more than the fewer TLB misses.
+/// idle stream at a thousand streams (11.6 instead of 9.4 KiB). A proxy's
+/// working set is small and its connections many: it wants the memory more
+/// than the fewer TLB misses.
 #[cfg(target_os = "linux")]
 fn disable_transparent_huge_pages() -> std::io::Result<()> {
     // SAFETY: PR_SET_THP_DISABLE takes plain integers and touches no memory
