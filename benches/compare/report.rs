@@ -173,21 +173,13 @@ fn targets(md: &mut String, results: &Results) {
             let (Some(s), Some(n)) = (find(ssegate), find(PeerKind::Nginx)) else {
                 continue;
             };
-            let by_round: Vec<String> = s
-                .rounds
-                .iter()
-                .filter_map(|rs| {
-                    let rn = n.rounds.iter().find(|rn| rn.round == rs.round)?;
-                    Some(format!("{:.2}x", p99_ms(rs) / p99_ms(rn)))
-                })
-                .collect();
             let (sp, np) = (p99_ms(s.median), p99_ms(n.median));
             rows.push((
                 format!("fan-out K={subscribers}: {ssegate} p99 <= nginx p99"),
                 format!(
                     "median {sp:.2} ms vs {np:.2} ms ({:.2}x; by round {})",
                     sp / np,
-                    by_round.join(", ")
+                    round_ratios(&s.rounds, &n.rounds, p99_ms)
                 ),
                 verdict(sp <= np),
             ));
@@ -258,7 +250,7 @@ fn targets(md: &mut String, results: &Results) {
             format!(
                 "median {sr:.0} vs {nr:.0} ({:.2}x; by round {})",
                 sr / nr,
-                round_ratios(s, n, keepalive)
+                round_ratios(&s.rounds, &n.rounds, keepalive)
             ),
             verdict(sr >= nr),
         ));
@@ -268,7 +260,7 @@ fn targets(md: &mut String, results: &Results) {
             format!(
                 "median {sh:.0} vs {nh:.0} ({:.2}x; by round {})",
                 sh / nh,
-                round_ratios(s, n, handshakes)
+                round_ratios(&s.rounds, &n.rounds, handshakes)
             ),
             verdict(sh >= 1.5 * nh),
         ));
@@ -467,12 +459,7 @@ fn reqresp_table(md: &mut String, results: &Results, info: &RunInfo) {
     for summary in &summaries {
         let per = |cpu: Option<f64>, n: u64| cpu.filter(|_| n > 0).map(|c| c * 1e6 / n as f64);
         let by_round = |rate: fn(&ReqRespResult) -> f64| {
-            let rates: Vec<String> = summary
-                .rounds
-                .iter()
-                .map(|r| format!("{:.0}", rate(r)))
-                .collect();
-            rates.join(" / ")
+            by_round(&summary.rounds, |r| format!("{:.0}", rate(r)))
         };
         let (k, h) = (summary.keepalive, summary.handshakes);
         let _ = writeln!(
@@ -516,26 +503,65 @@ struct ReqRespSummary<'a> {
 
 /// Each peer's rounds, peers in the order first run.
 fn reqresp_summaries(results: &Results) -> Vec<ReqRespSummary<'_>> {
-    let mut peers: Vec<PeerKind> = Vec::new();
-    for r in &results.reqresp {
-        if !peers.contains(&r.peer) {
-            peers.push(r.peer);
-        }
-    }
-    peers
+    rounds_by_peer(&results.reqresp)
         .into_iter()
-        .map(|peer| {
-            let mut rounds: Vec<&ReqRespResult> =
-                results.reqresp.iter().filter(|r| r.peer == peer).collect();
-            rounds.sort_by_key(|r| r.round);
-            ReqRespSummary {
-                peer,
-                keepalive: median(&rounds, |r| r.keepalive.per_second()),
-                handshakes: median(&rounds, |r| r.handshakes.per_second()),
-                rounds,
-            }
+        .map(|(peer, rounds)| ReqRespSummary {
+            peer,
+            keepalive: median(&rounds, |r| r.keepalive.per_second()),
+            handshakes: median(&rounds, |r| r.handshakes.per_second()),
+            rounds,
         })
         .collect()
+}
+
+/// One round's result of a scenario that runs in rounds.
+trait RoundResult {
+    fn peer(&self) -> PeerKind;
+    fn round(&self) -> usize;
+}
+
+impl RoundResult for ReqRespResult {
+    fn peer(&self) -> PeerKind {
+        self.peer
+    }
+
+    fn round(&self) -> usize {
+        self.round
+    }
+}
+
+impl RoundResult for FanoutResult {
+    fn peer(&self) -> PeerKind {
+        self.peer
+    }
+
+    fn round(&self) -> usize {
+        self.round
+    }
+}
+
+/// `results` grouped by peer, peers in the order first run, each peer's
+/// rounds in round order.
+fn rounds_by_peer<'a, T: RoundResult>(
+    results: impl IntoIterator<Item = &'a T>,
+) -> Vec<(PeerKind, Vec<&'a T>)> {
+    let mut groups: Vec<(PeerKind, Vec<&T>)> = Vec::new();
+    for r in results {
+        match groups.iter_mut().find(|(peer, _)| *peer == r.peer()) {
+            Some((_, rounds)) => rounds.push(r),
+            None => groups.push((r.peer(), vec![r])),
+        }
+    }
+    for (_, rounds) in &mut groups {
+        rounds.sort_by_key(|r| r.round());
+    }
+    groups
+}
+
+/// Each round's `value`, e.g. "3.31 / 2.95 / 4.02".
+fn by_round<T>(rounds: &[&T], value: impl Fn(&T) -> String) -> String {
+    let values: Vec<String> = rounds.iter().map(|r| value(r)).collect();
+    values.join(" / ")
 }
 
 /// The round with the median `value` (of an even number, the lower middle
@@ -560,12 +586,7 @@ impl FanoutSummary<'_> {
 
     /// The rounds' p99 latencies, e.g. "3.31 / 2.95 / 4.02".
     fn p99_by_round(&self) -> String {
-        let p99s: Vec<String> = self
-            .rounds
-            .iter()
-            .map(|r| format!("{:.2}", p99_ms(r)))
-            .collect();
-        p99s.join(" / ")
+        by_round(&self.rounds, |r| format!("{:.2}", p99_ms(r)))
     }
 }
 
@@ -578,45 +599,26 @@ fn p99_ms(r: &FanoutResult) -> f64 {
 /// few slow events, so it varies from round to round: tables, plots and
 /// targets use each peer's median round.
 fn fanout_summaries(results: &Results, subscribers: usize) -> Vec<FanoutSummary<'_>> {
-    let mut peers: Vec<PeerKind> = Vec::new();
-    for r in results
+    let at_size = results
         .fanout
         .iter()
-        .filter(|r| r.subscribers == subscribers)
-    {
-        if !peers.contains(&r.peer) {
-            peers.push(r.peer);
-        }
-    }
-    peers
+        .filter(|r| r.subscribers == subscribers);
+    rounds_by_peer(at_size)
         .into_iter()
-        .map(|peer| {
-            let mut rounds: Vec<&FanoutResult> = results
-                .fanout
-                .iter()
-                .filter(|r| r.peer == peer && r.subscribers == subscribers)
-                .collect();
-            rounds.sort_by_key(|r| r.round);
-            FanoutSummary {
-                median: median(&rounds, p99_ms),
-                rounds,
-            }
+        .map(|(_, rounds)| FanoutSummary {
+            median: median(&rounds, p99_ms),
+            rounds,
         })
         .collect()
 }
 
-/// `a ÷ b` of `rate` in each round both ran, e.g. "1.02x, 0.97x, 1.10x".
-fn round_ratios(
-    a: &ReqRespSummary<'_>,
-    b: &ReqRespSummary<'_>,
-    rate: impl Fn(&ReqRespResult) -> f64,
-) -> String {
+/// `a ÷ b` of `value` in each round both ran, e.g. "1.02x, 0.97x, 1.10x".
+fn round_ratios<T: RoundResult>(a: &[&T], b: &[&T], value: impl Fn(&T) -> f64) -> String {
     let ratios: Vec<String> = a
-        .rounds
         .iter()
         .filter_map(|ra| {
-            let rb = b.rounds.iter().find(|rb| rb.round == ra.round)?;
-            Some(format!("{:.2}x", rate(ra) / rate(rb)))
+            let rb = b.iter().find(|rb| rb.round() == ra.round())?;
+            Some(format!("{:.2}x", value(ra) / value(rb)))
         })
         .collect();
     ratios.join(", ")
