@@ -418,7 +418,7 @@ impl tokio::io::AsyncWrite for RecordCounter {
 /// proxy's writes per second. Each keeps its own chunk.
 #[tokio::test]
 async fn events_that_arrive_together_leave_in_one_tls_record() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::io::AsyncReadExt;
     const EVENTS: [&str; 3] = [
         "id: 1\ndata: a\n\n",
         "id: 2\ndata: b\n\n",
@@ -428,29 +428,21 @@ async fn events_that_arrive_together_leave_in_one_tls_record() {
     // (one chunk each) in a single write.
     let go = Arc::new(Notify::new());
     let go_upstream = go.clone();
-    let upstream = accept_loop(move |mut tcp| {
+    let upstream = accept_loop(move |tcp| {
         let go = go_upstream.clone();
         async move {
-            let mut head = Vec::new();
-            let mut buf = [0u8; 1024];
-            while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-                match tcp.read(&mut buf).await {
-                    Ok(0) | Err(_) => return,
-                    Ok(n) => head.extend_from_slice(&buf[..n]),
-                }
-            }
-            let response = "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n";
-            if tcp.write_all(response.as_bytes()).await.is_err() {
-                return;
-            }
+            let mut conn = RawConn::new(tcp);
+            conn.read_head().await;
+            conn.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n")
+                .await;
             go.notified().await;
             let burst: Vec<u8> = EVENTS
                 .iter()
                 .flat_map(|event| chunk_bytes(event.as_bytes()))
                 .collect();
-            let _ = tcp.write_all(&burst).await;
+            conn.write(&burst).await;
             // Open until the proxy closes its side.
-            let _ = tcp.read(&mut buf).await;
+            let _ = conn.io.read(&mut [0u8; 1]).await;
         }
     })
     .await;
