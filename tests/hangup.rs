@@ -9,7 +9,6 @@ use std::time::Duration;
 use common::*;
 use http::Version;
 use hyper_util::rt::TokioIo;
-use tokio::io::AsyncReadExt;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot};
 
@@ -170,18 +169,12 @@ async fn hangup_upstream() -> (SocketAddr, mpsc::UnboundedReceiver<()>) {
     let addr = listener.local_addr().expect("addr");
     let (hung_up_tx, hung_up_rx) = mpsc::unbounded_channel();
     tokio::spawn(async move {
-        while let Ok((mut tcp, _)) = listener.accept().await {
+        while let Ok((tcp, _)) = listener.accept().await {
             let hung_up_tx = hung_up_tx.clone();
             tokio::spawn(async move {
-                let mut head = Vec::new();
-                let mut buf = [0u8; 1024];
-                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match tcp.read(&mut buf).await {
-                        Ok(0) | Err(_) => break,
-                        Ok(n) => head.extend_from_slice(&buf[..n]),
-                    }
-                }
-                drop(tcp);
+                let mut conn = RawConn::new(tcp);
+                conn.read_head().await;
+                drop(conn);
                 let _ = hung_up_tx.send(());
             });
         }
