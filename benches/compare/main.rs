@@ -187,8 +187,9 @@ async fn start_peer(
     }
 }
 
-/// Stops a peer, recording a failure if it had exited on its own.
-async fn stop_peer(kind: PeerKind, peer: peers::RunningPeer, results: &mut Results) {
+/// Stops a peer, recording a failure if it had exited on its own, and waits
+/// for the upstream to close that peer's connections.
+async fn stop_peer(bench: &Bench, kind: PeerKind, peer: peers::RunningPeer, results: &mut Results) {
     if peer.usage().is_none() && kind != PeerKind::Direct {
         results.failures.push(format!(
             "{kind} exited during the run; its output:\n{}",
@@ -196,6 +197,9 @@ async fn stop_peer(kind: PeerKind, peer: peers::RunningPeer, results: &mut Resul
         ));
     }
     peer.stop().await;
+    if let Err(held) = bench.upstream_released().await {
+        results.notes.push(format!("{kind}: {held}"));
+    }
 }
 
 /// Runs `scenario` in `sizes.rounds` rounds, each taking every peer in
@@ -230,7 +234,7 @@ async fn run_in_rounds(
                 continue;
             };
             bench.run(scenario, &peer, round, results).await;
-            stop_peer(kind, peer, results).await;
+            stop_peer(bench, kind, peer, results).await;
         }
     }
     all_started
@@ -391,7 +395,7 @@ async fn run(options: Options) -> Result<bool, String> {
                 ));
                 println!("{kind}: {held}; restarting");
                 if let Some(peer) = running.take() {
-                    peer.stop().await;
+                    stop_peer(&bench, kind, peer, &mut results).await;
                 }
                 match peers::start(kind, &setup).await {
                     Ok(peer) => running = Some(peer),
@@ -405,7 +409,7 @@ async fn run(options: Options) -> Result<bool, String> {
             }
         }
         if let Some(peer) = running {
-            stop_peer(kind, peer, &mut results).await;
+            stop_peer(&bench, kind, peer, &mut results).await;
         }
     }
     let kinds: Vec<PeerKind> = peer_kinds

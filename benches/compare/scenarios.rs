@@ -306,8 +306,24 @@ impl Bench {
             }
             ScenarioKind::Reqresp => self.reqresp(peer, round, results).await,
         }
-        // Let closed connections wind down before the next scenario.
-        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+
+    /// Waits until the upstream has closed the connections of a peer that
+    /// stopped (or of the direct path's clients), so that the next peer
+    /// starts beside a quiet upstream. Err describes what is still held.
+    pub async fn upstream_released(&self) -> Result<(), String> {
+        let released = wait_until(RELEASE_TIMEOUT, || {
+            self.upstream.usage().open_fds <= RELEASE_SLACK
+        })
+        .await;
+        if released {
+            Ok(())
+        } else {
+            Err(format!(
+                "the upstream still had {} open files {RELEASE_TIMEOUT:?} after the peer stopped",
+                self.upstream.usage().open_fds
+            ))
+        }
     }
 
     /// Waits until the peer (and the upstream) have closed the connections
