@@ -450,6 +450,10 @@ fn listens_on_the_real_port_serves_tls_and_exits_0_on_sigterm() {
         .recv_timeout(LIMIT)
         .expect("upstream saw the request");
     assert_eq!(seen, "GET /hello?x=1 HTTP/1.1");
+    // Log lines are buffered, but the access line must come out while the
+    // proxy runs on, not when it exits.
+    let access = proxy.wait_stderr_line("path=/hello", LIMIT);
+    assert!(access.contains("status=200"), "{access}");
 
     sigterm(proxy.pid());
     let exit = proxy.wait_exit(LIMIT);
