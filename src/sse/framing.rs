@@ -1,4 +1,4 @@
-//! Event boundaries in an event stream, tracked byte by byte across chunks.
+//! Event boundaries in an event stream, tracked across chunks.
 //!
 //! Per the HTML standard's event-stream parsing rules, lines end with CRLF, LF
 //! or CR, and a blank line dispatches the event. The tracker only observes the
@@ -29,23 +29,24 @@ impl EventBoundary {
 
     /// Observes the next relayed bytes.
     pub fn feed(&mut self, bytes: &[u8]) {
-        for &b in bytes {
-            if self.after_cr {
-                self.after_cr = false;
-                if b == b'\n' {
-                    continue; // the LF of a CRLF pair
-                }
+        // Line end by line end (memchr): this runs over every relayed byte.
+        let mut rest = bytes;
+        while !rest.is_empty() {
+            if std::mem::take(&mut self.after_cr) && rest[0] == b'\n' {
+                rest = &rest[1..]; // the LF of a CRLF pair
+                continue;
             }
-            match b {
-                b'\r' | b'\n' => {
-                    // A line ends: a non-empty one adds to the pending event,
-                    // an empty one dispatches it.
-                    self.event_pending = self.line_has_bytes;
-                    self.line_has_bytes = false;
-                    self.after_cr = b == b'\r';
-                }
-                _ => self.line_has_bytes = true,
-            }
+            let Some(end) = memchr::memchr2(b'\r', b'\n', rest) else {
+                self.line_has_bytes = true;
+                return;
+            };
+            // A line ends: a non-empty one adds to the pending event, an
+            // empty one dispatches it.
+            self.line_has_bytes |= end > 0;
+            self.event_pending = self.line_has_bytes;
+            self.line_has_bytes = false;
+            self.after_cr = rest[end] == b'\r';
+            rest = &rest[end + 1..];
         }
     }
 }
@@ -90,6 +91,38 @@ mod tests {
         assert!(!boundary_after(&[b"data: a\r", b"\n"]));
         assert!(boundary_after(&[b"data: a\r", b"\n", b"\r", b"\n"]));
         assert!(boundary_after(&[b"data: a\r", b"\n\r\n"]));
+    }
+
+    /// The rules one byte at a time, as the standard states them.
+    fn byte_by_byte(bytes: &[u8]) -> bool {
+        let (mut line_has_bytes, mut event_pending, mut after_cr) = (false, false, false);
+        for &b in bytes {
+            if std::mem::take(&mut after_cr) && b == b'\n' {
+                continue;
+            }
+            if b == b'\r' || b == b'\n' {
+                event_pending = line_has_bytes;
+                line_has_bytes = false;
+                after_cr = b == b'\r';
+            } else {
+                line_has_bytes = true;
+            }
+        }
+        !line_has_bytes && !event_pending
+    }
+
+    #[test]
+    fn line_by_line_scanning_agrees_with_the_byte_by_byte_rules() {
+        let stream: &[u8] = b"\r\n\ndata: a\r\r\n\nid: 1\r\n\r\rx\n\ry\r\n\n\n: c\r\ndata\n\r\n";
+        for end in 0..=stream.len() {
+            for split in 0..=end {
+                assert_eq!(
+                    boundary_after(&[&stream[..split], &stream[split..end]]),
+                    byte_by_byte(&stream[..end]),
+                    "prefix {end} split at {split}"
+                );
+            }
+        }
     }
 
     #[test]

@@ -42,21 +42,22 @@ impl EventParser {
             chunk = chunk.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(chunk);
         }
         let mut events = Vec::new();
-        for &b in chunk {
-            if self.after_cr {
-                self.after_cr = false;
-                if b == b'\n' {
-                    continue;
-                }
+        // Line by line (memchr), not byte by byte: this runs over every
+        // byte a shared stream relays.
+        while !chunk.is_empty() {
+            if std::mem::take(&mut self.after_cr) && chunk[0] == b'\n' {
+                chunk = &chunk[1..]; // the LF of a CRLF pair
+                continue;
             }
-            match b {
-                b'\r' | b'\n' => {
-                    self.after_cr = b == b'\r';
-                    if let Some(event) = self.end_line() {
-                        events.push(event);
-                    }
-                }
-                _ => self.line.push(b),
+            let Some(end) = memchr::memchr2(b'\r', b'\n', chunk) else {
+                self.line.extend_from_slice(chunk);
+                break;
+            };
+            self.line.extend_from_slice(&chunk[..end]);
+            self.after_cr = chunk[end] == b'\r';
+            chunk = &chunk[end + 1..];
+            if let Some(event) = self.end_line() {
+                events.push(event);
             }
         }
         events
