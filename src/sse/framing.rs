@@ -29,25 +29,40 @@ impl EventBoundary {
 
     /// Observes the next relayed bytes.
     pub fn feed(&mut self, bytes: &[u8]) {
-        // Line end by line end (memchr): this runs over every relayed byte.
-        let mut rest = bytes;
-        while !rest.is_empty() {
-            if std::mem::take(&mut self.after_cr) && rest[0] == b'\n' {
-                rest = &rest[1..]; // the LF of a CRLF pair
-                continue;
+        split_lines(&mut self.after_cr, bytes, |line, ended| {
+            self.line_has_bytes |= !line.is_empty();
+            if ended {
+                // A non-empty line adds to the pending event, an empty one
+                // dispatches it.
+                self.event_pending = self.line_has_bytes;
+                self.line_has_bytes = false;
             }
-            let Some(end) = memchr::memchr2(b'\r', b'\n', rest) else {
-                self.line_has_bytes = true;
-                return;
-            };
-            // A line ends: a non-empty one adds to the pending event, an
-            // empty one dispatches it.
-            self.line_has_bytes |= end > 0;
-            self.event_pending = self.line_has_bytes;
-            self.line_has_bytes = false;
-            self.after_cr = rest[end] == b'\r';
-            rest = &rest[end + 1..];
+        });
+    }
+}
+
+/// Splits `bytes` at line ends (CRLF, LF or CR), calling `piece` with each
+/// run of line bytes and whether a line end follows it. `after_cr` carries
+/// a CR at the end of one chunk over to the next, so that a CRLF split
+/// across chunks is one line end. Line by line (memchr), not byte by byte:
+/// this runs over every byte an event stream relays.
+pub(super) fn split_lines(
+    after_cr: &mut bool,
+    mut bytes: &[u8],
+    mut piece: impl FnMut(&[u8], bool),
+) {
+    while !bytes.is_empty() {
+        if std::mem::take(after_cr) && bytes[0] == b'\n' {
+            bytes = &bytes[1..]; // the LF of a CRLF pair
+            continue;
         }
+        let Some(end) = memchr::memchr2(b'\r', b'\n', bytes) else {
+            piece(bytes, false);
+            return;
+        };
+        *after_cr = bytes[end] == b'\r';
+        piece(&bytes[..end], true);
+        bytes = &bytes[end + 1..];
     }
 }
 

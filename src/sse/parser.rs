@@ -5,6 +5,8 @@
 
 use bytes::{BufMut, Bytes, BytesMut};
 
+use super::framing::split_lines;
+
 /// One dispatched block of the stream, re-serialised with LF line endings.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ParsedEvent {
@@ -42,24 +44,15 @@ impl EventParser {
             chunk = chunk.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(chunk);
         }
         let mut events = Vec::new();
-        // Line by line (memchr), not byte by byte: this runs over every
-        // byte a shared stream relays.
-        while !chunk.is_empty() {
-            if std::mem::take(&mut self.after_cr) && chunk[0] == b'\n' {
-                chunk = &chunk[1..]; // the LF of a CRLF pair
-                continue;
+        // `end_line` needs all of `self`, so the CR carry-over is lent out.
+        let mut after_cr = self.after_cr;
+        split_lines(&mut after_cr, chunk, |line, ended| {
+            self.line.extend_from_slice(line);
+            if ended {
+                events.extend(self.end_line());
             }
-            let Some(end) = memchr::memchr2(b'\r', b'\n', chunk) else {
-                self.line.extend_from_slice(chunk);
-                break;
-            };
-            self.line.extend_from_slice(&chunk[..end]);
-            self.after_cr = chunk[end] == b'\r';
-            chunk = &chunk[end + 1..];
-            if let Some(event) = self.end_line() {
-                events.push(event);
-            }
-        }
+        });
+        self.after_cr = after_cr;
         events
     }
 
