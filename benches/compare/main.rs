@@ -55,11 +55,12 @@ struct Options {
     #[arg(long, value_delimiter = ',')]
     fanout_subscribers: Option<Vec<usize>>,
 
-    /// Fan-out events published per second, overriding the mode's.
+    /// Fan-out events published per second at every K, overriding the mode's
+    /// pacing (the same deliveries per second at every K).
     #[arg(long)]
     fanout_rate: Option<u64>,
 
-    /// Fan-out events per run, overriding the mode's.
+    /// Fan-out events per run at every K, overriding rate x the mode's duration.
     #[arg(long)]
     fanout_events: Option<u64>,
 
@@ -280,12 +281,8 @@ async fn run(options: Options) -> Result<bool, String> {
     if let Some(k) = &options.fanout_subscribers {
         sizes.fanout_subscribers = k.clone();
     }
-    if let Some(rate) = options.fanout_rate {
-        sizes.fanout_rate = rate.max(1);
-    }
-    if let Some(events) = options.fanout_events {
-        sizes.fanout_events = events.max(1);
-    }
+    sizes.fanout_rate = options.fanout_rate;
+    sizes.fanout_events = options.fanout_events;
     if let Some(rates) = &options.throughput_rates {
         sizes.throughput_rates = rates.clone();
     }

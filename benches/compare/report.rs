@@ -48,7 +48,7 @@ pub fn write(dir: &Path, info: &RunInfo, results: &Results) -> Result<Written, S
         md.push_str("\n## (a) Fan-out: K subscribers of one published stream\n\n");
         let _ = writeln!(
             md,
-            "{} events of {} B at {}/s, published once to every subscriber of `/sse/events`. Latency is from the \
+            "Events of {} B, published once to every subscriber of `/sse/events`: {}.{} Latency is from the \
              upstream's timestamp (taken when the publisher writes the event, before its write loop over \
              clients) to the load generator parsing the event. CPU is utime+stime of the proxy's processes \
              during the run, per delivered event. Late events count as delivered, with their latency; \
@@ -56,9 +56,21 @@ pub fn write(dir: &Path, info: &RunInfo, results: &Results) -> Result<Written, S
              p99 latency and CPU per event (below 1 is better for ssegate). This ran in {} rounds, each \
              taking every peer in turn on a fresh process; each row (and plot) is the peer's round with the \
              median p99, and \"lost\" counts that round (the targets' zero-loss line counts every round).\n",
-            info.sizes.fanout_events,
             info.sizes.fanout_event_size,
-            info.sizes.fanout_rate,
+            fanout_sizes
+                .iter()
+                .map(|&k| {
+                    let pace = info.sizes.fanout_pace(k);
+                    format!("K={k}: {} events at {}/s", pace.events, pace.rate)
+                })
+                .collect::<Vec<_>>()
+                .join("; "),
+            if info.sizes.fanout_rate.is_none() && info.sizes.fanout_events.is_none() {
+                " The rate falls as K grows, for about the same deliveries per second at every K, so a \
+                 round's p99 rests on many bursts rather than on its worst one or two."
+            } else {
+                ""
+            },
             info.sizes.drain,
             info.sizes.rounds
         );

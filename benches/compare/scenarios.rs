@@ -70,8 +70,15 @@ impl ScenarioKind {
 #[derive(Debug, Clone)]
 pub struct Sizes {
     pub fanout_subscribers: Vec<usize>,
-    pub fanout_rate: u64,
-    pub fanout_events: u64,
+    /// How long each fan-out run publishes; see [`Sizes::fanout_pace`].
+    pub fanout_duration: Duration,
+    /// Deliveries per second (events/s x K) a fan-out run aims at, within
+    /// `FANOUT_RATES`; see [`Sizes::fanout_pace`].
+    pub fanout_deliveries_per_second: u64,
+    /// Events/s for every K instead of the paced rate (`--fanout-rate`).
+    pub fanout_rate: Option<u64>,
+    /// Events per run for every K instead of rate x duration (`--fanout-events`).
+    pub fanout_events: Option<u64>,
     pub fanout_event_size: usize,
     pub holding_streams: Vec<usize>,
     pub holding_settle: Duration,
@@ -97,8 +104,11 @@ impl Sizes {
     pub fn full() -> Self {
         Sizes {
             fanout_subscribers: vec![100, 1000, 5000],
-            fanout_rate: 5,
-            fanout_events: 50,
+            // 25/s at K=100 (250 bursts a run), 10/s at K=1000, 5/s at K=5000.
+            fanout_duration: Duration::from_secs(10),
+            fanout_deliveries_per_second: 10_000,
+            fanout_rate: None,
+            fanout_events: None,
             fanout_event_size: 256,
             holding_streams: vec![1000, 5000, 15000],
             holding_settle: Duration::from_secs(2),
@@ -112,9 +122,9 @@ impl Sizes {
             reqresp_connections: 32,
             reqresp_duration: Duration::from_secs(5),
             reqresp_warmup: Duration::from_secs(1),
-            // Single rounds at 100 subscribers spread over 2-3x on this
-            // machine (2.7-8.4 ms p99 in seven rounds of one peer), so a
-            // median of three still flips from run to run; five narrows it.
+            // The machine drifts by 10-25 % between rounds minutes apart;
+            // five rounds taking the peers in turn spread that drift over
+            // every peer, and their median leaves out the outliers.
             rounds: 5,
             drain: Duration::from_secs(3),
         }
@@ -124,8 +134,10 @@ impl Sizes {
     pub fn smoke() -> Self {
         Sizes {
             fanout_subscribers: vec![50],
-            fanout_rate: 20,
-            fanout_events: 20,
+            fanout_duration: Duration::from_secs(1),
+            fanout_deliveries_per_second: 1_000,
+            fanout_rate: None,
+            fanout_events: None,
             fanout_event_size: 256,
             holding_streams: vec![100, 300],
             holding_settle: Duration::from_millis(300),
@@ -142,6 +154,38 @@ impl Sizes {
             drain: Duration::from_secs(2),
         }
     }
+
+    /// The publishing pace for K subscribers: the same deliveries per second
+    /// for every K (within `FANOUT_RATES`) for the same duration. A run's p99
+    /// is then the 1% slowest of about as many deliveries at every K, spread
+    /// over many bursts: at one rate for all K (5/s for 10 s), p99 at K=100
+    /// was the 50 slowest of 5000 deliveries, all from the one or two worst
+    /// of 50 bursts, and rounds of one peer spread 2-3x.
+    pub fn fanout_pace(&self, subscribers: usize) -> FanoutPace {
+        let paced = self.fanout_deliveries_per_second / subscribers.max(1) as u64;
+        let rate = self
+            .fanout_rate
+            .unwrap_or_else(|| paced.clamp(*FANOUT_RATES.start(), *FANOUT_RATES.end()))
+            .max(1);
+        let events = self
+            .fanout_events
+            .unwrap_or_else(|| (rate as f64 * self.fanout_duration.as_secs_f64()).round() as u64)
+            .max(1);
+        FanoutPace { rate, events }
+    }
+}
+
+/// Events per second a paced fan-out run stays within. At 25/s bursts are
+/// 40 ms apart, ten times what a burst to 100 subscribers takes to cross the
+/// chain here, so each event measures one burst rather than a queue; 5/s is
+/// what 5000 subscribers get.
+const FANOUT_RATES: std::ops::RangeInclusive<u64> = 5..=25;
+
+/// How fast a fan-out run publishes, and how many events.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FanoutPace {
+    pub rate: u64,
+    pub events: u64,
 }
 
 // ------------------------------------------------------------------ results
@@ -364,6 +408,7 @@ impl Bench {
         results: &mut Results,
     ) {
         let sizes = &self.sizes;
+        let pace = sizes.fanout_pace(subscribers);
         if let Err(reason) = self.fd_budget(peer.kind, subscribers) {
             if round == 1 {
                 results.notes.push(format!(
@@ -376,7 +421,7 @@ impl Bench {
         let plan = Arc::new(StreamPlan {
             path: EVENTS_PATH.into(),
             run: self.next_run(),
-            expected: sizes.fanout_events,
+            expected: pace.events,
         });
         let batch = StreamBatch::open(&peer.target, plan.clone(), subscribers);
         let label = format!("fanout K={subscribers} {} (round {round})", peer.kind);
@@ -391,16 +436,11 @@ impl Bench {
         let upstream_before = self.upstream.usage();
         let published = self
             .upstream
-            .publish(
-                plan.run,
-                sizes.fanout_events,
-                sizes.fanout_rate,
-                sizes.fanout_event_size,
-            )
+            .publish(plan.run, pace.events, pace.rate, sizes.fanout_event_size)
             .await;
         match &published {
             Ok(report) => {
-                let planned = sizes.fanout_events as f64 / sizes.fanout_rate.max(1) as f64;
+                let planned = pace.events as f64 / pace.rate as f64;
                 if report.elapsed.as_secs_f64() > planned * 1.1 + 0.1 {
                     results.notes.push(format!(
                         "{label}: the publisher fell behind: {} events took {:.2} s (planned {planned:.2} s), {} writes",
