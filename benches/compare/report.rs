@@ -65,7 +65,7 @@ pub fn write(dir: &Path, info: &RunInfo, results: &Results) -> Result<Written, S
                 })
                 .collect::<Vec<_>>()
                 .join("; "),
-            if info.sizes.fanout_rate.is_none() && info.sizes.fanout_events.is_none() {
+            if info.sizes.fanout_rate.is_none() {
                 " The rate falls as K grows, for about the same deliveries per second at every K, so a \
                  round's p99 rests on many bursts rather than on its worst one or two."
             } else {

@@ -182,7 +182,7 @@ impl Sizes {
 const FANOUT_RATES: std::ops::RangeInclusive<u64> = 5..=25;
 
 /// How fast a fan-out run publishes, and how many events.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy)]
 pub struct FanoutPace {
     pub rate: u64,
     pub events: u64,
