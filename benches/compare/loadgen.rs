@@ -1,6 +1,7 @@
 //! The load generator: HTTP/1.1 clients over TLS (or plain TCP for the direct
 //! path) that open event streams and count every event by run and sequence
-//! number, and request/response loops over keep-alive or fresh connections.
+//! number (through hyper's client), and request/response loops over
+//! keep-alive or fresh connections (through `http_get`'s lighter client).
 //!
 //! The client offers only X25519, TLS 1.3 + 1.2 and AES-128-GCM, and only
 //! ALPN http/1.1, so every peer negotiates the same handshake whatever its
@@ -34,6 +35,7 @@ use tokio_rustls::TlsConnector;
 use tokio_util::either::Either;
 use tokio_util::sync::CancellationToken;
 
+use crate::http_get::GetConnection;
 use crate::sys;
 use crate::upstream::WARMUP_RUN;
 
@@ -664,9 +666,49 @@ impl RequestOutcome {
     pub fn per_second(&self) -> f64 {
         self.completed as f64 / self.elapsed.as_secs_f64().max(1e-9)
     }
+
+    fn empty() -> Self {
+        RequestOutcome {
+            completed: 0,
+            errors: 0,
+            first_error: None,
+            connections_opened: 0,
+            elapsed: Duration::ZERO,
+            latency_us: new_histogram(),
+            tls: None,
+        }
+    }
+
+    /// One error that ended a worker.
+    fn failed(error: String) -> Self {
+        RequestOutcome {
+            errors: 1,
+            first_error: Some(error),
+            ..Self::empty()
+        }
+    }
+
+    /// The outcomes of several workers together (`elapsed` is left unset).
+    fn sum(outcomes: Vec<RequestOutcome>) -> Self {
+        let mut total = Self::empty();
+        for outcome in outcomes {
+            total.completed += outcome.completed;
+            total.errors += outcome.errors;
+            total.connections_opened += outcome.connections_opened;
+            if total.first_error.is_none() {
+                total.first_error = outcome.first_error;
+            }
+            if total.tls.is_none() {
+                total.tls = outcome.tls;
+            }
+            let _ = total.latency_us.add(&outcome.latency_us);
+        }
+        total
+    }
 }
 
-/// `workers` concurrent clients request `path` for `duration`.
+/// `workers` concurrent clients request `path` for `duration`, each as soon
+/// as its previous answer is in.
 pub async fn request_load(
     target: Target,
     path: &str,
@@ -685,37 +727,14 @@ pub async fn request_load(
             })
         })
         .collect();
-    let mut total = RequestOutcome {
-        completed: 0,
-        errors: 0,
-        first_error: None,
-        connections_opened: 0,
-        elapsed: Duration::ZERO,
-        latency_us: new_histogram(),
-        tls: None,
-    };
+    let mut outcomes = Vec::new();
     for task in tasks {
-        match task.await {
-            Ok(outcome) => {
-                total.completed += outcome.completed;
-                total.errors += outcome.errors;
-                total.connections_opened += outcome.connections_opened;
-                if total.first_error.is_none() {
-                    total.first_error = outcome.first_error;
-                }
-                if total.tls.is_none() {
-                    total.tls = outcome.tls;
-                }
-                let _ = total.latency_us.add(&outcome.latency_us);
-            }
-            Err(err) => {
-                total.errors += 1;
-                total
-                    .first_error
-                    .get_or_insert(format!("worker panicked: {err}"));
-            }
-        }
+        outcomes.push(match task.await {
+            Ok(outcome) => outcome,
+            Err(err) => RequestOutcome::failed(format!("worker panicked: {err}")),
+        });
     }
+    let mut total = RequestOutcome::sum(outcomes);
     total.elapsed = started.elapsed();
     total
 }
@@ -727,45 +746,30 @@ async fn request_worker(
     deadline: Instant,
     connection_use: ConnectionUse,
 ) -> RequestOutcome {
-    let mut outcome = RequestOutcome {
-        completed: 0,
-        errors: 0,
-        first_error: None,
-        connections_opened: 0,
-        elapsed: Duration::ZERO,
-        latency_us: new_histogram(),
-        tls: None,
-    };
+    let mut outcome = RequestOutcome::empty();
     let close = connection_use == ConnectionUse::NewPerRequest;
-    let mut connection: Option<HttpConnection> = None;
+    let mut connection: Option<GetConnection<Connection>> = None;
     let mut attempt = worker;
     while Instant::now() < deadline {
         let started = Instant::now();
         let result = async {
             if connection.is_none() {
                 attempt += 1;
-                let (http, info) = target.open_http(attempt).await?;
+                let (io, info) = target.connect(attempt).await?;
                 outcome.connections_opened += 1;
                 if outcome.tls.is_none() {
                     outcome.tls = info;
                 }
-                connection = Some(http);
+                connection = Some(GetConnection::new(io, &path, "*/*", close));
             }
             let http = connection.as_mut().ok_or("no connection")?;
-            let response = http.get(&path, "*/*", close).await?;
-            let status = response.status();
-            let server_closes = response
-                .headers()
-                .get(header::CONNECTION)
-                .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"close"));
-            tokio::time::timeout(RESPONSE_TIMEOUT, response.into_body().collect())
+            let answer = tokio::time::timeout(RESPONSE_TIMEOUT, http.get())
                 .await
-                .map_err(|_| "response body timed out".to_string())?
-                .map_err(|e| format!("response body: {e}"))?;
-            if status != StatusCode::OK {
-                return Err(format!("status {status}"));
+                .map_err(|_| "no response in time".to_string())??;
+            if answer.status != 200 {
+                return Err(format!("status {}", answer.status));
             }
-            Ok::<bool, String>(server_closes)
+            Ok::<bool, String>(answer.closes)
         }
         .await;
         match result {

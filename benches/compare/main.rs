@@ -8,10 +8,12 @@
 //! `-- --only fanout --peers ssegate,nginx` runs pieces; `-- --help` lists all.
 //!
 //! Modules: `upstream` (the event publisher and static upstream, a child
-//! process), `loadgen` (TLS clients and event counting), `peers` (starting and
+//! process), `loadgen` (TLS clients and event counting), `http_get` (the
+//! request/response client), `peers` (starting and
 //! configuring the proxies), `scenarios` (what is measured), `report`
 //! (markdown, SVG, JSON), `sys` (/proc, rlimits, the shared clock).
 
+mod http_get;
 mod loadgen;
 mod peers;
 mod report;
