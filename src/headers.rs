@@ -1,4 +1,7 @@
-//! Header rewriting, as small pure functions over `HeaderMap`.
+//! Header rewriting, as small pure functions: over `HeaderMap` for the
+//! requests hyper serves, and the same rules over raw header names and
+//! values for the lean path (`lean_h1`, `upstream::dedicated`), which
+//! rewrites heads byte for byte.
 
 use std::net::IpAddr;
 
@@ -25,12 +28,42 @@ fn is_fixed_hop_by_hop(name: &HeaderName) -> bool {
         || name.as_str().starts_with("proxy-")
 }
 
+/// `is_fixed_hop_by_hop` for a raw header name, in any case.
+pub fn is_fixed_hop_by_hop_name(name: &[u8]) -> bool {
+    const FIXED: [&[u8]; 6] = [
+        b"connection",
+        b"keep-alive",
+        b"te",
+        b"trailer",
+        b"transfer-encoding",
+        b"upgrade",
+    ];
+    FIXED.iter().any(|fixed| name.eq_ignore_ascii_case(fixed))
+        || name
+            .get(..6)
+            .is_some_and(|prefix| prefix.eq_ignore_ascii_case(b"proxy-"))
+}
+
 /// The elements of a comma-separated header value (RFC 9110 §5.6.1), trimmed.
 pub fn list_elements(value: &HeaderValue) -> impl DoubleEndedIterator<Item = &[u8]> {
-    value
-        .as_bytes()
-        .split(|&b| b == b',')
-        .map(<[u8]>::trim_ascii)
+    raw_list_elements(value.as_bytes())
+}
+
+/// `list_elements` of a raw header value.
+pub fn raw_list_elements(value: &[u8]) -> impl DoubleEndedIterator<Item = &[u8]> {
+    value.split(|&b| b == b',').map(<[u8]>::trim_ascii)
+}
+
+/// Whether one of the `Connection` header values names the header `name`
+/// (which makes it hop-by-hop).
+pub fn named_in_connection<'a>(
+    connection_values: impl IntoIterator<Item = &'a [u8]>,
+    name: &[u8],
+) -> bool {
+    connection_values
+        .into_iter()
+        .flat_map(raw_list_elements)
+        .any(|token| token.eq_ignore_ascii_case(name))
 }
 
 /// Removes hop-by-hop headers, including every header that `Connection` names.
@@ -60,13 +93,11 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
 /// client asked for.
 pub fn add_forwarded(headers: &mut HeaderMap, client_ip: IpAddr, host: Option<&HeaderValue>) {
     let mut chain = Vec::with_capacity(64);
-    if let Some(prior) = headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
-        if !prior.trim().is_empty() {
-            chain.extend_from_slice(prior.as_bytes());
-            chain.extend_from_slice(b", ");
-        }
-    }
-    push_ip(&mut chain, client_ip);
+    let prior = headers
+        .get_all(&X_FORWARDED_FOR)
+        .iter()
+        .map(|v| v.as_bytes());
+    push_forwarded_for(&mut chain, prior, client_ip);
     // Both parts are visible ASCII, so this cannot fail; if it ever did, the
     // header is dropped rather than forwarded wrong.
     match HeaderValue::from_maybe_shared(Bytes::from(chain)) {
@@ -82,6 +113,28 @@ pub fn add_forwarded(headers: &mut HeaderMap, client_ip: IpAddr, host: Option<&H
             headers.remove(&X_FORWARDED_HOST);
         }
     }
+}
+
+/// Writes the `X-Forwarded-For` value: the chain of the prior values (several
+/// header lines are one list), then `client_ip`. Prior values that are not
+/// visible ASCII are left out, as a header value must not carry them.
+pub fn push_forwarded_for<'a>(
+    out: &mut Vec<u8>,
+    prior: impl IntoIterator<Item = &'a [u8]>,
+    client_ip: IpAddr,
+) {
+    for value in prior {
+        let value = value.trim_ascii();
+        if !value.is_empty()
+            && value
+                .iter()
+                .all(|&b| b == b'\t' || (b' '..=b'~').contains(&b))
+        {
+            out.extend_from_slice(value);
+            out.extend_from_slice(b", ");
+        }
+    }
+    push_ip(out, client_ip);
 }
 
 /// Writes `ip` as text: IPv4 by hand (this runs for every request; the
@@ -117,21 +170,26 @@ fn push_ip(out: &mut Vec<u8>, ip: IpAddr) {
 pub fn is_event_stream(headers: &HeaderMap) -> bool {
     let sse_content_type = headers
         .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .map(|v| {
-            v.split(';')
-                .next()
-                .unwrap_or("")
-                .trim()
-                .eq_ignore_ascii_case("text/event-stream")
-        })
-        .unwrap_or(false);
+        .is_some_and(|v| is_event_stream_type(v.as_bytes()));
     let no_buffering = headers
         .get(&X_ACCEL_BUFFERING)
-        .and_then(|v| v.to_str().ok())
-        .map(|v| v.trim().eq_ignore_ascii_case("no"))
-        .unwrap_or(false);
+        .is_some_and(|v| asks_no_buffering(v.as_bytes()));
     sse_content_type || no_buffering
+}
+
+/// A `Content-Type` value whose media type is `text/event-stream`.
+pub fn is_event_stream_type(content_type: &[u8]) -> bool {
+    content_type
+        .split(|&b| b == b';')
+        .next()
+        .unwrap_or_default()
+        .trim_ascii()
+        .eq_ignore_ascii_case(b"text/event-stream")
+}
+
+/// An `X-Accel-Buffering` value that switches buffering off.
+pub fn asks_no_buffering(value: &[u8]) -> bool {
+    value.trim_ascii().eq_ignore_ascii_case(b"no")
 }
 
 /// A header map from a head parsed by httparse out of `buf`. The values are

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use http::header::{self, HeaderValue};
-use http::{Request, Response, Version};
+use http::{Method, Request, Response, Version};
 use http_body::Body;
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full};
@@ -15,10 +15,11 @@ use tokio_util::sync::CancellationToken;
 use crate::config::{Config, MAX_REQUEST_HEADER_BYTES};
 use crate::error::{error_chain, BoxError, ProxyError};
 use crate::headers;
+use crate::lean_h1::LeanRequest;
 use crate::sse::hub::{Hub, HubSettings};
 use crate::sse::{AccessLog, BodyKind, Outcome, RelayBody, RelaySettings};
 use crate::upstream::affine::{AffineBody, AffineSlot, IdleUpstreams};
-use crate::upstream::dedicated::{self, DedicatedBody};
+use crate::upstream::dedicated::{self, ResponseHead};
 use crate::upstream::{self, UpstreamPool};
 
 /// Body type of every response ssegate sends.
@@ -118,9 +119,14 @@ impl Proxy {
         conn: ConnInfo,
         transport: Transport,
     ) -> Response<ProxyBody> {
-        let mut response = self.respond(req, conn, transport).await;
+        let response = self.respond(req, conn, transport).await;
+        self.with_hsts(response)
+    }
+
+    /// Adds `Strict-Transport-Security` if configured; an upstream's own
+    /// policy wins.
+    fn with_hsts(&self, mut response: Response<ProxyBody>) -> Response<ProxyBody> {
         if let Some(hsts) = &self.config.hsts {
-            // An upstream's own policy wins.
             response
                 .headers_mut()
                 .entry(header::STRICT_TRANSPORT_SECURITY)
@@ -150,11 +156,67 @@ impl Proxy {
             Transport::Affine(slot) => {
                 self.relay(self.forward_affine(req, &conn, &slot).await, access)
             }
-            Transport::AffineByHand(slot) => {
-                self.relay(self.forward_by_hand(req, &conn, &slot).await, access)
-            }
-            Transport::Dedicated => self.relay(self.forward_dedicated(req, &conn).await, access),
         }
+    }
+
+    /// The `--upstream` URL's path, prefixed to every request path.
+    pub fn upstream_base_path(&self) -> &str {
+        &self.config.upstream.base_path
+    }
+
+    /// Whether `path` is served as a shared stream.
+    pub fn is_shared(&self, path: &str) -> bool {
+        self.hub.is_shared(path)
+    }
+
+    /// Forwards a plain GET from the lean path, whose head `lean_h1` has
+    /// already rewritten for the upstream, over `transport`, and gets the
+    /// response head filtered byte for byte (see `upstream::dedicated`): the
+    /// bulk of traffic builds no header map. Errors become responses, as in
+    /// `handle_over`.
+    pub async fn forward_lean(
+        &self,
+        request: LeanRequest,
+        conn: &ConnInfo,
+        transport: LeanTransport,
+    ) -> LeanResponse {
+        let mut access = AccessLog::new(conn.peer, Method::GET, request.target, Version::HTTP_11);
+        let head = match request.upstream_head {
+            Ok(head) => head,
+            Err(err) => return LeanResponse::Other(self.with_hsts(failed(&err, access))),
+        };
+        let upstream = &self.config.upstream.authority;
+        let connect_timeout = self.config.timeouts.connect;
+        let exchange = async {
+            match transport {
+                LeanTransport::Affine(slot) => {
+                    slot.send_bodiless(&head, upstream, connect_timeout).await
+                }
+                LeanTransport::Dedicated => dedicated::send(upstream, head, connect_timeout).await,
+            }
+        };
+        let timeout = self.config.timeouts.request;
+        let (mut head, body) = match tokio::time::timeout(timeout, exchange).await {
+            Ok(Ok(response)) => response,
+            Ok(Err(err)) => return LeanResponse::Other(self.with_hsts(failed(&err, access))),
+            Err(_) => {
+                let err = ProxyError::UpstreamTimeout(timeout);
+                return LeanResponse::Other(self.with_hsts(failed(&err, access)));
+            }
+        };
+        access.status = head.status;
+        if let (Some(hsts), false) = (&self.config.hsts, head.has_hsts) {
+            // An upstream's own policy wins.
+            head.push_header(b"strict-transport-security", hsts.as_bytes());
+        }
+        let kind = if head.event_stream {
+            BodyKind::EventStream
+        } else {
+            BodyKind::Ordinary
+        };
+        let settings = self.relay_settings(kind);
+        let body = RelayBody::new(body, settings, &self.shutdown, access).boxed();
+        LeanResponse::Relayed { head, body }
     }
 
     /// Wraps an upstream response body for its way to the client, or turns
@@ -253,31 +315,6 @@ impl Proxy {
             .await
     }
 
-    /// Like `forward_affine`, driving the connection by hand (bodiless
-    /// requests only: the body is not sent).
-    async fn forward_by_hand<B: RequestBody>(
-        &self,
-        req: Request<B>,
-        conn: &ConnInfo,
-        slot: &Arc<AffineSlot>,
-    ) -> Result<(Response<DedicatedBody>, BodyKind), ProxyError> {
-        let (parts, _) = self.upstream_request(req, conn)?.into_parts();
-        self.response_head(slot.send_bodiless(&parts, self.config.timeouts.connect))
-            .await
-    }
-
-    /// Like `forward`, over a connection of the request's own (bodiless
-    /// requests only: the body is not sent).
-    async fn forward_dedicated<B: RequestBody>(
-        &self,
-        req: Request<B>,
-        conn: &ConnInfo,
-    ) -> Result<(Response<DedicatedBody>, BodyKind), ProxyError> {
-        let (parts, _) = self.upstream_request(req, conn)?.into_parts();
-        self.response_head(dedicated::send(&parts, self.config.timeouts.connect))
-            .await
-    }
-
     /// Waits up to the request timeout for `exchange` to bring the upstream's
     /// response head, then prepares the response for the client.
     async fn response_head<B>(
@@ -357,12 +394,26 @@ pub enum Transport {
     /// The client connection's own upstream connection, driven by the task
     /// that serves the client (HTTP/1.1 clients: one request at a time).
     Affine(Arc<AffineSlot>),
-    /// The same connection, driven by hand instead of by hyper's client
-    /// (bodiless GETs on the lean path).
-    AffineByHand(Arc<AffineSlot>),
+}
+
+/// How a plain GET from the lean path reaches the upstream, over a
+/// connection driven by hand.
+#[derive(Debug, Clone)]
+pub enum LeanTransport {
+    /// The client connection's own upstream connection (see `Transport::Affine`).
+    Affine(Arc<AffineSlot>),
     /// A new connection of the request's own, holding no buffer while the
-    /// response is idle (bodiless EventSource requests on the lean path).
+    /// response is idle (EventSource requests).
     Dedicated,
+}
+
+/// What the lean path gets back for a plain GET.
+pub enum LeanResponse {
+    /// The upstream's response: its head, filtered for the client, and its
+    /// body on its way there.
+    Relayed { head: ResponseHead, body: ProxyBody },
+    /// A response of the proxy's own (an error).
+    Other(Response<ProxyBody>),
 }
 
 /// What the proxy knows of the connection a request came on.

@@ -8,9 +8,12 @@
 //! written by a small writer that holds no buffer between writes: an
 //! EventSource request over an upstream connection of its own, any other
 //! over the client connection's own upstream keep-alive connection, driven
-//! by hand. The first other request, together with the bytes already read
-//! and that upstream connection, is handed to hyper, which serves the rest
-//! of the connection.
+//! by hand. Both heads are rewritten byte for byte, by the rules `headers`
+//! applies to header maps elsewhere: the request head in `request`, the
+//! response head in `upstream::dedicated`, so a plain GET builds no header
+//! map, URI or `Request` (shared streams aside). The first other request,
+//! together with the bytes already read and that upstream connection, is
+//! handed to hyper, which serves the rest of the connection.
 
 mod request;
 mod response;
@@ -25,14 +28,16 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
+use futures_util::future::Either;
 use http_body::{Body, Frame};
 use http_body_util::{BodyExt, Empty};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 
 use crate::error::BoxError;
-use crate::proxy::{ConnInfo, Proxy, ProxyBody, Transport};
+use crate::proxy::{ConnInfo, LeanResponse, LeanTransport, Proxy, ProxyBody, Transport};
 use crate::upstream::affine::AffineSlot;
-use request::Sniffed;
+pub use request::LeanRequest;
+use request::{Forwarding, Sniffed};
 use response::{Framing, WireBytes};
 pub use rewind::Rewind;
 
@@ -164,8 +169,14 @@ where
     } = client;
     Box::pin(async move {
         let mut buf = received;
+        let forwarding = Forwarding {
+            base_path: proxy.upstream_base_path(),
+            client_ip: conn.peer.ip(),
+            client_subject: conn.client_subject.as_deref(),
+        };
+        let read_head = read_head(io, &mut buf, &forwarding);
         let read = tokio::select! {
-            read = tokio::time::timeout(*header_read_timeout, read_head(io, &mut buf)) => read,
+            read = tokio::time::timeout(*header_read_timeout, read_head) => read,
             // A connection without a request yet does not hold up a drain.
             () = proxy.shutdown_token().cancelled() => return Head::Closed,
         };
@@ -181,36 +192,54 @@ where
                 return Head::Closed;
             }
         };
-        let Sniffed::Lean {
-            request,
-            head_len,
-            keep_alive,
-            event_source,
-        } = sniffed
-        else {
+        let Sniffed::Lean(request) = sniffed else {
             return Head::ForHyper(buf.freeze());
+        };
+        // A shared stream's subscriber: the hub takes requests as `Request`s
+        // (a subscription is made once, not per event).
+        let shared = if proxy.is_shared(request.path()) {
+            match request::http_request(&buf) {
+                Some(shared) => Some(shared.map(|()| Empty::<Bytes>::new())),
+                // Not expected (`sniff` checked what a `Request` needs), but
+                // hyper would judge it the same way.
+                None => return Head::ForHyper(buf.freeze()),
+            }
+        } else {
+            None
         };
         // Whatever followed the head is the client's next request. Copied
         // (it is usually empty), so the head's buffer is freed, not kept alive.
-        let mut pipelined = BytesMut::from(&buf[head_len..]);
+        let mut pipelined = BytesMut::from(&buf[request.head_len..]);
         drop(buf);
+        let keep_alive = request.keep_alive;
 
-        // An event stream holds its upstream connection for as long as
-        // it lasts, so it gets one of its own.
-        let transport = if event_source {
-            Transport::Dedicated
-        } else {
-            let slot = slot.get_or_insert_with(|| proxy.affine_slot(*worker));
-            Transport::AffineByHand(slot.clone())
+        let forwarding = match shared {
+            Some(shared) => Either::Left(async move {
+                let response = proxy.handle_over(shared, conn.clone(), Transport::Pooled);
+                LeanResponse::Other(response.await)
+            }),
+            None => {
+                // An event stream holds its upstream connection for as long
+                // as it lasts, so it gets one of its own.
+                let transport = if request.event_source {
+                    LeanTransport::Dedicated
+                } else {
+                    let slot = slot.get_or_insert_with(|| proxy.affine_slot(*worker));
+                    LeanTransport::Affine(slot.clone())
+                };
+                Either::Right(proxy.forward_lean(request, conn, transport))
+            }
         };
-        let request = (*request).map(|()| Empty::<Bytes>::new());
-        let forwarding = pin!(proxy.handle_over(request, conn.clone(), transport));
+        let forwarding = pin!(forwarding);
         // A client that leaves before the response head cancels the upstream request.
         let Some(response) = until_client_leaves(io, forwarding, &mut pipelined).await else {
             return Head::Closed;
         };
         let close = !keep_alive || proxy.shutdown_token().is_cancelled();
-        let (out, framing, body) = response::encode(response, close);
+        let (out, framing, body) = match response {
+            LeanResponse::Relayed { head, body } => response::encode_relayed(head, body, close),
+            LeanResponse::Other(response) => response::encode(response, close),
+        };
         Head::Ready(Box::new(HeadReady {
             out,
             framing,
@@ -302,10 +331,11 @@ fn read_pipelined<'a, IO: AsyncRead + Unpin>(
 async fn read_head<IO: AsyncRead + Unpin>(
     io: &mut IO,
     buf: &mut BytesMut,
+    forwarding: &Forwarding<'_>,
 ) -> io::Result<Option<Sniffed>> {
     loop {
         if !buf.is_empty() {
-            match request::sniff(buf) {
+            match request::sniff(buf, forwarding) {
                 Sniffed::Partial => {}
                 sniffed => return Ok(Some(sniffed)),
             }

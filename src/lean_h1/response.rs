@@ -7,6 +7,7 @@ use http::{Response, StatusCode};
 use http_body::{Body, Frame, SizeHint};
 
 use crate::error::BoxError;
+use crate::upstream::dedicated::ResponseHead;
 
 /// How the body is delimited on the wire.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -41,6 +42,22 @@ pub fn encode<B: Body>(response: Response<B>, close: bool) -> (Vec<u8>, Framing,
     (encode_head(&parts, framing, close), framing, body)
 }
 
+/// The same for a response relayed from the upstream, whose head comes
+/// filtered already (`ResponseHead::lines`). Room is made for a small body,
+/// which then leaves in the same write.
+pub fn encode_relayed<B: Body>(head: ResponseHead, body: B, close: bool) -> (Vec<u8>, Framing, B) {
+    let framing = Framing::for_response(head.status, &body.size_hint());
+    let mut out = head.lines;
+    finish_head(&mut out, head.has_date, framing, close);
+    if let Framing::Length(len) = framing {
+        out.reserve(len.min(SMALL_BODY) as usize);
+    }
+    (out, framing, body)
+}
+
+/// A body up to this size is written with its head in one buffer.
+const SMALL_BODY: u64 = 16 * 1024;
+
 /// The status line and header section. Framing and connection headers are
 /// the writer's own; hop-by-hop headers were stripped by the proxy already.
 pub fn encode_head(parts: &Parts, framing: Framing, close: bool) -> Vec<u8> {
@@ -65,22 +82,41 @@ pub fn encode_head(parts: &Parts, framing: Framing, close: bool) -> Vec<u8> {
         }
         push_header(&mut head, name.as_str(), value.as_bytes());
     }
-    if !parts.headers.contains_key(header::DATE) {
+    let has_date = parts.headers.contains_key(header::DATE);
+    finish_head(&mut head, has_date, framing, close);
+    head
+}
+
+/// Ends a head: `Date` if there is none yet, the framing and connection
+/// headers, and the empty line.
+fn finish_head(head: &mut Vec<u8>, has_date: bool, framing: Framing, close: bool) {
+    if !has_date {
         let now = httpdate::fmt_http_date(std::time::SystemTime::now());
-        push_header(&mut head, "date", now.as_bytes());
+        push_header(head, "date", now.as_bytes());
     }
     match framing {
         Framing::NoBody => {}
-        Framing::Length(len) => {
-            push_header(&mut head, "content-length", len.to_string().as_bytes())
-        }
-        Framing::Chunked => push_header(&mut head, "transfer-encoding", b"chunked"),
+        Framing::Length(len) => push_header(head, "content-length", decimal(len, &mut [0; 20])),
+        Framing::Chunked => push_header(head, "transfer-encoding", b"chunked"),
     }
     if close {
-        push_header(&mut head, "connection", b"close");
+        push_header(head, "connection", b"close");
     }
     head.extend_from_slice(b"\r\n");
-    head
+}
+
+/// `n` in decimal (this runs for every response; the formatting machinery
+/// costs more than the rest of the header).
+fn decimal(mut n: u64, digits: &mut [u8; 20]) -> &[u8] {
+    let mut start = digits.len();
+    loop {
+        start -= 1;
+        digits[start] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            return &digits[start..];
+        }
+    }
 }
 
 fn push_header(head: &mut Vec<u8>, name: &str, value: &[u8]) {

@@ -25,6 +25,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
+use http::uri::Authority;
 use http::{Method, Request, Response};
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
@@ -33,7 +34,7 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
-use super::dedicated::{self, DedicatedBody, ExchangeError};
+use super::dedicated::{self, DedicatedBody, ExchangeError, ResponseHead};
 use super::UpstreamBody;
 use crate::config::UPSTREAM_POOL_IDLE_TIMEOUT;
 use crate::error::{error_chain, ProxyError};
@@ -133,30 +134,31 @@ impl AffineSlot {
         }
     }
 
-    /// Sends a bodiless GET over the slot's connection (a new one if there
-    /// is none), driven by hand, and reads the response head. The connection
-    /// comes back to the slot once the body is read to its end. The
-    /// request's URI is absolute, as the proxy builds it.
+    /// Sends a bodiless GET's `head` (as `lean_h1` writes it) over the
+    /// slot's connection (a new one to `upstream` if there is none), driven
+    /// by hand, and reads the response head. The connection comes back to
+    /// the slot once the body is read to its end.
     pub async fn send_bodiless(
         self: &Arc<Self>,
-        request: &http::request::Parts,
+        head: &[u8],
+        upstream: &Authority,
         connect_timeout: Duration,
-    ) -> Result<Response<DedicatedBody>, ProxyError> {
+    ) -> Result<(ResponseHead, DedicatedBody), ProxyError> {
         let recycle = || Some(Arc::downgrade(self));
         if let Some(tcp) = self.take_raw() {
-            match dedicated::exchange(tcp, request, recycle()).await {
+            match dedicated::exchange(tcp, head, recycle()).await {
                 Ok(response) => return Ok(response),
                 // The upstream closed the idle connection (its keep-alive
-                // timeout) as the request went out: a safe request is sent
-                // again on a new connection, as in `send`.
-                Err(ExchangeError::Unanswered(err)) if is_safe(&request.method) => {
+                // timeout) as the request went out: a GET is sent again on a
+                // new connection, as in `send`.
+                Err(ExchangeError::Unanswered(err)) => {
                     tracing::debug!(error = %err, "reused upstream connection was closed; request sent again");
                 }
                 Err(err) => return Err(err.into()),
             }
         }
-        let tcp = super::connect(&request.uri, connect_timeout).await?;
-        Ok(dedicated::exchange(tcp, request, recycle()).await?)
+        let tcp = super::connect_to(upstream, connect_timeout).await?;
+        Ok(dedicated::exchange(tcp, head, recycle()).await?)
     }
 
     /// The slot's own idle connection, or else a parked one.

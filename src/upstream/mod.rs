@@ -46,6 +46,15 @@ pub(crate) async fn connect(uri: &http::Uri, timeout: Duration) -> Result<TcpStr
     let authority = uri
         .authority()
         .ok_or_else(|| ProxyError::Upstream("request has no upstream authority".into()))?;
+    connect_to(authority, timeout).await
+}
+
+/// Opens a TCP connection to `authority` (port 80 by default) within
+/// `timeout`, with TCP_NODELAY.
+pub(crate) async fn connect_to(
+    authority: &http::uri::Authority,
+    timeout: Duration,
+) -> Result<TcpStream, ProxyError> {
     let addr = (authority.host(), authority.port_u16().unwrap_or(80));
     let tcp = match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
         Ok(Ok(tcp)) => tcp,
