@@ -270,6 +270,18 @@ mod tests {
         assert_eq!(headers["x-forwarded-proto"], "https");
         assert_eq!(headers["x-forwarded-host"], "example.com");
 
+        // Several lines are one list (RFC 9110 §5.3).
+        let mut two = map(&[
+            ("x-forwarded-for", "203.0.113.7"),
+            ("x-forwarded-for", " 198.51.100.2 "),
+            ("x-forwarded-for", ""),
+        ]);
+        add_forwarded(&mut two, "127.0.0.1".parse().unwrap(), None);
+        assert_eq!(
+            two.get_all("x-forwarded-for").iter().collect::<Vec<_>>(),
+            ["203.0.113.7, 198.51.100.2, 127.0.0.1"]
+        );
+
         let mut fresh = HeaderMap::new();
         add_forwarded(&mut fresh, "::1".parse().unwrap(), None);
         assert_eq!(fresh["x-forwarded-for"], "::1");
