@@ -43,20 +43,14 @@ pub fn encode<B: Body>(response: Response<B>, close: bool) -> (Vec<u8>, Framing,
 }
 
 /// The same for a response relayed from the upstream, whose head comes
-/// filtered already (`ResponseHead::lines`). Room is made for a small body,
-/// which then leaves in the same write.
+/// filtered already (`ResponseHead::lines`, with room for a small body,
+/// which then leaves in the same write).
 pub fn encode_relayed<B: Body>(head: ResponseHead, body: B, close: bool) -> (Vec<u8>, Framing, B) {
     let framing = Framing::for_response(head.status, &body.size_hint());
     let mut out = head.lines;
     finish_head(&mut out, head.has_date, framing, close);
-    if let Framing::Length(len) = framing {
-        out.reserve(len.min(SMALL_BODY) as usize);
-    }
     (out, framing, body)
 }
-
-/// A body up to this size is written with its head in one buffer.
-const SMALL_BODY: u64 = 16 * 1024;
 
 /// The status line and header section. Framing and connection headers are
 /// the writer's own; hop-by-hop headers were stripped by the proxy already.

@@ -38,6 +38,8 @@ const MAX_RESPONSE_HEAD: usize = 64 * 1024;
 const MAX_HEADERS: usize = 100;
 /// Bytes read at once from the upstream.
 const READ_SIZE: usize = 8 * 1024;
+/// A body up to this size gets room in the buffer of its response head.
+const SMALL_BODY: u64 = 16 * 1024;
 
 /// Sends a bodiless request `head` (as `lean_h1` writes it) on a new
 /// connection to `upstream` of its own, asking it to close the connection
@@ -202,9 +204,15 @@ fn parse_head(buf: &mut BytesMut) -> Result<Option<(ResponseHead, Framing, bool)
                 .flat_map(raw_list_elements)
                 .any(|token| token.eq_ignore_ascii_case(b"close"));
 
+        // Room for the writer's own headers, and for a small body, which
+        // leaves in the same write as the head.
+        let body_room = match framing {
+            Framing::Length(len) => len.min(SMALL_BODY) as usize,
+            _ => 0,
+        };
         let mut head = ResponseHead {
             status,
-            lines: Vec::with_capacity(head_len + 128),
+            lines: Vec::with_capacity(head_len + 128 + body_room),
             event_stream: false,
             has_date: false,
             has_hsts: false,
