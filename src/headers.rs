@@ -13,22 +13,11 @@ pub static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-
 pub static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 pub static X_CLIENT_CERT_SUBJECT: HeaderName = HeaderName::from_static("x-client-cert-subject");
 pub static X_ACCEL_BUFFERING: HeaderName = HeaderName::from_static("x-accel-buffering");
-static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 
-/// Hop-by-hop headers (RFC 9110 §7.6.1) that never cross the proxy. HTTP/2
-/// forbids them outright, and Express sends `Connection: keep-alive` on every
-/// response, so they must be removed before a response reaches an h2 client.
-fn is_fixed_hop_by_hop(name: &HeaderName) -> bool {
-    name == header::CONNECTION
-        || name == KEEP_ALIVE
-        || name == header::TE
-        || name == header::TRAILER
-        || name == header::TRANSFER_ENCODING
-        || name == header::UPGRADE
-        || name.as_str().starts_with("proxy-")
-}
-
-/// `is_fixed_hop_by_hop` for a raw header name, in any case.
+/// Hop-by-hop headers (RFC 9110 §7.6.1) that never cross the proxy, by name
+/// (in any case). HTTP/2 forbids them outright, and Express sends
+/// `Connection: keep-alive` on every response, so they must be removed
+/// before a response reaches an h2 client.
 pub fn is_fixed_hop_by_hop_name(name: &[u8]) -> bool {
     const FIXED: [&[u8]; 6] = [
         b"connection",
@@ -80,7 +69,7 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
     }
     let fixed: Vec<HeaderName> = headers
         .keys()
-        .filter(|name| is_fixed_hop_by_hop(name))
+        .filter(|name| is_fixed_hop_by_hop_name(name.as_str().as_bytes()))
         .cloned()
         .collect();
     for name in fixed {

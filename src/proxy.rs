@@ -181,28 +181,30 @@ impl Proxy {
         transport: LeanTransport,
     ) -> LeanResponse {
         let mut access = AccessLog::new(conn.peer, Method::GET, request.target, Version::HTTP_11);
-        let head = match request.upstream_head {
-            Ok(head) => head,
+        let exchanged = match request.upstream_head {
+            Err(err) => Err(err),
+            Ok(head) => {
+                let upstream = &self.config.upstream.authority;
+                let connect_timeout = self.config.timeouts.connect;
+                let exchange = async {
+                    match transport {
+                        LeanTransport::Affine(slot) => {
+                            slot.send_bodiless(&head, upstream, connect_timeout).await
+                        }
+                        LeanTransport::Dedicated => {
+                            dedicated::send(upstream, head, connect_timeout).await
+                        }
+                    }
+                };
+                let timeout = self.config.timeouts.request;
+                tokio::time::timeout(timeout, exchange)
+                    .await
+                    .unwrap_or(Err(ProxyError::UpstreamTimeout(timeout)))
+            }
+        };
+        let (mut head, body) = match exchanged {
+            Ok(response) => response,
             Err(err) => return LeanResponse::Other(self.with_hsts(failed(&err, access))),
-        };
-        let upstream = &self.config.upstream.authority;
-        let connect_timeout = self.config.timeouts.connect;
-        let exchange = async {
-            match transport {
-                LeanTransport::Affine(slot) => {
-                    slot.send_bodiless(&head, upstream, connect_timeout).await
-                }
-                LeanTransport::Dedicated => dedicated::send(upstream, head, connect_timeout).await,
-            }
-        };
-        let timeout = self.config.timeouts.request;
-        let (mut head, body) = match tokio::time::timeout(timeout, exchange).await {
-            Ok(Ok(response)) => response,
-            Ok(Err(err)) => return LeanResponse::Other(self.with_hsts(failed(&err, access))),
-            Err(_) => {
-                let err = ProxyError::UpstreamTimeout(timeout);
-                return LeanResponse::Other(self.with_hsts(failed(&err, access)));
-            }
         };
         access.status = head.status;
         if let (Some(hsts), false) = (&self.config.hsts, head.has_hsts) {
@@ -412,7 +414,7 @@ pub enum LeanResponse {
     /// The upstream's response: its head, filtered for the client, and its
     /// body on its way there.
     Relayed { head: ResponseHead, body: ProxyBody },
-    /// A response of the proxy's own (an error).
+    /// Any other response (an error, a shared stream's), as a `Response`.
     Other(Response<ProxyBody>),
 }
 
