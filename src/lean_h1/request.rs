@@ -186,9 +186,12 @@ fn upstream_head(
         push_header(&mut head, name, header.value);
     }
     head.extend_from_slice(b"x-forwarded-for: ");
+    // A chain the client's `Connection` names is hop-by-hop too.
+    let chain_dropped =
+        has_connection && named_in_connection(connection_values(), b"x-forwarded-for");
     let prior = headers
         .iter()
-        .filter(|h| h.name.eq_ignore_ascii_case("x-forwarded-for"))
+        .filter(|h| !chain_dropped && h.name.eq_ignore_ascii_case("x-forwarded-for"))
         .map(|h| h.value);
     headers::push_forwarded_for(&mut head, prior, forwarding.client_ip);
     head.extend_from_slice(b"\r\n");
@@ -350,6 +353,18 @@ mod tests {
              x-forwarded-proto: https\r\n\
              x-forwarded-host: app.example:8443\r\n\
              x-client-cert-subject: CN=client\r\n\r\n"
+        );
+    }
+
+    #[test]
+    fn a_chain_that_connection_names_is_dropped_as_header_maps_drop_it() {
+        let lean = lean(
+            b"GET / HTTP/1.1\r\nHost: a\r\nX-Forwarded-For: 203.0.113.7\r\nConnection: X-Forwarded-For\r\n\r\n",
+        );
+        assert!(
+            upstream_text(&lean).contains("\r\nx-forwarded-for: 127.0.0.1\r\n"),
+            "{}",
+            upstream_text(&lean)
         );
     }
 
