@@ -7,6 +7,7 @@ use std::net::IpAddr;
 
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::StatusCode;
 
 pub static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 pub static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
@@ -41,6 +42,35 @@ pub fn list_elements(value: &HeaderValue) -> impl DoubleEndedIterator<Item = &[u
 /// `list_elements` of a raw header value.
 pub fn raw_list_elements(value: &[u8]) -> impl DoubleEndedIterator<Item = &[u8]> {
     value.split(|&b| b == b',').map(<[u8]>::trim_ascii)
+}
+
+/// The values of the headers named `name` (in any case) in a head parsed by
+/// httparse, in order.
+pub fn raw_values<'h, 'b>(
+    headers: &'h [httparse::Header<'b>],
+    name: &'h str,
+) -> impl DoubleEndedIterator<Item = &'b [u8]> + Clone + 'h {
+    headers
+        .iter()
+        .filter(move |h| h.name.eq_ignore_ascii_case(name))
+        .map(|h| h.value)
+}
+
+/// Writes one header line of an HTTP/1.1 head: `name: value` and CRLF.
+pub fn push_header_line(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+    out.extend_from_slice(name);
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// Writes an HTTP/1.1 status line, with the status's canonical reason.
+pub fn push_status_line(out: &mut Vec<u8>, status: StatusCode) {
+    out.extend_from_slice(b"HTTP/1.1 ");
+    out.extend_from_slice(status.as_str().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(status.canonical_reason().unwrap_or_default().as_bytes());
+    out.extend_from_slice(b"\r\n");
 }
 
 /// Whether one of the `Connection` header values names the header `name`

@@ -13,8 +13,8 @@ use http::{Method, Request, Uri, Version};
 
 use crate::error::ProxyError;
 use crate::headers::{
-    self, is_fixed_hop_by_hop_name, map_from_httparse, named_in_connection, raw_list_elements,
-    same_place,
+    self, is_fixed_hop_by_hop_name, map_from_httparse, named_in_connection, push_header_line,
+    raw_list_elements, raw_values, same_place,
 };
 
 /// Heads larger than this go to hyper, which enforces the real limits
@@ -128,8 +128,8 @@ pub fn sniff(buf: &[u8], forwarding: &Forwarding<'_>) -> Sniffed {
 /// once when it holds only the characters RFC 3986 allows there, else as
 /// the `http` crate reads it (which drops a fragment).
 fn checked_target(target: &str) -> Option<Cow<'_, str>> {
-    let plain = |b: &u8| b.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=:@%/?".contains(b);
-    if target.bytes().all(|b| plain(&b)) {
+    let plain = |b: u8| b.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=:@%/?".contains(&b);
+    if target.bytes().all(plain) {
         return Some(Cow::Borrowed(target));
     }
     let parsed = http::uri::PathAndQuery::try_from(target).ok()?;
@@ -146,17 +146,10 @@ fn upstream_head(
     has_connection: bool,
     forwarding: &Forwarding<'_>,
 ) -> Result<Vec<u8>, ProxyError> {
-    let host = headers
-        .iter()
-        .find(|h| h.name.eq_ignore_ascii_case("host"))
-        .map(|h| h.value)
+    let host = raw_values(headers, "host")
+        .next()
         .ok_or(ProxyError::BadRequest("missing Host"))?;
-    let connection_values = || {
-        headers
-            .iter()
-            .filter(|h| h.name.eq_ignore_ascii_case("connection"))
-            .map(|h| h.value)
-    };
+    let connection_values = raw_values(headers, "connection");
     let proxy_sets = |name: &[u8]| {
         [
             &b"host"[..],
@@ -174,31 +167,28 @@ fn upstream_head(
     head.extend_from_slice(forwarding.base_path.as_bytes());
     head.extend_from_slice(target.as_bytes());
     head.extend_from_slice(b" HTTP/1.1\r\n");
-    push_header(&mut head, b"host", host);
+    push_header_line(&mut head, b"host", host);
     for header in headers {
         let name = header.name.as_bytes();
         if is_fixed_hop_by_hop_name(name)
             || proxy_sets(name)
-            || (has_connection && named_in_connection(connection_values(), name))
+            || (has_connection && named_in_connection(connection_values.clone(), name))
         {
             continue;
         }
-        push_header(&mut head, name, header.value);
+        push_header_line(&mut head, name, header.value);
     }
     head.extend_from_slice(b"x-forwarded-for: ");
     // A chain the client's `Connection` names is hop-by-hop too.
     let chain_dropped =
-        has_connection && named_in_connection(connection_values(), b"x-forwarded-for");
-    let prior = headers
-        .iter()
-        .filter(|h| !chain_dropped && h.name.eq_ignore_ascii_case("x-forwarded-for"))
-        .map(|h| h.value);
+        has_connection && named_in_connection(connection_values, b"x-forwarded-for");
+    let prior = raw_values(headers, "x-forwarded-for").filter(|_| !chain_dropped);
     headers::push_forwarded_for(&mut head, prior, forwarding.client_ip);
     head.extend_from_slice(b"\r\n");
-    push_header(&mut head, b"x-forwarded-proto", b"https");
-    push_header(&mut head, b"x-forwarded-host", host);
+    push_header_line(&mut head, b"x-forwarded-proto", b"https");
+    push_header_line(&mut head, b"x-forwarded-host", host);
     if let Some(subject) = forwarding.client_subject {
-        push_header(
+        push_header_line(
             &mut head,
             headers::X_CLIENT_CERT_SUBJECT.as_str().as_bytes(),
             subject.as_bytes(),
@@ -206,13 +196,6 @@ fn upstream_head(
     }
     head.extend_from_slice(b"\r\n");
     Ok(head)
-}
-
-fn push_header(head: &mut Vec<u8>, name: &[u8], value: &[u8]) {
-    head.extend_from_slice(name);
-    head.extend_from_slice(b": ");
-    head.extend_from_slice(value);
-    head.extend_from_slice(b"\r\n");
 }
 
 /// A lean request's head as a `Request`, for what takes requests that way

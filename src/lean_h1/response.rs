@@ -7,6 +7,7 @@ use http::{Response, StatusCode};
 use http_body::{Body, Frame, SizeHint};
 
 use crate::error::BoxError;
+use crate::headers::{push_header_line, push_status_line};
 use crate::upstream::dedicated::ResponseHead;
 
 /// How the body is delimited on the wire.
@@ -56,17 +57,7 @@ pub fn encode_relayed<B: Body>(head: ResponseHead, body: B, close: bool) -> (Vec
 /// the writer's own; hop-by-hop headers were stripped by the proxy already.
 pub fn encode_head(parts: &Parts, framing: Framing, close: bool) -> Vec<u8> {
     let mut head = Vec::with_capacity(256);
-    head.extend_from_slice(b"HTTP/1.1 ");
-    head.extend_from_slice(parts.status.as_str().as_bytes());
-    head.push(b' ');
-    head.extend_from_slice(
-        parts
-            .status
-            .canonical_reason()
-            .unwrap_or_default()
-            .as_bytes(),
-    );
-    head.extend_from_slice(b"\r\n");
+    push_status_line(&mut head, parts.status);
     for (name, value) in &parts.headers {
         if name == header::CONTENT_LENGTH
             || name == header::TRANSFER_ENCODING
@@ -74,7 +65,7 @@ pub fn encode_head(parts: &Parts, framing: Framing, close: bool) -> Vec<u8> {
         {
             continue;
         }
-        push_header(&mut head, name.as_str(), value.as_bytes());
+        push_header_line(&mut head, name.as_str().as_bytes(), value.as_bytes());
     }
     let has_date = parts.headers.contains_key(header::DATE);
     finish_head(&mut head, has_date, framing, close);
@@ -86,15 +77,17 @@ pub fn encode_head(parts: &Parts, framing: Framing, close: bool) -> Vec<u8> {
 fn finish_head(head: &mut Vec<u8>, has_date: bool, framing: Framing, close: bool) {
     if !has_date {
         let now = httpdate::fmt_http_date(std::time::SystemTime::now());
-        push_header(head, "date", now.as_bytes());
+        push_header_line(head, b"date", now.as_bytes());
     }
     match framing {
         Framing::NoBody => {}
-        Framing::Length(len) => push_header(head, "content-length", decimal(len, &mut [0; 20])),
-        Framing::Chunked => push_header(head, "transfer-encoding", b"chunked"),
+        Framing::Length(len) => {
+            push_header_line(head, b"content-length", decimal(len, &mut [0; 20]))
+        }
+        Framing::Chunked => push_header_line(head, b"transfer-encoding", b"chunked"),
     }
     if close {
-        push_header(head, "connection", b"close");
+        push_header_line(head, b"connection", b"close");
     }
     head.extend_from_slice(b"\r\n");
 }
@@ -111,13 +104,6 @@ fn decimal(mut n: u64, digits: &mut [u8; 20]) -> &[u8] {
             return &digits[start..];
         }
     }
-}
-
-fn push_header(head: &mut Vec<u8>, name: &str, value: &[u8]) {
-    head.extend_from_slice(name.as_bytes());
-    head.extend_from_slice(b": ");
-    head.extend_from_slice(value);
-    head.extend_from_slice(b"\r\n");
 }
 
 /// What to do with the next thing the body yielded.

@@ -29,7 +29,7 @@ use super::decode::{DecodeError, Decoder, Framing};
 use crate::error::ProxyError;
 use crate::headers::{
     asks_no_buffering, is_event_stream_type, is_fixed_hop_by_hop_name, named_in_connection,
-    raw_list_elements,
+    push_header_line, push_status_line, raw_list_elements, raw_values,
 };
 
 /// Largest upstream response head accepted.
@@ -147,15 +147,8 @@ pub struct ResponseHead {
 impl ResponseHead {
     /// Adds a header line.
     pub fn push_header(&mut self, name: &[u8], value: &[u8]) {
-        push_line(&mut self.lines, name, value);
+        push_header_line(&mut self.lines, name, value);
     }
-}
-
-fn push_line(lines: &mut Vec<u8>, name: &[u8], value: &[u8]) {
-    lines.extend_from_slice(name);
-    lines.extend_from_slice(b": ");
-    lines.extend_from_slice(value);
-    lines.extend_from_slice(b"\r\n");
 }
 
 /// Parses a complete final response head off the front of `buf`, with its
@@ -189,18 +182,14 @@ fn parse_head(buf: &mut BytesMut) -> Result<Option<(ResponseHead, Framing, bool)
         }
         let headers = &*parsed.headers;
         let framing = framing(status, headers)?;
-        let connection_values = || {
-            headers
-                .iter()
-                .filter(|h| h.name.eq_ignore_ascii_case("connection"))
-                .map(|h| h.value)
-        };
-        let has_connection = connection_values().next().is_some();
+        let connection_values = raw_values(headers, "connection");
+        let has_connection = connection_values.clone().next().is_some();
         // HTTP/1.1 keeps the connection unless it says otherwise (RFC 9112
         // §9.3); HTTP/1.0 keep-alive is not relied on.
         let reusable = parsed.version == Some(1)
             && framing != Framing::UntilClose
-            && !connection_values()
+            && !connection_values
+                .clone()
                 .flat_map(raw_list_elements)
                 .any(|token| token.eq_ignore_ascii_case(b"close"));
 
@@ -217,17 +206,12 @@ fn parse_head(buf: &mut BytesMut) -> Result<Option<(ResponseHead, Framing, bool)
             has_date: false,
             has_hsts: false,
         };
-        head.lines.extend_from_slice(b"HTTP/1.1 ");
-        head.lines.extend_from_slice(status.as_str().as_bytes());
-        head.lines.push(b' ');
-        let reason = status.canonical_reason().unwrap_or_default();
-        head.lines.extend_from_slice(reason.as_bytes());
-        head.lines.extend_from_slice(b"\r\n");
+        push_status_line(&mut head.lines, status);
         for header in headers {
             let name = header.name.as_bytes();
             if is_fixed_hop_by_hop_name(name)
                 || name.eq_ignore_ascii_case(b"content-length")
-                || (has_connection && named_in_connection(connection_values(), name))
+                || (has_connection && named_in_connection(connection_values.clone(), name))
             {
                 continue;
             }
@@ -241,8 +225,10 @@ fn parse_head(buf: &mut BytesMut) -> Result<Option<(ResponseHead, Framing, bool)
             } else if name.eq_ignore_ascii_case(b"strict-transport-security") {
                 head.has_hsts = true;
             }
-            push_line(&mut head.lines, name, header.value);
+            push_header_line(&mut head.lines, name, header.value);
         }
+        // It borrows `buf`'s headers, which are done with.
+        drop(connection_values);
         let _ = buf.split_to(head_len);
         return Ok(Some((head, framing, reusable)));
     }
@@ -253,11 +239,8 @@ fn framing(status: StatusCode, headers: &[httparse::Header<'_>]) -> Result<Frami
     if status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED {
         return Ok(Framing::Empty);
     }
-    let transfer_encoding = headers
-        .iter()
-        .rfind(|h| h.name.eq_ignore_ascii_case("transfer-encoding"));
-    if let Some(last) = transfer_encoding {
-        let chunked_last = raw_list_elements(last.value)
+    if let Some(last) = raw_values(headers, "transfer-encoding").next_back() {
+        let chunked_last = raw_list_elements(last)
             .next_back()
             .is_some_and(|coding| coding.eq_ignore_ascii_case(b"chunked"));
         return Ok(if chunked_last {
@@ -267,11 +250,8 @@ fn framing(status: StatusCode, headers: &[httparse::Header<'_>]) -> Result<Frami
         });
     }
     let mut length = None;
-    for header in headers
-        .iter()
-        .filter(|h| h.name.eq_ignore_ascii_case("content-length"))
-    {
-        let parsed = std::str::from_utf8(header.value)
+    for value in raw_values(headers, "content-length") {
+        let parsed = std::str::from_utf8(value)
             .ok()
             .and_then(|v| v.trim().parse::<u64>().ok())
             .ok_or_else(|| ProxyError::Upstream("invalid Content-Length".into()))?;
