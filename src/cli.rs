@@ -6,6 +6,13 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
+use crate::defaults;
+
+/// A clap default from a `defaults` duration.
+fn dur(duration: std::time::Duration) -> humantime::Duration {
+    duration.into()
+}
+
 /// A TLS-terminating reverse proxy that relays Server-Sent Events unbuffered.
 ///
 /// Responses with Content-Type text/event-stream (or X-Accel-Buffering: no)
@@ -37,7 +44,7 @@ pub struct ProxyArgs {
         long,
         value_name = "ADDR",
         env = "SSEGATE_LISTEN",
-        default_value = "0.0.0.0:8443"
+        default_value = defaults::LISTEN
     )]
     pub listen: SocketAddr,
 
@@ -68,6 +75,18 @@ pub struct ProxyArgs {
     /// connection stays on the thread that accepted it). Default: one per CPU.
     #[arg(long, value_name = "N", env = "SSEGATE_THREADS")]
     pub threads: Option<NonZeroUsize>,
+
+    /// Largest request header section (then 431) and upstream response
+    /// header section (then 502), in bytes; k and m suffixes (1024-based).
+    #[arg(long, value_name = "SIZE", env = "SSEGATE_MAX_HEADER_SIZE", default_value_t = ByteSize(defaults::MAX_HEADER_SIZE))]
+    pub max_header_size: ByteSize,
+
+    /// Forward request header names that contain underscores. By default
+    /// they are dropped, as nginx does: CGI, WSGI, Rack and PHP backends
+    /// read X_Client_Cert_Subject as X-Client-Cert-Subject, so a client
+    /// could forge headers the proxy sets.
+    #[arg(long, env = "SSEGATE_KEEP_UNDERSCORE_HEADERS")]
+    pub keep_underscore_headers: bool,
 
     #[command(flatten)]
     pub timeouts: TimeoutArgs,
@@ -130,7 +149,7 @@ pub struct StreamArgs {
     pub sse_shared: Vec<String>,
 
     /// Events kept per shared stream for clients that reconnect with Last-Event-ID.
-    #[arg(long, value_name = "N", env = "SSEGATE_SSE_REPLAY", default_value_t = crate::sse::hub::DEFAULT_REPLAY)]
+    #[arg(long, value_name = "N", env = "SSEGATE_SSE_REPLAY", default_value_t = defaults::SSE_REPLAY)]
     pub sse_replay: usize,
 
     /// On shutdown, how long to wait for ordinary requests to finish and event
@@ -139,7 +158,7 @@ pub struct StreamArgs {
         long,
         value_name = "DUR",
         env = "SSEGATE_DRAIN_TIMEOUT",
-        default_value = "30s"
+        default_value_t = dur(defaults::DRAIN_TIMEOUT)
     )]
     pub drain_timeout: humantime::Duration,
 
@@ -157,7 +176,7 @@ pub struct TimeoutArgs {
         long,
         value_name = "DUR",
         env = "SSEGATE_REQUEST_TIMEOUT",
-        default_value = "60s"
+        default_value_t = dur(defaults::REQUEST_TIMEOUT)
     )]
     pub request_timeout: humantime::Duration,
 
@@ -167,7 +186,7 @@ pub struct TimeoutArgs {
         long,
         value_name = "DUR",
         env = "SSEGATE_SSE_IDLE_TIMEOUT",
-        default_value = "1h"
+        default_value_t = dur(defaults::SSE_IDLE_TIMEOUT)
     )]
     pub sse_idle_timeout: humantime::Duration,
 
@@ -176,7 +195,7 @@ pub struct TimeoutArgs {
         long,
         value_name = "DUR",
         env = "SSEGATE_CONNECT_TIMEOUT",
-        default_value = "5s"
+        default_value_t = dur(defaults::CONNECT_TIMEOUT)
     )]
     pub connect_timeout: humantime::Duration,
 
@@ -186,7 +205,7 @@ pub struct TimeoutArgs {
         long,
         value_name = "DUR",
         env = "SSEGATE_HEADER_READ_TIMEOUT",
-        default_value = "10s"
+        default_value_t = dur(defaults::HEADER_READ_TIMEOUT)
     )]
     pub header_read_timeout: humantime::Duration,
 
@@ -195,9 +214,70 @@ pub struct TimeoutArgs {
         long,
         value_name = "DUR",
         env = "SSEGATE_TLS_HANDSHAKE_TIMEOUT",
-        default_value = "10s"
+        default_value_t = dur(defaults::TLS_HANDSHAKE_TIMEOUT)
     )]
     pub tls_handshake_timeout: humantime::Duration,
+
+    /// A client that accepts no bytes of a response for this long (its
+    /// receive window stays full) is disconnected, as nginx's send_timeout.
+    #[arg(
+        long,
+        value_name = "DUR",
+        env = "SSEGATE_SEND_TIMEOUT",
+        default_value_t = dur(defaults::SEND_TIMEOUT)
+    )]
+    pub send_timeout: humantime::Duration,
+}
+
+/// A size in bytes, written as a number with an optional k or m suffix
+/// (1024-based): `65536`, `64k`, `1m`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ByteSize(pub usize);
+
+impl std::str::FromStr for ByteSize {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        let text = text.trim();
+        let (digits, factor) = match text.char_indices().last() {
+            Some((at, 'k' | 'K')) => (&text[..at], 1024),
+            Some((at, 'm' | 'M')) => (&text[..at], 1024 * 1024),
+            _ => (text, 1),
+        };
+        digits
+            .parse::<usize>()
+            .ok()
+            .and_then(|n| n.checked_mul(factor))
+            .filter(|&n| n > 0)
+            .map(ByteSize)
+            .ok_or_else(|| format!("{text:?} is not a size (e.g. 65536, 64k, 1m)"))
+    }
+}
+
+impl std::fmt::Display for ByteSize {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            n if n % (1024 * 1024) == 0 => write!(f, "{}m", n / (1024 * 1024)),
+            n if n % 1024 == 0 => write!(f, "{}k", n / 1024),
+            n => write!(f, "{n}"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_take_k_and_m_suffixes() {
+        assert_eq!("65536".parse::<ByteSize>().unwrap(), ByteSize(65536));
+        assert_eq!("64k".parse::<ByteSize>().unwrap(), ByteSize(65536));
+        assert_eq!("1M".parse::<ByteSize>().unwrap(), ByteSize(1 << 20));
+        for bad in ["", "k", "0", "-1", "1g", "1.5k"] {
+            assert!(bad.parse::<ByteSize>().is_err(), "{bad:?} accepted");
+        }
+        assert_eq!(ByteSize(65536).to_string(), "64k");
+    }
 }
 
 #[derive(Debug, Args)]

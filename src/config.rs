@@ -11,21 +11,8 @@ use http::Uri;
 
 use crate::cli::{ProxyArgs, SecurityArgs, StreamArgs, TimeoutArgs};
 use crate::error::StartError;
-use crate::sse::hub::{DEFAULT_LINGER, DEFAULT_REPLAY, DEFAULT_SUBSCRIBER_QUEUE};
+use crate::defaults;
 use crate::tls::{self, CertPair, CertReloader, CertSource, CertStore, ClientAuth};
-
-pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
-pub const DEFAULT_SSE_IDLE_TIMEOUT: Duration = Duration::from_secs(60 * 60);
-pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
-pub const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
-pub const DEFAULT_TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-/// How long an unused upstream keep-alive connection stays in the pool.
-pub const UPSTREAM_POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
-/// Request header sections larger than this get 431. Browsers send a few kB;
-/// nginx's default limit is 8 kB per line and 32 kB in all.
-pub const MAX_REQUEST_HEADER_BYTES: usize = 64 * 1024;
-/// How long shutdown waits for open connections before exiting anyway.
-pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 
 #[derive(Debug, Clone)]
 pub struct Timeouts {
@@ -34,18 +21,21 @@ pub struct Timeouts {
     pub connect: Duration,
     pub header_read: Duration,
     pub tls_handshake: Duration,
+    /// A client that takes no bytes of a response for this long is cut.
+    pub send: Duration,
     pub drain: Duration,
 }
 
 impl Default for Timeouts {
     fn default() -> Self {
         Timeouts {
-            request: DEFAULT_REQUEST_TIMEOUT,
-            sse_idle: DEFAULT_SSE_IDLE_TIMEOUT,
-            connect: DEFAULT_CONNECT_TIMEOUT,
-            header_read: DEFAULT_HEADER_READ_TIMEOUT,
-            tls_handshake: DEFAULT_TLS_HANDSHAKE_TIMEOUT,
-            drain: DEFAULT_DRAIN_TIMEOUT,
+            request: defaults::REQUEST_TIMEOUT,
+            sse_idle: defaults::SSE_IDLE_TIMEOUT,
+            connect: defaults::CONNECT_TIMEOUT,
+            header_read: defaults::HEADER_READ_TIMEOUT,
+            tls_handshake: defaults::TLS_HANDSHAKE_TIMEOUT,
+            send: defaults::SEND_TIMEOUT,
+            drain: defaults::DRAIN_TIMEOUT,
         }
     }
 }
@@ -58,6 +48,7 @@ impl From<&TimeoutArgs> for Timeouts {
             connect: args.connect_timeout.into(),
             header_read: args.header_read_timeout.into(),
             tls_handshake: args.tls_handshake_timeout.into(),
+            send: args.send_timeout.into(),
             ..Timeouts::default()
         }
     }
@@ -103,13 +94,11 @@ impl UpstreamUrl {
         })
     }
 
-    /// The upstream URI for a client request's path and query.
-    pub fn join(&self, path_and_query: &str) -> Result<Uri, http::Error> {
-        Uri::builder()
-            .scheme(Scheme::HTTP)
-            .authority(self.authority.clone())
-            .path_and_query(format!("{}{}", self.base_path, path_and_query))
-            .build()
+    /// `host:port` to connect to (port 80 when the URL has none).
+    pub fn address(&self) -> String {
+        let host = self.authority.host();
+        let port = self.authority.port_u16().unwrap_or(80);
+        format!("{host}:{port}")
     }
 }
 
@@ -136,9 +125,9 @@ impl Default for StreamSettings {
             heartbeat: None,
             drain_retry: None,
             shared_prefixes: Vec::new(),
-            replay: DEFAULT_REPLAY,
-            subscriber_queue: DEFAULT_SUBSCRIBER_QUEUE,
-            linger: DEFAULT_LINGER,
+            replay: defaults::SSE_REPLAY,
+            subscriber_queue: defaults::SSE_SUBSCRIBER_QUEUE,
+            linger: defaults::SSE_LINGER,
         }
     }
 }
@@ -179,11 +168,7 @@ pub fn hsts_max_age(duration: Duration) -> u64 {
 }
 
 /// The `Strict-Transport-Security` value for `--hsts` and its modifiers.
-pub fn hsts_header(
-    max_age: Duration,
-    include_subdomains: bool,
-    preload: bool,
-) -> http::HeaderValue {
+pub fn hsts_header(max_age: Duration, include_subdomains: bool, preload: bool) -> bytes::Bytes {
     let mut value = format!("max-age={}", hsts_max_age(max_age));
     if include_subdomains {
         value.push_str("; includeSubDomains");
@@ -191,9 +176,7 @@ pub fn hsts_header(
     if preload {
         value.push_str("; preload");
     }
-    // Digits, letters, '=', ';' and spaces only: always a valid header value.
-    http::HeaderValue::from_str(&value)
-        .unwrap_or_else(|_| http::HeaderValue::from_static("max-age=0"))
+    bytes::Bytes::from(value)
 }
 
 #[derive(Clone)]
@@ -206,13 +189,17 @@ pub struct Config {
     /// Reloads the certificates on SIGHUP or file change (None: fixed certificates).
     pub cert_reloader: Option<CertReloader>,
     /// `Strict-Transport-Security` added to responses that lack one.
-    pub hsts: Option<http::HeaderValue>,
+    pub hsts: Option<bytes::Bytes>,
     /// Whether clients may present certificates (then the verified subject is forwarded).
     pub client_auth: bool,
     /// Plain-HTTP listener that redirects everything to https.
     pub redirect_http: Option<SocketAddr>,
     /// Threads serving connections, each with its own event loop.
     pub threads: NonZeroUsize,
+    /// Largest request or response header section (then 431 or 502).
+    pub max_header_size: usize,
+    /// Forward request header names with underscores (dropped by default).
+    pub keep_underscore_headers: bool,
 }
 
 impl std::fmt::Debug for Config {
@@ -240,6 +227,8 @@ impl Config {
             client_auth: false,
             redirect_http: None,
             threads: NonZeroUsize::MIN,
+            max_header_size: defaults::MAX_HEADER_SIZE,
+            keep_underscore_headers: false,
         }
     }
 
@@ -274,6 +263,8 @@ impl Config {
             )
         });
         config.redirect_http = args.security.redirect_http;
+        config.max_header_size = args.max_header_size.0;
+        config.keep_underscore_headers = args.keep_underscore_headers;
         config.threads = args
             .threads
             .unwrap_or_else(|| std::thread::available_parallelism().unwrap_or(NonZeroUsize::MIN));
@@ -334,16 +325,10 @@ mod tests {
     fn upstream_url_with_and_without_base_path() {
         let plain = UpstreamUrl::parse("http://127.0.0.1:3000").unwrap();
         assert_eq!(plain.base_path, "");
-        assert_eq!(
-            plain.join("/stream?x=1").unwrap().to_string(),
-            "http://127.0.0.1:3000/stream?x=1"
-        );
-        let based = UpstreamUrl::parse("http://backend:3000/api/").unwrap();
+        assert_eq!(plain.address(), "127.0.0.1:3000");
+        let based = UpstreamUrl::parse("http://backend/api/").unwrap();
         assert_eq!(based.base_path, "/api");
-        assert_eq!(
-            based.join("/events").unwrap().to_string(),
-            "http://backend:3000/api/events"
-        );
+        assert_eq!(based.address(), "backend:80");
     }
 
     #[test]

@@ -33,12 +33,14 @@ impl StartError {
 }
 
 /// Why one proxied request failed before a response could be relayed.
+/// The variant says which side failed, which decides the status.
 #[derive(Debug, thiserror::Error)]
 pub enum ProxyError {
     /// The upstream refused the connection or could not be reached.
     #[error("upstream unreachable: {0}")]
     UpstreamConnect(String),
-    /// The upstream accepted the request but failed before sending headers.
+    /// The upstream accepted the request but failed before a usable
+    /// response head (closed, reset, malformed or unexpected response).
     #[error("upstream failed: {0}")]
     Upstream(String),
     /// No response headers within `--request-timeout`.
@@ -47,9 +49,18 @@ pub enum ProxyError {
     /// The client's request cannot be forwarded as it is.
     #[error("bad request: {0}")]
     BadRequest(&'static str),
+    /// The client's request body broke off or is malformed.
+    #[error("bad request body: {0}")]
+    ClientBody(String),
+    /// The client stopped sending its request body.
+    #[error("client sent no request body data within {0:?}")]
+    ClientTimeout(std::time::Duration),
     /// The request's header section exceeds the proxy's limit.
     #[error("request headers larger than {0} bytes")]
     HeadersTooLarge(usize),
+    /// A method the proxy does not forward (CONNECT).
+    #[error("method not allowed")]
+    MethodNotAllowed,
 }
 
 impl ProxyError {
@@ -57,19 +68,31 @@ impl ProxyError {
         match self {
             ProxyError::UpstreamConnect(_) | ProxyError::Upstream(_) => StatusCode::BAD_GATEWAY,
             ProxyError::UpstreamTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
-            ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ProxyError::BadRequest(_) | ProxyError::ClientBody(_) => StatusCode::BAD_REQUEST,
+            ProxyError::ClientTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             ProxyError::HeadersTooLarge(_) => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            ProxyError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
         }
     }
 
     /// The short text body sent to the client: status reason only, no internals.
     pub fn client_message(&self) -> &'static str {
-        match self {
-            ProxyError::UpstreamConnect(_) | ProxyError::Upstream(_) => "502 Bad Gateway\n",
-            ProxyError::UpstreamTimeout(_) => "504 Gateway Timeout\n",
-            ProxyError::BadRequest(_) => "400 Bad Request\n",
-            ProxyError::HeadersTooLarge(_) => "431 Request Header Fields Too Large\n",
+        match self.status() {
+            StatusCode::BAD_GATEWAY => "502 Bad Gateway\n",
+            StatusCode::GATEWAY_TIMEOUT => "504 Gateway Timeout\n",
+            StatusCode::REQUEST_TIMEOUT => "408 Request Timeout\n",
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE => {
+                "431 Request Header Fields Too Large\n"
+            }
+            StatusCode::METHOD_NOT_ALLOWED => "405 Method Not Allowed\n",
+            _ => "400 Bad Request\n",
         }
+    }
+
+    /// Whether the client's side failed (its connection then closes after
+    /// the error response), rather than the upstream's.
+    pub fn is_client_error(&self) -> bool {
+        self.status().is_client_error()
     }
 }
 

@@ -4,13 +4,16 @@
 
 pub mod cli;
 pub mod config;
+pub mod conn;
+pub mod defaults;
 pub mod demo;
 pub mod error;
-pub mod headers;
-pub mod lean_h1;
+pub mod http1;
 pub mod listener;
+pub mod message;
 pub mod proxy;
 pub mod redirect;
+pub mod rules;
 pub mod server;
 pub mod sse;
 pub mod tls;

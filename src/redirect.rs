@@ -13,7 +13,7 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::DEFAULT_HEADER_READ_TIMEOUT;
+use crate::defaults::HEADER_READ_TIMEOUT as DEFAULT_HEADER_READ_TIMEOUT;
 
 /// The https URL for a plain-HTTP request, or None without a usable Host.
 pub fn https_location(host: &str, https_port: u16, path_and_query: &str) -> Option<String> {

@@ -14,10 +14,9 @@ use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::header::{self, HeaderValue};
-use http::{Request, StatusCode};
+use http::{Method, StatusCode, Version};
 use http_body::{Body, Frame};
-use http_body_util::{BodyExt, Empty};
+use http_body_util::BodyExt;
 use tokio::sync::broadcast::{self, error::RecvError};
 use tokio::sync::{watch, Notify};
 use tokio::time::Instant;
@@ -25,16 +24,16 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::sync::ReusableBoxFuture;
 
 use super::parser::{EventParser, ParsedEvent};
-use crate::config::UpstreamUrl;
 use crate::error::ProxyError;
-use crate::headers::{self, X_FORWARDED_HOST, X_FORWARDED_PROTO};
-use crate::upstream::UpstreamPool;
+use crate::http1::Framing;
+use crate::message::{Fields, RequestHead};
+use crate::rules::{self, Forwarding};
+use crate::upstream::{NoBody, ResponseBody, Upstream, UpstreamRequest};
 
 /// Reconnect delay when the upstream has not sent `retry:` (EventSource's usual default).
 const DEFAULT_RETRY: Duration = Duration::from_secs(3);
 /// Longest wait between reconnect attempts after repeated failures.
 const MAX_RECONNECT_BACKOFF: Duration = Duration::from_secs(30);
-static LAST_EVENT_ID: header::HeaderName = header::HeaderName::from_static("last-event-id");
 
 #[derive(Debug, Clone)]
 pub struct HubSettings {
@@ -50,16 +49,9 @@ pub struct HubSettings {
     pub response_timeout: Duration,
     /// Longest upstream silence before the hub reconnects.
     pub idle_timeout: Duration,
+    /// The `--upstream` URL's path, prefixed to every request path.
+    pub base_path: String,
 }
-
-pub const DEFAULT_REPLAY: usize = 1000;
-/// Events a subscriber may fall behind (the shared ring's size). The ring
-/// holds the same events as the replay buffer, so a larger one costs only
-/// its slots (about 56 KiB per stream); at 75,000 events/s it gives a
-/// subscriber 14 ms of stall before it is dropped, where 256 events (3 ms,
-/// a scheduler time slice) dropped healthy clients of a busy machine.
-pub const DEFAULT_SUBSCRIBER_QUEUE: usize = 1024;
-pub const DEFAULT_LINGER: Duration = Duration::from_secs(5);
 
 /// Counters per shared stream, for tests now and metrics later.
 #[derive(Debug, Default)]
@@ -237,23 +229,16 @@ impl SharedStream {
 /// All shared streams of one proxy.
 pub struct Hub {
     settings: HubSettings,
-    upstream: UpstreamUrl,
-    pool: UpstreamPool,
+    upstream: Arc<Upstream>,
     shutdown: CancellationToken,
     streams: Mutex<HashMap<String, Arc<SharedStream>>>,
 }
 
 impl Hub {
-    pub fn new(
-        settings: HubSettings,
-        upstream: UpstreamUrl,
-        pool: UpstreamPool,
-        shutdown: CancellationToken,
-    ) -> Arc<Self> {
+    pub fn new(settings: HubSettings, upstream: Arc<Upstream>, shutdown: CancellationToken) -> Arc<Self> {
         Arc::new(Hub {
             settings,
             upstream,
-            pool,
             shutdown,
             streams: Mutex::new(HashMap::new()),
         })
@@ -288,13 +273,16 @@ impl Hub {
         self.streams().len()
     }
 
-    /// Joins (or opens) the shared stream for `path_and_query`. Waits for the
-    /// upstream's response headers when the stream is new.
+    /// Joins (or opens) the shared stream for `path_and_query`, asked for
+    /// under `host`, from serving thread `worker` (whose upstream pool a new
+    /// stream uses). Waits for the upstream's response headers when the
+    /// stream is new.
     pub async fn subscribe(
         self: &Arc<Self>,
         path_and_query: &str,
-        host: Option<HeaderValue>,
+        host: String,
         last_event_id: Option<&str>,
+        worker: usize,
     ) -> Result<Subscription, ProxyError> {
         let (stream, initial, rx) = {
             let mut streams = self.streams();
@@ -309,7 +297,7 @@ impl Hub {
                         stats: StreamStats::default(),
                     });
                     streams.insert(path_and_query.to_owned(), stream.clone());
-                    tokio::spawn(self.clone().run_upstream(stream.clone(), host));
+                    tokio::spawn(self.clone().run_upstream(stream.clone(), host, worker));
                     stream
                 }
             };
@@ -369,73 +357,75 @@ impl Hub {
         stream.close_subscribers();
     }
 
-    fn upstream_request(
-        &self,
-        stream: &SharedStream,
-        host: Option<&HeaderValue>,
-    ) -> Result<Request<crate::upstream::UpstreamBody>, http::Error> {
-        // A fresh header set: nothing of any one client, and never its
-        // Authorization or Cookie, reaches a stream that everyone shares.
-        let mut request = Request::get(self.upstream.join(&stream.key)?)
-            .header(header::ACCEPT, "text/event-stream")
-            .header(header::CACHE_CONTROL, "no-cache")
-            .header(&X_FORWARDED_PROTO, "https");
-        if let Some(host) = host {
-            request = request
-                .header(header::HOST, host)
-                .header(&X_FORWARDED_HOST, host);
+    /// The stream's upstream request head: a fresh one, by the same rules
+    /// as any request. Nothing of any one client, and never its
+    /// Authorization or Cookie, reaches a stream that everyone shares.
+    fn upstream_head(&self, stream: &SharedStream, host: &str) -> Vec<u8> {
+        let last_id = stream.last_id();
+        let mut fields = Fields::builder();
+        fields
+            .push(b"accept", b"text/event-stream")
+            .push(b"cache-control", b"no-cache");
+        if let Some(id) = &last_id {
+            fields.push(b"last-event-id", id.as_bytes());
         }
-        if let Some(id) = stream.last_id() {
-            request = request.header(&LAST_EVENT_ID, id);
-        }
-        request.body(
-            Empty::new()
-                .map_err(|never: Infallible| match never {})
-                .boxed(),
-        )
+        let head = RequestHead {
+            method: Method::GET,
+            target: stream.key.clone(),
+            authority: None,
+            version: Version::HTTP_11,
+            fields: fields.finish(),
+        };
+        let forwarding = Forwarding {
+            base_path: &self.settings.base_path,
+            client_ip: None,
+            client_subject: None,
+            keep_underscore_headers: false,
+        };
+        let mut out = Vec::with_capacity(256);
+        rules::write_upstream_head(&mut out, &head, host, &forwarding, Framing::None);
+        out
     }
 
     /// The stream's upstream side: connect, relay events into the hub,
     /// reconnect with `Last-Event-ID` when the upstream ends, and stop after
     /// the last subscriber has gone.
-    async fn run_upstream(self: Arc<Self>, stream: Arc<SharedStream>, host: Option<HeaderValue>) {
+    async fn run_upstream(self: Arc<Self>, stream: Arc<SharedStream>, host: String, worker: usize) {
         let mut failures: u32 = 0;
         loop {
-            let request = match self.upstream_request(&stream, host.as_ref()) {
-                Ok(request) => request,
-                Err(err) => {
-                    self.fail(&stream, format!("cannot build upstream request: {err}"));
-                    return;
-                }
+            let request = UpstreamRequest::<NoBody> {
+                method: &Method::GET,
+                head: self.upstream_head(&stream, &host),
+                body: None,
+                framing: Framing::None,
+                resendable: true,
             };
             stream
                 .stats
                 .upstream_requests
                 .fetch_add(1, Ordering::Relaxed);
             let response = tokio::select! {
-                r = tokio::time::timeout(self.settings.response_timeout, self.pool.request(request)) => r,
+                r = self.upstream.send(worker, request) => r,
                 () = self.shutdown.cancelled() => return self.remove(&stream),
             };
             let outcome = match response {
-                Ok(Ok(response))
-                    if response.status() == StatusCode::OK
-                        && headers::is_event_stream(response.headers()) =>
-                {
-                    failures = 0;
-                    stream.status.send_replace(Status::Live);
-                    self.relay(&stream, response.into_body()).await
+                Ok((head, body)) => {
+                    let filtered = rules::filter_response(head, &Method::GET);
+                    if filtered.head.status == StatusCode::OK && filtered.event_stream {
+                        failures = 0;
+                        stream.status.send_replace(Status::Live);
+                        self.relay(&stream, body).await
+                    } else {
+                        // The backend does not (or no longer) serve this stream.
+                        let reason = format!(
+                            "upstream answered {} without an event stream",
+                            filtered.head.status
+                        );
+                        self.fail(&stream, reason);
+                        return;
+                    }
                 }
-                Ok(Ok(response)) => {
-                    // The backend does not (or no longer) serve this stream.
-                    let reason = format!(
-                        "upstream answered {} without an event stream",
-                        response.status()
-                    );
-                    self.fail(&stream, reason);
-                    return;
-                }
-                Ok(Err(err)) => RelayEnd::Failed(err.to_string()),
-                Err(_) => RelayEnd::Failed("no response headers in time".to_owned()),
+                Err(err) => RelayEnd::Failed(err.to_string()),
             };
             match outcome {
                 RelayEnd::Unused | RelayEnd::Shutdown => return self.remove(&stream),
@@ -469,7 +459,7 @@ impl Hub {
     }
 
     /// Relays one upstream response into the stream until it ends.
-    async fn relay(&self, stream: &Arc<SharedStream>, mut body: hyper::body::Incoming) -> RelayEnd {
+    async fn relay(&self, stream: &Arc<SharedStream>, mut body: ResponseBody) -> RelayEnd {
         let mut parser = EventParser::new();
         let idle = tokio::time::sleep(self.settings.idle_timeout);
         tokio::pin!(idle);

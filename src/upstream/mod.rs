@@ -1,75 +1,179 @@
-//! Connections toward the upstream: hyper's pool of keep-alive HTTP/1.1
-//! connections for ordinary requests, and a dedicated connection per
-//! EventSource request on the lean path.
+//! The upstream layer: one connection type (HTTP/1.1 over TCP, driven by
+//! `exchange`, its body read by `ResponseBody`) and one pool of keep-alive
+//! connections per serving thread, used by HTTP/1.1 clients, HTTP/2
+//! clients and shared streams alike.
+//!
+//! `Upstream` is one target address. Several targets behind a balancing
+//! policy would sit above it, each with its own `Upstream`.
 
-pub mod affine;
-mod decode;
-pub mod dedicated;
+pub mod body;
+mod exchange;
+mod pool;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http_body_util::combinators::BoxBody;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
-
-use crate::config::UPSTREAM_POOL_IDLE_TIMEOUT;
+use http::Method;
+use http_body::Body;
 use tokio::net::TcpStream;
 
-use crate::error::{BoxError, ProxyError};
+pub use body::ResponseBody;
+use exchange::{exchange, ExchangeError, Exchanged};
+pub use exchange::Limits;
+pub use pool::Pool;
 
-/// Body type of requests sent upstream: the client's streamed body, or none.
-pub type UpstreamBody = BoxBody<Bytes, BoxError>;
+use crate::error::ProxyError;
+use crate::http1::{Decoder, Framing};
+use crate::message::ResponseHead;
 
-/// A pooled HTTP/1.1 client with TCP_NODELAY and a connect timeout.
-pub type UpstreamPool = Client<HttpConnector, UpstreamBody>;
+/// What a client request's body may be: an HTTP/1.1 client's (read from
+/// its connection as the upstream takes it), an HTTP/2 client's, or none.
+pub trait RequestBody: Body<Data = Bytes, Error = ProxyError> + Send + Unpin {}
+impl<B> RequestBody for B where B: Body<Data = Bytes, Error = ProxyError> + Send + Unpin {}
 
-pub fn pool(connect_timeout: Duration) -> UpstreamPool {
-    let mut connector = HttpConnector::new();
-    // Small event writes must not wait for Nagle's algorithm (40-200 ms).
-    connector.set_nodelay(true);
-    connector.set_connect_timeout(Some(connect_timeout));
-    connector.enforce_http(true);
-    Client::builder(TokioExecutor::new())
-        .pool_idle_timeout(UPSTREAM_POOL_IDLE_TIMEOUT)
-        .pool_timer(TokioTimer::new())
-        .timer(TokioTimer::new())
-        // Keep the client's Host header: set below from the client request.
-        .set_host(false)
-        .build(connector)
+/// One upstream address and its idle connections.
+#[derive(Debug)]
+pub struct Upstream {
+    /// `host:port`, to connect to.
+    address: String,
+    connect_timeout: Duration,
+    limits: Limits,
+    /// One pool per serving thread.
+    pools: Vec<Arc<Pool>>,
 }
 
-/// Opens a TCP connection to the authority of `uri` (the absolute URI the
-/// proxy builds; port 80 by default) within `timeout`, with TCP_NODELAY.
-pub(crate) async fn connect(uri: &http::Uri, timeout: Duration) -> Result<TcpStream, ProxyError> {
-    let authority = uri
-        .authority()
-        .ok_or_else(|| ProxyError::Upstream("request has no upstream authority".into()))?;
-    connect_to(authority, timeout).await
+/// How to reach an upstream and how long to wait for it.
+#[derive(Debug, Clone)]
+pub struct UpstreamSettings {
+    pub connect_timeout: Duration,
+    pub limits: Limits,
+    pub max_idle: usize,
+    pub idle_timeout: Duration,
+    pub threads: usize,
 }
 
-/// Opens a TCP connection to `authority` (port 80 by default) within
-/// `timeout`, with TCP_NODELAY.
-pub(crate) async fn connect_to(
-    authority: &http::uri::Authority,
-    timeout: Duration,
-) -> Result<TcpStream, ProxyError> {
-    let addr = (authority.host(), authority.port_u16().unwrap_or(80));
-    let tcp = match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
-        Ok(Ok(tcp)) => tcp,
-        Ok(Err(err)) => {
-            return Err(ProxyError::UpstreamConnect(format!(
-                "tcp connect error: {err}"
-            )))
+/// A request on its way upstream: the head as `rules` wrote it, and the
+/// body with its framing.
+pub struct UpstreamRequest<'a, B> {
+    pub method: &'a Method,
+    pub head: Vec<u8>,
+    pub body: Option<B>,
+    pub framing: Framing,
+    /// The request may be sent again on a new connection if a reused one
+    /// fails before any response byte (see `rules::may_resend`).
+    pub resendable: bool,
+}
+
+impl Upstream {
+    pub fn new(address: String, settings: &UpstreamSettings) -> Self {
+        Upstream {
+            address,
+            connect_timeout: settings.connect_timeout,
+            limits: settings.limits,
+            pools: (0..settings.threads.max(1))
+                .map(|_| Arc::new(Pool::new(settings.max_idle, settings.idle_timeout)))
+                .collect(),
         }
-        Err(_) => {
-            return Err(ProxyError::UpstreamConnect(format!(
-                "tcp connect timed out after {timeout:?}"
-            )))
+    }
+
+    /// The pool of serving thread `worker`.
+    pub fn pool(&self, worker: usize) -> &Arc<Pool> {
+        &self.pools[worker % self.pools.len()]
+    }
+
+    /// Sends `request` from serving thread `worker` and returns the
+    /// response head and body. A reused connection that fails before any
+    /// response byte is retried once on a new connection, if allowed.
+    pub async fn send<B: RequestBody>(
+        &self,
+        worker: usize,
+        mut request: UpstreamRequest<'_, B>,
+    ) -> Result<(ResponseHead, ResponseBody), ProxyError> {
+        let pool = self.pool(worker);
+        if let Some(stream) = pool.take() {
+            let head = if request.resendable {
+                request.head.clone()
+            } else {
+                std::mem::take(&mut request.head)
+            };
+            let body = request.body.take();
+            match exchange(stream, request.method, head, body, request.framing, self.limits).await {
+                Ok(exchanged) => return Ok(self.response(exchanged, pool)),
+                Err(ExchangeError::Unanswered(err)) if request.resendable => {
+                    tracing::debug!(error = %err, "reused upstream connection closed; sending again");
+                }
+                Err(err) => return Err(err.into()),
+            }
         }
-    };
-    // Small event writes must not wait for Nagle's algorithm.
-    let _ = tcp.set_nodelay(true);
-    Ok(tcp)
+        let stream = self.connect().await?;
+        let exchanged = exchange(
+            stream,
+            request.method,
+            request.head,
+            request.body,
+            request.framing,
+            self.limits,
+        )
+        .await?;
+        Ok(self.response(exchanged, pool))
+    }
+
+    fn response(&self, exchanged: Exchanged, pool: &Arc<Pool>) -> (ResponseHead, ResponseBody) {
+        let Exchanged {
+            response,
+            framing,
+            buf,
+            stream,
+            reusable,
+        } = exchanged;
+        let decoder = Decoder::new(framing, self.limits.max_header_size);
+        let recycle = reusable.then(|| pool.clone());
+        (response.head, ResponseBody::new(stream, buf, decoder, recycle))
+    }
+
+    /// A new connection, with TCP_NODELAY, within the connect timeout.
+    async fn connect(&self) -> Result<TcpStream, ProxyError> {
+        let timeout = self.connect_timeout;
+        let tcp = match tokio::time::timeout(timeout, TcpStream::connect(&self.address)).await {
+            Ok(Ok(tcp)) => tcp,
+            Ok(Err(err)) => {
+                return Err(ProxyError::UpstreamConnect(format!(
+                    "tcp connect error: {err}"
+                )))
+            }
+            Err(_) => {
+                return Err(ProxyError::UpstreamConnect(format!(
+                    "tcp connect timed out after {timeout:?}"
+                )))
+            }
+        };
+        // Small event writes must not wait for Nagle's algorithm (40-200 ms).
+        let _ = tcp.set_nodelay(true);
+        Ok(tcp)
+    }
+}
+
+/// The body of a request without one.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct NoBody;
+
+impl Body for NoBody {
+    type Data = Bytes;
+    type Error = ProxyError;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, ProxyError>>> {
+        std::task::Poll::Ready(None)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        true
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        http_body::SizeHint::with_exact(0)
+    }
 }
