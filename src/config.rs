@@ -10,8 +10,8 @@ use http::uri::{Authority, Scheme};
 use http::Uri;
 
 use crate::cli::{ProxyArgs, SecurityArgs, StreamArgs, TimeoutArgs};
-use crate::error::StartError;
 use crate::defaults;
+use crate::error::StartError;
 use crate::tls::{self, CertPair, CertReloader, CertSource, CertStore, ClientAuth};
 
 #[derive(Debug, Clone)]

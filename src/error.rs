@@ -81,9 +81,7 @@ impl ProxyError {
             StatusCode::BAD_GATEWAY => "502 Bad Gateway\n",
             StatusCode::GATEWAY_TIMEOUT => "504 Gateway Timeout\n",
             StatusCode::REQUEST_TIMEOUT => "408 Request Timeout\n",
-            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE => {
-                "431 Request Header Fields Too Large\n"
-            }
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE => "431 Request Header Fields Too Large\n",
             StatusCode::METHOD_NOT_ALLOWED => "405 Method Not Allowed\n",
             _ => "400 Bad Request\n",
         }

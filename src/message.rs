@@ -79,6 +79,15 @@ impl Fields {
         self.spans.is_empty()
     }
 
+    /// The size of the fields as HTTP/1.1 header lines (`name: value` and
+    /// CRLF each), the measure the header size limit applies to.
+    pub fn wire_size(&self) -> usize {
+        self.spans
+            .iter()
+            .map(|span| span.name_len as usize + span.value_len as usize + 4)
+            .sum()
+    }
+
     /// Every field as (name, value), in order.
     pub fn iter(&self) -> impl DoubleEndedIterator<Item = (&[u8], &[u8])> + Clone + '_ {
         self.spans

@@ -47,6 +47,7 @@ pub struct ProxyResponse {
 pub struct Proxy {
     base_path: String,
     keep_underscore_headers: bool,
+    max_header_size: usize,
     hsts: Option<Bytes>,
     upstream: Arc<Upstream>,
     ordinary_relay: Arc<RelaySettings>,
@@ -82,6 +83,7 @@ impl Proxy {
         Arc::new(Proxy {
             base_path: config.upstream.base_path.clone(),
             keep_underscore_headers: config.keep_underscore_headers,
+            max_header_size: config.max_header_size,
             hsts: config.hsts.clone(),
             upstream,
             ordinary_relay: Arc::new(relay_settings(config, BodyKind::Ordinary)),
@@ -124,7 +126,7 @@ impl Proxy {
             head.target.clone(),
             head.version,
         );
-        let host = match rules::check_request(&head) {
+        let host = match rules::check_request(&head, self.max_header_size) {
             Ok(host) => host,
             Err(err) => return self.failed(err, access),
         };

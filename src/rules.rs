@@ -40,7 +40,10 @@ pub struct Forwarding<'a> {
 /// Checks that a client request can be forwarded, and returns the host it
 /// names (RFC 9112 §3.2: an absolute-form target's authority, else `Host`;
 /// RFC 9113 §8.3.1: `:authority`, which a `host` field must agree with).
-pub fn check_request(head: &RequestHead) -> Result<String, ProxyError> {
+pub fn check_request(head: &RequestHead, max_header_size: usize) -> Result<String, ProxyError> {
+    if head.fields.wire_size() > max_header_size {
+        return Err(ProxyError::HeadersTooLarge(max_header_size));
+    }
     if head.method == Method::CONNECT {
         return Err(ProxyError::MethodNotAllowed);
     }
@@ -62,9 +65,9 @@ pub fn check_request(head: &RequestHead) -> Result<String, ProxyError> {
         None => None,
     };
     match (head.authority.as_deref(), host) {
-        (Some(authority), _) if authority.contains('@') => {
-            Err(ProxyError::BadRequest("user information in the request target"))
-        }
+        (Some(authority), _) if authority.contains('@') => Err(ProxyError::BadRequest(
+            "user information in the request target",
+        )),
         (Some(authority), _) if !is_valid_host(authority) => {
             Err(ProxyError::BadRequest("invalid authority"))
         }
@@ -186,7 +189,11 @@ pub fn write_upstream_head(
             for value in head.fields.get_all("x-forwarded-for") {
                 let value = value.trim_ascii();
                 // Only visible ASCII may go on in a header value.
-                if !value.is_empty() && value.iter().all(|&b| b == b'\t' || (b' '..=b'~').contains(&b)) {
+                if !value.is_empty()
+                    && value
+                        .iter()
+                        .all(|&b| b == b'\t' || (b' '..=b'~').contains(&b))
+                {
                     out.extend_from_slice(value);
                     out.extend_from_slice(b", ");
                 }
@@ -206,9 +213,7 @@ pub fn write_upstream_head(
             push_decimal(out, len);
             out.extend_from_slice(b"\r\n");
         }
-        Framing::Chunked | Framing::UntilClose => {
-            push_field(out, b"transfer-encoding", b"chunked")
-        }
+        Framing::Chunked | Framing::UntilClose => push_field(out, b"transfer-encoding", b"chunked"),
         // Methods that define a body say it is empty, as clients do.
         Framing::None if expects_body(&head.method) => push_field(out, b"content-length", b"0"),
         Framing::None => {}
@@ -328,31 +333,56 @@ mod tests {
         }
     }
 
+    fn check_request_(head: &RequestHead) -> Result<String, ProxyError> {
+        check_request(head, 64 * 1024)
+    }
+
+    #[test]
+    fn header_sections_over_the_limit_are_refused() {
+        let head = request(
+            Method::GET,
+            "/",
+            &[("host", "a"), ("x-big", &"x".repeat(100))],
+        );
+        assert!(check_request(&head, 200).is_ok());
+        assert_eq!(
+            check_request(&head, 100).unwrap_err().status(),
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE
+        );
+    }
+
     #[test]
     fn hosts_are_checked() {
-        let host = |value: &str| check_request(&request(Method::GET, "/", &[("Host", value)]));
+        let host = |value: &str| check_request_(&request(Method::GET, "/", &[("Host", value)]));
         assert_eq!(host("example.com").unwrap(), "example.com");
         assert_eq!(host("example.com:8443").unwrap(), "example.com:8443");
         assert_eq!(host("[::1]:8443").unwrap(), "[::1]:8443");
-        for bad in ["a b", "evil.example/x?y", "u@evil.example", "", "[::1", "x:80a"] {
+        for bad in [
+            "a b",
+            "evil.example/x?y",
+            "u@evil.example",
+            "",
+            "[::1",
+            "x:80a",
+        ] {
             assert!(host(bad).is_err(), "{bad:?} accepted");
         }
         let two = request(Method::GET, "/", &[("Host", "a"), ("host", "a")]);
-        assert!(check_request(&two).is_err());
-        assert!(check_request(&request(Method::GET, "/", &[])).is_err());
+        assert!(check_request_(&two).is_err());
+        assert!(check_request_(&request(Method::GET, "/", &[])).is_err());
     }
 
     #[test]
     fn the_authority_wins_but_must_agree_over_http2() {
         let mut head = request(Method::GET, "/", &[("host", "other.example")]);
         head.authority = Some("example.com".into());
-        assert_eq!(check_request(&head).unwrap(), "example.com");
+        assert_eq!(check_request_(&head).unwrap(), "example.com");
         head.version = http::Version::HTTP_2;
-        assert!(check_request(&head).is_err());
+        assert!(check_request_(&head).is_err());
         head.fields = fields(&[("host", "EXAMPLE.com")]);
-        assert_eq!(check_request(&head).unwrap(), "example.com");
+        assert_eq!(check_request_(&head).unwrap(), "example.com");
         head.authority = Some("u@example.com".into());
-        assert!(check_request(&head).is_err());
+        assert!(check_request_(&head).is_err());
     }
 
     #[test]
@@ -360,12 +390,12 @@ mod tests {
         let mut connect = request(Method::CONNECT, "", &[("host", "a:443")]);
         connect.authority = Some("a:443".into());
         assert_eq!(
-            check_request(&connect).unwrap_err().status(),
+            check_request_(&connect).unwrap_err().status(),
             StatusCode::METHOD_NOT_ALLOWED
         );
         let star = request(Method::OPTIONS, "*", &[("host", "a")]);
         assert_eq!(
-            check_request(&star).unwrap_err().status(),
+            check_request_(&star).unwrap_err().status(),
             StatusCode::BAD_REQUEST
         );
     }
@@ -416,8 +446,14 @@ mod tests {
              x-client-cert-subject: CN=alice\r\n\r\n"
         );
         let kept = upstream_head(&head, true, Framing::Chunked);
-        assert!(kept.contains("X_Client_Cert_Subject: CN=mallory\r\n"), "{kept}");
-        assert!(kept.ends_with("transfer-encoding: chunked\r\n\r\n"), "{kept}");
+        assert!(
+            kept.contains("X_Client_Cert_Subject: CN=mallory\r\n"),
+            "{kept}"
+        );
+        assert!(
+            kept.ends_with("transfer-encoding: chunked\r\n\r\n"),
+            "{kept}"
+        );
     }
 
     #[test]
@@ -466,7 +502,10 @@ mod tests {
 
         let buffered = fields(&[("X-Accel-Buffering", " no ")]);
         assert!(is_event_stream(&buffered));
-        assert!(!is_event_stream(&fields(&[("content-type", "text/event-streams")])));
+        assert!(!is_event_stream(&fields(&[(
+            "content-type",
+            "text/event-streams"
+        )])));
     }
 
     #[test]
@@ -476,7 +515,10 @@ mod tests {
             fields: fields(&[]),
         };
         add_hsts(&mut head, Some(b"max-age=1"));
-        assert_eq!(head.fields.get("strict-transport-security"), Some(&b"max-age=1"[..]));
+        assert_eq!(
+            head.fields.get("strict-transport-security"),
+            Some(&b"max-age=1"[..])
+        );
         add_hsts(&mut head, Some(b"max-age=2"));
         assert_eq!(head.fields.get_all("strict-transport-security").count(), 1);
     }

@@ -167,7 +167,10 @@ impl Server {
         if drained.await.is_ok() {
             tracing::info!("all connections closed");
         } else {
-            tracing::warn!(?drain_timeout, "drain timeout reached; closing remaining connections");
+            tracing::warn!(
+                ?drain_timeout,
+                "drain timeout reached; closing remaining connections"
+            );
             tasks.shutdown().await;
         }
     }

@@ -195,12 +195,19 @@ fn help_lists_every_flag_with_its_env_var_and_default() {
     assert!(status.success(), "{status}: {stderr:?}");
     let help = stdout.join("\n");
     let blocks = option_blocks(&help);
-    let expected: [(&str, &str, Option<&str>); 9] = [
+    let expected: [(&str, &str, Option<&str>); 12] = [
         ("--listen", "SSEGATE_LISTEN", Some("0.0.0.0:8443")),
         ("--cert", "SSEGATE_CERT", None),
         ("--key", "SSEGATE_KEY", None),
         ("--upstream", "SSEGATE_UPSTREAM", None),
-        ("--request-timeout", "SSEGATE_REQUEST_TIMEOUT", Some("60s")),
+        ("--request-timeout", "SSEGATE_REQUEST_TIMEOUT", Some("1m")),
+        ("--send-timeout", "SSEGATE_SEND_TIMEOUT", Some("1m")),
+        ("--max-header-size", "SSEGATE_MAX_HEADER_SIZE", Some("64k")),
+        (
+            "--keep-underscore-headers",
+            "SSEGATE_KEEP_UNDERSCORE_HEADERS",
+            None,
+        ),
         ("--sse-idle-timeout", "SSEGATE_SSE_IDLE_TIMEOUT", Some("1h")),
         ("--connect-timeout", "SSEGATE_CONNECT_TIMEOUT", Some("5s")),
         (

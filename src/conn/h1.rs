@@ -41,6 +41,12 @@ const MAX_PIPELINED: usize = 64 * 1024;
 /// Body bytes gathered into one write at most: one full TLS record.
 const MAX_WRITE: usize = 16 * 1024;
 const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
+/// After refusing a request whose rest the client may still be sending,
+/// how long and how much to read before closing: closing with unread
+/// bytes would reset the connection and could destroy the response before
+/// the client reads it (nginx's lingering close).
+const LINGER_TIME: Duration = Duration::from_secs(2);
+const LINGER_BYTES: usize = 1024 * 1024;
 
 /// What an HTTP/1.1 connection needs besides the proxy.
 #[derive(Debug, Clone, Copy)]
@@ -76,6 +82,7 @@ pub fn serve<'a>(
                 no_body,
                 version,
                 mut close,
+                linger,
             } = *exchange;
             close |= proxy.shutdown_token().is_cancelled();
             let written = write_response(io, &mut buf, response, no_body, version, close).await;
@@ -83,6 +90,9 @@ pub fn serve<'a>(
                 Written::Complete if !close => {}
                 Written::Complete => {
                     let _ = close_notify(io).await;
+                    if linger {
+                        let _ = tokio::time::timeout(LINGER_TIME, discard_input(io)).await;
+                    }
                     return;
                 }
                 Written::ClientGone | Written::Cut => return,
@@ -99,6 +109,8 @@ struct Exchange {
     version: Version,
     /// The connection closes after this response.
     close: bool,
+    /// Read what the client still sends before closing (see `LINGER_TIME`).
+    linger: bool,
 }
 
 /// Reads a request and gets its response from the proxy. None: the
@@ -132,7 +144,9 @@ fn next_exchange<'a>(
                 tracing::warn!(peer = %conn.peer, error = %err, "bad request head; connection closed");
                 let err = match err {
                     HeadError::TooLarge(limit) => ProxyError::HeadersTooLarge(limit),
-                    HeadError::TooManyFields => ProxyError::HeadersTooLarge(settings.max_header_size),
+                    HeadError::TooManyFields => {
+                        ProxyError::HeadersTooLarge(settings.max_header_size)
+                    }
                     HeadError::Malformed(reason) => ProxyError::BadRequest(reason),
                 };
                 return Some(refused(proxy, &err));
@@ -149,7 +163,10 @@ fn next_exchange<'a>(
             Ok(framing) => framing,
             Err(err) => {
                 tracing::warn!(peer = %conn.peer, error = %err, "request body framing refused");
-                return Some(refused(proxy, &ProxyError::BadRequest("invalid request body framing")));
+                return Some(refused(
+                    proxy,
+                    &ProxyError::BadRequest("invalid request body framing"),
+                ));
             }
         };
         let version = head.version;
@@ -199,6 +216,7 @@ fn next_exchange<'a>(
             no_body,
             version,
             close,
+            linger: !body_read,
         }))
     })
 }
@@ -210,7 +228,20 @@ fn refused(proxy: &Proxy, err: &ProxyError) -> Box<Exchange> {
         no_body: false,
         version: Version::HTTP_11,
         close: true,
+        linger: true,
     })
+}
+
+/// Reads and drops what the client sends, up to `LINGER_BYTES`, until it closes.
+async fn discard_input(io: &mut ClientIo) {
+    let mut sink = [0u8; 4096];
+    let mut left = LINGER_BYTES;
+    while left > 0 {
+        match io.read(&mut sink).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => left = left.saturating_sub(n),
+        }
+    }
 }
 
 enum ReadError {
@@ -354,7 +385,11 @@ impl Body for ClientBody<'_> {
 
 /// Runs `future` while reading what the client pipelines into `buf`; None
 /// if the client closed (or failed) first.
-async fn until_client_leaves<F>(io: &mut ClientIo, buf: &mut BytesMut, future: F) -> Option<F::Output>
+async fn until_client_leaves<F>(
+    io: &mut ClientIo,
+    buf: &mut BytesMut,
+    future: F,
+) -> Option<F::Output>
 where
     F: Future + Unpin,
 {
@@ -463,7 +498,8 @@ fn write_response<'a>(
             // Events that arrived together leave in one TLS record and one
             // write: a busy stream pays per read from the upstream, not per event.
             if ended.is_none() {
-                ended = poll_fn(|cx| Poll::Ready(add_ready(&mut out, &mut body, delimit, cx))).await;
+                ended =
+                    poll_fn(|cx| Poll::Ready(add_ready(&mut out, &mut body, delimit, cx))).await;
             }
         }
     }
@@ -564,7 +600,10 @@ fn encode_head(head: &ResponseHead, delimit: Delimit, close: bool) -> Vec<u8> {
     clippy::manual_async_fn,
     reason = "an async fn keeps its arguments twice"
 )]
-fn write_last<'a>(io: &'a mut ClientIo, bytes: &'a [u8]) -> impl Future<Output = io::Result<()>> + Send + 'a {
+fn write_last<'a>(
+    io: &'a mut ClientIo,
+    bytes: &'a [u8],
+) -> impl Future<Output = io::Result<()>> + Send + 'a {
     async move {
         // What did not fit the send buffer (usually nothing) goes the
         // ordinary way, and the close_notify with it.
@@ -601,7 +640,10 @@ fn buffer_with_close_notify<'b>(io: &mut ClientIo, bytes: &'b [u8]) -> &'b [u8] 
     clippy::manual_async_fn,
     reason = "an async fn keeps its arguments twice"
 )]
-fn write_flushed<'a, IO>(io: &'a mut IO, bytes: &'a [u8]) -> impl Future<Output = io::Result<()>> + Send + 'a
+fn write_flushed<'a, IO>(
+    io: &'a mut IO,
+    bytes: &'a [u8],
+) -> impl Future<Output = io::Result<()>> + Send + 'a
 where
     IO: AsyncWrite + Unpin + Send,
 {
@@ -629,20 +671,34 @@ mod tests {
 
     #[test]
     fn heads_get_date_framing_and_close() {
-        let dated = [("content-type", "text/event-stream"), ("Date", "Sun, 06 Dec 2026 02:00:00 GMT")];
+        let dated = [
+            ("content-type", "text/event-stream"),
+            ("Date", "Sun, 06 Dec 2026 02:00:00 GMT"),
+        ];
         let out = encode_head(&head(200, &dated), Delimit::Chunked, false);
         assert_eq!(
             String::from_utf8(out).unwrap(),
             "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\nDate: Sun, 06 Dec 2026 02:00:00 GMT\r\ntransfer-encoding: chunked\r\n\r\n"
         );
-        let out = String::from_utf8(encode_head(&head(502, &[]), Delimit::Length(12), true)).unwrap();
-        assert!(out.starts_with("HTTP/1.1 502 Bad Gateway\r\ndate: "), "{out}");
-        assert!(out.ends_with("GMT\r\ncontent-length: 12\r\nconnection: close\r\n\r\n"), "{out}");
+        let out =
+            String::from_utf8(encode_head(&head(502, &[]), Delimit::Length(12), true)).unwrap();
+        assert!(
+            out.starts_with("HTTP/1.1 502 Bad Gateway\r\ndate: "),
+            "{out}"
+        );
+        assert!(
+            out.ends_with("GMT\r\ncontent-length: 12\r\nconnection: close\r\n\r\n"),
+            "{out}"
+        );
     }
 
     #[test]
     fn a_head_response_keeps_the_upstreams_length() {
-        let out = encode_head(&head(200, &[("Content-Length", "42"), ("date", "x")]), Delimit::NoBody, false);
+        let out = encode_head(
+            &head(200, &[("Content-Length", "42"), ("date", "x")]),
+            Delimit::NoBody,
+            false,
+        );
         assert_eq!(
             String::from_utf8(out).unwrap(),
             "HTTP/1.1 200 OK\r\nContent-Length: 42\r\ndate: x\r\n\r\n"

@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
+use bytes::BytesMut;
 use http::header::{HeaderName, HeaderValue, COOKIE};
 use http::{Request, Response, Version};
 use http_body_util::BodyExt;
@@ -31,7 +31,9 @@ const KEEP_ALIVE_TIMEOUT: Duration = Duration::from_secs(20);
 pub fn builder(max_header_size: usize) -> http2::Builder<TokioExecutor> {
     let mut h2 = http2::Builder::new(TokioExecutor::new());
     h2.timer(TokioTimer::new())
-        .max_header_list_size(u32::try_from(max_header_size).unwrap_or(u32::MAX))
+        // Above the proxy's own limit, so an oversized header section
+        // reaches the proxy and gets a 431 with a body, as over HTTP/1.1.
+        .max_header_list_size(u32::try_from(2 * max_header_size).unwrap_or(u32::MAX))
         // Pings find dead peers of idle connections and silent streams.
         .keep_alive_interval(KEEP_ALIVE_INTERVAL)
         .keep_alive_timeout(KEEP_ALIVE_TIMEOUT);
@@ -150,7 +152,7 @@ fn into_response(response: ProxyResponse) -> Response<ProxyBody> {
     for (name, value) in head.fields.iter_shared() {
         let (Ok(name), Ok(value)) = (
             HeaderName::from_bytes(name),
-            HeaderValue::from_maybe_shared(Bytes::from(value)),
+            HeaderValue::from_maybe_shared(value),
         ) else {
             continue;
         };

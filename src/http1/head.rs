@@ -20,7 +20,10 @@ pub enum HeadError {
 
 /// Parses a complete request head off the front of `buf` (which then holds
 /// what follows it). `Ok(None)`: the head is not complete yet.
-pub fn parse_request(buf: &mut BytesMut, max_size: usize) -> Result<Option<RequestHead>, HeadError> {
+pub fn parse_request(
+    buf: &mut BytesMut,
+    max_size: usize,
+) -> Result<Option<RequestHead>, HeadError> {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut parsed = httparse::Request::new(&mut headers);
     let len = match parsed.parse(buf) {
@@ -222,10 +225,7 @@ mod tests {
         assert_eq!(head.version, Version::HTTP_11);
         assert_eq!(
             head.fields.iter().collect::<Vec<_>>(),
-            [
-                (&b"Host"[..], &b"example.com"[..]),
-                (b"X-Case", b"Kept")
-            ]
+            [(&b"Host"[..], &b"example.com"[..]), (b"X-Case", b"Kept")]
         );
         assert_eq!(&buf[..], b"body");
     }
@@ -286,8 +286,7 @@ mod tests {
 
     #[test]
     fn a_response_head() {
-        let mut buf =
-            BytesMut::from(&b"HTTP/1.0 404 Not Found\r\nContent-Length: 2\r\n\r\nhi"[..]);
+        let mut buf = BytesMut::from(&b"HTTP/1.0 404 Not Found\r\nContent-Length: 2\r\n\r\nhi"[..]);
         let parsed = parse_response(&mut buf, 1024).unwrap().unwrap();
         assert_eq!(parsed.head.status, StatusCode::NOT_FOUND);
         assert_eq!(parsed.version, Version::HTTP_10);

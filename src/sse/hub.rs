@@ -235,7 +235,11 @@ pub struct Hub {
 }
 
 impl Hub {
-    pub fn new(settings: HubSettings, upstream: Arc<Upstream>, shutdown: CancellationToken) -> Arc<Self> {
+    pub fn new(
+        settings: HubSettings,
+        upstream: Arc<Upstream>,
+        shutdown: CancellationToken,
+    ) -> Arc<Self> {
         Arc::new(Hub {
             settings,
             upstream,

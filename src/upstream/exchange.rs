@@ -84,8 +84,9 @@ pub async fn exchange<B: RequestBody>(
         race(send, receive, limits.request_timeout).await?
     };
     let response = response?;
-    let (framing, force_close) = response_framing(method, response.head.status, &response.head.fields)
-        .map_err(|err| ExchangeError::Failed(ProxyError::Upstream(err.to_string())))?;
+    let (framing, force_close) =
+        response_framing(method, response.head.status, &response.head.fields)
+            .map_err(|err| ExchangeError::Failed(ProxyError::Upstream(err.to_string())))?;
     let reusable = sent
         && !force_close
         && framing != Framing::UntilClose
@@ -155,15 +156,18 @@ async fn send<B: RequestBody>(
     framing: Framing,
     limits: Limits,
 ) -> Result<(), SendError> {
-    let upstream_failed =
-        |err: std::io::Error| SendError::Upstream(ProxyError::Upstream(format!("write failed: {err}")));
+    let upstream_failed = |err: std::io::Error| {
+        SendError::Upstream(ProxyError::Upstream(format!("write failed: {err}")))
+    };
     let Some(mut body) = body else {
         return write(writer, head, limits).await.map_err(upstream_failed);
     };
     let chunked = framing == Framing::Chunked;
     let mut ended = false;
     // What the body has ready now goes out with the head.
-    while let Poll::Ready(frame) = poll_fn(|cx| Poll::Ready(Pin::new(&mut body).poll_frame(cx))).await {
+    while let Poll::Ready(frame) =
+        poll_fn(|cx| Poll::Ready(Pin::new(&mut body).poll_frame(cx))).await
+    {
         if add_frame(head, frame, chunked).map_err(SendError::Client)? {
             ended = true;
             break;
@@ -234,7 +238,9 @@ async fn receive_head(
     let mut received_any = false;
     loop {
         let parsed = parse_response(buf, max_header_size).map_err(|err| {
-            ExchangeError::Failed(ProxyError::Upstream(format!("invalid response head: {err}")))
+            ExchangeError::Failed(ProxyError::Upstream(format!(
+                "invalid response head: {err}"
+            )))
         })?;
         if let Some(response) = parsed {
             let status = response.head.status;

@@ -19,8 +19,8 @@ use http_body::Body;
 use tokio::net::TcpStream;
 
 pub use body::ResponseBody;
-use exchange::{exchange, ExchangeError, Exchanged};
 pub use exchange::Limits;
+use exchange::{exchange, ExchangeError, Exchanged};
 pub use pool::Pool;
 
 use crate::error::ProxyError;
@@ -98,7 +98,16 @@ impl Upstream {
                 std::mem::take(&mut request.head)
             };
             let body = request.body.take();
-            match exchange(stream, request.method, head, body, request.framing, self.limits).await {
+            match exchange(
+                stream,
+                request.method,
+                head,
+                body,
+                request.framing,
+                self.limits,
+            )
+            .await
+            {
                 Ok(exchanged) => return Ok(self.response(exchanged, pool)),
                 Err(ExchangeError::Unanswered(err)) if request.resendable => {
                     tracing::debug!(error = %err, "reused upstream connection closed; sending again");
@@ -129,7 +138,10 @@ impl Upstream {
         } = exchanged;
         let decoder = Decoder::new(framing, self.limits.max_header_size);
         let recycle = reusable.then(|| pool.clone());
-        (response.head, ResponseBody::new(stream, buf, decoder, recycle))
+        (
+            response.head,
+            ResponseBody::new(stream, buf, decoder, recycle),
+        )
     }
 
     /// A new connection, with TCP_NODELAY, within the connect timeout.
@@ -175,5 +187,111 @@ impl Body for NoBody {
 
     fn size_hint(&self) -> http_body::SizeHint {
         http_body::SizeHint::with_exact(0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::BodyExt;
+    use std::pin::Pin;
+    use std::task::Poll;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpListener;
+
+    fn settings() -> UpstreamSettings {
+        UpstreamSettings {
+            connect_timeout: Duration::from_secs(5),
+            limits: Limits {
+                request_timeout: Duration::from_secs(5),
+                max_header_size: 64 * 1024,
+            },
+            max_idle: 4,
+            idle_timeout: Duration::from_secs(60),
+            threads: 1,
+        }
+    }
+
+    async fn read_head(tcp: &mut TcpStream) -> Vec<u8> {
+        let mut head = Vec::new();
+        while !head.ends_with(b"\r\n\r\n") {
+            head.push(tcp.read_u8().await.unwrap());
+        }
+        head
+    }
+
+    #[tokio::test]
+    async fn an_event_stream_waiting_for_its_next_event_holds_no_read_buffer() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let served = tokio::spawn(async move {
+            let (mut tcp, _) = listener.accept().await.unwrap();
+            let head = read_head(&mut tcp).await;
+            // Head, one event and the chunk's CRLF in one write, as Node sends them.
+            tcp.write_all(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\nD\r\ndata: first\n\n\r\n")
+                .await
+                .unwrap();
+            (tcp, head)
+        });
+        let upstream = Upstream::new(addr.to_string(), &settings());
+        let request = UpstreamRequest::<NoBody> {
+            method: &Method::GET,
+            head: b"GET /events HTTP/1.1\r\nhost: example.com\r\n\r\n".to_vec(),
+            body: None,
+            framing: Framing::None,
+            resendable: true,
+        };
+        let (head, mut body) = upstream.send(0, request).await.unwrap();
+        assert_eq!(head.status, http::StatusCode::OK);
+        let event = body.frame().await.unwrap().unwrap().into_data().unwrap();
+        assert_eq!(event, "data: first\n\n");
+        drop(event);
+        let waiting =
+            std::future::poll_fn(|cx| Poll::Ready(Pin::new(&mut body).poll_frame(cx).is_pending()))
+                .await;
+        assert!(waiting, "no second event was sent");
+        assert_eq!(body.buffer_capacity(), 0, "idle body keeps a read buffer");
+        let (_tcp, sent) = served.await.unwrap();
+        assert_eq!(sent, b"GET /events HTTP/1.1\r\nhost: example.com\r\n\r\n");
+    }
+
+    #[tokio::test]
+    async fn a_reused_connection_closed_by_the_upstream_is_retried_once_on_a_new_one() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let served = tokio::spawn(async move {
+            // First connection: one answer, then a close that the proxy only
+            // learns of when it writes the next request.
+            let (mut first, _) = listener.accept().await.unwrap();
+            read_head(&mut first).await;
+            first
+                .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\n\r\none")
+                .await
+                .unwrap();
+            let second_request = read_head(&mut first).await;
+            drop(first);
+            let (mut second, _) = listener.accept().await.unwrap();
+            let resent = read_head(&mut second).await;
+            second
+                .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\n\r\ntwo")
+                .await
+                .unwrap();
+            (second_request, resent)
+        });
+        let upstream = Upstream::new(addr.to_string(), &settings());
+        let get = |path: &str| UpstreamRequest::<NoBody> {
+            method: &Method::GET,
+            head: format!("GET {path} HTTP/1.1\r\nhost: a\r\n\r\n").into_bytes(),
+            body: None,
+            framing: Framing::None,
+            resendable: true,
+        };
+        let (_, body) = upstream.send(0, get("/one")).await.unwrap();
+        assert_eq!(body.collect().await.unwrap().to_bytes(), "one");
+        assert_eq!(upstream.pool(0).len(), 1, "kept after a complete body");
+        let (_, body) = upstream.send(0, get("/two")).await.unwrap();
+        assert_eq!(body.collect().await.unwrap().to_bytes(), "two");
+        let (second_request, resent) = served.await.unwrap();
+        assert_eq!(second_request, resent);
     }
 }

@@ -33,7 +33,9 @@ impl Pool {
 
     fn idle(&self) -> MutexGuard<'_, Vec<Idle>> {
         // A panic elsewhere cannot leave a list of sockets inconsistent.
-        self.idle.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.idle
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// The most recently used idle connection that is still open, if any.
@@ -100,7 +102,9 @@ mod tests {
     use tokio::net::TcpListener;
 
     async fn pair(listener: &TcpListener) -> (TcpStream, TcpStream) {
-        let client = TcpStream::connect(listener.local_addr().unwrap()).await.unwrap();
+        let client = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
         let (server, _) = listener.accept().await.unwrap();
         (client, server)
     }
