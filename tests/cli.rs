@@ -6,12 +6,10 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::Path;
 use std::process::{Command, ExitStatus};
-use std::sync::mpsc::{self, Receiver};
-use std::thread;
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -71,54 +69,12 @@ fn proxy_cmd_on(listen: &str, cert: &Path, key: &Path, upstream: &str) -> Comman
     cmd
 }
 
-/// A plain-HTTP upstream on a thread: answers every request with `body`
-/// and reports each request line it saw.
-struct TinyUpstream {
-    addr: SocketAddr,
-    requests: Receiver<String>,
-}
-
-fn tiny_upstream(body: &'static str) -> TinyUpstream {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("upstream binds");
-    let addr = listener.local_addr().expect("upstream addr");
-    let (tx, requests) = mpsc::channel();
-    thread::spawn(move || {
-        for stream in listener.incoming() {
-            let Ok(stream) = stream else { continue };
-            let tx = tx.clone();
-            thread::spawn(move || serve_tiny(stream, body, tx));
-        }
-    });
-    TinyUpstream { addr, requests }
-}
-
-fn serve_tiny(stream: TcpStream, body: &str, tx: mpsc::Sender<String>) -> Option<()> {
-    stream.set_read_timeout(Some(LIMIT)).ok()?;
-    let mut reader = BufReader::new(stream.try_clone().ok()?);
-    let mut writer = stream;
-    loop {
-        let mut request_line = String::new();
-        if reader.read_line(&mut request_line).ok()? == 0 {
-            return Some(());
-        }
-        loop {
-            let mut header = String::new();
-            if reader.read_line(&mut header).ok()? == 0 {
-                return Some(());
-            }
-            if header == "\r\n" || header == "\n" {
-                break;
-            }
-        }
-        tx.send(request_line.trim_end().to_owned()).ok();
-        write!(
-            writer,
-            "HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: {}\r\n\r\n{body}",
-            body.len()
-        )
-        .ok()?;
-        writer.flush().ok()?;
-    }
+/// The test upstream on a runtime of its own (these tests have none),
+/// answering every request with `body`.
+fn tiny_upstream(body: &'static str) -> BackgroundUpstream {
+    TestUpstream::builder()
+        .otherwise(Reply::text(body))
+        .start_in_background()
 }
 
 /// A TLS connection with rustls (ALPN http/1.1), trusting only `ca` and
@@ -438,7 +394,7 @@ fn listen_address_in_use_is_one_clear_line() {
 
 #[test]
 fn listens_on_the_real_port_serves_tls_and_exits_0_on_sigterm() {
-    let upstream = tiny_upstream("hello from upstream\n");
+    let mut upstream = tiny_upstream("hello from upstream\n");
     let mut proxy = Running::spawn(proxy_cmd(
         &dev_cert_path(),
         &dev_key_path(),
@@ -452,11 +408,8 @@ fn listens_on_the_real_port_serves_tls_and_exits_0_on_sigterm() {
     let (status, body) = https_get(addr, &dev_cert_path(), "/hello?x=1");
     assert!(status.starts_with("HTTP/1.1 200"), "{status}");
     assert_eq!(body, "hello from upstream\n");
-    let seen = upstream
-        .requests
-        .recv_timeout(LIMIT)
-        .expect("upstream saw the request");
-    assert_eq!(seen, "GET /hello?x=1 HTTP/1.1");
+    let seen = upstream.next_request();
+    assert_eq!(seen.start_line(), "GET /hello?x=1 HTTP/1.1");
     // Log lines are buffered, but the access line must come out while the
     // proxy runs on, not when it exits.
     let access = proxy.wait_stderr_line("path=/hello", LIMIT);
@@ -522,7 +475,7 @@ fn flags_come_from_ssegate_env_vars() {
         ssegate::tls::generate_self_signed(&["localhost".to_owned()], 2).expect("generate cert");
     let cert = dir.write("env-cert.pem", cert_pem);
     let key = dir.write("env-key.pem", key_pem);
-    let upstream = tiny_upstream("configured by environment\n");
+    let mut upstream = tiny_upstream("configured by environment\n");
 
     let mut cmd = ssegate_command();
     cmd.env("SSEGATE_LISTEN", "127.0.0.1:0")
@@ -539,9 +492,10 @@ fn flags_come_from_ssegate_env_vars() {
     let (status, body) = https_get(addr, &cert, "/events");
     assert!(status.starts_with("HTTP/1.1 200"), "{status}");
     assert_eq!(body, "configured by environment\n");
-    let seen = upstream.requests.recv_timeout(LIMIT).expect("request");
+    let seen = upstream.next_request();
     assert_eq!(
-        seen, "GET /base/events HTTP/1.1",
+        seen.start_line(),
+        "GET /base/events HTTP/1.1",
         "SSEGATE_UPSTREAM base path"
     );
 

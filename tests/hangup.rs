@@ -3,39 +3,31 @@
 
 mod common;
 
-use std::net::SocketAddr;
 use std::time::Duration;
 
 use common::*;
 use http::Version;
 use hyper_util::rt::TokioIo;
-use tokio::net::TcpListener;
-use tokio::sync::{mpsc, oneshot};
 
 /// How soon the upstream request must end after the client hangs up.
 const HANGUP_LIMIT: Duration = Duration::from_secs(1);
 
-/// The next request the upstream receives, which must be for `path`.
-async fn next_stream(
-    streams: &mut mpsc::UnboundedReceiver<UpstreamStream>,
-    path: &str,
-) -> UpstreamStream {
-    let stream = tokio::time::timeout(Duration::from_secs(5), streams.recv())
+/// An upstream whose every request opens an event stream the test feeds.
+async fn event_upstream() -> TestUpstream {
+    TestUpstream::builder()
+        .otherwise(Reply::event_stream())
+        .start()
         .await
-        .expect("the upstream gets the request")
-        .expect("upstream running");
-    assert_eq!(stream.path_and_query, path);
-    stream
 }
 
 /// Writes one event upstream and checks that the client receives it.
 async fn relay_one(stream: &UpstreamStream, reader: &mut EventReader, id: u64) {
-    let path = stream.path_and_query.as_str();
+    let path = stream.path_and_query();
     assert!(
-        write_event(&stream.tx, id, "tick", &[path]).await,
+        stream.write_event(id, "tick", &[path]).await,
         "{path}: upstream body dropped"
     );
-    let event = reader.next_event(Duration::from_secs(5)).await;
+    let event = reader.next_event(WAIT_LIMIT).await;
     assert_eq!(
         event.map(|e| e.text),
         Some(event_text(id, "tick", path)),
@@ -43,11 +35,11 @@ async fn relay_one(stream: &UpstreamStream, reader: &mut EventReader, id: u64) {
     );
 }
 
-async fn assert_upstream_released(closed: oneshot::Receiver<()>, what: &str) {
+async fn assert_upstream_released(stream: &UpstreamStream, what: &str) {
     let started = tokio::time::Instant::now();
-    let released = tokio::time::timeout(HANGUP_LIMIT, closed).await;
+    let released = tokio::time::timeout(HANGUP_LIMIT, stream.closed()).await;
     assert!(
-        matches!(released, Ok(Ok(()))),
+        released.is_ok(),
         "{what}: the upstream request was still open {:?} after the client hung up",
         started.elapsed()
     );
@@ -57,7 +49,7 @@ async fn assert_upstream_released(closed: oneshot::Receiver<()>, what: &str) {
 
 #[tokio::test]
 async fn client_hangup_ends_upstream_request_over_http1() {
-    let (upstream, mut streams) = controlled_upstream("text/event-stream").await;
+    let mut upstream = event_upstream().await;
     let proxy = spawn_proxy(upstream.addr).await;
 
     // Built by hand rather than with h1_client, to own the connection task.
@@ -72,7 +64,7 @@ async fn client_hangup_ends_upstream_request_over_http1() {
         .await
         .expect("response");
     assert_eq!(response.status(), 200);
-    let mut stream = next_stream(&mut streams, "/events").await;
+    let stream = upstream.next_stream_for("/events").await;
     let mut reader = EventReader::new(response.into_body());
     relay_one(&stream, &mut reader, 1).await;
     assert!(stream.is_open());
@@ -84,12 +76,12 @@ async fn client_hangup_ends_upstream_request_over_http1() {
     let _ = conn_task.await;
 
     // The upstream stays silent: the proxy must notice without writing.
-    assert_upstream_released(stream.closed, "h1 hang-up").await;
+    assert_upstream_released(&stream, "h1 hang-up").await;
 }
 
 #[tokio::test]
 async fn client_stream_reset_ends_upstream_request_over_http2() {
-    let (upstream, mut streams) = controlled_upstream("text/event-stream").await;
+    let mut upstream = event_upstream().await;
     let proxy = spawn_proxy(upstream.addr).await;
     let sender = h2_client(proxy.addr).await;
 
@@ -98,13 +90,13 @@ async fn client_stream_reset_ends_upstream_request_over_http2() {
         .send_request(get("/a", Version::HTTP_2))
         .await
         .expect("response a");
-    let stream_a = next_stream(&mut streams, "/a").await;
+    let stream_a = upstream.next_stream_for("/a").await;
     let response_b = sender
         .clone()
         .send_request(get("/b", Version::HTTP_2))
         .await
         .expect("response b");
-    let mut stream_b = next_stream(&mut streams, "/b").await;
+    let stream_b = upstream.next_stream_for("/b").await;
     let mut reader_a = EventReader::new(response_a.into_body());
     let mut reader_b = EventReader::new(response_b.into_body());
     relay_one(&stream_a, &mut reader_a, 1).await;
@@ -113,7 +105,7 @@ async fn client_stream_reset_ends_upstream_request_over_http2() {
     // Dropping the body resets stream a only (RST_STREAM); the connection
     // stays open.
     drop(reader_a);
-    assert_upstream_released(stream_a.closed, "h2 stream reset").await;
+    assert_upstream_released(&stream_a, "h2 stream reset").await;
 
     // Stream b, on the same connection, carries on.
     assert!(stream_b.is_open(), "stream b was closed too");
@@ -126,7 +118,7 @@ async fn client_stream_reset_ends_upstream_request_over_http2() {
         .await
         .expect("a new stream on the same connection");
     assert_eq!(response_c.status(), 200);
-    let stream_c = next_stream(&mut streams, "/c").await;
+    let stream_c = upstream.next_stream_for("/c").await;
     let mut reader_c = EventReader::new(response_c.into_body());
     relay_one(&stream_c, &mut reader_c, 1).await;
     relay_one(&stream_b, &mut reader_b, 3).await;
@@ -162,38 +154,24 @@ async fn dead_upstream_gives_502_at_once_over_http2() {
     dead_upstream_gives_502(Version::HTTP_2).await;
 }
 
-/// An upstream that reads each request's head and closes the connection
-/// without answering; reports every hang-up.
-async fn hangup_upstream() -> (SocketAddr, mpsc::UnboundedReceiver<()>) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    let (hung_up_tx, hung_up_rx) = mpsc::unbounded_channel();
-    tokio::spawn(async move {
-        while let Ok((tcp, _)) = listener.accept().await {
-            let hung_up_tx = hung_up_tx.clone();
-            tokio::spawn(async move {
-                let mut conn = RawConn::new(tcp);
-                conn.read_head().await;
-                drop(conn);
-                let _ = hung_up_tx.send(());
-            });
-        }
-    });
-    (addr, hung_up_rx)
-}
-
+/// The upstream reads the request's head and closes the connection without
+/// answering.
 async fn upstream_hangup_gives_502(version: Version) {
-    let (upstream, mut hung_up) = hangup_upstream().await;
-    let proxy = spawn_proxy(upstream).await;
-    let response = tokio::time::timeout(
-        Duration::from_secs(5),
-        get_once(proxy.addr, "/events", version),
-    )
-    .await
-    .expect("the proxy answers");
+    let mut upstream = TestUpstream::builder()
+        .otherwise(Reply::close())
+        .start()
+        .await;
+    let proxy = spawn_proxy(upstream.addr).await;
+    let response = tokio::time::timeout(WAIT_LIMIT, get_once(proxy.addr, "/events", version))
+        .await
+        .expect("the proxy answers");
+    let seen = upstream
+        .try_next_request()
+        .expect("the upstream got the request");
+    assert_eq!(seen.target, "/events");
     assert!(
-        hung_up.try_recv().is_ok(),
-        "the upstream got the request and hung up"
+        upstream.conn_closed(seen.conn, WAIT_LIMIT).await,
+        "the upstream hung up"
     );
     assert_plain_error(response, 502).await;
 }

@@ -3,23 +3,16 @@
 
 mod common;
 
-use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use common::*;
 use futures_util::StreamExt;
-use http::{Request, Response, Version};
-use http_body_util::BodyExt;
+use http::{Response, Version};
 use hyper::body::Incoming;
-use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::sync::Notify;
 use tokio::time::Instant;
 use tokio_rustls::client::TlsStream;
 
@@ -80,39 +73,20 @@ async fn proxy_serves(addr: SocketAddr) {
 }
 
 /// An upstream answering "pong" to anything.
-async fn pong_upstream() -> UpstreamHandle {
-    spawn_upstream(|_req| async { Response::new(full_body("pong")) }).await
+async fn pong_upstream() -> TestUpstream {
+    TestUpstream::builder()
+        .otherwise(Reply::body("pong"))
+        .start()
+        .await
 }
 
-/// A plain HTTP/1.1 upstream like `spawn_upstream`, which also counts the TCP
-/// connections it accepted. Answers every request with its path.
-struct CountingUpstream {
-    addr: SocketAddr,
-    accepts: Arc<AtomicUsize>,
-    _accepting: UpstreamHandle,
-}
-
-async fn counting_upstream() -> CountingUpstream {
-    let accepts = Arc::new(AtomicUsize::new(0));
-    let counter = accepts.clone();
-    let accepting = accept_loop(move |tcp| {
-        counter.fetch_add(1, Ordering::SeqCst);
-        async move {
-            let service = service_fn(|req: Request<Incoming>| async move {
-                let path = req.uri().path().to_owned();
-                Ok::<_, Infallible>(Response::new(full_body(path)))
-            });
-            let _ = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(tcp), service)
-                .await;
-        }
-    })
-    .await;
-    CountingUpstream {
-        addr: accepting.addr,
-        accepts,
-        _accepting: accepting,
-    }
+/// An upstream that answers every request with its path (and counts the
+/// TCP connections it accepts, as every `TestUpstream` does).
+async fn path_upstream() -> TestUpstream {
+    TestUpstream::builder()
+        .otherwise(Reply::with(|req| Reply::body(req.path().to_owned())))
+        .start()
+        .await
 }
 
 /// Reads from a raw stream until the peer closes it (EOF or error), or
@@ -148,45 +122,27 @@ async fn read_head(stream: &mut TlsStream<TcpStream>) -> String {
 
 // ---------------------------------------------------------- large bodies
 
-/// Echoes the length and hash of a request body; tells `first_data` once
-/// the first bytes have arrived.
-async fn hashing_upstream(first_data: Arc<Notify>) -> UpstreamHandle {
-    spawn_upstream(move |req: Request<Incoming>| {
-        let first_data = first_data.clone();
-        async move {
-            let mut body = req.into_body();
-            let mut received = Vec::with_capacity(UPLOAD_LEN);
-            while let Some(frame) = body.frame().await {
-                let Ok(frame) = frame else {
-                    return Response::builder()
-                        .status(500)
-                        .body(full_body("upload broken"))
-                        .unwrap();
-                };
-                if let Some(data) = frame.data_ref() {
-                    if received.is_empty() && !data.is_empty() {
-                        first_data.notify_one();
-                    }
-                    received.extend_from_slice(data);
-                }
-            }
-            let text = format!("{} {:016x}", received.len(), fnv1a(&received));
-            Response::new(full_body(text))
-        }
-    })
-    .await
+/// Echoes the length and hash of a request body.
+async fn hashing_upstream() -> TestUpstream {
+    TestUpstream::builder()
+        .otherwise(Reply::with(|req| {
+            Reply::body(format!("{} {:016x}", req.body.len(), fnv1a(&req.body)))
+        }))
+        .start()
+        .await
 }
 
 async fn upload(version: Version) {
-    let first_data = Arc::new(Notify::new());
-    let upstream = hashing_upstream(first_data.clone()).await;
+    let upstream = hashing_upstream().await;
     let proxy = spawn_proxy(upstream.addr).await;
     let mut client = Client::connect(proxy.addr, version).await;
 
     let data = Bytes::from(pattern(UPLOAD_LEN, 0x5eed_0001));
     let (tx, body, _closed) = channel_body();
     let chunks = data.clone();
-    let writer = tokio::spawn(async move {
+    let upstream_side = &upstream;
+    // Moves the sender in: the body ends when the writer is done.
+    let writer = async move {
         let mut offset = 0;
         while offset < chunks.len() {
             let end = (offset + CHUNK).min(chunks.len());
@@ -196,21 +152,18 @@ async fn upload(version: Version) {
             if offset == 0 {
                 // The body streams through: the upstream sees the first
                 // chunk before the client has sent the rest.
-                tokio::time::timeout(LIMIT, first_data.notified())
-                    .await
-                    .expect("first chunk reached the upstream while the upload was incomplete");
+                upstream_side.body_bytes_at_least(1).await;
             }
             offset = end;
         }
-    });
+    };
     let req = request(version, "POST", "localhost", "/upload")
         .header("content-type", "application/octet-stream")
         .body(body)
         .unwrap();
-    let response = client.send(req).await;
+    let (response, ()) = tokio::join!(client.send(req), writer);
     assert_eq!(response.status(), 200);
     let echoed = body_text(response).await;
-    writer.await.expect("writer");
     assert_eq!(echoed, format!("{} {:016x}", UPLOAD_LEN, fnv1a(&data)));
 }
 
@@ -219,7 +172,7 @@ async fn upload(version: Version) {
 /// 100 fails the test instead of slowing it down).
 #[tokio::test]
 async fn curl_upload_with_expect_100_continue_is_byte_exact_over_http1() {
-    let upstream = hashing_upstream(Arc::new(Notify::new())).await;
+    let upstream = hashing_upstream().await;
     let proxy = spawn_proxy(upstream.addr).await;
     let data = pattern(256 * 1024, 0x5eed_0003);
     let dir = TempDir::new("expect-100");
@@ -256,32 +209,38 @@ async fn upload_of_4_mib_is_byte_exact_over_http2() {
     upload(Version::HTTP_2).await;
 }
 
-/// Streams the 8 MiB pattern in 64 KiB writes, with a Content-Length.
-async fn download_upstream() -> UpstreamHandle {
-    spawn_upstream(|_req| async {
-        let (tx, body, _closed) = channel_body();
-        tokio::spawn(async move {
-            let data = Bytes::from(pattern(DOWNLOAD_LEN, 0x5eed_0002));
-            let mut offset = 0;
-            while offset < data.len() {
-                let end = (offset + CHUNK).min(data.len());
-                if tx.send(data.slice(offset..end)).await.is_err() {
-                    return;
-                }
-                offset = end;
+/// Answers with a Content-Length of 8 MiB; the test writes the body.
+async fn download_upstream() -> TestUpstream {
+    TestUpstream::builder()
+        .otherwise(Reply::stream_head(
+            200,
+            &[
+                ("content-type", "application/octet-stream"),
+                ("content-length", &DOWNLOAD_LEN.to_string()),
+            ],
+        ))
+        .start()
+        .await
+}
+
+/// Writes the 8 MiB pattern into `stream` in 64 KiB writes.
+fn write_download(stream: UpstreamStream) {
+    tokio::spawn(async move {
+        let data = Bytes::from(pattern(DOWNLOAD_LEN, 0x5eed_0002));
+        let mut offset = 0;
+        while offset < data.len() {
+            let end = (offset + CHUNK).min(data.len());
+            if !stream.try_send(data.slice(offset..end)).await {
+                return;
             }
-        });
-        Response::builder()
-            .header("content-type", "application/octet-stream")
-            .header("content-length", DOWNLOAD_LEN)
-            .body(body)
-            .unwrap()
-    })
-    .await
+            offset = end;
+        }
+        stream.end().await;
+    });
 }
 
 async fn download(version: Version) {
-    let upstream = download_upstream().await;
+    let mut upstream = download_upstream().await;
     let proxy = spawn_proxy(upstream.addr).await;
     let mut client = Client::connect(proxy.addr, version).await;
 
@@ -290,13 +249,12 @@ async fn download(version: Version) {
         .unwrap();
     let response = client.send(req).await;
     assert_eq!(response.status(), 200);
+    write_download(upstream.next_stream().await);
     assert_eq!(
         response.headers()["content-length"],
         DOWNLOAD_LEN.to_string().as_str()
     );
-    let body = tokio::time::timeout(Duration::from_secs(20), read_body(response.into_body()))
-        .await
-        .expect("download in time");
+    let body = read_body_within(response.into_body(), Duration::from_secs(20)).await;
     assert_same_bytes(&body, &pattern(DOWNLOAD_LEN, 0x5eed_0002), "download");
 }
 
@@ -314,7 +272,7 @@ async fn download_of_8_mib_is_byte_exact_over_http2() {
 
 #[tokio::test]
 async fn keep_alive_on_both_sides() {
-    let upstream = counting_upstream().await;
+    let upstream = path_upstream().await;
     let proxy = spawn_proxy(upstream.addr).await;
     let mut client = Client::connect(proxy.addr, Version::HTTP_11).await;
 
@@ -329,7 +287,7 @@ async fn keep_alive_on_both_sides() {
         assert_eq!(body_text(response).await, path);
     }
     assert_eq!(
-        upstream.accepts.load(Ordering::SeqCst),
+        upstream.accepts(),
         1,
         "the proxy reuses its pooled upstream connection"
     );
@@ -337,7 +295,7 @@ async fn keep_alive_on_both_sides() {
 
 #[tokio::test]
 async fn client_connections_on_one_thread_share_its_pooled_upstream_connection() {
-    let upstream = counting_upstream().await;
+    let upstream = path_upstream().await;
     let proxy = spawn_proxy(upstream.addr).await;
     let mut first = Client::connect(proxy.addr, Version::HTTP_11).await;
     let mut second = Client::connect(proxy.addr, Version::HTTP_11).await;
@@ -350,7 +308,7 @@ async fn client_connections_on_one_thread_share_its_pooled_upstream_connection()
         }
     }
     assert_eq!(
-        upstream.accepts.load(Ordering::SeqCst),
+        upstream.accepts(),
         1,
         "requests taking turns use one pooled upstream connection"
     );
@@ -358,11 +316,11 @@ async fn client_connections_on_one_thread_share_its_pooled_upstream_connection()
 
 #[tokio::test]
 async fn a_new_client_connection_takes_the_upstream_connection_a_closed_one_left() {
-    let upstream = counting_upstream().await;
+    let upstream = path_upstream().await;
     let proxy = spawn_proxy(upstream.addr).await;
     one_request_per_connection(proxy.addr, 3).await;
     assert_eq!(
-        upstream.accepts.load(Ordering::SeqCst),
+        upstream.accepts(),
         1,
         "the upstream connection outlives each client connection"
     );
@@ -370,7 +328,7 @@ async fn a_new_client_connection_takes_the_upstream_connection_a_closed_one_left
 
 #[tokio::test]
 async fn a_parked_upstream_connection_stays_with_its_serving_thread() {
-    let upstream = counting_upstream().await;
+    let upstream = path_upstream().await;
     let mut config = proxy_config(upstream.addr);
     config.threads = 2.try_into().unwrap();
     let proxy = spawn_proxy_with(config).await;
@@ -379,7 +337,7 @@ async fn a_parked_upstream_connection_stays_with_its_serving_thread() {
     // 1 on thread 1 needs one of its own.
     one_request_per_connection(proxy.addr, 3).await;
     assert_eq!(
-        upstream.accepts.load(Ordering::SeqCst),
+        upstream.accepts(),
         2,
         "one upstream connection per serving thread"
     );
@@ -405,28 +363,21 @@ async fn one_request_per_connection(addr: SocketAddr, count: usize) {
 
 #[tokio::test]
 async fn an_upstream_connection_closed_while_idle_is_replaced_without_an_error() {
-    let mut upstream = RawUpstream::start().await;
+    let mut upstream = path_upstream().await;
     let proxy = spawn_proxy(upstream.addr).await;
     let mut client = Client::connect(proxy.addr, Version::HTTP_11).await;
-    for path in ["/one", "/two", "/three"] {
-        // Each request arrives on a new upstream connection, which answers it
-        // as keep-alive ...
-        let answer = async {
-            let mut conn = upstream.next().await;
-            assert_eq!(conn.request.start_line, format!("GET {path} HTTP/1.1"));
-            let response = format!(
-                "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{path}",
-                path.len()
-            );
-            conn.write(response.as_bytes()).await;
-            conn
-        };
-        let (response, conn) = tokio::join!(client.get(path), answer);
+    for (i, path) in ["/one", "/two", "/three"].into_iter().enumerate() {
+        // Each request arrives on a new upstream connection, which answers
+        // it as keep-alive ...
+        let response = client.get(path).await;
         assert_eq!(response.status(), 200, "{path}");
         assert_eq!(body_text(response).await, path);
-        // ... and, once the proxy holds it idle, closes it unannounced, as an
-        // upstream's idle timeout does.
-        drop(conn);
+        let seen = upstream.next_request().await;
+        assert_eq!(seen.start_line(), format!("GET {path} HTTP/1.1"));
+        assert_eq!((seen.conn, seen.seq), (i + 1, 1), "{path}");
+        // ... and, once the proxy holds it idle, closes it unannounced, as
+        // an upstream's idle timeout does.
+        upstream.close_conn(seen.conn).await;
     }
 }
 

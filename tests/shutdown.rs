@@ -6,15 +6,13 @@
 
 mod common;
 
-use std::net::SocketAddr;
 use std::time::Duration;
 
 use bytes::Bytes;
 use common::*;
-use http::{Response, Version};
+use http::Version;
 use http_body_util::BodyExt;
 use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
@@ -38,101 +36,31 @@ fn slow_body() -> Bytes {
 // ---------------------------------------------------------------- upstream
 
 /// An upstream with an event stream under `/events` and `/live` (under
-/// `/live/late` only after `LATE`, reported when the request arrives), a slow
-/// ordinary response under `/slow` (reported when it starts) and a fast one
-/// everywhere else.
-struct Upstream {
-    _handle: UpstreamHandle,
-    addr: SocketAddr,
-    streams: mpsc::UnboundedReceiver<UpstreamStream>,
-    slow_started: mpsc::UnboundedReceiver<()>,
-    late_started: mpsc::UnboundedReceiver<()>,
+/// `/live/late` only after `LATE`), a slow ordinary response under `/slow`
+/// and a fast one everywhere else. Every request is reported on arrival
+/// (`take_request`), before it is answered.
+async fn start_upstream() -> TestUpstream {
+    TestUpstream::builder()
+        .on("/live/late", Reply::event_stream().delayed(LATE))
+        .on("/events", Reply::event_stream())
+        .on("/live*", Reply::event_stream())
+        .on(
+            "/slow",
+            Reply::body(slow_body())
+                .header("content-type", "application/octet-stream")
+                .delayed(SLOW),
+        )
+        .otherwise(Reply::body("fast"))
+        .start()
+        .await
 }
 
-impl Upstream {
-    async fn start() -> Self {
-        let (streams_tx, streams) = mpsc::unbounded_channel();
-        let (slow_tx, slow_started) = mpsc::unbounded_channel();
-        let (late_tx, late_started) = mpsc::unbounded_channel();
-        let handle = spawn_upstream(move |req| {
-            let streams_tx = streams_tx.clone();
-            let slow_tx = slow_tx.clone();
-            let late_tx = late_tx.clone();
-            async move {
-                let path = req.uri().path().to_owned();
-                if path == "/live/late" {
-                    // Response headers only after a while.
-                    let _ = late_tx.send(());
-                    tokio::time::sleep(LATE).await;
-                }
-                if path == "/events" || path.starts_with("/live") {
-                    let (stream, response) = stream_response(&req, "text/event-stream");
-                    let _ = streams_tx.send(stream);
-                    return response;
-                }
-                if path == "/slow" {
-                    let _ = slow_tx.send(());
-                    tokio::time::sleep(SLOW).await;
-                    return Response::builder()
-                        .header("content-type", "application/octet-stream")
-                        .header("content-length", SLOW_BODY_LEN)
-                        .body(full_body(slow_body()))
-                        .expect("response");
-                }
-                Response::new(full_body("fast"))
-            }
-        })
-        .await;
-        Upstream {
-            addr: handle.addr,
-            _handle: handle,
-            streams,
-            slow_started,
-            late_started,
-        }
-    }
-
-    async fn next_stream(&mut self) -> UpstreamStream {
-        tokio::time::timeout(LIMIT, self.streams.recv())
-            .await
-            .expect("the upstream gets the event-stream request")
-            .expect("upstream running")
-    }
-
-    async fn slow_request_started(&mut self) {
-        tokio::time::timeout(LIMIT, self.slow_started.recv())
-            .await
-            .expect("the upstream gets the slow request")
-            .expect("upstream running");
-    }
-
-    async fn late_request_started(&mut self) {
-        tokio::time::timeout(LIMIT, self.late_started.recv())
-            .await
-            .expect("the upstream gets the late request")
-            .expect("upstream running");
-    }
+/// Waits until the upstream has received a request for `path`.
+async fn request_started(upstream: &mut TestUpstream, path: &str) {
+    upstream.take_request(|r| r.target == path).await;
 }
 
 // ---------------------------------------------------------------- helpers
-
-/// Whether a TCP connection to `addr` is refused.
-async fn refused(addr: SocketAddr) -> bool {
-    matches!(
-        tokio::time::timeout(LIMIT, TcpStream::connect(addr)).await,
-        Ok(Err(_))
-    )
-}
-
-/// Polls until connections to `addr` are refused (a closed listener cannot
-/// be awaited from outside).
-async fn until_refused(addr: SocketAddr) {
-    let deadline = Instant::now() + LIMIT;
-    while !refused(addr).await {
-        assert!(Instant::now() < deadline, "the listener is still open");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
 
 const FIRST_EVENT: &str = "id: 1\nevent: tick\ndata: one\n\n";
 
@@ -140,13 +68,13 @@ const FIRST_EVENT: &str = "id: 1\nevent: tick\ndata: one\n\n";
 /// next one, and returns the stream and the client's reader.
 async fn stream_mid_event(
     client: &mut Client,
-    upstream: &mut Upstream,
+    upstream: &mut TestUpstream,
 ) -> (UpstreamStream, RawReader) {
     let response = client.get("/events").await;
     assert_eq!(response.status(), 200);
     let stream = upstream.next_stream().await;
     let mut reader = RawReader::new(response.into_body());
-    assert!(write_event(&stream.tx, 1, "tick", &["one"]).await);
+    assert!(stream.write_event(1, "tick", &["one"]).await);
     reader.read_until_ends_with(FIRST_EVENT).await;
     stream.send("id: 2\n").await;
     stream.send("data: ha").await;
@@ -159,7 +87,7 @@ async fn stream_mid_event(
 async fn complete_event(stream: &UpstreamStream) {
     stream.send("lf\n").await;
     stream.send("\n").await;
-    let _ = write_event(&stream.tx, 3, "tick", &["too late"]).await;
+    let _ = stream.write_event(3, "tick", &["too late"]).await;
 }
 
 // ---------------------------------------------------------------- drain
@@ -169,7 +97,7 @@ async fn complete_event(stream: &UpstreamStream) {
 async fn drain_ends_streams_at_a_boundary_and_finishes_requests(version: Version, threads: usize) {
     const DRAIN_RETRY: Duration = Duration::from_millis(2500);
     const DRAIN_TIMEOUT: Duration = Duration::from_secs(20);
-    let mut upstream = Upstream::start().await;
+    let mut upstream = start_upstream().await;
     let mut config = proxy_config(upstream.addr);
     config.threads = threads.try_into().expect("threads > 0");
     config.streams.drain_retry = Some(DRAIN_RETRY);
@@ -179,7 +107,7 @@ async fn drain_ends_streams_at_a_boundary_and_finishes_requests(version: Version
 
     // A live event stream, mid-event.
     let mut stream_client = Client::connect(addr, version).await;
-    let (mut stream, mut reader) = stream_mid_event(&mut stream_client, &mut upstream).await;
+    let (stream, mut reader) = stream_mid_event(&mut stream_client, &mut upstream).await;
 
     // A slow ordinary request, in flight: over HTTP/2 on the same connection.
     let mut slow_client = match &stream_client {
@@ -196,7 +124,7 @@ async fn drain_ends_streams_at_a_boundary_and_finishes_requests(version: Version
             .to_bytes();
         (status, body)
     });
-    upstream.slow_request_started().await;
+    request_started(&mut upstream, "/slow").await;
 
     // Shut down.
     let started = Instant::now();
@@ -259,10 +187,9 @@ async fn drain_ends_streams_at_a_boundary_and_finishes_requests(version: Version
     );
     assert!(refused(addr).await, "the port is still open");
     // The upstream request behind the ended stream is released.
-    tokio::time::timeout(LIMIT, &mut stream.closed)
+    tokio::time::timeout(LIMIT, stream.closed())
         .await
-        .expect("the upstream stream is released")
-        .expect("closed signal");
+        .expect("the upstream stream is released");
 }
 
 #[tokio::test]
@@ -283,7 +210,7 @@ async fn drain_sends_goaway_finishes_requests_and_ends_streams_at_the_next_bound
 #[tokio::test]
 async fn drain_timeout_bounds_shutdown_when_a_stream_never_reaches_a_boundary() {
     const DRAIN_TIMEOUT: Duration = Duration::from_secs(1);
-    let mut upstream = Upstream::start().await;
+    let mut upstream = start_upstream().await;
     let mut config = proxy_config(upstream.addr);
     config.timeouts.drain = DRAIN_TIMEOUT;
     config.streams.drain_retry = Some(Duration::from_secs(1));
@@ -314,7 +241,7 @@ async fn drain_timeout_bounds_shutdown_when_a_stream_never_reaches_a_boundary() 
 
 #[tokio::test]
 async fn idle_connections_do_not_hold_up_shutdown() {
-    let upstream = Upstream::start().await;
+    let upstream = start_upstream().await;
     let proxy = spawn_proxy(upstream.addr).await;
     let addr = proxy.addr;
     let mut h1 = Client::connect(addr, Version::HTTP_11).await;
@@ -349,7 +276,7 @@ async fn idle_connections_do_not_hold_up_shutdown() {
 #[tokio::test]
 async fn shared_stream_subscribers_end_with_retry_and_the_upstream_is_released() {
     const PATH: &str = "/live/news";
-    let mut upstream = Upstream::start().await;
+    let mut upstream = start_upstream().await;
     let mut config = proxy_config(upstream.addr);
     config.streams.shared_prefixes = vec!["/live".into()];
     config.streams.drain_retry = Some(Duration::from_millis(2000));
@@ -364,9 +291,9 @@ async fn shared_stream_subscribers_end_with_retry_and_the_upstream_is_released()
         readers.push(RawReader::new(response.into_body()));
         clients.push(client);
     }
-    let mut stream = upstream.next_stream().await;
+    let stream = upstream.next_stream().await;
     stream.send("retry: 1000\n\n").await;
-    assert!(write_event(&stream.tx, 1, "tick", &["one"]).await);
+    assert!(stream.write_event(1, "tick", &["one"]).await);
     // Half an event: the hub relays whole events only, so every subscriber
     // sits on a boundary.
     stream.send("id: 2\ndata: ha").await;
@@ -392,17 +319,16 @@ async fn shared_stream_subscribers_end_with_retry_and_the_upstream_is_released()
             format!("retry: 1000\n\n{FIRST_EVENT}retry: 2000\n\n")
         );
     }
-    tokio::time::timeout(LIMIT, &mut stream.closed)
+    tokio::time::timeout(LIMIT, stream.closed())
         .await
-        .expect("the shared upstream request is closed")
-        .expect("closed signal");
+        .expect("the shared upstream request is closed");
     assert_eq!(hub.stream_count(), 0);
 }
 
 #[tokio::test]
 async fn a_shared_stream_still_connecting_at_shutdown_does_not_hold_up_the_drain() {
     const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
-    let mut upstream = Upstream::start().await;
+    let mut upstream = start_upstream().await;
     let mut config = proxy_config(upstream.addr);
     config.streams.shared_prefixes = vec!["/live".into()];
     config.streams.drain_retry = Some(Duration::from_millis(2000));
@@ -417,7 +343,7 @@ async fn a_shared_stream_still_connecting_at_shutdown_does_not_hold_up_the_drain
         reader.read_to_end().await;
         (status, reader.text())
     });
-    upstream.late_request_started().await;
+    request_started(&mut upstream, "/live/late").await;
 
     let started = Instant::now();
     let run = tokio::spawn(proxy.shutdown_and_wait());
@@ -510,7 +436,7 @@ impl Binary {
 #[tokio::test]
 async fn the_binary_drains_on_sigterm_and_exits_with_status_0() {
     const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
-    let mut upstream = Upstream::start().await;
+    let mut upstream = start_upstream().await;
     let cert = repo_path("certs/localhost.pem");
     let key = repo_path("certs/localhost-key.pem");
     let upstream_url = format!("http://{}", upstream.addr);

@@ -5,34 +5,44 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use http::Version;
+use http::{Response, Version};
+use hyper::body::Incoming;
 
-/// An upstream that writes `count` events, one every `interval`, Express-style.
-async fn periodic_upstream(count: u64, interval: Duration) -> UpstreamHandle {
-    spawn_upstream(move |_req| async move {
-        let (tx, body, _closed) = channel_body();
-        tokio::spawn(async move {
-            if tx.send("retry: 1000\n\n".into()).await.is_err() {
+/// An upstream whose every request opens an event stream the test feeds.
+async fn event_upstream() -> TestUpstream {
+    TestUpstream::builder()
+        .otherwise(Reply::event_stream())
+        .start()
+        .await
+}
+
+/// Writes `retry: 1000`, then `count` events, one every `interval` (the
+/// pacing is what the test looks at), Express-style; then ends the stream.
+fn write_periodically(stream: UpstreamStream, count: u64, interval: Duration) {
+    tokio::spawn(async move {
+        if !stream.try_send("retry: 1000\n\n").await {
+            return;
+        }
+        for id in 1..=count {
+            tokio::time::sleep(interval).await;
+            if !stream
+                .write_event(id, "tick", &["first line", "second line"])
+                .await
+            {
                 return;
             }
-            for id in 1..=count {
-                tokio::time::sleep(interval).await;
-                if !write_event(&tx, id, "tick", &["first line", "second line"]).await {
-                    return;
-                }
-            }
-        });
-        sse_response("text/event-stream", body)
-    })
-    .await
+        }
+        stream.end().await;
+    });
 }
 
 async fn events_arrive_one_by_one(version: Version) {
-    let upstream = periodic_upstream(5, Duration::from_millis(200)).await;
+    let mut upstream = event_upstream().await;
     let proxy = spawn_proxy(upstream.addr).await;
     let started = tokio::time::Instant::now();
     let response = get_once(proxy.addr, "/events", version).await;
     assert_eq!(response.status(), 200);
+    write_periodically(upstream.next_stream().await, 5, Duration::from_millis(200));
     assert!(response.headers().get("connection").is_none());
     assert!(response.headers().get("content-length").is_none());
     let mut reader = EventReader::new(response.into_body());
@@ -72,28 +82,18 @@ async fn events_arrive_one_by_one_over_http2() {
     events_arrive_one_by_one(Version::HTTP_2).await;
 }
 
-/// An upstream whose event stream writes one event at once and then stays
-/// open, silent, until the proxy lets go of it.
-async fn immediate_event_upstream() -> UpstreamHandle {
-    spawn_upstream(|_req| async {
-        let (tx, body, _closed) = channel_body();
-        tokio::spawn(async move {
-            if write_event(&tx, 1, "hello", &["right away"]).await {
-                // Keep the stream open: the test is about the first event only.
-                tx.closed().await;
-            }
-        });
-        sse_response("text/event-stream", body)
-    })
-    .await
-}
-
 async fn first_event_arrives_promptly(version: Version) {
-    let upstream = immediate_event_upstream().await;
+    let mut upstream = event_upstream().await;
     let proxy = spawn_proxy(upstream.addr).await;
     let mut client = Client::connect(proxy.addr, version).await;
     let requested = tokio::time::Instant::now();
-    let response = client.get("/events").await;
+    // The upstream writes one event as soon as it has the request, then
+    // stays open, silent: the test is about the first event only.
+    let (response, _stream) = tokio::join!(client.get("/events"), async {
+        let stream = upstream.next_stream().await;
+        assert!(stream.write_event(1, "hello", &["right away"]).await);
+        stream
+    });
     assert_eq!(response.status(), 200);
     let mut reader = EventReader::new(response.into_body());
     let event = reader
@@ -125,34 +125,7 @@ const EVENTS_PER_STREAM: u64 = 10;
 
 #[tokio::test]
 async fn twenty_concurrent_event_streams_share_one_http2_connection() {
-    // No stream gets an event before all of them are open upstream at once:
-    // a proxy that serialised the streams would never get past the barrier.
-    let all_open = std::sync::Arc::new(tokio::sync::Barrier::new(CONCURRENT_STREAMS));
-    let upstream = spawn_upstream(move |req| {
-        let all_open = all_open.clone();
-        async move {
-            let stream: usize = req
-                .uri()
-                .path()
-                .trim_start_matches("/stream/")
-                .parse()
-                .expect("stream number in the path");
-            let (tx, body, _closed) = channel_body();
-            tokio::spawn(async move {
-                all_open.wait().await;
-                for id in 1..=EVENTS_PER_STREAM {
-                    // Pacing only, so events of different streams interleave.
-                    tokio::time::sleep(Duration::from_millis(10)).await;
-                    let data = format!("stream {stream}");
-                    if !write_event(&tx, id, "tick", &[&data]).await {
-                        return;
-                    }
-                }
-            });
-            sse_response("text/event-stream", body)
-        }
-    })
-    .await;
+    let mut upstream = event_upstream().await;
     let proxy = spawn_proxy(upstream.addr).await;
     let sender = h2_client(proxy.addr).await;
 
@@ -182,6 +155,30 @@ async fn twenty_concurrent_event_streams_share_one_http2_connection() {
             stream
         });
     }
+    // No stream gets an event before all of them are open upstream at once:
+    // a proxy that serialised the streams would never get them all here.
+    let mut upstream_streams = Vec::new();
+    for _ in 0..CONCURRENT_STREAMS {
+        upstream_streams.push(upstream.next_stream().await);
+    }
+    for stream in upstream_streams {
+        let number: usize = stream
+            .path_and_query()
+            .trim_start_matches("/stream/")
+            .parse()
+            .expect("stream number in the path");
+        tokio::spawn(async move {
+            for id in 1..=EVENTS_PER_STREAM {
+                // Pacing only, so events of different streams interleave.
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                let data = format!("stream {number}");
+                if !stream.write_event(id, "tick", &[&data]).await {
+                    return;
+                }
+            }
+            stream.end().await;
+        });
+    }
     let mut finished = Vec::new();
     while let Some(done) = streams.join_next().await {
         finished.push(done.expect("stream task succeeds"));
@@ -195,22 +192,20 @@ async fn twenty_concurrent_event_streams_share_one_http2_connection() {
 const MANY_EVENTS: u64 = 3000;
 
 async fn many_events_arrive_in_order(version: Version) {
-    let upstream = spawn_upstream(|_req| async {
-        let (tx, body, _closed) = channel_body();
-        tokio::spawn(async move {
-            for id in 1..=MANY_EVENTS {
-                if !write_event(&tx, id, "n", &["payload"]).await {
-                    return;
-                }
-            }
-        });
-        sse_response("text/event-stream", body)
-    })
-    .await;
+    let mut upstream = event_upstream().await;
     let proxy = spawn_proxy(upstream.addr).await;
     let mut client = Client::connect(proxy.addr, version).await;
     let response = client.get("/firehose").await;
     assert_eq!(response.status(), 200);
+    let stream = upstream.next_stream().await;
+    tokio::spawn(async move {
+        for id in 1..=MANY_EVENTS {
+            if !stream.write_event(id, "n", &["payload"]).await {
+                return;
+            }
+        }
+        stream.end().await;
+    });
     let mut reader = EventReader::new(response.into_body());
     let events = reader
         .events(MANY_EVENTS as usize, Duration::from_secs(20))
@@ -240,52 +235,57 @@ const SHORT_REQUEST_TIMEOUT: Duration = Duration::from_millis(300);
 /// How long the upstream stays silent between its two events.
 const SILENCE: Duration = Duration::from_millis(1000);
 
-/// An upstream whose response type is picked by the path. Every response
-/// writes one event, stays silent for `SILENCE`, writes a second event and
-/// ends. `/sse-charset` also announces an exact Content-Length, which an
-/// event stream must not carry to the client.
-async fn typed_upstream() -> UpstreamHandle {
-    spawn_upstream(|req| async move {
-        let first = format!("{}\n\n", event_text(1, "tick", "before"));
-        let second = format!("{}\n\n", event_text(2, "tick", "after"));
-        let length = first.len() + second.len();
-        let (tx, body, _closed) = channel_body();
-        let response = match req.uri().path() {
-            "/sse-charset" => {
-                let mut response = sse_response("text/event-stream; charset=utf-8", body);
-                response
-                    .headers_mut()
-                    .insert("content-length", length.to_string().parse().unwrap());
-                response
-            }
-            "/sse-upper" => sse_response("TEXT/EVENT-STREAM", body),
-            "/accel" => {
-                let mut response = sse_response("application/json", body);
-                response
-                    .headers_mut()
-                    .insert("x-accel-buffering", "no".parse().unwrap());
-                response
-            }
-            "/plain" => sse_response("text/plain", body),
-            other => panic!("unexpected path {other}"),
-        };
-        tokio::spawn(async move {
-            if !write_event(&tx, 1, "tick", &["before"]).await {
-                return;
-            }
-            tokio::time::sleep(SILENCE).await;
-            write_event(&tx, 2, "tick", &["after"]).await;
-        });
-        response
-    })
-    .await
+/// An upstream whose response type is picked by the path (each with
+/// Express' headers, `Connection: keep-alive` among them). `/sse-charset`
+/// also announces an exact Content-Length, which an event stream must not
+/// carry to the client.
+async fn typed_upstream() -> TestUpstream {
+    let length = event_text(1, "tick", "before").len() + event_text(2, "tick", "after").len() + 4;
+    TestUpstream::builder()
+        .on(
+            "/sse-charset",
+            Reply::stream("text/event-stream; charset=utf-8").header("Content-Length", length),
+        )
+        .on("/sse-upper", Reply::stream("TEXT/EVENT-STREAM"))
+        .on(
+            "/accel",
+            Reply::stream("application/json").header("X-Accel-Buffering", "no"),
+        )
+        .on("/plain", Reply::stream("text/plain"))
+        .start()
+        .await
+}
+
+/// Sends a GET for `path` on a connection of its own, and makes its
+/// upstream response write one event, stay silent for `SILENCE`, write a
+/// second event and end.
+async fn get_with_silence(
+    proxy: std::net::SocketAddr,
+    upstream: &mut TestUpstream,
+    path: &'static str,
+) -> (Client, Response<Incoming>) {
+    let mut client = Client::connect(proxy, Version::HTTP_11).await;
+    let response = client.get(path).await;
+    let stream = upstream.next_stream_for(path).await;
+    tokio::spawn(async move {
+        if !stream.write_event(1, "tick", &["before"]).await {
+            return;
+        }
+        // The silence the test is about.
+        tokio::time::sleep(SILENCE).await;
+        if stream.write_event(2, "tick", &["after"]).await {
+            stream.end().await;
+        }
+    });
+    (client, response)
 }
 
 /// The response is relayed as an event stream: no length, no hop-by-hop
 /// headers, and the request timeout does not cut it during the silence.
-async fn survives_silence_as_event_stream(proxy: std::net::SocketAddr, path: &'static str) {
-    let mut client = Client::connect(proxy, Version::HTTP_11).await;
-    let response = client.get(path).await;
+async fn survives_silence_as_event_stream(
+    path: &str,
+    (_client, response): (Client, Response<Incoming>),
+) {
     assert_eq!(response.status(), 200, "{path}");
     assert!(
         response.headers().get("content-length").is_none(),
@@ -317,9 +317,7 @@ async fn survives_silence_as_event_stream(proxy: std::net::SocketAddr, path: &'s
 }
 
 /// The same pattern as an ordinary response is cut by the request timeout.
-async fn ordinary_response_is_cut(proxy: std::net::SocketAddr) {
-    let mut client = Client::connect(proxy, Version::HTTP_11).await;
-    let response = client.get("/plain").await;
+async fn ordinary_response_is_cut((_client, response): (Client, Response<Incoming>)) {
     assert_eq!(response.status(), 200);
     let (received, outcome) =
         read_body_until_end(response.into_body(), SILENCE + Duration::from_secs(5)).await;
@@ -331,38 +329,36 @@ async fn ordinary_response_is_cut(proxy: std::net::SocketAddr) {
 
 #[tokio::test]
 async fn event_stream_content_types_are_detected() {
-    let upstream = typed_upstream().await;
+    let mut upstream = typed_upstream().await;
     let mut config = proxy_config(upstream.addr);
     config.timeouts.request = SHORT_REQUEST_TIMEOUT;
     let proxy = spawn_proxy_with(config).await;
+    let charset = get_with_silence(proxy.addr, &mut upstream, "/sse-charset").await;
+    let upper = get_with_silence(proxy.addr, &mut upstream, "/sse-upper").await;
+    let accel = get_with_silence(proxy.addr, &mut upstream, "/accel").await;
+    let plain = get_with_silence(proxy.addr, &mut upstream, "/plain").await;
     tokio::join!(
-        survives_silence_as_event_stream(proxy.addr, "/sse-charset"),
-        survives_silence_as_event_stream(proxy.addr, "/sse-upper"),
-        survives_silence_as_event_stream(proxy.addr, "/accel"),
-        ordinary_response_is_cut(proxy.addr),
+        survives_silence_as_event_stream("/sse-charset", charset),
+        survives_silence_as_event_stream("/sse-upper", upper),
+        survives_silence_as_event_stream("/accel", accel),
+        ordinary_response_is_cut(plain),
     );
 }
 
 // ---------------------------------------------------------------- end of stream
 
 async fn upstream_end_ends_client_stream(version: Version) {
-    let upstream = spawn_upstream(|_req| async {
-        let (tx, body, _closed) = channel_body();
-        tokio::spawn(async move {
-            for id in 1..=2 {
-                if !write_event(&tx, id, "tick", &["last words"]).await {
-                    return;
-                }
-            }
-            // Dropping the sender ends the upstream's chunked body.
-        });
-        sse_response("text/event-stream", body)
-    })
-    .await;
+    let mut upstream = event_upstream().await;
     let proxy = spawn_proxy(upstream.addr).await;
     let mut client = Client::connect(proxy.addr, version).await;
     let response = client.get("/events").await;
     assert_eq!(response.status(), 200);
+    let stream = upstream.next_stream().await;
+    for id in 1..=2 {
+        assert!(stream.write_event(id, "tick", &["last words"]).await);
+    }
+    // The last chunk ends the upstream's body.
+    stream.end().await;
     let mut reader = EventReader::new(response.into_body());
     let events = reader.events(2, Duration::from_secs(5)).await;
     let texts: Vec<String> = events.into_iter().map(|e| e.text).collect();

@@ -6,8 +6,6 @@
 mod common;
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
 use std::time::Duration;
 
 use common::*;
@@ -35,65 +33,19 @@ impl UpstreamStream {
     /// Writes the event `tick(id)` stands for, the way Express apps do.
     async fn tick(&self, id: u64) {
         assert!(
-            write_event(&self.tx, id, "tick", &[&format!("event {id}")]).await,
+            self.write_event(id, "tick", &[&format!("event {id}")])
+                .await,
             "the proxy dropped the upstream body before event {id}"
         );
     }
 }
 
-/// An upstream that answers every request at once with event-stream headers,
-/// counts requests and hands each body's sender to the test.
-struct Upstream {
-    _handle: UpstreamHandle,
-    addr: SocketAddr,
-    requests: Arc<AtomicUsize>,
-    streams: mpsc::UnboundedReceiver<UpstreamStream>,
-}
-
-impl Upstream {
-    async fn start() -> Self {
-        let requests = Arc::new(AtomicUsize::new(0));
-        let (streams_tx, streams) = mpsc::unbounded_channel();
-        let counter = requests.clone();
-        let handle = spawn_upstream(move |req| {
-            counter.fetch_add(1, Ordering::SeqCst);
-            let streams_tx = streams_tx.clone();
-            async move {
-                let (stream, response) = stream_response(&req, "text/event-stream");
-                let _ = streams_tx.send(stream);
-                response
-            }
-        })
-        .await;
-        Upstream {
-            addr: handle.addr,
-            _handle: handle,
-            requests,
-            streams,
-        }
-    }
-
-    /// The next request the upstream receives.
-    async fn next(&mut self, path_and_query: &str) -> UpstreamStream {
-        let stream = tokio::time::timeout(LIMIT, self.streams.recv())
-            .await
-            .expect("the upstream gets a request")
-            .expect("upstream running");
-        assert_eq!(stream.path_and_query, path_and_query);
-        stream
-    }
-
-    fn requests(&self) -> usize {
-        self.requests.load(Ordering::SeqCst)
-    }
-
-    /// True if no request arrived that the test has not taken yet.
-    fn no_more_requests(&mut self) -> bool {
-        matches!(
-            self.streams.try_recv(),
-            Err(mpsc::error::TryRecvError::Empty)
-        )
-    }
+/// An upstream whose every request opens an event stream the test feeds.
+async fn event_upstream() -> TestUpstream {
+    TestUpstream::builder()
+        .otherwise(Reply::event_stream())
+        .start()
+        .await
 }
 
 fn shared_config(upstream: SocketAddr) -> Config {
@@ -233,14 +185,14 @@ const HEARTBEAT_EVERY: Duration = Duration::from_millis(200);
 const MID_EVENT_PAUSE: Duration = Duration::from_millis(700);
 
 async fn heartbeats_only_between_events(version: Version) {
-    let mut upstream = Upstream::start().await;
+    let mut upstream = event_upstream().await;
     let mut config = proxy_config(upstream.addr);
     config.streams.heartbeat = Some(HEARTBEAT_EVERY);
     let proxy = spawn_proxy_with(config).await;
     let mut client = Client::connect(proxy.addr, version).await;
     let response = client.get("/events").await;
     assert_eq!(response.status(), 200);
-    let stream = upstream.next("/events").await;
+    let stream = upstream.next_stream_for("/events").await;
     let mut reader = RawReader::new(response.into_body());
     let mut upstream_wrote = String::new();
 
@@ -384,7 +336,7 @@ async fn fifty_subscribers_share_one_upstream_request_and_get_every_event_in_ord
     const PATH: &str = "/live/ticker?room=1";
     const CLIENTS: usize = 50;
     const EVENTS: u64 = 20;
-    let mut upstream = Upstream::start().await;
+    let mut upstream = event_upstream().await;
     let proxy = spawn_proxy_with(shared_config(upstream.addr)).await;
     // Half the subscribers have their own HTTP/1.1 connection, half are
     // streams on one HTTP/2 connection.
@@ -408,7 +360,7 @@ async fn fifty_subscribers_share_one_upstream_request_and_get_every_event_in_ord
         });
     }
 
-    let stream = upstream.next(PATH).await;
+    let stream = upstream.next_stream_for(PATH).await;
     // Written while subscribers are still joining: the early ones get it
     // live, the later ones as the first thing of their stream.
     stream.send("retry: 1000\n\n").await;
@@ -433,8 +385,8 @@ async fn fifty_subscribers_share_one_upstream_request_and_get_every_event_in_ord
         done.push((client, reader));
     }
     assert_eq!(done.len(), CLIENTS);
-    assert_eq!(upstream.requests(), 1, "upstream requests");
-    assert!(upstream.no_more_requests());
+    assert_eq!(upstream.received(), 1, "upstream requests");
+    assert!(upstream.no_more_streams());
     let stats = stats(&proxy, PATH);
     assert_eq!(stats.upstream_requests, 1);
     assert_eq!(stats.subscribers, CLIENTS);
@@ -448,7 +400,7 @@ async fn fifty_subscribers_share_one_upstream_request_and_get_every_event_in_ord
 #[tokio::test]
 async fn last_event_id_resumes_from_the_replay_buffer_and_older_ids_start_live() {
     const PATH: &str = "/live/replay";
-    let mut upstream = Upstream::start().await;
+    let mut upstream = event_upstream().await;
     let mut config = shared_config(upstream.addr);
     config.streams.replay = 5;
     let proxy = spawn_proxy_with(config).await;
@@ -456,7 +408,7 @@ async fn last_event_id_resumes_from_the_replay_buffer_and_older_ids_start_live()
     // The first subscriber keeps the stream alive and sees events 1..=10.
     let mut first = Client::h1(proxy.addr).await;
     let mut first_reader = subscribe(&mut first, PATH, &[]).await;
-    let stream = upstream.next(PATH).await;
+    let stream = upstream.next_stream_for(PATH).await;
     stream.send("retry: 1500\n\n").await;
     for id in 1..=10 {
         stream.tick(id).await;
@@ -515,8 +467,8 @@ async fn last_event_id_resumes_from_the_replay_buffer_and_older_ids_start_live()
 
     // All of that came from the one upstream request, which carried no
     // Last-Event-ID: the clients' IDs are the hub's business.
-    assert_eq!(upstream.requests(), 1);
-    assert!(upstream.no_more_requests());
+    assert_eq!(upstream.received(), 1);
+    assert!(upstream.no_more_streams());
     assert_eq!(stats(&proxy, PATH).upstream_requests, 1);
     assert_eq!(stream.header("last-event-id"), None);
 }
@@ -603,13 +555,13 @@ async fn a_subscriber_that_stops_reading_is_dropped_without_delaying_the_others(
     /// Events beyond what the socket buffers can hold.
     const AFTER_DROP: u64 = 500;
     let data = "x".repeat(1000);
-    let mut upstream = Upstream::start().await;
+    let mut upstream = event_upstream().await;
     let mut config = shared_config(upstream.addr);
     config.streams.subscriber_queue = QUEUE;
     let proxy = spawn_proxy_with(config).await;
 
     let stalled = StalledClient::subscribe(proxy.addr, PATH).await;
-    let stream = upstream.next(PATH).await;
+    let stream = upstream.next_stream_for(PATH).await;
 
     // Fast subscribers: two HTTP/1.1 connections, two streams on one HTTP/2
     // connection. Each reports the last ID it received.
@@ -726,7 +678,7 @@ fn assert_no_credentials(stream: &UpstreamStream, what: &str) {
 async fn an_upstream_restart_is_resumed_with_last_event_id_and_no_gap() {
     const PATH: &str = "/live/restart";
     const RETRY: Duration = Duration::from_millis(100);
-    let mut upstream = Upstream::start().await;
+    let mut upstream = event_upstream().await;
     let proxy = spawn_proxy_with(shared_config(upstream.addr)).await;
     let mut h1 = Client::h1(proxy.addr).await;
     let mut a = subscribe(&mut h1, PATH, &CREDENTIALS).await;
@@ -734,7 +686,7 @@ async fn an_upstream_restart_is_resumed_with_last_event_id_and_no_gap() {
     let mut b = subscribe(&mut h2, PATH, &CREDENTIALS).await;
 
     // The first upstream response writes events 1..=5 and ends.
-    let first = upstream.next(PATH).await;
+    let first = upstream.next_stream_for(PATH).await;
     assert_eq!(first.header("last-event-id"), None);
     assert_no_credentials(&first, "first upstream request");
     first
@@ -743,12 +695,12 @@ async fn an_upstream_restart_is_resumed_with_last_event_id_and_no_gap() {
     for id in 1..=5 {
         first.tick(id).await;
     }
-    drop(first.tx);
+    first.end().await;
     let ended = Instant::now();
 
     // The hub reconnects after `retry:`, resuming from the last event ID; the
     // upstream resumes from the ID it is given.
-    let second = upstream.next(PATH).await;
+    let second = upstream.next_stream_for(PATH).await;
     let waited = ended.elapsed();
     assert!(
         waited >= RETRY,
@@ -774,7 +726,7 @@ async fn an_upstream_restart_is_resumed_with_last_event_id_and_no_gap() {
             .collect();
         assert_eq!(events, (1..=10).map(tick).collect::<Vec<_>>(), "{name}");
     }
-    assert_eq!(upstream.requests(), 2);
+    assert_eq!(upstream.received(), 2);
     let stats = stats(&proxy, PATH);
     assert_eq!(stats.upstream_requests, 2, "{stats:?}");
     assert_eq!(stats.subscribers, 2, "{stats:?}");
@@ -784,7 +736,7 @@ async fn an_upstream_restart_is_resumed_with_last_event_id_and_no_gap() {
 async fn a_silent_upstream_is_replaced_while_its_subscribers_stay_connected() {
     const PATH: &str = "/live/silent";
     const IDLE: Duration = Duration::from_millis(300);
-    let mut upstream = Upstream::start().await;
+    let mut upstream = event_upstream().await;
     let mut config = shared_config(upstream.addr);
     config.timeouts.sse_idle = IDLE;
     let proxy = spawn_proxy_with(config).await;
@@ -795,11 +747,11 @@ async fn a_silent_upstream_is_replaced_while_its_subscribers_stay_connected() {
 
     // The first upstream response sends one event, then goes silent without
     // closing: the hub gives up on it after the SSE idle timeout ...
-    let first = upstream.next(PATH).await;
+    let first = upstream.next_stream_for(PATH).await;
     first.send("retry: 50\n\n").await;
     first.tick(1).await;
     // ... and asks again, resuming after the last event.
-    let second = upstream.next(PATH).await;
+    let second = upstream.next_stream_for(PATH).await;
     assert_eq!(second.header("last-event-id"), Some("1"));
     second.tick(2).await;
 
@@ -823,13 +775,13 @@ async fn a_silent_upstream_is_replaced_while_its_subscribers_stay_connected() {
 
 #[tokio::test]
 async fn authorization_and_cookie_never_reach_the_upstream_of_a_shared_stream() {
-    let mut upstream = Upstream::start().await;
+    let mut upstream = event_upstream().await;
     let proxy = spawn_proxy_with(shared_config(upstream.addr)).await;
 
     // Control: an ordinary stream forwards them, so the upstream would see them.
     let mut private = Client::h1(proxy.addr).await;
     let _private = subscribe(&mut private, "/private/feed", &CREDENTIALS).await;
-    let forwarded = upstream.next("/private/feed").await;
+    let forwarded = upstream.next_stream_for("/private/feed").await;
     assert_eq!(
         forwarded.header("authorization"),
         Some("Bearer secret-token")
@@ -839,7 +791,7 @@ async fn authorization_and_cookie_never_reach_the_upstream_of_a_shared_stream() 
     // The subscriber that opens the shared stream, and one that joins it.
     let mut opener = Client::connect(proxy.addr, Version::HTTP_2).await;
     let mut a = subscribe(&mut opener, "/live/feed", &CREDENTIALS).await;
-    let shared = upstream.next("/live/feed").await;
+    let shared = upstream.next_stream_for("/live/feed").await;
     assert_no_credentials(&shared, "shared stream request");
     let mut joiner = Client::h1(proxy.addr).await;
     let other = [
@@ -850,7 +802,7 @@ async fn authorization_and_cookie_never_reach_the_upstream_of_a_shared_stream() 
     shared.tick(1).await;
     assert_eq!(texts(&mut a, 1).await, [tick(1)]);
     assert_eq!(texts(&mut b, 1).await, [tick(1)]);
-    assert_eq!(upstream.requests(), 2, "one ordinary, one shared");
+    assert_eq!(upstream.received(), 2, "one ordinary, one shared");
 }
 
 // ---------------------------------------------------------------- linger
@@ -860,7 +812,7 @@ const LINGER: Duration = Duration::from_millis(300);
 #[tokio::test]
 async fn the_upstream_request_closes_a_linger_after_the_last_subscriber_leaves() {
     const PATH: &str = "/live/linger";
-    let mut upstream = Upstream::start().await;
+    let mut upstream = event_upstream().await;
     let mut config = shared_config(upstream.addr);
     config.streams.linger = LINGER;
     let proxy = spawn_proxy_with(config).await;
@@ -868,7 +820,7 @@ async fn the_upstream_request_closes_a_linger_after_the_last_subscriber_leaves()
     let mut a = subscribe(&mut h1, PATH, &[]).await;
     let h2 = h2_client(proxy.addr).await;
     let mut b = subscribe(&mut Client::H2(h2.clone()), PATH, &[]).await;
-    let mut stream = upstream.next(PATH).await;
+    let stream = upstream.next_stream_for(PATH).await;
     stream.tick(1).await;
     assert_eq!(texts(&mut a, 1).await, [tick(1)]);
     assert_eq!(texts(&mut b, 1).await, [tick(1)]);
@@ -888,10 +840,9 @@ async fn the_upstream_request_closes_a_linger_after_the_last_subscriber_leaves()
     // closed once the linger has passed, not before.
     drop(b);
     let left = Instant::now();
-    tokio::time::timeout(LINGER + LIMIT, &mut stream.closed)
+    tokio::time::timeout(LINGER + LIMIT, stream.closed())
         .await
-        .expect("the upstream request is closed after the linger")
-        .expect("closed signal");
+        .expect("the upstream request is closed after the linger");
     let after = left.elapsed();
     assert!(
         after >= LINGER,
@@ -905,10 +856,10 @@ async fn the_upstream_request_closes_a_linger_after_the_last_subscriber_leaves()
 
     // A later subscriber opens a new upstream request.
     let mut c = subscribe(&mut Client::H2(h2.clone()), PATH, &[]).await;
-    let again = upstream.next(PATH).await;
+    let again = upstream.next_stream_for(PATH).await;
     again.tick(1).await;
     assert_eq!(texts(&mut c, 1).await, [tick(1)]);
-    assert_eq!(upstream.requests(), 2);
+    assert_eq!(upstream.received(), 2);
     assert_eq!(
         stats(&proxy, PATH).upstream_requests,
         1,
@@ -919,13 +870,13 @@ async fn the_upstream_request_closes_a_linger_after_the_last_subscriber_leaves()
 #[tokio::test]
 async fn a_subscriber_returning_within_the_linger_reuses_the_upstream_request() {
     const PATH: &str = "/live/return";
-    let mut upstream = Upstream::start().await;
+    let mut upstream = event_upstream().await;
     let mut config = shared_config(upstream.addr);
     config.streams.linger = LINGER;
     let proxy = spawn_proxy_with(config).await;
     let h2 = h2_client(proxy.addr).await;
     let mut a = subscribe(&mut Client::H2(h2.clone()), PATH, &[]).await;
-    let mut stream = upstream.next(PATH).await;
+    let stream = upstream.next_stream_for(PATH).await;
     stream.tick(1).await;
     assert_eq!(texts(&mut a, 1).await, [tick(1)]);
 
@@ -945,12 +896,12 @@ async fn a_subscriber_returning_within_the_linger_reuses_the_upstream_request() 
     );
 
     // The linger passes and the upstream request is still the same, open one.
-    let still_open = tokio::time::timeout(LINGER * 2, &mut stream.closed).await;
+    let still_open = tokio::time::timeout(LINGER * 2, stream.closed()).await;
     assert!(still_open.is_err(), "the upstream request was closed");
     stream.tick(2).await;
     assert_eq!(texts(&mut back, 1).await, [tick(2)]);
-    assert_eq!(upstream.requests(), 1);
-    assert!(upstream.no_more_requests());
+    assert_eq!(upstream.received(), 1);
+    assert!(upstream.no_more_streams());
     let stats = stats(&proxy, PATH);
     assert_eq!(stats.upstream_requests, 1, "{stats:?}");
     assert_eq!(stats.subscribers, 1, "{stats:?}");

@@ -5,9 +5,8 @@ mod common;
 
 use std::time::Duration;
 
-use bytes::Bytes;
 use common::*;
-use http::{Response, Version};
+use http::Version;
 
 const REQUEST_TIMEOUT: Duration = Duration::from_millis(300);
 
@@ -17,11 +16,10 @@ const REQUEST_TIMEOUT: Duration = Duration::from_millis(300);
 const SLOW_UPSTREAM_DELAY: Duration = Duration::from_secs(5);
 
 async fn slow_headers_get_504(version: Version) {
-    let upstream = spawn_upstream(|_req| async {
-        tokio::time::sleep(SLOW_UPSTREAM_DELAY).await;
-        Response::new(full_body("too late"))
-    })
-    .await;
+    let upstream = TestUpstream::builder()
+        .otherwise(Reply::text("too late").delayed(SLOW_UPSTREAM_DELAY))
+        .start()
+        .await;
     let mut config = proxy_config(upstream.addr);
     config.timeouts.request = REQUEST_TIMEOUT;
     let proxy = spawn_proxy_with(config).await;
@@ -57,18 +55,21 @@ async fn slow_response_headers_get_504_over_http2() {
 const LONG_SILENCE: Duration = Duration::from_millis(1000);
 
 async fn event_stream_outlives_request_timeout(version: Version) {
-    let (upstream, mut streams) = controlled_upstream("text/event-stream").await;
+    let mut upstream = TestUpstream::builder()
+        .otherwise(Reply::event_stream())
+        .start()
+        .await;
     let mut config = proxy_config(upstream.addr);
     config.timeouts.request = REQUEST_TIMEOUT;
     let proxy = spawn_proxy_with(config).await;
 
     let response = get_once(proxy.addr, "/events", version).await;
     assert_eq!(response.status(), 200);
-    let mut stream = streams.recv().await.expect("upstream request");
+    let stream = upstream.next_stream().await;
     let mut reader = EventReader::new(response.into_body());
 
-    assert!(write_event(&stream.tx, 1, "tick", &["before"]).await);
-    let first = reader.next_event(Duration::from_secs(5)).await;
+    assert!(stream.write_event(1, "tick", &["before"]).await);
+    let first = reader.next_event(WAIT_LIMIT).await;
     assert_eq!(
         first.map(|e| e.text).as_deref(),
         Some("id: 1\nevent: tick\ndata: before")
@@ -77,7 +78,7 @@ async fn event_stream_outlives_request_timeout(version: Version) {
     // The behaviour under test: silence past the request timeout.
     tokio::time::sleep(LONG_SILENCE).await;
     assert!(
-        write_event(&stream.tx, 2, "tick", &["after"]).await,
+        stream.write_event(2, "tick", &["after"]).await,
         "the upstream body was dropped during the silence"
     );
     let second = reader.next_event(Duration::from_secs(5)).await;
@@ -102,20 +103,23 @@ async fn event_stream_outlives_request_timeout_over_http2() {
 const SSE_IDLE: Duration = Duration::from_millis(400);
 
 async fn idle_event_stream_is_ended(version: Version) {
-    let (upstream, mut streams) = controlled_upstream("text/event-stream").await;
+    let mut upstream = TestUpstream::builder()
+        .otherwise(Reply::event_stream())
+        .start()
+        .await;
     let mut config = proxy_config(upstream.addr);
     config.timeouts.sse_idle = SSE_IDLE;
     let proxy = spawn_proxy_with(config).await;
 
     let response = get_once(proxy.addr, "/events", version).await;
     assert_eq!(response.status(), 200);
-    let stream = streams.recv().await.expect("upstream request");
+    let stream = upstream.next_stream().await;
     let mut reader = EventReader::new(response.into_body());
 
     // The proxy's idle timer restarts no earlier than this.
     let last_write = tokio::time::Instant::now();
-    assert!(write_event(&stream.tx, 1, "tick", &["only"]).await);
-    let first = reader.next_event(Duration::from_secs(5)).await;
+    assert!(stream.write_event(1, "tick", &["only"]).await);
+    let first = reader.next_event(WAIT_LIMIT).await;
     assert_eq!(
         first.map(|e| e.text).as_deref(),
         Some("id: 1\nevent: tick\ndata: only")
@@ -132,10 +136,9 @@ async fn idle_event_stream_is_ended(version: Version) {
     );
     assert!(reader.leftover().is_empty(), "{:?}", reader.leftover());
 
-    tokio::time::timeout(Duration::from_secs(2), stream.closed)
+    tokio::time::timeout(Duration::from_secs(2), stream.closed())
         .await
-        .expect("the upstream body is dropped after the idle timeout")
-        .expect("closed is signalled");
+        .expect("the upstream body is dropped after the idle timeout");
 }
 
 #[tokio::test]
@@ -151,20 +154,19 @@ async fn idle_event_stream_is_ended_over_http2() {
 // ---------------------------------------------------------------- ordinary bodies
 
 async fn silent_ordinary_body_is_cut(version: Version) {
-    let (upstream, mut streams) = controlled_upstream("text/plain").await;
+    let mut upstream = TestUpstream::builder()
+        .otherwise(Reply::stream("text/plain"))
+        .start()
+        .await;
     let mut config = proxy_config(upstream.addr);
     config.timeouts.request = REQUEST_TIMEOUT;
     let proxy = spawn_proxy_with(config).await;
 
     let response = get_once(proxy.addr, "/report", version).await;
     assert_eq!(response.status(), 200);
-    let stream = streams.recv().await.expect("upstream request");
+    let stream = upstream.next_stream().await;
 
-    assert!(stream
-        .tx
-        .send(Bytes::from_static(b"first half"))
-        .await
-        .is_ok());
+    stream.send("first half").await;
     let (received, outcome) = read_body_until_end(
         response.into_body(),
         REQUEST_TIMEOUT + Duration::from_secs(5),
@@ -177,7 +179,7 @@ async fn silent_ordinary_body_is_cut(version: Version) {
         "a body silent past the request timeout must be cut, not ended"
     );
     // Held until here: the upstream never finished its body.
-    drop(stream.tx);
+    drop(stream);
 }
 
 #[tokio::test]

@@ -114,15 +114,13 @@ async fn handshake_verified(addr: SocketAddr, ca: &Path, extra: &[&str]) -> Hand
 }
 
 /// An upstream that answers every request with `hello <path>`.
-async fn hello_upstream() -> UpstreamHandle {
-    spawn_upstream(|req| async move {
-        let text = format!("hello {}\n", req.uri());
-        http::Response::builder()
-            .header("content-type", "text/plain")
-            .body(full_body(text))
-            .expect("response")
-    })
-    .await
+async fn hello_upstream() -> TestUpstream {
+    TestUpstream::builder()
+        .otherwise(Reply::with(|req| {
+            Reply::text(format!("hello {}\n", req.target))
+        }))
+        .start()
+        .await
 }
 
 /// A proxy whose upstream is never reached (handshake-only tests).
@@ -472,7 +470,7 @@ async fn ec_certificate_with_sec1_key_works() {
 
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(1);
 
-async fn proxy_with_short_handshake_timeout() -> (ProxyHandle, UpstreamHandle) {
+async fn proxy_with_short_handshake_timeout() -> (ProxyHandle, TestUpstream) {
     let upstream = hello_upstream().await;
     let mut config = proxy_config(upstream.addr);
     config.timeouts.tls_handshake = HANDSHAKE_TIMEOUT;

@@ -16,11 +16,10 @@ mod common;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Once};
 use std::time::{Duration, SystemTime};
 
-use bytes::Bytes;
 use common::*;
 use http::{Request, Response, StatusCode, Version};
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -34,7 +33,6 @@ use ssegate::tls::{
 use ssegate::{CancellationToken, Server};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_rustls::client::TlsStream;
 use tokio_rustls::TlsConnector;
@@ -449,30 +447,21 @@ async fn h2_over(tls: TlsStream<TcpStream>) -> H2Sender {
 // ---------------------------------------------------------------- upstreams
 
 /// An upstream that answers `hello <uri>`.
-async fn hello_upstream() -> UpstreamHandle {
-    spawn_upstream(|req| async move {
-        Response::builder()
-            .header("content-type", "text/plain")
-            .body(full_body(format!("hello {}\n", req.uri())))
-            .expect("response")
-    })
-    .await
+async fn hello_upstream() -> TestUpstream {
+    TestUpstream::builder()
+        .otherwise(Reply::with(|req| {
+            Reply::text(format!("hello {}\n", req.target))
+        }))
+        .start()
+        .await
 }
 
-/// An upstream whose every request opens an event stream; the test gets the
-/// sender that writes into it.
-async fn event_upstream() -> (UpstreamHandle, mpsc::UnboundedReceiver<mpsc::Sender<Bytes>>) {
-    let (streams_tx, streams_rx) = mpsc::unbounded_channel();
-    let upstream = spawn_upstream(move |_req| {
-        let streams_tx = streams_tx.clone();
-        async move {
-            let (events, body, _closed) = channel_body();
-            let _ = streams_tx.send(events);
-            sse_response("text/event-stream", body)
-        }
-    })
-    .await;
-    (upstream, streams_rx)
+/// An upstream whose every request opens an event stream the test feeds.
+async fn event_upstream() -> TestUpstream {
+    TestUpstream::builder()
+        .otherwise(Reply::event_stream())
+        .start()
+        .await
 }
 
 // ---------------------------------------------------------------- the binary
@@ -737,7 +726,7 @@ async fn certificates_reload_on_file_change_while_a_stream_stays_open() {
         CertStore::from_keys(vec![load_source(&source).expect("first pair loads")])
             .expect("one certificate"),
     );
-    let (upstream, mut streams) = event_upstream().await;
+    let mut upstream = event_upstream().await;
     let mut config = config_with_tls(upstream.addr, server_config(store.clone()).expect("tls"));
     config.cert_reloader = Some(CertReloader {
         store,
@@ -760,13 +749,10 @@ async fn certificates_reload_on_file_change_while_a_stream_stays_open() {
         .await
         .expect("event stream response");
     assert_eq!(response.status(), StatusCode::OK);
-    let events_tx = tokio::time::timeout(LIMIT, streams.recv())
-        .await
-        .expect("upstream saw the request")
-        .expect("stream sender");
+    let stream = upstream.next_stream().await;
     let mut events = EventReader::new(response.into_body());
     let mut expect_event = async |id: u64| {
-        assert!(write_event(&events_tx, id, "tick", &[&format!("n{id}")]).await);
+        assert!(stream.write_event(id, "tick", &[&format!("n{id}")]).await);
         let event = events
             .next_event(LIMIT)
             .await
@@ -1063,35 +1049,26 @@ async fn ocsp_responses_are_stapled_for_the_certificate_they_follow() {
 // ================================================================ mTLS
 
 /// An upstream that answers with the X-Client-Cert-Subject values it received
-/// ("none" without), and counts requests.
-async fn subject_echo_upstream() -> (UpstreamHandle, Arc<AtomicUsize>) {
-    let count = Arc::new(AtomicUsize::new(0));
-    let seen = count.clone();
-    let upstream = spawn_upstream(move |req: Request<_>| {
-        seen.fetch_add(1, Ordering::SeqCst);
-        let values: Vec<String> = req
-            .headers()
-            .get_all("x-client-cert-subject")
-            .iter()
-            .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
-            .collect();
-        let text = if values.is_empty() {
-            "none".to_owned()
-        } else {
-            values.join(" | ")
-        };
-        async move { Response::new(full_body(text)) }
-    })
-    .await;
-    (upstream, count)
+/// ("none" without); it counts requests, as every `TestUpstream` does.
+async fn subject_echo_upstream() -> TestUpstream {
+    TestUpstream::builder()
+        .otherwise(Reply::with(|req| {
+            let values = req.all("x-client-cert-subject");
+            if values.is_empty() {
+                Reply::body("none")
+            } else {
+                Reply::body(values.join(" | "))
+            }
+        }))
+        .start()
+        .await
 }
 
 struct MtlsSetup {
     server_ca: TestCa,
     client_ca: TestCa,
     proxy: ProxyHandle,
-    requests: Arc<AtomicUsize>,
-    _upstream: UpstreamHandle,
+    upstream: TestUpstream,
 }
 
 async fn mtls_proxy(optional: bool) -> MtlsSetup {
@@ -1105,7 +1082,7 @@ async fn mtls_proxy(optional: bool) -> MtlsSetup {
         optional,
     };
     let tls = server_config_with(store_of(&[&server]), Some(&auth)).expect("mTLS config");
-    let (upstream, requests) = subject_echo_upstream().await;
+    let upstream = subject_echo_upstream().await;
     let mut config = config_with_tls(upstream.addr, tls);
     config.client_auth = true;
     let proxy = start_proxy(config).await;
@@ -1113,8 +1090,7 @@ async fn mtls_proxy(optional: bool) -> MtlsSetup {
         server_ca,
         client_ca,
         proxy,
-        requests,
-        _upstream: upstream,
+        upstream,
     }
 }
 
@@ -1203,7 +1179,7 @@ async fn mtls_required_accepts_only_clients_with_a_certificate_from_the_ca() {
             "{version:?}: forged subject must be replaced"
         );
     }
-    let before = setup.requests.load(Ordering::SeqCst);
+    let before = setup.upstream.received();
 
     let other_ca = TestCa::new("ssegate unrelated CA");
     let mallory = other_ca.client("mallory");
@@ -1226,7 +1202,7 @@ async fn mtls_required_accepts_only_clients_with_a_certificate_from_the_ca() {
         .await;
     }
     assert_eq!(
-        setup.requests.load(Ordering::SeqCst),
+        setup.upstream.received(),
         before,
         "refused clients must not reach the upstream"
     );
@@ -1265,8 +1241,8 @@ async fn mtls_optional_accepts_anonymous_clients_and_strips_forged_subjects() {
 
 #[tokio::test]
 async fn without_client_auth_a_forged_subject_header_is_stripped() {
-    let upstream_and_count = subject_echo_upstream().await;
-    let proxy = start_proxy(proxy_config(upstream_and_count.0.addr)).await;
+    let upstream = subject_echo_upstream().await;
+    let proxy = start_proxy(proxy_config(upstream.addr)).await;
     let mut sender = h1_client(proxy.addr).await;
     let mut request = get("/whoami", Version::HTTP_11);
     request
@@ -1281,28 +1257,17 @@ async fn without_client_auth_a_forged_subject_header_is_stripped() {
 
 /// An upstream with an ordinary page, a page with its own HSTS policy and an
 /// event stream.
-async fn hsts_upstream() -> (UpstreamHandle, mpsc::UnboundedReceiver<mpsc::Sender<Bytes>>) {
-    let (streams_tx, streams_rx) = mpsc::unbounded_channel();
-    let upstream = spawn_upstream(move |req: Request<_>| {
-        let streams_tx = streams_tx.clone();
-        let path = req.uri().path().to_owned();
-        async move {
-            match path.as_str() {
-                "/own" => Response::builder()
-                    .header("strict-transport-security", "max-age=60")
-                    .body(full_body("own policy"))
-                    .expect("response"),
-                p if p.starts_with("/events") || p.starts_with("/shared") => {
-                    let (events, body, _closed) = channel_body();
-                    let _ = streams_tx.send(events);
-                    sse_response("text/event-stream", body)
-                }
-                _ => Response::new(full_body("page")),
-            }
-        }
-    })
-    .await;
-    (upstream, streams_rx)
+async fn hsts_upstream() -> TestUpstream {
+    TestUpstream::builder()
+        .on(
+            "/own",
+            Reply::body("own policy").header("strict-transport-security", "max-age=60"),
+        )
+        .on("/events*", Reply::event_stream())
+        .on("/shared*", Reply::event_stream())
+        .otherwise(Reply::body("page"))
+        .start()
+        .await
 }
 
 /// One GET over a new h1 or h2 connection trusting the dev certificate.
@@ -1326,7 +1291,7 @@ fn sts(response: &Response<hyper::body::Incoming>) -> Vec<String> {
 
 #[tokio::test]
 async fn hsts_is_added_to_every_response_unless_the_upstream_has_its_own() {
-    let (upstream, mut streams) = hsts_upstream().await;
+    let mut upstream = hsts_upstream().await;
     let policy = hsts_header(Duration::from_secs(31_536_000), true, false);
     assert_eq!(policy, "max-age=31536000; includeSubDomains");
     let mut config = proxy_config(upstream.addr);
@@ -1354,10 +1319,7 @@ async fn hsts_is_added_to_every_response_unless_the_upstream_has_its_own() {
     for path in ["/events", "/shared/feed"] {
         let mut sender = h1_client(proxy.addr).await;
         let pending = tokio::spawn(sender.send_request(get(path, Version::HTTP_11)));
-        let events_tx = tokio::time::timeout(LIMIT, streams.recv())
-            .await
-            .expect("upstream request")
-            .expect("sender");
+        let stream = upstream.next_stream().await;
         let response = tokio::time::timeout(LIMIT, pending)
             .await
             .expect("response headers")
@@ -1369,7 +1331,7 @@ async fn hsts_is_added_to_every_response_unless_the_upstream_has_its_own() {
             [std::str::from_utf8(&policy).unwrap()],
             "{path}"
         );
-        assert!(write_event(&events_tx, 1, "tick", &["x"]).await);
+        assert!(stream.write_event(1, "tick", &["x"]).await);
         let mut events = EventReader::new(response.into_body());
         assert!(events.next_event(LIMIT).await.is_some(), "{path}: event");
     }
@@ -1391,7 +1353,7 @@ async fn hsts_is_added_to_every_response_unless_the_upstream_has_its_own() {
 
 #[tokio::test]
 async fn hsts_is_off_by_default() {
-    let (upstream, _streams) = hsts_upstream().await;
+    let upstream = hsts_upstream().await;
     let proxy = start_proxy(proxy_config(upstream.addr)).await;
     for version in [Version::HTTP_11, Version::HTTP_2] {
         let response = fetch(proxy.addr, version, "/page").await;
@@ -1448,13 +1410,10 @@ async fn the_binary_hsts_flags_set_the_header() {
 
 #[tokio::test]
 async fn plain_http_is_redirected_to_https_with_308() {
-    let count = Arc::new(AtomicUsize::new(0));
-    let seen = count.clone();
-    let upstream = spawn_upstream(move |_req| {
-        seen.fetch_add(1, Ordering::SeqCst);
-        async move { Response::new(full_body("upstream")) }
-    })
-    .await;
+    let upstream = TestUpstream::builder()
+        .otherwise(Reply::body("upstream"))
+        .start()
+        .await;
     let mut config = proxy_config(upstream.addr);
     config.redirect_http = Some(SocketAddr::from(([127, 0, 0, 1], 0)));
     capture_logs();
@@ -1519,11 +1478,7 @@ async fn plain_http_is_redirected_to_https_with_308() {
             "{method} {target} Host {host}"
         );
     }
-    assert_eq!(
-        count.load(Ordering::SeqCst),
-        0,
-        "redirects never reach the upstream"
-    );
+    assert_eq!(upstream.received(), 0, "redirects never reach the upstream");
 
     // The https side is unaffected.
     let response = h1_client(SocketAddr::from(([127, 0, 0, 1], https_port)))
@@ -1532,7 +1487,7 @@ async fn plain_http_is_redirected_to_https_with_308() {
         .await
         .expect("https response");
     assert_eq!(response.status(), StatusCode::OK);
-    assert_eq!(count.load(Ordering::SeqCst), 1);
+    assert_eq!(upstream.received(), 1);
 
     shutdown.cancel();
     tokio::time::timeout(LIMIT, task)

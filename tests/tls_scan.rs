@@ -23,7 +23,6 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, SystemTime};
 
 use common::*;
-use http::Response;
 
 /// A full testssl run took 60 to 150 s here (two cores, other tests running).
 const SCAN_LIMIT: Duration = Duration::from_secs(300);
@@ -97,16 +96,16 @@ fn test_pki(dir: &TempDir) -> (PathBuf, PathBuf, PathBuf) {
 /// (X-Content-Type-Options, Content-Security-Policy). ssegate relays them
 /// unchanged and adds only HSTS (--hsts), the one header that belongs to the
 /// TLS terminator.
-async fn app_upstream() -> UpstreamHandle {
-    spawn_upstream(|_req| async move {
-        Response::builder()
-            .header("content-type", "text/plain; charset=utf-8")
-            .header("x-content-type-options", "nosniff")
-            .header("content-security-policy", "default-src 'none'")
-            .body(full_body("hello from the app\n"))
-            .expect("response")
-    })
-    .await
+async fn app_upstream() -> TestUpstream {
+    TestUpstream::builder()
+        .otherwise(
+            Reply::body("hello from the app\n")
+                .header("content-type", "text/plain; charset=utf-8")
+                .header("x-content-type-options", "nosniff")
+                .header("content-security-policy", "default-src 'none'"),
+        )
+        .start()
+        .await
 }
 
 /// The binary in front of `upstream` with `--hsts 2y`, listening.

@@ -1,22 +1,83 @@
 //! Clients of the proxy: rustls over TCP, with hyper's HTTP/1.1 and HTTP/2
-//! on top, and the requests they send.
+//! on top, and the requests (and request bodies) they send.
 
+use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::path::Path;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 
+use bytes::Bytes;
 use http::header::{HeaderName, HeaderValue};
 use http::{Request, Response, Version};
+use http_body::{Body, Frame};
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Empty, Full};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName};
 use tokio::net::TcpStream;
+use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio_rustls::client::TlsStream;
 use tokio_rustls::TlsConnector;
 
-use super::{dev_cert_path, empty_body, TestBody, WAIT_LIMIT};
+use super::{dev_cert_path, WAIT_LIMIT};
+
+// ---------------------------------------------------------------- request bodies
+
+pub type TestBody = BoxBody<Bytes, Infallible>;
+
+pub fn full_body(bytes: impl Into<Bytes>) -> TestBody {
+    Full::new(bytes.into()).boxed()
+}
+
+pub fn empty_body() -> TestBody {
+    Empty::new().boxed()
+}
+
+/// A request body fed by a channel, one frame per message. It also
+/// reports, through `closed`, when the client let go of it.
+pub struct ChannelBody {
+    rx: mpsc::Receiver<Bytes>,
+    closed: Option<oneshot::Sender<()>>,
+}
+
+impl Body for ChannelBody {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        self.rx.poll_recv(cx).map(|c| c.map(|c| Ok(Frame::data(c))))
+    }
+}
+
+impl Drop for ChannelBody {
+    fn drop(&mut self) {
+        if let Some(closed) = self.closed.take() {
+            let _ = closed.send(());
+        }
+    }
+}
+
+/// A streaming request body and the sender that writes into it. The
+/// receiver of the returned oneshot completes when the body is dropped.
+pub fn channel_body() -> (mpsc::Sender<Bytes>, TestBody, oneshot::Receiver<()>) {
+    let (tx, rx) = mpsc::channel(64);
+    let (closed_tx, closed_rx) = oneshot::channel();
+    let body = ChannelBody {
+        rx,
+        closed: Some(closed_tx),
+    };
+    (tx, body.boxed(), closed_rx)
+}
+
+// ---------------------------------------------------------------- connections
 
 /// A rustls client config that trusts the dev certificate, with the given ALPN.
 pub fn client_tls_config(alpn: &[&[u8]]) -> Arc<rustls::ClientConfig> {

@@ -1,4 +1,4 @@
-//! Shared test harness: an in-process proxy, scripted upstreams and TLS
+//! Shared test harness: an in-process proxy, the test upstream and TLS
 //! clients, all on real sockets at 127.0.0.1:0, plus the child processes
 //! (the `ssegate` binary, curl, ...) and temporary directories some tests
 //! need. Everything stops or is removed on Drop.
@@ -15,6 +15,7 @@ use std::time::Duration;
 use ssegate::tls::CertPair;
 
 mod clients;
+mod paths;
 mod process;
 mod proxy;
 mod raw;
@@ -26,6 +27,8 @@ mod upstream;
 // A test file that uses nothing of a module would warn about its re-export.
 #[allow(unused_imports)]
 pub use clients::*;
+#[allow(unused_imports)]
+pub use paths::*;
 #[allow(unused_imports)]
 pub use process::*;
 #[allow(unused_imports)]

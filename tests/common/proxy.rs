@@ -2,12 +2,16 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpStream;
+use tokio::time::Instant;
 
 use ssegate::config::{Config, UpstreamUrl};
 use ssegate::tls::{self, CertStore};
 use ssegate::{CancellationToken, Server};
 
-use super::{dev_cert_pair, init_tracing};
+use super::{dev_cert_pair, init_tracing, WAIT_LIMIT};
 
 /// A running proxy; cancelled (and awaited in the background) on Drop.
 pub struct ProxyHandle {
@@ -58,5 +62,24 @@ pub async fn spawn_proxy_with(config: Config) -> ProxyHandle {
         hub,
         shutdown,
         task: Some(task),
+    }
+}
+
+/// Whether a TCP connection to `addr` is refused (within `WAIT_LIMIT`).
+pub async fn refused(addr: SocketAddr) -> bool {
+    matches!(
+        tokio::time::timeout(WAIT_LIMIT, TcpStream::connect(addr)).await,
+        Ok(Err(_))
+    )
+}
+
+/// Polls until connections to `addr` are refused: a closed listener cannot
+/// be awaited from outside (the proxy cancels its own drain token right
+/// after closing it).
+pub async fn until_refused(addr: SocketAddr) {
+    let deadline = Instant::now() + WAIT_LIMIT;
+    while !refused(addr).await {
+        assert!(Instant::now() < deadline, "the listener is still open");
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }

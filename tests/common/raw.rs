@@ -9,7 +9,6 @@ use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_rustls::client::TlsStream;
 
@@ -28,7 +27,8 @@ pub struct RawHead {
 }
 
 impl RawHead {
-    fn parse(bytes: &[u8]) -> Result<Self, String> {
+    /// Parses a head that ends with its blank line.
+    pub fn parse(bytes: &[u8]) -> Result<Self, String> {
         let raw = String::from_utf8_lossy(bytes).into_owned();
         let text = raw
             .strip_suffix("\r\n\r\n")
@@ -203,6 +203,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> RawConn<S> {
         }
     }
 
+    /// A connection of which `buf` has been read already.
+    pub fn with_buffered(io: S, buf: Vec<u8>) -> Self {
+        RawConn { io, buf }
+    }
+
     /// Bytes read but not consumed yet.
     pub fn buffered(&self) -> &[u8] {
         &self.buf
@@ -244,7 +249,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> RawConn<S> {
 
     /// Reads one head (through its blank line); an error if the peer closed
     /// or nothing complete arrived by `deadline`.
-    async fn try_read_head(&mut self, deadline: Instant) -> Result<RawHead, String> {
+    pub async fn try_read_head(&mut self, deadline: Instant) -> Result<RawHead, String> {
         loop {
             if let Some(end) = find(&self.buf, b"\r\n\r\n") {
                 let head: Vec<u8> = self.buf.drain(..end + 4).collect();
@@ -447,6 +452,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> RawConn<S> {
 
 /// One connection the raw upstream accepted, after its first request head.
 pub struct RawUpstreamConn {
+    /// The connection's number: 1 for the first the upstream accepted.
+    pub id: usize,
     pub request: RawHead,
     pub conn: RawConn<TcpStream>,
 }
@@ -464,40 +471,33 @@ impl RawUpstreamConn {
 }
 
 /// A plain-TCP upstream that hands every connection, with the request head
-/// it starts with, to the test; stops accepting on Drop.
+/// it starts with, to the test: a `TestUpstream` whose every reply is
+/// `Reply::hand_over`. Stops accepting on Drop.
 pub struct RawUpstream {
     pub addr: SocketAddr,
-    conns: mpsc::UnboundedReceiver<RawUpstreamConn>,
-    _accepting: super::UpstreamHandle,
+    upstream: super::TestUpstream,
 }
 
 impl RawUpstream {
     pub async fn start() -> Self {
-        let (conns_tx, conns) = mpsc::unbounded_channel();
-        let accepting = super::accept_loop(move |tcp| {
-            let conns_tx = conns_tx.clone();
-            async move {
-                let mut conn = RawConn::new(tcp);
-                // A pooled connection that is never used sends nothing.
-                if let Ok(request) = conn.try_read_head(Instant::now() + WAIT_LIMIT).await {
-                    let _ = conns_tx.send(RawUpstreamConn { request, conn });
-                }
-            }
-        })
-        .await;
+        let upstream = super::TestUpstream::builder()
+            .otherwise(super::Reply::hand_over())
+            .start()
+            .await;
         RawUpstream {
-            addr: accepting.addr,
-            conns,
-            _accepting: accepting,
+            addr: upstream.addr,
+            upstream,
         }
     }
 
     /// The next request head the upstream receives, on its connection.
     pub async fn next(&mut self) -> RawUpstreamConn {
-        tokio::time::timeout(WAIT_LIMIT, self.conns.recv())
-            .await
-            .expect("the raw upstream gets a request")
-            .expect("raw upstream running")
+        self.upstream.next_conn().await
+    }
+
+    /// TCP connections accepted so far.
+    pub fn accepts(&self) -> usize {
+        self.upstream.accepts()
     }
 }
 

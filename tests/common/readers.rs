@@ -11,9 +11,18 @@ use tokio::time::Instant;
 
 use super::WAIT_LIMIT;
 
-/// Reads a whole response body.
+/// Reads a whole response body; fails unless it ends within `WAIT_LIMIT`.
 pub async fn read_body(body: Incoming) -> Bytes {
-    body.collect().await.expect("body").to_bytes()
+    read_body_within(body, WAIT_LIMIT).await
+}
+
+/// Reads a whole response body; fails unless it ends within `limit`.
+pub async fn read_body_within(body: Incoming, limit: Duration) -> Bytes {
+    tokio::time::timeout(limit, body.collect())
+        .await
+        .expect("the whole body in time")
+        .expect("body")
+        .to_bytes()
 }
 
 /// How reading a body to its end stopped.

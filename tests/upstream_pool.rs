@@ -1,39 +1,36 @@
-//! Keep-alive on the lean HTTP/1.1 path: every plain bodiless GET of an
-//! HTTP/1.1 client connection is served by the lean path over the client
-//! connection's own upstream keep-alive connection, driven by hand; the
-//! first other request hands both connections to hyper; a closed client
-//! connection parks its upstream connection for the next one on the same
-//! serving thread.
+//! The upstream connection pool, seen from both ends. Upstream connections
+//! are pooled per serving thread and shared by every client connection that
+//! thread serves: a response read to its end gives its connection back for
+//! the next request, from the same client connection or another; a response
+//! that ends the connection (`Connection: close`, HTTP/1.0, a body delimited
+//! by the close) does not; a pooled connection the upstream closed while
+//! idle is replaced, and a GET that meets such a close is sent again once;
+//! bytes the upstream sent unasked on an idle connection are never taken
+//! for an answer. Also the HTTP/1.1 client side of keep-alive around it:
+//! pipelining, 204 and 304 without a body, chunked bodies, the header read
+//! timeout between requests, the drain, and `close_notify` with the last
+//! response.
 //!
 //! Which upstream connection carried a request is seen from the upstream:
-//! `TaggedUpstream` (hyper) counts the connections it accepts and names the
-//! one that answered in `x-upstream-conn`; `ScriptedUpstream` hands every
-//! accepted connection to the test, which reads each request and writes the
-//! response bytes itself. The client side is raw bytes over TLS (`RawConn`).
+//! `tagged_upstream` (a `TestUpstream`) names the connection that answered
+//! in `x-upstream-conn`; where a test writes the upstream's bytes itself,
+//! `RawUpstream` hands it each connection with its first request head
+//! (`RawUpstreamConn`), and the test reads the requests that follow on it.
+//! The client side is raw bytes over TLS (`RawConn`).
 //!
 //! Each test says, above it, which broken behaviour makes it fail.
 
 mod common;
 
-use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
 use std::time::Duration;
 
 use common::*;
-use http::{Request, Response};
-use http_body_util::BodyExt;
-use hyper::body::Incoming;
-use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
 use ssegate::config::Config;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
-use tokio::sync::mpsc;
+use tokio::io::AsyncWriteExt;
 use tokio::time::Instant;
 
-/// The header in which `TaggedUpstream` names the connection that answered.
+/// The header in which `tagged_upstream` names the connection that answered.
 const CONN_HEADER: &str = "x-upstream-conn";
 /// How soon the proxy must close an upstream connection it may not reuse,
 /// or a client connection it drains.
@@ -41,92 +38,29 @@ const PROMPTLY: Duration = Duration::from_secs(3);
 
 // ---------------------------------------------------------------- tagged upstream
 
-/// A hyper upstream that numbers its TCP connections from 1 and answers
-/// each request with the number of the connection it came on (in
-/// `x-upstream-conn`): `/no-content` 204, `/not-modified` 304 with an ETag,
-/// `/echo` "METHOD path body", `/bytes/N` N bytes of `pattern`, anything
-/// else its path as the body.
-struct TaggedUpstream {
-    addr: SocketAddr,
-    accepts: Arc<AtomicUsize>,
-    requests: Arc<AtomicUsize>,
-    _handle: UpstreamHandle,
-}
-
-impl TaggedUpstream {
-    async fn start() -> Self {
-        let accepts = Arc::new(AtomicUsize::new(0));
-        let requests = Arc::new(AtomicUsize::new(0));
-        let (accepted, received) = (accepts.clone(), requests.clone());
-        let handle = accept_loop(move |tcp| {
-            let conn = accepted.fetch_add(1, Ordering::SeqCst) + 1;
-            let received = received.clone();
-            async move {
-                let service = service_fn(move |req| {
-                    received.fetch_add(1, Ordering::SeqCst);
-                    tagged_answer(conn, req)
-                });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(tcp), service)
-                    .await;
-            }
-        })
-        .await;
-        TaggedUpstream {
-            addr: handle.addr,
-            accepts,
-            requests,
-            _handle: handle,
-        }
-    }
-
-    /// TCP connections accepted so far.
-    fn accepts(&self) -> usize {
-        self.accepts.load(Ordering::SeqCst)
-    }
-
-    /// Requests received so far, on all connections.
-    fn requests(&self) -> usize {
-        self.requests.load(Ordering::SeqCst)
-    }
-}
-
-async fn tagged_answer(
-    conn: usize,
-    req: Request<Incoming>,
-) -> Result<Response<TestBody>, Infallible> {
-    let method = req.method().to_string();
-    let path = req.uri().path().to_owned();
-    let body = req
-        .into_body()
-        .collect()
+/// A `TestUpstream` that answers each request with the number of the
+/// connection it came on (1 for the first, in `x-upstream-conn`):
+/// `/no-content` 204, `/not-modified` 304 with an ETag, `/echo` "METHOD
+/// path body", `/bytes/N` N bytes of `pattern`, anything else its path as
+/// the body.
+async fn tagged_upstream() -> TestUpstream {
+    TestUpstream::builder()
+        .otherwise(Reply::with(|req| {
+            let path = req.path();
+            let reply = match path {
+                "/no-content" => Reply::status(204),
+                "/not-modified" => Reply::status(304).header("etag", "\"v1\""),
+                "/echo" => Reply::text(format!("{} {path} {}", req.method, req.body_text())),
+                p if p.starts_with("/bytes/") => {
+                    let len = p["/bytes/".len()..].parse().expect("/bytes/N");
+                    Reply::body(pattern(len)).header("content-type", "application/octet-stream")
+                }
+                _ => Reply::text(path.to_owned()),
+            };
+            reply.header(CONN_HEADER, req.conn)
+        }))
+        .start()
         .await
-        .map(|b| b.to_bytes())
-        .unwrap_or_default();
-    let builder = Response::builder().header(CONN_HEADER, conn.to_string());
-    let response = match path.as_str() {
-        "/no-content" => builder.status(204).body(empty_body()),
-        "/not-modified" => builder
-            .status(304)
-            .header("etag", "\"v1\"")
-            .body(empty_body()),
-        "/echo" => builder
-            .header("content-type", "text/plain")
-            .body(full_body(format!(
-                "{method} {path} {}",
-                String::from_utf8_lossy(&body)
-            ))),
-        p if p.starts_with("/bytes/") => {
-            let len = p["/bytes/".len()..].parse().expect("/bytes/N");
-            builder
-                .header("content-type", "application/octet-stream")
-                .body(full_body(pattern(len)))
-        }
-        _ => builder
-            .header("content-type", "text/plain")
-            .body(full_body(path)),
-    };
-    Ok(response.expect("valid response"))
 }
 
 /// `len` bytes in which a shifted or repeated stretch shows.
@@ -134,88 +68,28 @@ fn pattern(len: usize) -> Vec<u8> {
     (0..len).map(|i| ((i * 7 + i / 251) % 251) as u8).collect()
 }
 
-// ---------------------------------------------------------------- scripted upstream
+// ---------------------------------------------------------------- raw upstream
 
-/// One request as the scripted upstream read it.
-#[derive(Debug)]
-struct UpRequest {
-    start_line: String,
-    /// Names lowercased, values trimmed, in order.
-    headers: Vec<(String, String)>,
-}
-
-impl UpRequest {
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, v)| v.as_str())
-    }
-}
-
-/// One TCP connection the proxy opened to the scripted upstream.
-struct UpConn {
-    /// 1 for the first connection accepted, and so on.
-    id: usize,
-    tcp: TcpStream,
-    buf: Vec<u8>,
-}
-
-impl UpConn {
-    /// The next request head (the proxy sends bodiless GETs only here);
-    /// an error if the proxy closes the connection or sends nothing in `limit`.
-    async fn try_request(&mut self, limit: Duration) -> Result<UpRequest, String> {
-        let deadline = Instant::now() + limit;
-        loop {
-            if let Some(end) = self.buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                let head: Vec<u8> = self.buf.drain(..end + 4).collect();
-                let head = String::from_utf8(head).expect("ASCII request head");
-                let mut lines = head.trim_end().split("\r\n");
-                let start_line = lines.next().unwrap_or_default().to_owned();
-                let headers = lines
-                    .map(|line| {
-                        let (name, value) = line.split_once(':').expect("header line");
-                        (name.to_ascii_lowercase(), value.trim().to_owned())
-                    })
-                    .collect::<Vec<_>>();
-                let request = UpRequest {
-                    start_line,
-                    headers,
-                };
-                assert!(
-                    request.header("content-length").is_none()
-                        && request.header("transfer-encoding").is_none(),
-                    "a request with a body reached the scripted upstream: {request:?}"
-                );
-                return Ok(request);
-            }
-            let mut chunk = [0u8; 4096];
-            match tokio::time::timeout_at(deadline, self.tcp.read(&mut chunk)).await {
-                Err(_) => return Err(format!("no request on upstream connection #{}", self.id)),
-                Ok(Ok(0)) | Ok(Err(_)) => {
-                    return Err(format!(
-                        "upstream connection #{} closed by the proxy; unread: {:?}",
-                        self.id,
-                        String::from_utf8_lossy(&self.buf)
-                    ))
-                }
-                Ok(Ok(n)) => self.buf.extend_from_slice(&chunk[..n]),
-            }
-        }
+/// This file's additions to the connections `RawUpstream` hands over.
+impl RawUpstreamConn {
+    /// The request head the connection came with; the proxy sends bodiless
+    /// GETs only here.
+    fn first_request(&self) -> &RawHead {
+        assert_bodiless(&self.request);
+        &self.request
     }
 
-    /// The next request head; fails unless it arrives within `WAIT_LIMIT`.
-    async fn request(&mut self) -> UpRequest {
-        self.try_request(WAIT_LIMIT)
+    /// The next request head on this connection; an error if the proxy
+    /// closes it or sends nothing in `limit`.
+    async fn try_next_request(&mut self, limit: Duration) -> Result<RawHead, String> {
+        let id = self.id;
+        let head = self
+            .conn
+            .try_read_head(Instant::now() + limit)
             .await
-            .unwrap_or_else(|err| panic!("{err}"))
-    }
-
-    async fn write(&mut self, bytes: &[u8]) {
-        tokio::time::timeout(WAIT_LIMIT, self.tcp.write_all(bytes))
-            .await
-            .expect("upstream write in time")
-            .expect("upstream write");
+            .map_err(|err| format!("upstream connection #{id}: {err}"))?;
+        assert_bodiless(&head);
+        Ok(head)
     }
 
     /// Answers with `body` and a Content-Length, keeping the connection.
@@ -227,25 +101,10 @@ impl UpConn {
         self.write(response.as_bytes()).await;
     }
 
-    /// Waits up to `limit` for the proxy to close the connection: whether
-    /// it did, and what it sent before.
-    async fn until_closed(&mut self, limit: Duration) -> (Vec<u8>, bool) {
-        let deadline = Instant::now() + limit;
-        let mut received = std::mem::take(&mut self.buf);
-        loop {
-            let mut chunk = [0u8; 4096];
-            match tokio::time::timeout_at(deadline, self.tcp.read(&mut chunk)).await {
-                Err(_) => return (received, false),
-                Ok(Ok(0)) | Ok(Err(_)) => return (received, true),
-                Ok(Ok(n)) => received.extend_from_slice(&chunk[..n]),
-            }
-        }
-    }
-
     /// Asserts that the proxy closes the connection within `PROMPTLY`
     /// without sending anything more on it.
     async fn assert_closed_by_proxy(&mut self, what: &str) {
-        let (sent, closed) = self.until_closed(PROMPTLY).await;
+        let (sent, closed) = self.conn.read_to_close(PROMPTLY).await;
         assert!(
             sent.is_empty(),
             "{what}: the proxy sent {:?} on upstream connection #{}",
@@ -260,73 +119,34 @@ impl UpConn {
     }
 }
 
-/// A plain-TCP upstream that hands every connection the proxy opens to the
-/// test, numbered from 1, before anything is read from it.
-struct ScriptedUpstream {
-    addr: SocketAddr,
-    conns: mpsc::UnboundedReceiver<UpConn>,
-    accepts: Arc<AtomicUsize>,
-    _handle: UpstreamHandle,
+fn assert_bodiless(request: &RawHead) {
+    assert!(
+        !request.has("content-length") && !request.has("transfer-encoding"),
+        "a request with a body reached the raw upstream: {:?}",
+        request.raw
+    );
 }
 
-impl ScriptedUpstream {
-    async fn start() -> Self {
-        let (conns_tx, conns) = mpsc::unbounded_channel();
-        let accepts = Arc::new(AtomicUsize::new(0));
-        let accepted = accepts.clone();
-        let handle = accept_loop(move |tcp| {
-            let id = accepted.fetch_add(1, Ordering::SeqCst) + 1;
-            let _ = conns_tx.send(UpConn {
-                id,
-                tcp,
-                buf: Vec::new(),
-            });
-            async {}
-        })
-        .await;
-        ScriptedUpstream {
-            addr: handle.addr,
-            conns,
-            accepts,
-            _handle: handle,
-        }
-    }
-
-    /// The next new connection the proxy opens.
-    async fn next_conn(&mut self) -> UpConn {
-        tokio::time::timeout(WAIT_LIMIT, self.conns.recv())
-            .await
-            .expect("the proxy opens an upstream connection")
-            .expect("scripted upstream running")
-    }
-
-    /// The next request, which must come on `conn`: fails at once if the
-    /// proxy opens a new upstream connection instead, or closes `conn`.
-    async fn next_request_on(&mut self, conn: &mut UpConn) -> UpRequest {
-        let id = conn.id;
-        tokio::select! {
-            biased;
-            request = conn.try_request(WAIT_LIMIT) => request.unwrap_or_else(|err| {
-                panic!("expected the next request on upstream connection #{id}: {err}")
-            }),
-            new = self.conns.recv() => {
-                let new = new.expect("scripted upstream running");
-                panic!(
-                    "the proxy opened upstream connection #{} instead of reusing #{id}",
-                    new.id
-                )
-            }
-        }
-    }
-
-    fn accepts(&self) -> usize {
-        self.accepts.load(Ordering::SeqCst)
+/// The next request, which must come on `conn`: fails at once if the proxy
+/// sends it on a new upstream connection instead, or closes `conn`.
+async fn next_request_on(upstream: &mut RawUpstream, conn: &mut RawUpstreamConn) -> RawHead {
+    let id = conn.id;
+    tokio::select! {
+        biased;
+        request = conn.try_next_request(WAIT_LIMIT) => request.unwrap_or_else(|err| {
+            panic!("expected the next request on upstream connection #{id}: {err}")
+        }),
+        new = upstream.next() => panic!(
+            "the proxy sent {:?} on upstream connection #{} instead of reusing #{id}",
+            new.request.start_line,
+            new.id
+        ),
     }
 }
 
 // ---------------------------------------------------------------- client side
 
-/// A plain GET, as curl sends it: eligible for the lean path.
+/// A plain GET, as curl sends it.
 fn get_request(path: &str) -> Vec<u8> {
     format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nAccept: */*\r\n\r\n").into_bytes()
 }
@@ -372,7 +192,7 @@ fn assert_ok_with(response: &RawResponse, body: &[u8], what: &str) {
     );
 }
 
-/// The number of the upstream connection that answered (`TaggedUpstream`).
+/// The number of the upstream connection that answered (`tagged_upstream`).
 fn upstream_conn(response: &RawResponse) -> usize {
     response
         .head
@@ -406,12 +226,12 @@ async fn close_and_wait(mut conn: TlsConn, what: &str) {
 /// the client gets any answer: fails at once, with the answer, if the proxy
 /// answered the client instead of (re)sending its request upstream.
 async fn next_conn_before_any_answer(
-    upstream: &mut ScriptedUpstream,
+    upstream: &mut RawUpstream,
     client: &mut TlsConn,
-) -> UpConn {
+) -> RawUpstreamConn {
     tokio::select! {
         biased;
-        conn = upstream.next_conn() => conn,
+        conn = upstream.next() => conn,
         response = client.read_response(false) => panic!(
             "the client got {:?} ({:?}) instead of the request going to a new upstream connection",
             response.head.start_line,
@@ -420,18 +240,7 @@ async fn next_conn_before_any_answer(
     }
 }
 
-/// Polls until connections to `addr` are refused: a closed listener cannot
-/// be awaited from outside (the proxy cancels its own drain token right
-/// after closing it).
-async fn until_refused(addr: SocketAddr) {
-    let deadline = Instant::now() + WAIT_LIMIT;
-    while TcpStream::connect(addr).await.is_ok() {
-        assert!(Instant::now() < deadline, "the listener is still open");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
-/// One serving thread, so that every client connection shares the parked
+/// One serving thread, so that every client connection shares the pooled
 /// upstream connections of the same thread.
 fn one_thread(upstream: SocketAddr) -> Config {
     let mut config = proxy_config(upstream);
@@ -441,15 +250,15 @@ fn one_thread(upstream: SocketAddr) -> Config {
 
 // ---------------------------------------------------------------- 1. reuse
 
-/// Catches: a lean GET's upstream connection not going back to the client
-/// connection's slot once its body is read (a new upstream connection per
-/// request), and any framing error in the hand-written path: a wrong or
-/// missing Content-Length, a body cut, repeated or shifted where the writer
-/// gathers head and body (the 100 kB body spans several 16 KiB writes), or
-/// stray bytes left between responses.
+/// Catches: a GET's upstream connection not going back to the pool once its
+/// body is read (a new upstream connection per request), and any framing
+/// error in the HTTP/1.1 writer: a wrong or missing Content-Length, a body
+/// cut, repeated or shifted where the writer gathers head and body (the
+/// 100 kB body spans several 16 KiB writes), or stray bytes left between
+/// responses.
 #[tokio::test]
 async fn several_gets_on_one_client_connection_share_one_upstream_connection() {
-    let upstream = TaggedUpstream::start().await;
+    let upstream = tagged_upstream().await;
     let proxy = spawn_proxy(upstream.addr).await;
     let mut conn = client(&proxy).await;
 
@@ -471,7 +280,7 @@ async fn several_gets_on_one_client_connection_share_one_upstream_connection() {
         );
     }
     assert_eq!(upstream.accepts(), 1, "one upstream connection in all");
-    assert_eq!(upstream.requests(), cases.len());
+    assert_eq!(upstream.received(), cases.len());
     assert!(
         conn.buffered().is_empty(),
         "bytes after the last response: {:?}",
@@ -491,7 +300,7 @@ async fn several_gets_on_one_client_connection_share_one_upstream_connection() {
 /// GETs catch a connection that is never reused at all.
 #[tokio::test]
 async fn a_response_that_ends_the_upstream_connection_is_relayed_and_the_next_get_gets_a_new_one() {
-    let mut upstream = ScriptedUpstream::start().await;
+    let mut upstream = RawUpstream::start().await;
     let proxy = spawn_proxy(upstream.addr).await;
     let mut conn = client(&proxy).await;
 
@@ -527,11 +336,11 @@ async fn a_response_that_ends_the_upstream_connection_is_relayed_and_the_next_ge
         let what = case.name;
         // A fresh upstream connection, shown reusable by a first exchange.
         conn.write(&get_request(&format!("/warm/{i}"))).await;
-        let mut up = upstream.next_conn().await;
-        let request = up.request().await;
+        let mut up = upstream.next().await;
+        let request = up.first_request().clone();
         assert_eq!(request.start_line, format!("GET /warm/{i} HTTP/1.1"));
         assert_eq!(
-            request.header("connection"),
+            request.get("connection"),
             None,
             "{what}: a keep-alive GET asks the upstream to close"
         );
@@ -539,11 +348,11 @@ async fn a_response_that_ends_the_upstream_connection_is_relayed_and_the_next_ge
         assert_ok_with(&conn.read_response(false).await, b"warm", what);
 
         conn.write(&get_request(&format!("/{}", case.name))).await;
-        let request = upstream.next_request_on(&mut up).await;
+        let request = next_request_on(&mut upstream, &mut up).await;
         assert_eq!(request.start_line, format!("GET /{} HTTP/1.1", case.name));
         up.write(case.response.as_bytes()).await;
         if case.then_close {
-            up.tcp.shutdown().await.expect("upstream half-close");
+            up.conn.io.shutdown().await.expect("upstream half-close");
         }
         let response = conn.read_response(false).await;
         let head = &response.head;
@@ -567,23 +376,23 @@ async fn a_response_that_ends_the_upstream_connection_is_relayed_and_the_next_ge
     // The client connection is still open, and its next GET gets a new
     // upstream connection.
     conn.write(&get_request("/after")).await;
-    let mut up = upstream.next_conn().await;
-    assert_eq!(up.request().await.start_line, "GET /after HTTP/1.1");
+    let mut up = upstream.next().await;
+    assert_eq!(up.first_request().start_line, "GET /after HTTP/1.1");
     up.answer("after").await;
     assert_ok_with(&conn.read_response(false).await, b"after", "after");
     assert_eq!(upstream.accepts(), cases.len() + 1);
 }
 
-// ---------------------------------------------------------------- 3. handover
+// ---------------------------------------------------------------- 3. requests with bodies
 
-/// Catches: the lean path not handing its upstream connection to hyper
-/// with the client connection (the POST would open a second upstream
-/// connection), hyper's client not keeping it for the GET after the POST,
-/// and request bytes lost or reordered at the handover (the POST's head and
-/// body are read by the lean path's sniffer before hyper gets them).
+/// Catches: a request with a body taking another upstream connection than
+/// the GETs around it (the POST would open a second upstream connection),
+/// its connection not going back to the pool for the GET after it, and
+/// request bytes lost or reordered between a GET and a POST on one client
+/// connection.
 #[tokio::test]
 async fn gets_then_a_post_then_a_get_all_go_over_one_upstream_connection() {
-    let upstream = TaggedUpstream::start().await;
+    let upstream = tagged_upstream().await;
     let proxy = spawn_proxy(upstream.addr).await;
     let mut conn = client(&proxy).await;
 
@@ -607,17 +416,17 @@ async fn gets_then_a_post_then_a_get_all_go_over_one_upstream_connection() {
     assert_ok_with(&response, b"/three", "GET after the POST");
     assert_eq!(upstream_conn(&response), 1, "GET after the POST");
     assert_eq!(upstream.accepts(), 1, "one upstream connection in all");
-    assert_eq!(upstream.requests(), 4);
+    assert_eq!(upstream.received(), 4);
 }
 
 // ---------------------------------------------------------------- 4. pipelining
 
 /// Catches: a request that arrived behind another in the same read being
-/// dropped, answered out of order, or answered twice, and the lean writer
-/// mixing two responses' bytes (the middle body spans several writes).
+/// dropped, answered out of order, or answered twice, and the writer mixing
+/// two responses' bytes (the middle body spans several writes).
 #[tokio::test]
 async fn gets_pipelined_in_one_write_are_answered_in_order() {
-    let upstream = TaggedUpstream::start().await;
+    let upstream = tagged_upstream().await;
     let proxy = spawn_proxy(upstream.addr).await;
     let mut conn = client(&proxy).await;
 
@@ -638,17 +447,16 @@ async fn gets_pipelined_in_one_write_are_answered_in_order() {
     // Nothing more: three requests, three responses.
     conn.assert_silent(Duration::from_millis(200), "after three responses")
         .await;
-    assert_eq!(upstream.requests(), 3);
+    assert_eq!(upstream.received(), 3);
     assert_eq!(upstream.accepts(), 1);
 }
 
-/// Catches: request bytes that the lean path read behind a GET (while its
-/// response was on the way) being lost, or not given to hyper, when the
-/// request behind is a POST with a body; and the POST not getting the
-/// lean path's upstream connection.
+/// Catches: request bytes read behind a GET (while its response was on the
+/// way) being lost when the request behind is a POST with a body, and the
+/// POST not getting the GET's upstream connection back from the pool.
 #[tokio::test]
 async fn a_post_pipelined_behind_a_get_is_answered_after_it_on_the_same_upstream_connection() {
-    let upstream = TaggedUpstream::start().await;
+    let upstream = tagged_upstream().await;
     let proxy = spawn_proxy(upstream.addr).await;
     let mut conn = client(&proxy).await;
 
@@ -668,7 +476,7 @@ async fn a_post_pipelined_behind_a_get_is_answered_after_it_on_the_same_upstream
         assert_ok_with(&response, body, what);
         assert_eq!(upstream_conn(&response), 1, "{what}");
     }
-    assert_eq!(upstream.requests(), 3);
+    assert_eq!(upstream.received(), 3);
     assert_eq!(upstream.accepts(), 1);
 }
 
@@ -677,10 +485,10 @@ async fn a_post_pipelined_behind_a_get_is_answered_after_it_on_the_same_upstream
 /// Catches: a body (or a chunked terminator, or a Content-Length) written
 /// after a 204 or 304, which the client would read as the start of the next
 /// response, and the upstream connection of a bodiless response not going
-/// back to the slot (its body is never polled, only dropped).
+/// back to the pool (its body is never polled, only dropped).
 #[tokio::test]
 async fn no_content_and_not_modified_have_no_body_and_keep_the_upstream_connection() {
-    let upstream = TaggedUpstream::start().await;
+    let upstream = tagged_upstream().await;
     let proxy = spawn_proxy(upstream.addr).await;
     let mut conn = client(&proxy).await;
 
@@ -725,13 +533,13 @@ async fn no_content_and_not_modified_have_no_body_and_keep_the_upstream_connecti
 /// last chunk's final CRLF was read (the next response would not parse).
 #[tokio::test]
 async fn a_chunked_body_of_unknown_length_arrives_whole_and_the_connection_is_reused() {
-    let mut upstream = ScriptedUpstream::start().await;
+    let mut upstream = RawUpstream::start().await;
     let proxy = spawn_proxy(upstream.addr).await;
     let mut conn = client(&proxy).await;
 
     conn.write(&get_request("/stream")).await;
-    let mut up = upstream.next_conn().await;
-    assert_eq!(up.request().await.start_line, "GET /stream HTTP/1.1");
+    let mut up = upstream.next().await;
+    assert_eq!(up.first_request().start_line, "GET /stream HTTP/1.1");
     let mut first =
         b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ntransfer-encoding: chunked\r\n\r\n"
             .to_vec();
@@ -763,7 +571,7 @@ async fn a_chunked_body_of_unknown_length_arrives_whole_and_the_connection_is_re
     conn.last_chunk().await;
 
     conn.write(&get_request("/next")).await;
-    let request = upstream.next_request_on(&mut up).await;
+    let request = next_request_on(&mut upstream, &mut up).await;
     assert_eq!(request.start_line, "GET /next HTTP/1.1");
     up.answer("next").await;
     assert_ok_with(&conn.read_response(false).await, b"next", "after chunked");
@@ -778,13 +586,13 @@ async fn a_chunked_body_of_unknown_length_arrives_whole_and_the_connection_is_re
 /// request meets it), and the replacement not being kept for the GET after.
 #[tokio::test]
 async fn an_upstream_connection_closed_while_idle_between_gets_costs_no_502() {
-    let mut upstream = ScriptedUpstream::start().await;
+    let mut upstream = RawUpstream::start().await;
     let proxy = spawn_proxy(upstream.addr).await;
     let mut conn = client(&proxy).await;
 
     conn.write(&get_request("/one")).await;
-    let mut first = upstream.next_conn().await;
-    assert_eq!(first.request().await.start_line, "GET /one HTTP/1.1");
+    let mut first = upstream.next().await;
+    assert_eq!(first.first_request().start_line, "GET /one HTTP/1.1");
     first.answer("one").await;
     assert_ok_with(&conn.read_response(false).await, b"one", "one");
     // The client has its answer; the upstream now closes the idle connection.
@@ -792,7 +600,7 @@ async fn an_upstream_connection_closed_while_idle_between_gets_costs_no_502() {
 
     conn.write(&get_request("/two")).await;
     let mut second = next_conn_before_any_answer(&mut upstream, &mut conn).await;
-    assert_eq!(second.request().await.start_line, "GET /two HTTP/1.1");
+    assert_eq!(second.first_request().start_line, "GET /two HTTP/1.1");
     second.answer("two").await;
     assert_ok_with(
         &conn.read_response(false).await,
@@ -801,7 +609,7 @@ async fn an_upstream_connection_closed_while_idle_between_gets_costs_no_502() {
     );
 
     conn.write(&get_request("/three")).await;
-    let request = upstream.next_request_on(&mut second).await;
+    let request = next_request_on(&mut upstream, &mut second).await;
     assert_eq!(request.start_line, "GET /three HTTP/1.1");
     second.answer("three").await;
     assert_ok_with(&conn.read_response(false).await, b"three", "three");
@@ -815,23 +623,23 @@ async fn an_upstream_connection_closed_while_idle_between_gets_costs_no_502() {
 /// unanswered the proxy must give 502, not try again.
 #[tokio::test]
 async fn a_get_that_meets_the_upstream_closing_its_reused_connection_is_sent_again_once() {
-    let mut upstream = ScriptedUpstream::start().await;
+    let mut upstream = RawUpstream::start().await;
     let proxy = spawn_proxy(upstream.addr).await;
     let mut conn = client(&proxy).await;
 
     conn.write(&get_request("/one")).await;
-    let mut first = upstream.next_conn().await;
-    assert_eq!(first.request().await.start_line, "GET /one HTTP/1.1");
+    let mut first = upstream.next().await;
+    assert_eq!(first.first_request().start_line, "GET /one HTTP/1.1");
     first.answer("one").await;
     assert_ok_with(&conn.read_response(false).await, b"one", "one");
 
     conn.write(&get_request("/two")).await;
-    let request = upstream.next_request_on(&mut first).await;
+    let request = next_request_on(&mut upstream, &mut first).await;
     assert_eq!(request.start_line, "GET /two HTTP/1.1");
     drop(first);
     let mut second = next_conn_before_any_answer(&mut upstream, &mut conn).await;
     assert_eq!(
-        second.request().await.start_line,
+        second.first_request().start_line,
         "GET /two HTTP/1.1",
         "sent again on a new connection"
     );
@@ -841,11 +649,11 @@ async fn a_get_that_meets_the_upstream_closing_its_reused_connection_is_sent_aga
     // The reused connection closes under the request, and so does the new
     // one it is sent again on: 502, and no third attempt.
     conn.write(&get_request("/three")).await;
-    let request = upstream.next_request_on(&mut second).await;
+    let request = next_request_on(&mut upstream, &mut second).await;
     assert_eq!(request.start_line, "GET /three HTTP/1.1");
     drop(second);
-    let mut third = next_conn_before_any_answer(&mut upstream, &mut conn).await;
-    assert_eq!(third.request().await.start_line, "GET /three HTTP/1.1");
+    let third = next_conn_before_any_answer(&mut upstream, &mut conn).await;
+    assert_eq!(third.first_request().start_line, "GET /three HTTP/1.1");
     drop(third);
     let response = conn.read_response(false).await;
     assert_eq!(response.head.status(), 502, "{:?}", response.head.raw);
@@ -853,24 +661,24 @@ async fn a_get_that_meets_the_upstream_closing_its_reused_connection_is_sent_aga
     assert_eq!(upstream.accepts(), 3, "sent again once only");
 
     // The 502 leaves the client connection open, and no dead upstream
-    // connection in its slot.
+    // connection in the pool.
     conn.write(&get_request("/four")).await;
     let mut fourth = next_conn_before_any_answer(&mut upstream, &mut conn).await;
-    assert_eq!(fourth.request().await.start_line, "GET /four HTTP/1.1");
+    assert_eq!(fourth.first_request().start_line, "GET /four HTTP/1.1");
     fourth.answer("four").await;
     assert_ok_with(&conn.read_response(false).await, b"four", "after the 502");
 }
 
 // ---------------------------------------------------------------- 8. timeouts, drain
 
-/// Catches: an idle keep-alive wait between lean requests that is not
-/// bounded by the header read timeout (idle or slowloris connections would
+/// Catches: an idle keep-alive wait between requests that is not bounded
+/// by the header read timeout (idle or slowloris connections would
 /// be held forever), and, the other way, a connection closed right after a
 /// response instead of kept alive for the timeout.
 #[tokio::test]
 async fn an_idle_keep_alive_connection_is_closed_after_the_header_read_timeout() {
     const HEADER_READ: Duration = Duration::from_millis(300);
-    let upstream = TaggedUpstream::start().await;
+    let upstream = tagged_upstream().await;
     let mut config = proxy_config(upstream.addr);
     config.timeouts.header_read = HEADER_READ;
     let proxy = spawn_proxy_with(config).await;
@@ -909,18 +717,18 @@ async fn an_idle_keep_alive_connection_is_closed_after_the_header_read_timeout()
         "closed only after {after:?}"
     );
     assert_eq!(
-        upstream.requests(),
+        upstream.received(),
         2,
         "the half-sent request went upstream"
     );
 }
 
-/// Catches: a drain that waits for an idle lean keep-alive connection (until
-/// its header read timeout, 30 s here, or the drain timeout) instead of
-/// closing it at once.
+/// Catches: a drain that waits for an idle keep-alive connection (until its
+/// header read timeout, 30 s here, or the drain timeout) instead of closing
+/// it at once.
 #[tokio::test]
 async fn a_drain_closes_an_idle_keep_alive_connection_at_once() {
-    let upstream = TaggedUpstream::start().await;
+    let upstream = tagged_upstream().await;
     let mut config = proxy_config(upstream.addr);
     config.timeouts.header_read = Duration::from_secs(30);
     let mut proxy = spawn_proxy_with(config).await;
@@ -950,12 +758,12 @@ async fn a_drain_closes_an_idle_keep_alive_connection_at_once() {
 /// the connection left open after it.
 #[tokio::test]
 async fn a_get_in_flight_during_a_drain_is_answered_with_connection_close() {
-    let mut upstream = ScriptedUpstream::start().await;
+    let mut upstream = RawUpstream::start().await;
     let mut proxy = spawn_proxy(upstream.addr).await;
     let mut conn = client(&proxy).await;
     conn.write(&get_request("/slow")).await;
-    let mut up = upstream.next_conn().await;
-    assert_eq!(up.request().await.start_line, "GET /slow HTTP/1.1");
+    let mut up = upstream.next().await;
+    assert_eq!(up.first_request().start_line, "GET /slow HTTP/1.1");
 
     let task = proxy.task.take().expect("proxy task");
     proxy.shutdown.cancel();
@@ -974,17 +782,17 @@ async fn a_get_in_flight_during_a_drain_is_answered_with_connection_close() {
         .expect("proxy task");
 }
 
-// ---------------------------------------------------------------- 9. parking
+// ---------------------------------------------------------------- 9. shared by client connections
 
-/// Catches: the upstream connection of a client connection served only by
-/// the lean path not being parked when that client connection closes (by
-/// the client, or after `Connection: close`), and a new client connection
-/// on the same serving thread not taking the parked one: a client that
-/// opens a TLS connection per request would cost a TCP connection upstream
-/// each time.
+/// Catches: an upstream connection that does not outlive the client
+/// connection it served (closed when that client connection closes, by the
+/// client or after `Connection: close`), and a new client connection on the
+/// same serving thread not taking it from the pool: a client that opens a
+/// TLS connection per request would cost a TCP connection upstream each
+/// time.
 #[tokio::test]
-async fn a_new_client_connection_reuses_the_upstream_connection_a_closed_one_parked() {
-    let upstream = TaggedUpstream::start().await;
+async fn a_new_client_connection_reuses_the_upstream_connection_a_closed_one_left() {
+    let upstream = tagged_upstream().await;
     let proxy = spawn_proxy_with(one_thread(upstream.addr)).await;
 
     let mut first = client(&proxy).await;
@@ -1001,7 +809,7 @@ async fn a_new_client_connection_reuses_the_upstream_connection_a_closed_one_par
     assert_eq!(
         upstream_conn(&response),
         1,
-        "the second client connection did not take the parked upstream connection"
+        "the second client connection did not take the pooled upstream connection"
     );
     // This time the client asks to close.
     second
@@ -1020,19 +828,17 @@ async fn a_new_client_connection_reuses_the_upstream_connection_a_closed_one_par
     assert_eq!(
         upstream_conn(&response),
         1,
-        "the third client connection did not take the parked upstream connection"
+        "the third client connection did not take the pooled upstream connection"
     );
     assert_eq!(upstream.accepts(), 1);
 }
 
-/// Catches: an upstream connection that hyper's client drove (after a POST
-/// took the client connection off the lean path) not being turned back
-/// into a plain socket when its client connection closes, so it is closed
-/// instead of parked, and the next client connection's lean GET opening a
-/// new one.
+/// Catches: an upstream connection that carried a request body not going
+/// back to the pool (closed with its client connection instead), and the
+/// next client connection's GET opening a new one.
 #[tokio::test]
-async fn an_upstream_connection_that_went_through_hyper_is_parked_too() {
-    let upstream = TaggedUpstream::start().await;
+async fn an_upstream_connection_that_carried_a_post_is_pooled_too() {
+    let upstream = tagged_upstream().await;
     let proxy = spawn_proxy_with(one_thread(upstream.addr)).await;
 
     let mut first = client(&proxy).await;
@@ -1044,7 +850,7 @@ async fn an_upstream_connection_that_went_through_hyper_is_parked_too() {
     let response = first.read_response(false).await;
     assert_ok_with(&response, b"POST /echo body", "POST");
     assert_eq!(upstream_conn(&response), 1, "POST");
-    close_and_wait(first, "closed after hyper served it").await;
+    close_and_wait(first, "closed after a POST").await;
 
     let mut second = client(&proxy).await;
     let response = get(&mut second, "/b").await;
@@ -1052,34 +858,34 @@ async fn an_upstream_connection_that_went_through_hyper_is_parked_too() {
     assert_eq!(
         upstream_conn(&response),
         1,
-        "the upstream connection hyper used was not parked"
+        "the upstream connection of the POST was not pooled"
     );
     assert_eq!(upstream.accepts(), 1);
 }
 
 // ---------------------------------------------------------------- event streams
 
-/// Catches: an EventSource GET sent over the client connection's keep-alive
-/// upstream connection (an event stream would hold it, or a hand-driven
-/// keep-alive request would lose `Connection: close`), and the client
-/// connection's own upstream connection lost while the stream ran.
+/// Catches: an event stream not taking the pooled upstream connection (a
+/// new connection per stream), the proxy asking the upstream to close it
+/// (`Connection: close`), and the connection not going back to the pool
+/// after the stream's clean end.
 #[tokio::test]
 async fn an_event_stream_rides_the_pooled_connection_which_is_kept_after_a_clean_end() {
-    let mut upstream = ScriptedUpstream::start().await;
+    let mut upstream = RawUpstream::start().await;
     let proxy = spawn_proxy(upstream.addr).await;
     let mut conn = client(&proxy).await;
 
     conn.write(&get_request("/plain")).await;
-    let mut kept = upstream.next_conn().await;
-    assert_eq!(kept.request().await.start_line, "GET /plain HTTP/1.1");
+    let mut kept = upstream.next().await;
+    assert_eq!(kept.first_request().start_line, "GET /plain HTTP/1.1");
     kept.answer("plain").await;
     assert_ok_with(&conn.read_response(false).await, b"plain", "plain");
 
     conn.write(b"GET /events HTTP/1.1\r\nHost: localhost\r\nAccept: text/event-stream\r\n\r\n")
         .await;
-    let request = upstream.next_request_on(&mut kept).await;
+    let request = next_request_on(&mut upstream, &mut kept).await;
     assert_eq!(request.start_line, "GET /events HTTP/1.1");
-    assert_eq!(request.header("connection"), None);
+    assert_eq!(request.get("connection"), None);
     kept.write(
         b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n",
     )
@@ -1092,7 +898,7 @@ async fn an_event_stream_rides_the_pooled_connection_which_is_kept_after_a_clean
     conn.last_chunk().await;
 
     conn.write(&get_request("/plain-again")).await;
-    let request = upstream.next_request_on(&mut kept).await;
+    let request = next_request_on(&mut upstream, &mut kept).await;
     assert_eq!(request.start_line, "GET /plain-again HTTP/1.1");
     kept.answer("again").await;
     assert_ok_with(
@@ -1113,27 +919,30 @@ async fn an_event_stream_rides_the_pooled_connection_which_is_kept_after_a_clean
 /// the GET sent on a new one, as hyper's client does.
 #[tokio::test]
 async fn bytes_the_upstream_sent_on_an_idle_connection_are_not_taken_for_the_next_answer() {
-    let mut upstream = ScriptedUpstream::start().await;
+    let upstream = tagged_upstream().await;
     let proxy = spawn_proxy(upstream.addr).await;
     let mut conn = client(&proxy).await;
 
-    conn.write(&get_request("/one")).await;
-    let mut first = upstream.next_conn().await;
-    assert_eq!(first.request().await.start_line, "GET /one HTTP/1.1");
-    first.answer("one").await;
-    assert_ok_with(&conn.read_response(false).await, b"one", "one");
+    let response = get(&mut conn, "/one").await;
+    assert_ok_with(&response, b"/one", "one");
+    assert_eq!(upstream_conn(&response), 1, "one");
     // Written before the client sends its next request; it reaches the
     // proxy long before that request crosses TLS.
-    first
-        .write(b"HTTP/1.1 408 Request Timeout\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+    upstream
+        .write_conn(
+            1,
+            b"HTTP/1.1 408 Request Timeout\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+        )
         .await;
-    drop(first);
+    upstream.close_conn(1).await;
 
-    conn.write(&get_request("/two")).await;
-    let mut second = next_conn_before_any_answer(&mut upstream, &mut conn).await;
-    assert_eq!(second.request().await.start_line, "GET /two HTTP/1.1");
-    second.answer("two").await;
-    assert_ok_with(&conn.read_response(false).await, b"two", "two");
+    let response = get(&mut conn, "/two").await;
+    assert_ok_with(&response, b"/two", "two");
+    assert_eq!(
+        upstream_conn(&response),
+        2,
+        "the GET after the stale bytes did not go to a new upstream connection"
+    );
 }
 
 // ------------------------------------------------------------- clean close
@@ -1146,7 +955,7 @@ async fn bytes_the_upstream_sent_on_an_idle_connection_are_not_taken_for_the_nex
 #[tokio::test]
 async fn a_connection_close_response_ends_with_close_notify() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let upstream = TaggedUpstream::start().await;
+    let upstream = tagged_upstream().await;
     let proxy = spawn_proxy(upstream.addr).await;
     for path in ["/bytes/0", "/last", "/bytes/100000"] {
         let mut tls = tls_connect(proxy.addr, &[b"http/1.1"]).await;
