@@ -354,6 +354,13 @@ async fn run(options: Options) -> Result<bool, String> {
         .flat_map(|&kind| protocols.iter().map(move |&protocol| (kind, protocol)))
         .filter(|&(kind, protocol)| peers::speaks(kind, protocol))
         .collect();
+    if units.is_empty() {
+        return Err(
+            "none of the selected peers is measured over the selected protocols \
+                    (the direct path is h1 only)"
+                .into(),
+        );
+    }
     peers::check_installed(&peer_kinds)?;
 
     let open_file_limit =
