@@ -438,12 +438,13 @@ fn nginx_version() -> Option<(u32, u32, u32)> {
 
 /// How an nginx server block enables HTTP/2 (by ALPN, beside HTTP/1.1):
 /// the `http2 on;` directive from 1.25.1, the `http2` parameter of
-/// `listen` before (Debian 12 ships 1.22). Returns (listen parameter,
-/// directive).
+/// `listen` before (Debian 12 ships 1.22; an unknown version gets the
+/// parameter too, which later versions still accept with a warning).
+/// Returns (listen parameter, directive).
 fn nginx_http2_syntax(version: Option<(u32, u32, u32)>) -> (&'static str, &'static str) {
     match version {
-        Some(v) if v < (1, 25, 1) => (" http2", ""),
-        _ => ("", "\n        http2 on;"),
+        Some(v) if v >= (1, 25, 1) => ("", "\n        http2 on;"),
+        _ => (" http2", ""),
     }
 }
 
