@@ -1,11 +1,21 @@
-//! The load generator: HTTP/1.1 clients over TLS (or plain TCP for the direct
-//! path) that open event streams and count every event by run and sequence
-//! number (through hyper's client), and request/response loops over
-//! keep-alive or fresh connections (through `http_get`'s lighter client).
+//! The load generator: HTTP/1.1 and HTTP/2 clients over TLS (or plain TCP
+//! for the direct path) that open event streams and count every event by run
+//! and sequence number, and request/response loops over keep-alive or fresh
+//! connections.
 //!
-//! The client offers only X25519, TLS 1.3 + 1.2 and AES-128-GCM, and only
-//! ALPN http/1.1, so every peer negotiates the same handshake whatever its
-//! own preferences; what was negotiated is recorded and reported.
+//! - HTTP/1.1: event streams through hyper's client, requests through
+//!   `http_get`'s lighter client.
+//! - HTTP/2 (the browser's path): the `h2` crate, driven from the task that
+//!   uses the connection (no second task per connection, so thousands of
+//!   connections stay cheap). One event stream per connection, as a browser
+//!   tab has; request/response with several concurrent streams per
+//!   connection (as h2load `-m`).
+//!
+//! The client offers only X25519, TLS 1.3 + 1.2 and AES-128-GCM, and one
+//! ALPN protocol (http/1.1, or h2 for the HTTP/2 runs), so every peer
+//! negotiates the same handshake whatever its own preferences; what was
+//! negotiated is recorded and reported, and an HTTP/2 run fails on a
+//! connection that did not negotiate h2.
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::os::fd::AsRawFd;
@@ -15,8 +25,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use futures_util::stream::{FuturesUnordered, StreamExt};
 use hdrhistogram::Histogram;
-use http::{header, Request, StatusCode};
+use http::{header, Request, StatusCode, Uri};
 use http_body_util::{BodyExt, Empty};
 use hyper::client::conn::http1::SendRequest;
 use hyper_util::rt::TokioIo;
@@ -46,7 +57,48 @@ const RESPONSE_TIMEOUT: Duration = Duration::from_secs(15);
 /// Latencies are recorded in microseconds, up to one minute.
 const MAX_LATENCY_US: u64 = 60_000_000;
 
+/// HTTP/2 stream flow-control window the client announces: Chrome's 6 MiB.
+const H2_STREAM_WINDOW: u32 = 6 * 1024 * 1024;
+/// HTTP/2 connection flow-control window: Chrome's 15 MiB.
+const H2_CONNECTION_WINDOW: u32 = 15 * 1024 * 1024;
+
 type Connection = Either<TcpStream, TlsStream<TcpStream>>;
+type H2Connection = h2::client::Connection<Connection, Bytes>;
+type H2Sender = h2::client::SendRequest<Bytes>;
+
+/// The HTTP version the load generator speaks to a peer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, clap::ValueEnum)]
+pub enum Protocol {
+    /// HTTP/1.1 (ALPN http/1.1): one request or event stream per connection at a time.
+    H1,
+    /// HTTP/2 (ALPN h2), as browsers negotiate it.
+    H2,
+}
+
+impl Protocol {
+    pub const ALL: [Protocol; 2] = [Protocol::H1, Protocol::H2];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Protocol::H1 => "h1",
+            Protocol::H2 => "h2",
+        }
+    }
+
+    /// The one ALPN protocol the client offers.
+    pub fn alpn(self) -> &'static [u8] {
+        match self {
+            Protocol::H1 => b"http/1.1",
+            Protocol::H2 => b"h2",
+        }
+    }
+}
+
+impl std::fmt::Display for Protocol {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
 
 /// The TLS parameters a connection ended up with.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -54,14 +106,19 @@ pub struct TlsInfo {
     pub version: String,
     pub cipher_suite: String,
     pub key_exchange: String,
+    /// The ALPN protocol the server chose, if any.
+    pub alpn: Option<String>,
 }
 
 impl std::fmt::Display for TlsInfo {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "{} {} {}",
-            self.version, self.cipher_suite, self.key_exchange
+            "{} {} {} ALPN {}",
+            self.version,
+            self.cipher_suite,
+            self.key_exchange,
+            self.alpn.as_deref().unwrap_or("none")
         )
     }
 }
@@ -80,12 +137,37 @@ pub enum CertCheck {
     Unchecked,
 }
 
-/// The client TLS configuration every peer is measured with. `resume: false`
-/// makes every handshake a full one.
+/// One client TLS configuration per protocol, the same but for ALPN.
+#[derive(Clone)]
+pub struct ClientTls {
+    h1: Arc<ClientConfig>,
+    h2: Arc<ClientConfig>,
+}
+
+impl ClientTls {
+    /// See [`tls_client_config`].
+    pub fn new(trusted_cert: &Path, resume: bool, check: CertCheck) -> Result<Self, String> {
+        Ok(ClientTls {
+            h1: tls_client_config(trusted_cert, resume, check, Protocol::H1)?,
+            h2: tls_client_config(trusted_cert, resume, check, Protocol::H2)?,
+        })
+    }
+
+    pub fn get(&self, protocol: Protocol) -> Arc<ClientConfig> {
+        match protocol {
+            Protocol::H1 => self.h1.clone(),
+            Protocol::H2 => self.h2.clone(),
+        }
+    }
+}
+
+/// The client TLS configuration every peer is measured with, offering only
+/// `protocol` by ALPN. `resume: false` makes every handshake a full one.
 pub fn tls_client_config(
     trusted_cert: &Path,
     resume: bool,
     check: CertCheck,
+    protocol: Protocol,
 ) -> Result<Arc<ClientConfig>, String> {
     let mut provider = aws_lc_rs::default_provider();
     provider.kx_groups = vec![aws_lc_rs::kx_group::X25519];
@@ -113,7 +195,7 @@ pub fn tls_client_config(
             .with_custom_certificate_verifier(Arc::new(Unchecked(provider))),
     }
     .with_no_client_auth();
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    config.alpn_protocols = vec![protocol.alpn().to_vec()];
     if !resume {
         config.resumption = Resumption::disabled();
     }
@@ -159,24 +241,30 @@ impl ServerCertVerifier for Unchecked {
     }
 }
 
-/// Where the load goes: an address, TLS or not, and the local addresses the
-/// connections are spread over (127.0.0.x) so ephemeral ports never run short.
+/// Where the load goes: an address, TLS or not, the HTTP version, and the
+/// local addresses the connections are spread over (127.0.0.x) so ephemeral
+/// ports never run short.
 #[derive(Clone)]
 pub struct Target {
     pub addr: SocketAddr,
     pub tls: Option<TlsConnector>,
+    pub protocol: Protocol,
     pub sources: Arc<Vec<Ipv4Addr>>,
 }
 
 impl Target {
+    /// HTTP/2 needs TLS (h2 is chosen by ALPN; there is no cleartext h2c here).
     pub fn new(
         addr: SocketAddr,
         tls: Option<Arc<ClientConfig>>,
+        protocol: Protocol,
         sources: Arc<Vec<Ipv4Addr>>,
     ) -> Self {
+        debug_assert!(tls.is_some() || protocol == Protocol::H1);
         Target {
             addr,
             tls: tls.map(TlsConnector::from),
+            protocol,
             sources,
         }
     }
@@ -209,11 +297,33 @@ impl Target {
                 .await
                 .map_err(|e| format!("TLS handshake with {}: {e}", self.addr))?;
             let info = tls_info(tls.get_ref().1);
+            if self.protocol == Protocol::H2 && info.alpn.as_deref() != Some("h2") {
+                return Err(format!(
+                    "{} did not negotiate h2 by ALPN (negotiated: {})",
+                    self.addr,
+                    info.alpn.as_deref().unwrap_or("nothing")
+                ));
+            }
             Ok((Either::Right(tls), Some(info)))
         };
         tokio::time::timeout(CONNECT_TIMEOUT, attempt)
             .await
             .map_err(|_| format!("connect {}: timed out", self.addr))?
+    }
+
+    /// Connects and starts an HTTP/2 client connection on it. The connection
+    /// does nothing unless polled: see [`driving`].
+    async fn open_h2(
+        &self,
+        index: usize,
+    ) -> Result<(H2Sender, H2Connection, Option<TlsInfo>), String> {
+        let (connection, info) = self.connect(index).await?;
+        let handshake = h2_builder().handshake::<_, Bytes>(connection);
+        let (sender, connection) = tokio::time::timeout(CONNECT_TIMEOUT, handshake)
+            .await
+            .map_err(|_| "HTTP/2 handshake: timed out".to_string())?
+            .map_err(|e| format!("HTTP/2 handshake: {e}"))?;
+        Ok((sender, connection, info))
     }
 
     /// Connects and starts an HTTP/1.1 client connection on it.
@@ -249,7 +359,86 @@ fn tls_info(connection: &rustls::ClientConnection) -> TlsInfo {
             .negotiated_key_exchange_group()
             .map(|g| format!("{:?}", g.name()))
             .unwrap_or_else(|| "?".into()),
+        alpn: connection
+            .alpn_protocol()
+            .map(|p| String::from_utf8_lossy(p).into_owned()),
     }
+}
+
+/// The HTTP/2 client settings: a browser's (Chrome's) flow-control windows
+/// and no server push; everything else the `h2` crate's defaults.
+fn h2_builder() -> h2::client::Builder {
+    let mut builder = h2::client::Builder::new();
+    builder
+        .initial_window_size(H2_STREAM_WINDOW)
+        .initial_connection_window_size(H2_CONNECTION_WINDOW)
+        .enable_push(false);
+    builder
+}
+
+/// `https://localhost{path}`: HTTP/2 requests carry scheme and authority.
+fn h2_uri(path: &str) -> Result<Uri, String> {
+    format!("https://localhost{path}")
+        .parse()
+        .map_err(|e| format!("request URI for {path}: {e}"))
+}
+
+/// A GET as the HTTP/1.1 clients send it (Host becomes :authority).
+fn h2_request(uri: &Uri, accept: &str) -> Result<Request<()>, String> {
+    Request::get(uri.clone())
+        .header(header::ACCEPT, accept)
+        .header(header::CACHE_CONTROL, "no-cache")
+        .body(())
+        .map_err(|e| format!("request: {e}"))
+}
+
+/// Runs `work` while driving `connection` (which reads and writes the
+/// frames `work` waits for); Err if the connection ends first, after which
+/// it must not be polled again.
+async fn driving<F: std::future::Future>(
+    connection: &mut H2Connection,
+    work: F,
+) -> Result<F::Output, String> {
+    tokio::select! {
+        output = work => Ok(output),
+        ended = connection => Err(connection_ended(ended)),
+    }
+}
+
+fn connection_ended(ended: Result<(), h2::Error>) -> String {
+    match ended {
+        Ok(()) => "connection closed by the server".into(),
+        Err(err) => format!("connection failed: {err}"),
+    }
+}
+
+/// Sends `request` and waits for its response head.
+async fn h2_send(
+    sender: H2Sender,
+    request: Request<()>,
+) -> Result<http::Response<h2::RecvStream>, String> {
+    let mut sender = sender
+        .ready()
+        .await
+        .map_err(|e| format!("connection closed: {e}"))?;
+    let (response, _) = sender
+        .send_request(request, true)
+        .map_err(|e| format!("request failed: {e}"))?;
+    response.await.map_err(|e| format!("request failed: {e}"))
+}
+
+/// One GET over HTTP/2, its body read whole; Ok when it answered 200.
+async fn h2_get(sender: H2Sender, uri: &Uri) -> Result<(), String> {
+    let response = h2_send(sender, h2_request(uri, "*/*")?).await?;
+    if response.status() != StatusCode::OK {
+        return Err(format!("status {}", response.status()));
+    }
+    let mut body = response.into_body();
+    while let Some(chunk) = body.data().await {
+        let chunk = chunk.map_err(|e| format!("response body: {e}"))?;
+        let _ = body.flow_control().release_capacity(chunk.len());
+    }
+    Ok(())
 }
 
 /// Connects from `source` (port chosen at connect time, so the 4-tuple and not
@@ -510,6 +699,80 @@ async fn run_event_stream(
     stop: &CancellationToken,
     outcome: &mut StreamOutcome,
 ) -> Result<(), String> {
+    match target.protocol {
+        Protocol::H1 => {
+            run_event_stream_h1(target, index, plan, progress, connect_slots, stop, outcome).await
+        }
+        Protocol::H2 => {
+            run_event_stream_h2(target, index, plan, progress, connect_slots, stop, outcome).await
+        }
+    }
+}
+
+/// Tallies the events of one stream from the bytes of its body.
+struct StreamReader<'a> {
+    splitter: EventSplitter,
+    tally: EventTally<'a>,
+    progress: &'a StreamProgress,
+    complete: bool,
+}
+
+impl<'a> StreamReader<'a> {
+    fn new(plan: &'a StreamPlan, progress: &'a StreamProgress) -> Self {
+        StreamReader {
+            splitter: EventSplitter::default(),
+            tally: EventTally::new(plan),
+            progress,
+            complete: plan.expected == 0,
+        }
+    }
+
+    fn feed(&mut self, data: &[u8], outcome: &mut StreamOutcome) {
+        let now_ns = sys::monotonic_ns();
+        let received_before = outcome.received;
+        let (tally, progress) = (&mut self.tally, self.progress);
+        self.splitter.feed(data, |event| {
+            if tally.record(event, now_ns, outcome) {
+                progress.warmed.fetch_add(1, Ordering::Relaxed);
+            }
+        });
+        if outcome.received > received_before {
+            self.progress
+                .events
+                .fetch_add(outcome.received - received_before, Ordering::Relaxed);
+        }
+        if !self.complete && outcome.received == self.tally.plan.expected {
+            self.complete = true;
+            self.progress.complete.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Records that a stream got its response head; Err unless it was a 200.
+fn stream_opened(
+    status: StatusCode,
+    info: Option<TlsInfo>,
+    progress: &StreamProgress,
+    outcome: &mut StreamOutcome,
+) -> Result<(), String> {
+    outcome.tls = info;
+    if status != StatusCode::OK {
+        return Err(format!("status {status}"));
+    }
+    outcome.connected = true;
+    progress.connected.fetch_add(1, Ordering::Relaxed);
+    Ok(())
+}
+
+async fn run_event_stream_h1(
+    target: &Target,
+    index: usize,
+    plan: &StreamPlan,
+    progress: &StreamProgress,
+    connect_slots: &Semaphore,
+    stop: &CancellationToken,
+    outcome: &mut StreamOutcome,
+) -> Result<(), String> {
     let opened = async {
         let _slot = connect_slots
             .acquire()
@@ -523,17 +786,10 @@ async fn run_event_stream(
         opened = opened => opened?,
         () = stop.cancelled() => return Err("stopped before connecting".into()),
     };
-    outcome.tls = info;
-    if response.status() != StatusCode::OK {
-        return Err(format!("status {}", response.status()));
-    }
-    outcome.connected = true;
-    progress.connected.fetch_add(1, Ordering::Relaxed);
+    stream_opened(response.status(), info, progress, outcome)?;
 
     let mut body = response.into_body();
-    let mut splitter = EventSplitter::default();
-    let mut tally = EventTally::new(plan);
-    let mut complete = plan.expected == 0;
+    let mut reader = StreamReader::new(plan, progress);
     loop {
         let frame = tokio::select! {
             biased;
@@ -542,24 +798,8 @@ async fn run_event_stream(
         };
         match frame {
             Some(Ok(frame)) => {
-                let Some(data) = frame.data_ref() else {
-                    continue;
-                };
-                let now_ns = sys::monotonic_ns();
-                let received_before = outcome.received;
-                splitter.feed(data, |event| {
-                    if tally.record(event, now_ns, outcome) {
-                        progress.warmed.fetch_add(1, Ordering::Relaxed);
-                    }
-                });
-                if outcome.received > received_before {
-                    progress
-                        .events
-                        .fetch_add(outcome.received - received_before, Ordering::Relaxed);
-                }
-                if !complete && outcome.received == plan.expected {
-                    complete = true;
-                    progress.complete.fetch_add(1, Ordering::Relaxed);
+                if let Some(data) = frame.data_ref() {
+                    reader.feed(data, outcome);
                 }
             }
             Some(Err(err)) => return Err(format!("stream broken: {err}")),
@@ -567,6 +807,57 @@ async fn run_event_stream(
         }
     }
     drop(http);
+    Ok(())
+}
+
+/// One event stream on its own HTTP/2 connection (as one browser tab),
+/// the connection driven from this task.
+async fn run_event_stream_h2(
+    target: &Target,
+    index: usize,
+    plan: &StreamPlan,
+    progress: &StreamProgress,
+    connect_slots: &Semaphore,
+    stop: &CancellationToken,
+    outcome: &mut StreamOutcome,
+) -> Result<(), String> {
+    let uri = h2_uri(&plan.path)?;
+    let opened = async {
+        let _slot = connect_slots
+            .acquire()
+            .await
+            .map_err(|_| "connect slots closed".to_string())?;
+        let (sender, mut connection, info) = target.open_h2(index).await?;
+        let request = h2_request(&uri, "text/event-stream")?;
+        let head = tokio::time::timeout(RESPONSE_TIMEOUT, h2_send(sender, request));
+        let response = driving(&mut connection, head)
+            .await?
+            .map_err(|_| "no response headers in time".to_string())??;
+        Ok::<_, String>((connection, info, response))
+    };
+    let (mut connection, info, response) = tokio::select! {
+        opened = opened => opened?,
+        () = stop.cancelled() => return Err("stopped before connecting".into()),
+    };
+    stream_opened(response.status(), info, progress, outcome)?;
+
+    let mut body = response.into_body();
+    let mut reader = StreamReader::new(plan, progress);
+    loop {
+        tokio::select! {
+            biased;
+            () = stop.cancelled() => break,
+            ended = &mut connection => return Err(connection_ended(ended)),
+            data = body.data() => match data {
+                Some(Ok(data)) => {
+                    let _ = body.flow_control().release_capacity(data.len());
+                    reader.feed(&data, outcome);
+                }
+                Some(Err(err)) => return Err(format!("stream broken: {err}")),
+                None => return Err("stream ended by the server".into()),
+            },
+        }
+    }
     Ok(())
 }
 
@@ -708,11 +999,14 @@ impl RequestOutcome {
 }
 
 /// `workers` concurrent clients request `path` for `duration`, each as soon
-/// as its previous answer is in.
+/// as its previous answer is in. Over HTTP/2 each client is one connection
+/// with `streams` requests in flight at once (as h2load `-m`); over
+/// HTTP/1.1 each has one at a time.
 pub async fn request_load(
     target: Target,
     path: &str,
     workers: usize,
+    streams: usize,
     duration: Duration,
     connection_use: ConnectionUse,
 ) -> RequestOutcome {
@@ -723,7 +1017,15 @@ pub async fn request_load(
             let target = target.clone();
             let path = path.to_owned();
             tokio::spawn(async move {
-                request_worker(target, worker, path, deadline, connection_use).await
+                match target.protocol {
+                    Protocol::H1 => {
+                        request_worker(target, worker, path, deadline, connection_use).await
+                    }
+                    Protocol::H2 => {
+                        h2_request_worker(target, worker, &path, streams, deadline, connection_use)
+                            .await
+                    }
+                }
             })
         })
         .collect();
@@ -794,9 +1096,120 @@ async fn request_worker(
     outcome
 }
 
+/// One HTTP/2 client: a connection with `streams` GETs in flight until the
+/// deadline (keep-alive), or a new connection for each single GET. After
+/// an error the connection is dropped and a new one opened.
+async fn h2_request_worker(
+    target: Target,
+    worker: usize,
+    path: &str,
+    streams: usize,
+    deadline: Instant,
+    connection_use: ConnectionUse,
+) -> RequestOutcome {
+    let mut outcome = RequestOutcome::empty();
+    let uri = match h2_uri(path) {
+        Ok(uri) => uri,
+        Err(err) => return RequestOutcome::failed(err),
+    };
+    let mut attempt = worker;
+    while Instant::now() < deadline {
+        let started = Instant::now();
+        attempt += 1;
+        let result = async {
+            let (sender, mut connection, info) = target.open_h2(attempt).await?;
+            outcome.connections_opened += 1;
+            if outcome.tls.is_none() {
+                outcome.tls = info;
+            }
+            match connection_use {
+                ConnectionUse::KeepAlive => {
+                    h2_keepalive(
+                        &mut connection,
+                        sender,
+                        &uri,
+                        streams,
+                        deadline,
+                        &mut outcome,
+                    )
+                    .await
+                }
+                ConnectionUse::NewPerRequest => {
+                    let get = tokio::time::timeout(RESPONSE_TIMEOUT, h2_get(sender, &uri));
+                    driving(&mut connection, get)
+                        .await?
+                        .map_err(|_| "no response in time".to_string())??;
+                    outcome.completed += 1;
+                    record_latency(
+                        &mut outcome.latency_us,
+                        started.elapsed().as_micros() as u64,
+                    );
+                    Ok(())
+                }
+            }
+        }
+        .await;
+        if let Err(err) = result {
+            outcome.errors += 1;
+            outcome.first_error.get_or_insert(err);
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+    outcome
+}
+
+/// Keeps `streams` GETs in flight on one connection, each replaced as soon
+/// as it is answered, until `deadline`; then waits for those in flight.
+async fn h2_keepalive(
+    connection: &mut H2Connection,
+    sender: H2Sender,
+    uri: &Uri,
+    streams: usize,
+    deadline: Instant,
+    outcome: &mut RequestOutcome,
+) -> Result<(), String> {
+    let timed_get = |sender: H2Sender| async move {
+        let started = Instant::now();
+        let result = tokio::time::timeout(RESPONSE_TIMEOUT, h2_get(sender, uri))
+            .await
+            .unwrap_or_else(|_| Err("no response in time".into()));
+        (result, started.elapsed())
+    };
+    let mut in_flight = FuturesUnordered::new();
+    for _ in 0..streams.max(1) {
+        in_flight.push(timed_get(sender.clone()));
+    }
+    loop {
+        tokio::select! {
+            answered = in_flight.next() => {
+                let Some((result, latency)) = answered else {
+                    return Ok(());
+                };
+                result?;
+                outcome.completed += 1;
+                record_latency(&mut outcome.latency_us, latency.as_micros() as u64);
+                if Instant::now() < deadline {
+                    in_flight.push(timed_get(sender.clone()));
+                }
+            }
+            ended = &mut *connection => return Err(connection_ended(ended)),
+        }
+    }
+}
+
 /// One GET over a fresh connection; Ok when it answered 200. Used to tell
-/// that a peer is up and proxying.
+/// that a peer is up and proxying (over the target's protocol).
 pub async fn probe(target: &Target, path: &str) -> Result<Option<TlsInfo>, String> {
+    if target.protocol == Protocol::H2 {
+        let (sender, mut connection, info) = target.open_h2(0).await?;
+        let uri = h2_uri(path)?;
+        let get = tokio::time::timeout(RESPONSE_TIMEOUT, h2_get(sender, &uri));
+        driving(&mut connection, get)
+            .await?
+            .map_err(|_| "no response in time".to_string())?
+            .map_err(|e| format!("{path}: {e}"))?;
+        return Ok(info);
+    }
     let (mut http, info) = target.open_http(0).await?;
     let response = http.get(path, "*/*", true).await?;
     let status = response.status();

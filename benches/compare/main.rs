@@ -1,11 +1,13 @@
 //! `cargo bench --bench compare`: ssegate side by side with nginx, HAProxy,
 //! Caddy and the direct path, on fan-out latency, idle-stream memory,
-//! single-stream throughput and request/response rates. Writes
-//! target/bench-report/report.md (+ SVG plots and results.json).
+//! single-stream throughput and request/response rates, each over HTTP/1.1
+//! and over HTTP/2 (the browser's path). Writes target/bench-report/report.md
+//! (+ SVG plots and results.json).
 //!
 //! `cargo bench --bench compare -- --smoke` runs tiny sizes (CI) and exits
 //! non-zero when any scenario loses events or a peer fails to start.
-//! `-- --only fanout --peers ssegate,nginx` runs pieces; `-- --help` lists all.
+//! `-- --only fanout --peers ssegate,nginx --protocols h2` runs pieces;
+//! `-- --help` lists all.
 //!
 //! Modules: `upstream` (the event publisher and static upstream, a child
 //! process), `loadgen` (TLS clients and event counting), `http_get` (the
@@ -29,9 +31,9 @@ use std::time::Instant;
 
 use clap::Parser;
 
-use loadgen::CertCheck;
+use loadgen::{CertCheck, ClientTls, Protocol};
 use peers::{PeerKind, PeerSetup};
-use scenarios::{Bench, Results, ScenarioKind, Sizes};
+use scenarios::{Bench, Negotiated, PeerRecord, Results, ScenarioKind, Sizes};
 
 /// ssegate side by side with nginx, HAProxy, Caddy and the direct path.
 ///
@@ -53,6 +55,11 @@ struct Options {
     #[arg(long, value_delimiter = ',', value_enum)]
     peers: Vec<PeerKind>,
 
+    /// HTTP versions to measure every scenario over (comma-separated): h1
+    /// offers ALPN http/1.1, h2 offers ALPN h2 (the direct path is h1 only).
+    #[arg(long, value_delimiter = ',', value_enum, default_value = "h1,h2")]
+    protocols: Vec<Protocol>,
+
     /// Fan-out subscriber counts, overriding the mode's (e.g. 100,1000).
     #[arg(long, value_delimiter = ',')]
     fanout_subscribers: Option<Vec<usize>>,
@@ -70,9 +77,14 @@ struct Options {
     #[arg(long, value_delimiter = ',')]
     throughput_rates: Option<Vec<u64>>,
 
-    /// Request/response concurrent clients, overriding the mode's.
+    /// Request/response concurrent clients (connections), overriding the mode's.
     #[arg(long)]
     reqresp_connections: Option<usize>,
+
+    /// Requests in flight per connection in the HTTP/2 keep-alive run (as
+    /// h2load -m) [default: 10].
+    #[arg(long)]
+    h2_streams: Option<usize>,
 
     /// Rounds of fan-out and request/response, overriding the mode's.
     #[arg(long)]
@@ -158,33 +170,45 @@ fn target_dir() -> PathBuf {
         .unwrap_or_else(|| manifest_dir().join("target"))
 }
 
-/// Starts a peer for a scenario, recording it (name, version, negotiated
-/// TLS) the first time, or its failure to start.
+/// Starts a peer for a scenario over `protocol`, recording it (name,
+/// version, negotiated TLS and ALPN) the first time, or its failure to start.
 async fn start_peer(
     kind: PeerKind,
+    protocol: Protocol,
     setup: &PeerSetup,
     results: &mut Results,
 ) -> Option<peers::RunningPeer> {
-    println!("{kind}: starting");
-    let started = peers::start(kind, setup).await;
-    let first_time = !results.peers.iter().any(|(k, _, _)| *k == kind);
-    let version = || peers::version(kind, &setup.ssegate_bin);
+    println!("{kind} {protocol}: starting");
+    let started = peers::start(kind, protocol, setup).await;
+    if !results.peers.iter().any(|r| r.kind == kind) {
+        results.peers.push(PeerRecord {
+            kind,
+            version: peers::version(kind, &setup.ssegate_bin),
+            negotiated: Vec::new(),
+        });
+    }
+    let record = results.peers.iter_mut().find(|r| r.kind == kind)?;
+    let first_time = !record.tried(protocol);
     match started {
         Ok(peer) => {
-            println!("{kind}: listening on {}", peer.addr);
+            println!("{kind} {protocol}: listening on {}", peer.addr);
             if first_time {
-                results.peers.push((kind, version(), peer.tls.clone()));
+                let negotiated = match &peer.tls {
+                    Some(tls) => Negotiated::Tls(tls.clone()),
+                    None => Negotiated::Plain,
+                };
+                record.negotiated.push((protocol, negotiated));
             }
             Some(peer)
         }
         Err(err) => {
-            eprintln!("{kind}: FAILED TO START: {err}");
+            eprintln!("{kind} {protocol}: FAILED TO START: {err}");
+            if first_time {
+                record.negotiated.push((protocol, Negotiated::Failed));
+            }
             results
                 .failures
-                .push(format!("{kind} failed to start: {err}"));
-            if first_time {
-                results.peers.push((kind, version(), None));
-            }
+                .push(format!("{kind} {protocol} failed to start: {err}"));
             None
         }
     }
@@ -192,35 +216,36 @@ async fn start_peer(
 
 /// Stops a peer, recording a failure if it had exited on its own, and waits
 /// for the upstream to close that peer's connections.
-async fn stop_peer(bench: &Bench, kind: PeerKind, peer: peers::RunningPeer, results: &mut Results) {
-    if peer.usage().is_none() && kind != PeerKind::Direct {
+async fn stop_peer(bench: &Bench, peer: peers::RunningPeer, results: &mut Results) {
+    let label = peer.label();
+    if peer.usage().is_none() && peer.kind != PeerKind::Direct {
         results.failures.push(format!(
-            "{kind} exited during the run; its output:\n{}",
+            "{label} exited during the run; its output:\n{}",
             peer.log_tail()
         ));
     }
     peer.stop().await;
     if let Err(held) = bench.upstream_released().await {
-        results.notes.push(format!("{kind}: {held}"));
+        results.notes.push(format!("{label}: {held}"));
     }
 }
 
-/// Runs `scenario` in `sizes.rounds` rounds, each taking every peer in
-/// turn on a fresh process: the machine's speed drifts by more than the
-/// differences measured (seen: ±10% between runs minutes apart), and taking
-/// turns puts every peer under the same drift. The report gives each peer's
-/// median round. False if a peer did not start.
+/// Runs `scenario` in `sizes.rounds` rounds, each taking every peer over
+/// every protocol in turn on a fresh process: the machine's speed drifts by
+/// more than the differences measured (seen: ±10% between runs minutes
+/// apart), and taking turns puts every peer under the same drift. The
+/// report gives each peer's median round. False if a peer did not start.
 async fn run_in_rounds(
     bench: &Bench,
     scenario: ScenarioKind,
-    kinds: &[PeerKind],
+    units: &[(PeerKind, Protocol)],
     setup: &PeerSetup,
     results: &mut Results,
 ) -> bool {
     let mut all_started = true;
     // --sse-shared changes only event streams: /static takes ssegate's path.
     let skip_shared = scenario == ScenarioKind::Reqresp;
-    if skip_shared && kinds.contains(&PeerKind::SsegateShared) {
+    if skip_shared && units.iter().any(|(k, _)| *k == PeerKind::SsegateShared) {
         results.notes.push(
             "reqresp: ssegate-shared left out: --sse-shared changes only event streams, so /static takes ssegate's path".into(),
         );
@@ -228,16 +253,16 @@ async fn run_in_rounds(
     let rounds = bench.sizes.rounds;
     for round in 1..=rounds {
         println!("{scenario:?}: round {round} of {rounds}");
-        for &kind in kinds
+        for &(kind, protocol) in units
             .iter()
-            .filter(|&&k| !(skip_shared && k == PeerKind::SsegateShared))
+            .filter(|(k, _)| !(skip_shared && *k == PeerKind::SsegateShared))
         {
-            let Some(peer) = start_peer(kind, setup, results).await else {
+            let Some(peer) = start_peer(kind, protocol, setup, results).await else {
                 all_started = false;
                 continue;
             };
             bench.run(scenario, &peer, round, results).await;
-            stop_peer(bench, kind, peer, results).await;
+            stop_peer(bench, peer, results).await;
         }
     }
     all_started
@@ -291,6 +316,9 @@ async fn run(options: Options) -> Result<bool, String> {
     if let Some(connections) = options.reqresp_connections {
         sizes.reqresp_connections = connections.max(1);
     }
+    if let Some(streams) = options.h2_streams {
+        sizes.h2_streams = streams.max(1);
+    }
     if let Some(rounds) = options.rounds {
         sizes.rounds = rounds.max(1);
     }
@@ -313,6 +341,26 @@ async fn run(options: Options) -> Result<bool, String> {
             .filter(|p| options.peers.contains(p))
             .collect()
     };
+    let protocols: Vec<Protocol> = Protocol::ALL
+        .into_iter()
+        .filter(|p| options.protocols.contains(p))
+        .collect();
+    if protocols.is_empty() {
+        return Err("--protocols: name at least one of h1, h2".into());
+    }
+    // Each peer over each protocol it speaks, protocols of one peer together.
+    let units: Vec<(PeerKind, Protocol)> = peer_kinds
+        .iter()
+        .flat_map(|&kind| protocols.iter().map(move |&protocol| (kind, protocol)))
+        .filter(|&(kind, protocol)| peers::speaks(kind, protocol))
+        .collect();
+    if units.is_empty() {
+        return Err(
+            "none of the selected peers is measured over the selected protocols \
+                    (the direct path is h1 only)"
+                .into(),
+        );
+    }
     peers::check_installed(&peer_kinds)?;
 
     let open_file_limit =
@@ -326,8 +374,8 @@ async fn run(options: Options) -> Result<bool, String> {
     }
     let cert = manifest_dir().join("certs/localhost.pem");
     let key = manifest_dir().join("certs/localhost-key.pem");
-    let client_tls = loadgen::tls_client_config(&cert, true, CertCheck::Chain)?;
-    let full_handshake_tls = loadgen::tls_client_config(&cert, false, CertCheck::Unchecked)?;
+    let client_tls = ClientTls::new(&cert, true, CertCheck::Chain)?;
+    let full_handshake_tls = ClientTls::new(&cert, false, CertCheck::Unchecked)?;
     let workdir = std::env::temp_dir().join(format!("ssegate-compare-{}", std::process::id()));
     std::fs::create_dir_all(&workdir).map_err(|e| format!("{}: {e}", workdir.display()))?;
     let harness_exe = std::env::current_exe().map_err(|e| format!("own executable: {e}"))?;
@@ -351,14 +399,21 @@ async fn run(options: Options) -> Result<bool, String> {
         sources,
     };
     println!(
-        "compare: {} run, scenarios {:?}, peers {:?}, upstream {} , open-file limit {open_file_limit}",
+        "compare: {} run, scenarios {:?}, peers {:?}, protocols {:?}, upstream {} , open-file limit {open_file_limit}",
         if options.smoke { "smoke" } else { "full" },
         scenarios,
         peer_kinds.iter().map(|p| p.name()).collect::<Vec<_>>(),
+        protocols.iter().map(|p| p.name()).collect::<Vec<_>>(),
         upstream.addr
     );
     let bench = Bench::new(upstream, sizes.clone(), open_file_limit, full_handshake_tls);
     let mut results = Results::default();
+    if peer_kinds.contains(&PeerKind::Direct) && protocols.contains(&Protocol::H2) {
+        results.notes.push(
+            "direct: measured over HTTP/1.1 only: it is plain HTTP to the upstream, with no TLS to negotiate h2 on"
+                .into(),
+        );
+    }
 
     // Holding and throughput run peer by peer on one process each; fan-out
     // and request/response follow, in rounds that take the peers in turn
@@ -371,12 +426,13 @@ async fn run(options: Options) -> Result<bool, String> {
         .collect();
     let mut failed_to_start = Vec::new();
     let mut peer_failed = false;
-    for &kind in peer_kinds.iter().filter(|_| !per_peer.is_empty()) {
-        let Some(peer) = start_peer(kind, &setup, &mut results).await else {
-            failed_to_start.push(kind);
+    for &(kind, protocol) in units.iter().filter(|_| !per_peer.is_empty()) {
+        let Some(peer) = start_peer(kind, protocol, &setup, &mut results).await else {
+            failed_to_start.push((kind, protocol));
             peer_failed = true;
             continue;
         };
+        let label = peer.label();
         let baseline_fds = peer.usage().map_or(0, |u| u.open_fds);
         let mut running = Some(peer);
         for (i, &scenario) in per_peer.iter().enumerate() {
@@ -389,35 +445,35 @@ async fn run(options: Options) -> Result<bool, String> {
             // start the next scenario with fewer free descriptors: restart it.
             if let Err(held) = bench.connections_released(peer, baseline_fds).await {
                 results.notes.push(format!(
-                    "{kind}: {held} after the {scenario:?} scenario's clients had closed their \
+                    "{label}: {held} after the {scenario:?} scenario's clients had closed their \
                      connections; restarted it before the next scenario"
                 ));
-                println!("{kind}: {held}; restarting");
+                println!("{label}: {held}; restarting");
                 if let Some(peer) = running.take() {
-                    stop_peer(&bench, kind, peer, &mut results).await;
+                    stop_peer(&bench, peer, &mut results).await;
                 }
-                match peers::start(kind, &setup).await {
+                match peers::start(kind, protocol, &setup).await {
                     Ok(peer) => running = Some(peer),
                     Err(err) => {
                         results
                             .failures
-                            .push(format!("{kind} failed to restart: {err}"));
+                            .push(format!("{label} failed to restart: {err}"));
                         peer_failed = true;
                     }
                 }
             }
         }
         if let Some(peer) = running {
-            stop_peer(&bench, kind, peer, &mut results).await;
+            stop_peer(&bench, peer, &mut results).await;
         }
     }
-    let kinds: Vec<PeerKind> = peer_kinds
+    let started_units: Vec<(PeerKind, Protocol)> = units
         .iter()
         .copied()
-        .filter(|kind| !failed_to_start.contains(kind))
+        .filter(|unit| !failed_to_start.contains(unit))
         .collect();
     for scenario in in_rounds.into_iter().filter(|s| scenarios.contains(s)) {
-        peer_failed |= !run_in_rounds(&bench, scenario, &kinds, &setup, &mut results).await;
+        peer_failed |= !run_in_rounds(&bench, scenario, &started_units, &setup, &mut results).await;
     }
     let Bench { upstream, .. } = bench;
     upstream.stop().await;
@@ -435,6 +491,7 @@ async fn run(options: Options) -> Result<bool, String> {
     let info = report::RunInfo {
         command,
         mode,
+        protocols,
         machine: machine_description(),
         open_file_limit,
         sizes,

@@ -1,14 +1,19 @@
 //! The proxies under comparison, each started by the harness as its own
 //! process(es) with the same certificate, TLS versions (1.2 + 1.3), X25519
-//! key exchange, two worker threads or processes, and the same
-//! X-Forwarded-For/-Proto/-Host headers toward the upstream:
+//! key exchange, ALPN h2 and http/1.1 (the client picks one per run), two
+//! worker threads or processes, and the same X-Forwarded-For/-Proto/-Host
+//! headers toward the upstream:
 //!
 //! - ssegate: the release binary (target/release/ssegate), per stream or
 //!   with `--sse-shared /sse` (one upstream request per stream path);
 //! - nginx, configured as SSE guides say (proxy_buffering off, HTTP/1.1 with
 //!   upstream keepalive, long proxy_read_timeout);
 //! - HAProxy in HTTP mode; Caddy's reverse_proxy;
-//! - direct: no proxy, plain HTTP to the upstream (the floor).
+//! - nginx and Caddy keep up to `UPSTREAM_IDLE_POOL` idle upstream
+//!   connections (HAProxy and ssegate have no such cap), so that 320
+//!   requests in flight over HTTP/2 do not churn their upstream connections;
+//! - direct: no proxy, plain HTTP/1.1 to the upstream (the floor; HTTP/1.1
+//!   only, as there is no TLS to negotiate h2 on).
 //!
 //! ssegate's binary has no option to restrict key-exchange groups; the load
 //! generator offers only X25519, which pins it for every peer alike, and the
@@ -20,10 +25,9 @@ use std::process::Stdio;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use rustls::ClientConfig;
 use tokio::process::{Child, Command};
 
-use crate::loadgen::{self, Target, TlsInfo};
+use crate::loadgen::{self, ClientTls, Protocol, Target, TlsInfo};
 use crate::sys;
 use crate::upstream::{SHARED_PREFIX, STATIC_PATH};
 
@@ -166,14 +170,16 @@ pub struct PeerSetup {
     /// A command prefix ssegate is started through (profilers, allocators).
     pub ssegate_wrapper: Vec<String>,
     pub open_file_limit: u64,
-    /// For the readiness probe.
-    pub client_tls: Arc<ClientConfig>,
+    /// What the load generator connects with, per protocol.
+    pub client_tls: ClientTls,
     pub sources: Arc<Vec<std::net::Ipv4Addr>>,
 }
 
-/// A started peer. Stop it with `stop`; dropping it kills it.
+/// A started peer, measured over one protocol. Stop it with `stop`;
+/// dropping it kills it.
 pub struct RunningPeer {
     pub kind: PeerKind,
+    pub protocol: Protocol,
     pub addr: SocketAddr,
     pub target: Target,
     pub tls: Option<TlsInfo>,
@@ -182,6 +188,11 @@ pub struct RunningPeer {
 }
 
 impl RunningPeer {
+    /// "nginx h2": the peer and the protocol it is measured over.
+    pub fn label(&self) -> String {
+        format!("{} {}", self.kind, self.protocol)
+    }
+
     /// Memory and CPU of the peer's processes; None for the direct path.
     pub fn usage(&self) -> Option<sys::Usage> {
         let pid = self.child.as_ref()?.id()?;
@@ -225,14 +236,29 @@ fn free_port() -> Result<u16, String> {
         .map_err(|e| format!("no free port: {e}"))
 }
 
+/// Whether the peer is measured over `protocol`: everything but the direct
+/// path (plain HTTP/1.1 to the upstream) speaks both.
+pub fn speaks(kind: PeerKind, protocol: Protocol) -> bool {
+    kind != PeerKind::Direct || protocol == Protocol::H1
+}
+
 /// Writes the peer's configuration, starts it and waits until it proxies a
-/// request over TLS (or, for the direct path, until the upstream answers).
-pub async fn start(kind: PeerKind, setup: &PeerSetup) -> Result<RunningPeer, String> {
+/// request over TLS with `protocol` (or, for the direct path, until the
+/// upstream answers).
+pub async fn start(
+    kind: PeerKind,
+    protocol: Protocol,
+    setup: &PeerSetup,
+) -> Result<RunningPeer, String> {
+    if !speaks(kind, protocol) {
+        return Err(format!("{kind} is not measured over {protocol}"));
+    }
     if kind == PeerKind::Direct {
-        let target = Target::new(setup.upstream, None, setup.sources.clone());
+        let target = Target::new(setup.upstream, None, protocol, setup.sources.clone());
         loadgen::probe(&target, STATIC_PATH).await?;
         return Ok(RunningPeer {
             kind,
+            protocol,
             addr: setup.upstream,
             target,
             tls: None,
@@ -264,9 +290,15 @@ pub async fn start(kind: PeerKind, setup: &PeerSetup) -> Result<RunningPeer, Str
     let child = command
         .spawn()
         .map_err(|e| format!("{kind}: cannot start: {e}"))?;
-    let target = Target::new(addr, Some(setup.client_tls.clone()), setup.sources.clone());
+    let target = Target::new(
+        addr,
+        Some(setup.client_tls.get(protocol)),
+        protocol,
+        setup.sources.clone(),
+    );
     let mut peer = RunningPeer {
         kind,
+        protocol,
         addr,
         target,
         tls: None,
@@ -386,12 +418,44 @@ fn command_for(
     Ok(command)
 }
 
+/// Idle upstream connections each proxy may keep for reuse: above the most
+/// requests in flight at once (request/response over HTTP/2: 32 connections
+/// x 10 streams), so no peer closes and reopens upstream connections
+/// because its cache is smaller than another's.
+const UPSTREAM_IDLE_POOL: usize = 1024;
+
+/// nginx's version from `nginx -v` ("nginx version: nginx/1.22.1").
+fn nginx_version() -> Option<(u32, u32, u32)> {
+    let line = version(PeerKind::Nginx, Path::new(""));
+    let number = line.split('/').nth(1)?.split_whitespace().next()?;
+    let mut parts = number.split('.').map(|p| p.parse::<u32>().ok());
+    Some((
+        parts.next()??,
+        parts.next()??,
+        parts.next().flatten().unwrap_or(0),
+    ))
+}
+
+/// How an nginx server block enables HTTP/2 (by ALPN, beside HTTP/1.1):
+/// the `http2 on;` directive from 1.25.1, the `http2` parameter of
+/// `listen` before (Debian 12 ships 1.22; an unknown version gets the
+/// parameter too, which later versions still accept with a warning).
+/// Returns (listen parameter, directive).
+fn nginx_http2_syntax(version: Option<(u32, u32, u32)>) -> (&'static str, &'static str) {
+    match version {
+        Some(v) if v >= (1, 25, 1) => ("", "\n        http2 on;"),
+        _ => (" http2", ""),
+    }
+}
+
 /// nginx as SSE guides configure it: no response buffering, HTTP/1.1 to a
-/// keepalive upstream, a long read timeout. `reuseport` spreads connections
-/// over both workers (each has its own open-file limit).
+/// keepalive upstream, a long read timeout; HTTP/2 and HTTP/1.1 by ALPN.
+/// `reuseport` spreads connections over both workers (each has its own
+/// open-file limit).
 fn nginx_config(setup: &PeerSetup, dir: &Path, port: u16) -> String {
     let limit = setup.open_file_limit;
     let dir = dir.display();
+    let (listen_http2, http2_on) = nginx_http2_syntax(nginx_version());
     format!(
         r#"# Written by benches/compare (peers.rs).
 daemon off;
@@ -420,11 +484,11 @@ http {{
 
     upstream backend {{
         server {upstream};
-        keepalive 64;
+        keepalive {UPSTREAM_IDLE_POOL};
     }}
 
     server {{
-        listen 127.0.0.1:{port} ssl reuseport backlog=4096;
+        listen 127.0.0.1:{port} ssl{listen_http2} reuseport backlog=4096;{http2_on}
         server_name localhost;
         ssl_certificate {cert};
         ssl_certificate_key {key};
@@ -473,7 +537,7 @@ defaults
     option http-no-delay
 
 frontend sse_in
-    bind 127.0.0.1:{port} ssl crt {pem} alpn http/1.1 ssl-min-ver TLSv1.2 curves X25519 backlog 4096
+    bind 127.0.0.1:{port} ssl crt {pem} alpn h2,http/1.1 ssl-min-ver TLSv1.2 curves X25519 backlog 4096
     # The headers ssegate (and Caddy) add, so every peer does the same work.
     option forwardfor
     http-request set-header X-Forwarded-Proto https
@@ -499,7 +563,7 @@ fn caddy_config(setup: &PeerSetup, dir: &Path, port: u16) -> String {
         root {dir}/data
     }}
     servers {{
-        protocols h1
+        protocols h1 h2
     }}
 }}
 
@@ -508,10 +572,13 @@ https://localhost:{port} {{
     tls {cert} {key} {{
         protocols tls1.2 tls1.3
         curves x25519
-        alpn http/1.1
+        alpn h2 http/1.1
     }}
     reverse_proxy {upstream} {{
         flush_interval -1
+        transport http {{
+            keepalive_idle_conns_per_host {UPSTREAM_IDLE_POOL}
+        }}
     }}
 }}
 "#,

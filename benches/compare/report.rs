@@ -1,6 +1,8 @@
 //! The report: target/bench-report/report.md with one table per scenario
 //! (absolute figures and ssegate ÷ peer ratios; the row of the direct path
-//! gives ssegate ÷ direct), the targets ssegate is held to, SVG plots
+//! gives ssegate ÷ direct), each metric over HTTP/1.1 and HTTP/2 side by
+//! side (ratios compare the same protocol), the targets ssegate is held to
+//! (met or missed, from the ratios measured in this run), SVG plots
 //! (latency distribution per proxy, memory per stream against N) and
 //! results.json with the same figures for machines.
 
@@ -12,9 +14,11 @@ use hdrhistogram::Histogram;
 use plotters::prelude::*;
 use serde_json::{json, Value};
 
+use crate::loadgen::Protocol;
 use crate::peers::PeerKind;
 use crate::scenarios::{
-    quantile_ms, FanoutResult, ReqRespResult, Results, Sizes, THROUGHPUT_P99_LIMIT,
+    quantile_ms, FanoutResult, HoldingResult, Negotiated, ReqRespResult, Results, Sizes,
+    ThroughputResult, THROUGHPUT_P99_LIMIT,
 };
 
 /// Where the report was written.
@@ -27,6 +31,8 @@ pub struct Written {
 pub struct RunInfo {
     pub command: String,
     pub mode: &'static str,
+    /// The protocols measured, in column order.
+    pub protocols: Vec<Protocol>,
     pub machine: String,
     pub open_file_limit: u64,
     pub sizes: Sizes,
@@ -37,10 +43,11 @@ pub fn write(dir: &Path, info: &RunInfo, results: &Results) -> Result<Written, S
     std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
     let mut files = Vec::new();
     let mut plot_errors = Vec::new();
+    let protocols = &info.protocols;
 
     let mut md = String::new();
     header(&mut md, info, results);
-    targets(&mut md, results);
+    targets(&mut md, results, protocols);
 
     // (a) fan-out
     let fanout_sizes: BTreeSet<usize> = results.fanout.iter().map(|r| r.subscribers).collect();
@@ -48,14 +55,17 @@ pub fn write(dir: &Path, info: &RunInfo, results: &Results) -> Result<Written, S
         md.push_str("\n## (a) Fan-out: K subscribers of one published stream\n\n");
         let _ = writeln!(
             md,
-            "Events of {} B, published once to every subscriber of `/sse/events`: {}.{} Latency is from the \
+            "Events of {} B, published once to every subscriber of `/sse/events`: {}.{} Each subscriber is \
+             one event stream on its own TLS connection, over HTTP/1.1 or over HTTP/2 (one stream per \
+             connection, as one browser tab). Latency is from the \
              upstream's timestamp (taken when the publisher writes the event, before its write loop over \
              clients) to the load generator parsing the event. CPU is utime+stime of the proxy's processes \
              during the run, per delivered event. Late events count as delivered, with their latency; \
              \"lost\" events had not arrived when no event had arrived for {:?}. \"ssegate ÷ this\" compares \
-             p99 latency and CPU per event (below 1 is better for ssegate). This ran in {} rounds, each \
-             taking every peer in turn on a fresh process; each row (and plot) is the peer's round with the \
-             median p99, and \"lost\" counts that round (the targets' zero-loss line counts every round).\n",
+             p99 latency and CPU per event over the same protocol (below 1 is better for ssegate). This ran \
+             in {} rounds, each taking every peer over every protocol in turn on a fresh process; each cell \
+             (and plot) is the peer's round with the median p99, and \"lost\" counts that round (the \
+             targets' zero-loss line counts every round).\n",
             info.sizes.fanout_event_size,
             fanout_sizes
                 .iter()
@@ -76,14 +86,22 @@ pub fn write(dir: &Path, info: &RunInfo, results: &Results) -> Result<Written, S
         );
     }
     for &subscribers in &fanout_sizes {
-        fanout_table(&mut md, results, subscribers);
-        let name = format!("fanout-latency-K{subscribers}.svg");
-        match plot_fanout(&dir.join(&name), results, subscribers) {
-            Ok(()) => {
-                let _ = writeln!(md, "\n![fan-out latency, K={subscribers}]({name})\n");
-                files.push(dir.join(&name));
+        fanout_table(&mut md, results, protocols, subscribers);
+        let mut plots = Vec::new();
+        for &protocol in protocols {
+            let name = format!("fanout-latency-K{subscribers}-{protocol}.svg");
+            match plot_fanout(&dir.join(&name), results, subscribers, protocol) {
+                Ok(()) => {
+                    plots.push(format!(
+                        "![fan-out latency, K={subscribers}, {protocol}]({name})"
+                    ));
+                    files.push(dir.join(&name));
+                }
+                Err(err) => plot_errors.push(format!("{name}: {err}")),
             }
-            Err(err) => plot_errors.push(format!("{name}: {err}")),
+        }
+        if !plots.is_empty() {
+            let _ = writeln!(md, "\n{}\n", plots.join(" "));
         }
     }
 
@@ -134,10 +152,68 @@ fn opt(value: Option<f64>, decimals: usize) -> String {
     value.map_or("-".into(), |v| format!("{v:.decimals$}"))
 }
 
+/// One metric of a side-by-side table: its header and how a cell reads.
+type Metric<'a, T> = (&'a str, &'a dyn Fn(&T) -> String);
+
+/// A markdown table whose rows are keyed by `K` (a peer; a peer and N) and
+/// which gives each metric once per protocol, side by side ("p99 ms h1 |
+/// p99 ms h2"). `lookup` finds a row's result for a protocol; a cell without
+/// one reads "-".
+fn side_by_side<'a, K, T: 'a>(
+    md: &mut String,
+    protocols: &[Protocol],
+    key_headers: &[&str],
+    rows: &[(Vec<String>, K)],
+    lookup: impl Fn(&K, Protocol) -> Option<&'a T>,
+    metrics: &[Metric<'_, T>],
+) {
+    let mut headers: Vec<String> = key_headers.iter().map(|h| h.to_string()).collect();
+    for (name, _) in metrics {
+        for protocol in protocols {
+            headers.push(format!("{name} {protocol}"));
+        }
+    }
+    let _ = writeln!(md, "| {} |", headers.join(" | "));
+    let _ = writeln!(md, "|{}", "---|".repeat(headers.len()));
+    for (keys, key) in rows {
+        let found: Vec<Option<&T>> = protocols.iter().map(|&p| lookup(key, p)).collect();
+        let mut cells = keys.clone();
+        for (_, value) in metrics {
+            for r in &found {
+                cells.push(r.map_or("-".into(), |r| value(r).replace('|', "/")));
+            }
+        }
+        let _ = writeln!(md, "| {} |", cells.join(" | "));
+    }
+}
+
+/// Peers in the order first seen in `items`.
+fn peers_in_order(items: impl IntoIterator<Item = PeerKind>) -> Vec<PeerKind> {
+    let mut peers = Vec::new();
+    for kind in items {
+        if !peers.contains(&kind) {
+            peers.push(kind);
+        }
+    }
+    peers
+}
+
 fn header(md: &mut String, info: &RunInfo, results: &Results) {
     let _ = writeln!(md, "# ssegate side by side ({} run)\n", info.mode);
     let _ = writeln!(md, "- Command: `{}`", info.command);
     let _ = writeln!(md, "- Machine: {}", info.machine);
+    let _ = writeln!(
+        md,
+        "- Protocols: {} (every metric below gives them side by side)",
+        info.protocols
+            .iter()
+            .map(|p| match p {
+                Protocol::H1 => "h1 = HTTP/1.1 (ALPN http/1.1)",
+                Protocol::H2 => "h2 = HTTP/2 (ALPN h2), the browser's path",
+            })
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
     let _ = writeln!(
         md,
         "- Open-file limit per process: {} (hard; the load generator, the upstream and every peer process each have it)",
@@ -150,294 +226,665 @@ fn header(md: &mut String, info: &RunInfo, results: &Results) {
          (a child process, 2 threads) and the peer (2 worker threads or processes). Figures compare peers under \
          the same conditions; they are not the peers' absolute capacity.\n"
     );
-    md.push_str(
-        "| peer | version | workers | negotiated by the load generator |\n|---|---|---|---|\n",
-    );
-    for (kind, version, tls) in &results.peers {
-        let workers = match kind {
+    let mut head = String::from("| peer | version | workers |");
+    for protocol in &info.protocols {
+        let _ = write!(head, " negotiated over {protocol} |");
+    }
+    let _ = writeln!(md, "{head}\n|{}", "---|".repeat(3 + info.protocols.len()));
+    for record in &results.peers {
+        let workers = match record.kind {
             PeerKind::Direct => "-".to_string(),
             PeerKind::Nginx => "2 worker processes (+ master)".into(),
             PeerKind::Caddy => "GOMAXPROCS=2".into(),
             PeerKind::Haproxy => "nbthread 2".into(),
             _ => "--threads 2".into(),
         };
-        let tls = tls.as_ref().map_or("plain HTTP".into(), |t| t.to_string());
-        let _ = writeln!(md, "| {kind} | {version} | {workers} | {tls} |");
+        let mut row = format!("| {} | {} | {workers} |", record.kind, record.version);
+        for &protocol in &info.protocols {
+            let cell = match record.negotiated.iter().find(|(p, _)| *p == protocol) {
+                None if record.kind == PeerKind::Direct => "not measured (no TLS)".to_string(),
+                None => "not measured".into(),
+                Some((_, Negotiated::Failed)) => "did not start".into(),
+                Some((_, Negotiated::Plain)) => "plain HTTP/1.1".into(),
+                Some((_, Negotiated::Tls(tls))) => tls.to_string(),
+            };
+            let _ = write!(row, " {cell} |");
+        }
+        let _ = writeln!(md, "{row}");
     }
-    md.push_str(
-        "\nThe client offers only X25519, TLS 1.3/1.2 with AES-128-GCM and ALPN http/1.1. nginx, HAProxy and Caddy are \
-         also pinned to X25519 server-side; ssegate's binary has no option for key-exchange groups (its default \
-         rustls provider also allows X25519MLKEM768, P-256 and P-384), so for ssegate X25519 is pinned by the \
-         client only.\n",
+    let _ = writeln!(
+        md,
+        "\nThe client offers only X25519, TLS 1.3/1.2 with AES-128-GCM and one ALPN protocol: http/1.1 for the h1 \
+         runs, h2 for the h2 runs (an h2 run fails on a connection that did not negotiate h2). Over HTTP/2 it \
+         announces a browser's (Chrome's) flow-control windows, 6 MiB per stream and 15 MiB per connection, and \
+         no server push. Every peer serves both protocols on one TLS listener and picks by ALPN (nginx: HTTP/2 on \
+         its `listen ... ssl`, as `listen ... ssl http2` before 1.25.1 and `http2 on;` from it; HAProxy: `alpn h2,http/1.1`; Caddy: `protocols h1 h2`; ssegate negotiates h2 \
+         by ALPN); each peer is measured over each protocol on its own fresh process. nginx, HAProxy and Caddy \
+         are also pinned to X25519 server-side; ssegate's binary has no option for key-exchange groups (its \
+         default rustls provider also allows X25519MLKEM768, P-256 and P-384), so for ssegate X25519 is pinned \
+         by the client only. Requests/s over HTTP/2 keep {} requests in flight per connection (as h2load -m {}).",
+        info.sizes.h2_streams, info.sizes.h2_streams
     );
 }
 
-/// Pass/miss against the targets the issue sets for ssegate.
-fn targets(md: &mut String, results: &Results) {
-    let mut rows: Vec<(String, String, &'static str)> = Vec::new();
-    let verdict = |ok: bool| if ok { "PASS" } else { "MISS" };
-    // Fan-out p99 <= nginx, median rounds, with each round's ratio.
+// ----------------------------------------------------------------- targets
+
+/// Whether a measured ratio must stay at or below its limit, or reach it.
+#[derive(Clone, Copy)]
+enum Bound {
+    AtMost,
+    AtLeast,
+}
+
+/// One target's figures over one protocol: (ssegate figure, nginx figure,
+/// how they read), or why it was not measured.
+type Measured = Result<(f64, f64, String), String>;
+
+/// One row of the targets table: a target, and per protocol its limit and
+/// what this run measured.
+struct TargetRow {
+    target: String,
+    cells: Vec<(Protocol, String, TargetCell)>,
+}
+
+enum TargetCell {
+    /// A ratio ssegate ÷ nginx against its limit.
+    Ratio {
+        limit: f64,
+        bound: Bound,
+        measured: Measured,
+    },
+    /// Zero loss: (events lost, streams failed), None when not measured.
+    Loss(Option<(u64, usize)>),
+}
+
+impl TargetCell {
+    /// (measured, verdict), verdict None when not measured.
+    fn judge(&self) -> (String, Option<bool>) {
+        match self {
+            TargetCell::Ratio {
+                limit,
+                bound,
+                measured,
+            } => match measured {
+                Ok((s, n, text)) if *n > 0.0 && s.is_finite() => {
+                    let r = s / n;
+                    let met = match bound {
+                        Bound::AtMost => r <= *limit,
+                        Bound::AtLeast => r >= *limit,
+                    };
+                    (format!("**{r:.2}x**: {text}"), Some(met))
+                }
+                Ok((_, _, text)) => (format!("no ratio ({text})"), None),
+                Err(why) => (why.clone(), None),
+            },
+            TargetCell::Loss(Some((lost, failed))) => (
+                format!("{lost} events lost, {failed} streams failed"),
+                Some(*lost == 0 && *failed == 0),
+            ),
+            TargetCell::Loss(None) => ("not measured".into(), None),
+        }
+    }
+}
+
+fn verdict_word(verdict: Option<bool>) -> &'static str {
+    match verdict {
+        Some(true) => "met",
+        Some(false) => "**missed**",
+        None => "not measured",
+    }
+}
+
+/// The targets ssegate is held to, as ratios to nginx in this same run,
+/// each over HTTP/1.1 and HTTP/2 with its own limit.
+const MEMORY_LIMITS: [(PeerKind, [(Protocol, f64); 2]); 2] = [
+    (
+        PeerKind::Ssegate,
+        [(Protocol::H1, 0.3), (Protocol::H2, 0.5)],
+    ),
+    (
+        PeerKind::SsegateShared,
+        [(Protocol::H1, 0.25), (Protocol::H2, 0.4)],
+    ),
+];
+const FANOUT_P99_LIMIT: f64 = 1.0;
+const REQUESTS_LIMITS: [(Protocol, f64); 2] = [(Protocol::H1, 0.9), (Protocol::H2, 1.5)];
+
+fn limit_for(limits: &[(Protocol, f64)], protocol: Protocol) -> f64 {
+    limits
+        .iter()
+        .find(|(p, _)| *p == protocol)
+        .map_or(f64::NAN, |(_, l)| *l)
+}
+
+/// "nginx h2 did not run" style reasons for a missing figure.
+fn missing(what: &str, ssegate: PeerKind, found_ssegate: bool, protocol: Protocol) -> String {
+    if found_ssegate {
+        format!("not measured (nginx {protocol}: no {what})")
+    } else {
+        format!("not measured ({ssegate} {protocol}: no {what})")
+    }
+}
+
+fn target_rows(results: &Results, protocols: &[Protocol]) -> Vec<TargetRow> {
+    let mut rows = Vec::new();
+
+    // Memory per idle TLS event stream, at every N measured.
+    let holding_sizes: BTreeSet<usize> = results.holding.iter().map(|r| r.streams).collect();
+    for (ssegate, limits) in MEMORY_LIMITS {
+        for &n in &holding_sizes {
+            let find = |kind: PeerKind, protocol: Protocol| {
+                results
+                    .holding
+                    .iter()
+                    .find(|r| r.peer == kind && r.protocol == protocol && r.streams == n)
+            };
+            if !protocols.iter().any(|&p| find(ssegate, p).is_some()) {
+                continue;
+            }
+            let cells = protocols
+                .iter()
+                .map(|&protocol| {
+                    let limit = limit_for(&limits, protocol);
+                    let measured = match (find(ssegate, protocol), find(PeerKind::Nginx, protocol))
+                    {
+                        (Some(s), Some(nx)) => {
+                            let (sb, nb) = (s.bytes_per_stream(), nx.bytes_per_stream());
+                            Ok((
+                                sb,
+                                nb,
+                                format!("{:.1} vs {:.1} KiB/stream", sb / 1024.0, nb / 1024.0),
+                            ))
+                        }
+                        (s, _) => Err(missing("holding result", ssegate, s.is_some(), protocol)),
+                    };
+                    (
+                        protocol,
+                        format!("<= {limit:.2}x"),
+                        TargetCell::Ratio {
+                            limit,
+                            bound: Bound::AtMost,
+                            measured,
+                        },
+                    )
+                })
+                .collect();
+            let mode = if ssegate == PeerKind::SsegateShared {
+                " with --sse-shared"
+            } else {
+                ""
+            };
+            rows.push(TargetRow {
+                target: format!(
+                    "memory per idle TLS event stream proxied{mode}, N={n}: {ssegate} ÷ nginx"
+                ),
+                cells,
+            });
+        }
+    }
+
+    // Fan-out p99, median rounds, at every K measured.
     let fanout_sizes: BTreeSet<usize> = results.fanout.iter().map(|r| r.subscribers).collect();
     for ssegate in [PeerKind::Ssegate, PeerKind::SsegateShared] {
-        for &subscribers in &fanout_sizes {
-            let summaries = fanout_summaries(results, subscribers);
-            let find = |kind: PeerKind| summaries.iter().find(|r| r.peer() == kind);
-            let (Some(s), Some(n)) = (find(ssegate), find(PeerKind::Nginx)) else {
-                continue;
+        for &k in &fanout_sizes {
+            let summaries: Vec<(Protocol, Vec<FanoutSummary>)> = protocols
+                .iter()
+                .map(|&p| (p, fanout_summaries(results, k, p)))
+                .collect();
+            let find = |kind: PeerKind, protocol: Protocol| {
+                summaries
+                    .iter()
+                    .find(|(p, _)| *p == protocol)
+                    .and_then(|(_, s)| s.iter().find(|s| s.peer() == kind))
             };
-            let (sp, np) = (p99_ms(s.median), p99_ms(n.median));
-            rows.push((
-                format!("fan-out K={subscribers}: {ssegate} p99 <= nginx p99"),
-                format!(
-                    "median {sp:.2} ms vs {np:.2} ms ({:.2}x; by round {})",
-                    sp / np,
-                    round_ratios(&s.rounds, &n.rounds, p99_ms)
-                ),
-                verdict(sp <= np),
-            ));
+            if !protocols.iter().any(|&p| find(ssegate, p).is_some()) {
+                continue;
+            }
+            let cells = protocols
+                .iter()
+                .map(|&protocol| {
+                    let measured = match (find(ssegate, protocol), find(PeerKind::Nginx, protocol))
+                    {
+                        (Some(s), Some(nx)) => {
+                            let (sp, np) = (p99_ms(s.median), p99_ms(nx.median));
+                            Ok((
+                                sp,
+                                np,
+                                format!(
+                                    "median p99 {sp:.2} vs {np:.2} ms (by round {})",
+                                    round_ratios(&s.rounds, &nx.rounds, p99_ms)
+                                ),
+                            ))
+                        }
+                        (s, _) => Err(missing("fan-out result", ssegate, s.is_some(), protocol)),
+                    };
+                    (
+                        protocol,
+                        format!("<= {FANOUT_P99_LIMIT:.2}x"),
+                        TargetCell::Ratio {
+                            limit: FANOUT_P99_LIMIT,
+                            bound: Bound::AtMost,
+                            measured,
+                        },
+                    )
+                })
+                .collect();
+            rows.push(TargetRow {
+                target: format!("fan-out p99 latency, K={k}: {ssegate} ÷ nginx"),
+                cells,
+            });
         }
     }
-    // Zero loss.
+
+    // Keep-alive requests/s, median rounds.
+    if results.reqresp.iter().any(|r| r.peer == PeerKind::Ssegate) {
+        let cells = protocols
+            .iter()
+            .map(|&protocol| {
+                let summaries = reqresp_summaries(results, protocol);
+                let find = |kind: PeerKind| summaries.iter().find(|r| r.peer == kind);
+                let limit = limit_for(&REQUESTS_LIMITS, protocol);
+                let rate = |r: &ReqRespResult| r.keepalive.per_second();
+                let measured = match (find(PeerKind::Ssegate), find(PeerKind::Nginx)) {
+                    (Some(s), Some(nx)) => {
+                        let (sr, nr) = (rate(s.keepalive), rate(nx.keepalive));
+                        Ok((
+                            sr,
+                            nr,
+                            format!(
+                                "median {sr:.0} vs {nr:.0} req/s (by round {})",
+                                round_ratios(&s.rounds, &nx.rounds, rate)
+                            ),
+                        ))
+                    }
+                    (s, _) => Err(missing(
+                        "request/response result",
+                        PeerKind::Ssegate,
+                        s.is_some(),
+                        protocol,
+                    )),
+                };
+                (
+                    protocol,
+                    format!(">= {limit:.2}x"),
+                    TargetCell::Ratio {
+                        limit,
+                        bound: Bound::AtLeast,
+                        measured,
+                    },
+                )
+            })
+            .collect();
+        rows.push(TargetRow {
+            target: "requests/s over keep-alive connections: ssegate ÷ nginx".into(),
+            cells,
+        });
+    }
+
+    // Zero loss over every round of every event-stream scenario.
     for ssegate in [PeerKind::Ssegate, PeerKind::SsegateShared] {
-        let mut lost = 0u64;
-        let mut failed = 0usize;
-        let mut measured = false;
-        for r in results.fanout.iter().filter(|r| r.peer == ssegate) {
-            lost += r.events.lost();
-            failed += r.events.failed;
-            measured = true;
-        }
-        for r in results.holding.iter().filter(|r| r.peer == ssegate) {
-            failed += r.failed;
-            measured = true;
-        }
-        for r in results.throughput.iter().filter(|r| r.peer == ssegate) {
-            if let Some(first) = r.steps.first() {
-                lost += first.expected - first.received.min(first.expected);
+        let loss = |protocol: Protocol| {
+            let mut lost = 0u64;
+            let mut failed = 0usize;
+            let mut measured = false;
+            for r in results
+                .fanout
+                .iter()
+                .filter(|r| r.peer == ssegate && r.protocol == protocol)
+            {
+                lost += r.events.lost();
+                failed += r.events.failed;
                 measured = true;
             }
-        }
-        if measured {
-            rows.push((
-                format!("{ssegate}: zero loss (fan-out, holding, throughput's lowest rate)"),
-                format!("{lost} events lost, {failed} streams failed"),
-                verdict(lost == 0 && failed == 0),
-            ));
-        }
-    }
-    // Memory per idle stream.
-    for (ssegate, factor) in [(PeerKind::Ssegate, 0.5), (PeerKind::SsegateShared, 0.25)] {
-        for r in results.holding.iter().filter(|r| r.peer == ssegate) {
-            if let Some(nginx) = results
+            for r in results
                 .holding
                 .iter()
-                .find(|n| n.peer == PeerKind::Nginx && n.streams == r.streams)
+                .filter(|r| r.peer == ssegate && r.protocol == protocol)
             {
-                let (s, n) = (r.bytes_per_stream(), nginx.bytes_per_stream());
-                rows.push((
-                    format!(
-                        "holding N={}: {ssegate} memory/stream <= {factor}x nginx",
-                        r.streams
-                    ),
-                    format!(
-                        "{:.1} KiB vs {:.1} KiB ({:.2}x)",
-                        s / 1024.0,
-                        n / 1024.0,
-                        s / n
-                    ),
-                    verdict(s <= factor * n),
-                ));
+                failed += r.failed;
+                measured = true;
             }
+            for r in results
+                .throughput
+                .iter()
+                .filter(|r| r.peer == ssegate && r.protocol == protocol)
+            {
+                if let Some(first) = r.steps.first() {
+                    lost += first.expected - first.received.min(first.expected);
+                    measured = true;
+                }
+            }
+            measured.then_some((lost, failed))
+        };
+        let cells: Vec<(Protocol, String, TargetCell)> = protocols
+            .iter()
+            .map(|&p| (p, "0 lost, 0 failed".to_string(), TargetCell::Loss(loss(p))))
+            .collect();
+        if cells
+            .iter()
+            .any(|(_, _, c)| matches!(c, TargetCell::Loss(Some(_))))
+        {
+            rows.push(TargetRow {
+                target: format!(
+                    "{ssegate}: zero loss (fan-out, holding, throughput's lowest rate)"
+                ),
+                cells,
+            });
         }
     }
-    // Request/response: medians over the rounds, with each round's ratio.
-    let summaries = reqresp_summaries(results);
-    let find = |kind: PeerKind| summaries.iter().find(|r| r.peer == kind);
-    if let (Some(s), Some(n)) = (find(PeerKind::Ssegate), find(PeerKind::Nginx)) {
-        let keepalive = |r: &ReqRespResult| r.keepalive.per_second();
-        let handshakes = |r: &ReqRespResult| r.handshakes.per_second();
-        let (sr, nr) = (keepalive(s.keepalive), keepalive(n.keepalive));
-        rows.push((
-            "keep-alive req/s >= 1.0x nginx".into(),
-            format!(
-                "median {sr:.0} vs {nr:.0} ({:.2}x; by round {})",
-                sr / nr,
-                round_ratios(&s.rounds, &n.rounds, keepalive)
-            ),
-            verdict(sr >= nr),
-        ));
-        let (sh, nh) = (handshakes(s.handshakes), handshakes(n.handshakes));
-        rows.push((
-            "full TLS handshakes/s >= 1.5x nginx".into(),
-            format!(
-                "median {sh:.0} vs {nh:.0} ({:.2}x; by round {})",
-                sh / nh,
-                round_ratios(&s.rounds, &n.rounds, handshakes)
-            ),
-            verdict(sh >= 1.5 * nh),
-        ));
-    }
+    rows
+}
+
+/// The targets table: each target over every protocol, side by side, with
+/// its limit, the measured ratio and the verdict.
+fn targets(md: &mut String, results: &Results, protocols: &[Protocol]) {
+    let rows = target_rows(results, protocols);
     if rows.is_empty() {
         return;
     }
-    md.push_str("\n## Targets for ssegate\n\n| target | measured | verdict |\n|---|---|---|\n");
-    for (target, measured, verdict) in rows {
-        let _ = writeln!(md, "| {target} | {measured} | {verdict} |");
+    let mut judged = Vec::new();
+    for row in &rows {
+        for (_, _, cell) in &row.cells {
+            judged.push(cell.judge().1);
+        }
+    }
+    let met = judged.iter().filter(|v| **v == Some(true)).count();
+    let missed = judged.iter().filter(|v| **v == Some(false)).count();
+    let unmeasured = judged.iter().filter(|v| v.is_none()).count();
+    md.push_str("\n## Targets for ssegate\n\n");
+    let _ = writeln!(
+        md,
+        "Ratios of ssegate to nginx measured in this run, over the same protocol (memory: KiB per stream at the \
+         same N; fan-out and requests/s: each peer's median round). {met} met, {missed} missed, {unmeasured} not \
+         measured.\n"
+    );
+    let mut head = String::from("| target |");
+    for protocol in protocols {
+        let _ = write!(
+            head,
+            " {protocol} target | {protocol} measured | {protocol} verdict |"
+        );
+    }
+    let _ = writeln!(md, "{head}\n|{}", "---|".repeat(1 + 3 * protocols.len()));
+    for row in rows {
+        let mut line = format!("| {} |", row.target);
+        for &protocol in protocols {
+            match row.cells.iter().find(|(p, _, _)| *p == protocol) {
+                Some((_, limit, cell)) => {
+                    let (measured, verdict) = cell.judge();
+                    let _ = write!(
+                        line,
+                        " {limit} | {} | {} |",
+                        measured.replace('|', "/"),
+                        verdict_word(verdict)
+                    );
+                }
+                None => line.push_str(" - | - | - |"),
+            }
+        }
+        let _ = writeln!(md, "{line}");
     }
 }
 
-fn fanout_table(md: &mut String, results: &Results, subscribers: usize) {
-    let summaries = fanout_summaries(results, subscribers);
-    let find = |kind: PeerKind| summaries.iter().find(|r| r.peer() == kind);
-    let p99 = |kind: PeerKind| find(kind).map(|r| p99_ms(r.median));
-    let cpu = |kind: PeerKind| find(kind).and_then(|r| r.median.proxy_cpu_us_per_event());
-    let _ = writeln!(md, "\n### K = {subscribers}\n");
-    md.push_str(
-        "| peer | streams ok | delivered / expected | lost | dup | p50 ms | p99 ms | p99 ms by round | p99.9 ms | max ms | proxy CPU us/event | upstream CPU s (clients) | ssegate ÷ this p99 | ssegate-shared ÷ this p99 | ssegate ÷ this CPU/event | ssegate-shared ÷ this CPU/event |\n\
-         |---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n",
+// ------------------------------------------------------------------ tables
+
+fn fanout_table(md: &mut String, results: &Results, protocols: &[Protocol], subscribers: usize) {
+    let summaries: Vec<(Protocol, Vec<FanoutSummary>)> = protocols
+        .iter()
+        .map(|&p| (p, fanout_summaries(results, subscribers, p)))
+        .collect();
+    let find = |kind: PeerKind, protocol: Protocol| {
+        summaries
+            .iter()
+            .find(|(p, _)| *p == protocol)
+            .and_then(|(_, s)| s.iter().find(|s| s.peer() == kind))
+    };
+    let p99 = |kind: PeerKind, protocol: Protocol| find(kind, protocol).map(|r| p99_ms(r.median));
+    let cpu = |kind: PeerKind, protocol: Protocol| {
+        find(kind, protocol).and_then(|r| r.median.proxy_cpu_us_per_event())
+    };
+    let peers = peers_in_order(
+        results
+            .fanout
+            .iter()
+            .filter(|r| r.subscribers == subscribers)
+            .map(|r| r.peer),
     );
-    for summary in &summaries {
-        let r = summary.median;
-        let h = &r.events.latency_us;
-        let _ = writeln!(
-            md,
-            "| {} | {}/{} | {}/{} | {} | {} | {:.2} | {:.2} | {} | {:.2} | {:.2} | {} | {:.2} ({}) | {} | {} | {} | {} |",
-            r.peer,
-            r.events.streams - r.events.failed,
-            r.events.streams,
-            r.events.received,
-            r.events.expected,
-            r.events.lost(),
-            r.events.duplicates,
-            quantile_ms(h, 0.5),
-            quantile_ms(h, 0.99),
-            summary.p99_by_round(),
-            quantile_ms(h, 0.999),
-            h.max() as f64 / 1000.0,
-            opt(r.proxy_cpu_us_per_event(), 2),
-            r.upstream_cpu_seconds,
-            r.upstream_clients,
-            ratio(p99(PeerKind::Ssegate), p99(r.peer)),
-            ratio(p99(PeerKind::SsegateShared), p99(r.peer)),
-            ratio(cpu(PeerKind::Ssegate), cpu(r.peer)),
-            ratio(cpu(PeerKind::SsegateShared), cpu(r.peer)),
-        );
-    }
+    let rows: Vec<(Vec<String>, PeerKind)> =
+        peers.iter().map(|&k| (vec![k.to_string()], k)).collect();
+    let _ = writeln!(md, "\n### K = {subscribers}\n");
+    let h = |s: &FanoutSummary| s.median.events.latency_us.clone();
+    side_by_side(
+        md,
+        protocols,
+        &["peer"],
+        &rows,
+        |&kind, protocol| find(kind, protocol),
+        &[
+            ("streams ok", &|s: &FanoutSummary| {
+                let e = &s.median.events;
+                format!("{}/{}", e.streams - e.failed, e.streams)
+            }),
+            ("delivered / expected", &|s: &FanoutSummary| {
+                format!("{}/{}", s.median.events.received, s.median.events.expected)
+            }),
+            ("lost", &|s: &FanoutSummary| {
+                s.median.events.lost().to_string()
+            }),
+            ("dup", &|s: &FanoutSummary| {
+                s.median.events.duplicates.to_string()
+            }),
+            ("p50 ms", &|s: &FanoutSummary| {
+                format!("{:.2}", quantile_ms(&h(s), 0.5))
+            }),
+            ("p99 ms", &|s: &FanoutSummary| {
+                format!("{:.2}", quantile_ms(&h(s), 0.99))
+            }),
+            ("p99 ms by round", &|s: &FanoutSummary| s.p99_by_round()),
+            ("p99.9 ms", &|s: &FanoutSummary| {
+                format!("{:.2}", quantile_ms(&h(s), 0.999))
+            }),
+            ("max ms", &|s: &FanoutSummary| {
+                format!("{:.2}", s.median.events.latency_us.max() as f64 / 1000.0)
+            }),
+            ("proxy CPU us/event", &|s: &FanoutSummary| {
+                opt(s.median.proxy_cpu_us_per_event(), 2)
+            }),
+            ("upstream CPU s (clients)", &|s: &FanoutSummary| {
+                format!(
+                    "{:.2} ({})",
+                    s.median.upstream_cpu_seconds, s.median.upstream_clients
+                )
+            }),
+            ("ssegate ÷ this p99", &|s: &FanoutSummary| {
+                let p = s.median.protocol;
+                ratio(p99(PeerKind::Ssegate, p), p99(s.peer(), p))
+            }),
+            ("ssegate-shared ÷ this p99", &|s: &FanoutSummary| {
+                let p = s.median.protocol;
+                ratio(p99(PeerKind::SsegateShared, p), p99(s.peer(), p))
+            }),
+            ("ssegate ÷ this CPU/event", &|s: &FanoutSummary| {
+                let p = s.median.protocol;
+                ratio(cpu(PeerKind::Ssegate, p), cpu(s.peer(), p))
+            }),
+            ("ssegate-shared ÷ this CPU/event", &|s: &FanoutSummary| {
+                let p = s.median.protocol;
+                ratio(cpu(PeerKind::SsegateShared, p), cpu(s.peer(), p))
+            }),
+        ],
+    );
 }
 
 fn holding_table(md: &mut String, results: &Results, info: &RunInfo) {
     md.push_str("\n## (b) Holding: N idle TLS event streams\n\n");
     let _ = writeln!(
         md,
-        "Streams of `/sse/idle` (headers, then silence) are opened in steps on one fresh peer process; after \
-         {:?} the resident memory (VmRSS summed over the peer's processes) is read, then CPU over {:?} of \
-         idleness. Memory per stream = (RSS at N − RSS before the first stream) / N. \"ssegate ÷ this\" compares \
-         memory per stream.\n",
+        "Streams of `/sse/idle` (response head and a comment line, then silence) are opened in steps on one fresh peer process per protocol \
+         (over HTTP/2, one stream per TLS connection, as one browser tab); after {:?} the resident memory (VmRSS \
+         summed over the peer's processes) is read, then CPU over {:?} of idleness. Memory per stream = (RSS at N \
+         − RSS before the first stream) / N. \"ssegate ÷ this\" compares memory per stream over the same \
+         protocol.\n",
         info.sizes.holding_settle, info.sizes.holding_idle_window
     );
-    md.push_str(
-        "| peer | N | connected | failed | RSS before MiB | RSS at N MiB | KiB/stream | idle CPU % | open fds | processes | ssegate ÷ this | ssegate-shared ÷ this |\n\
-         |---|---|---|---|---|---|---|---|---|---|---|---|\n",
-    );
-    let per_stream = |kind: PeerKind, n: usize| {
+    let find = |kind: PeerKind, n: usize, protocol: Protocol| {
         results
             .holding
             .iter()
-            .find(|r| r.peer == kind && r.streams == n)
-            .map(|r| r.bytes_per_stream())
+            .find(|r| r.peer == kind && r.streams == n && r.protocol == protocol)
     };
-    for r in &results.holding {
-        let mib = |b: u64| b as f64 / (1024.0 * 1024.0);
-        let _ = writeln!(
-            md,
-            "| {} | {} | {} | {} | {:.1} | {:.1} | {:.2} | {:.2} | {} | {} | {} | {} |",
-            r.peer,
-            r.streams,
-            r.connected,
-            r.failed,
-            mib(r.baseline.rss_bytes),
-            mib(r.loaded.rss_bytes),
-            r.bytes_per_stream() / 1024.0,
-            r.idle_cpu_percent,
-            r.loaded.open_fds,
-            r.loaded.processes,
-            ratio(
-                per_stream(PeerKind::Ssegate, r.streams),
-                per_stream(r.peer, r.streams)
-            ),
-            ratio(
-                per_stream(PeerKind::SsegateShared, r.streams),
-                per_stream(r.peer, r.streams)
-            ),
-        );
+    let per_stream = |kind: PeerKind, n: usize, protocol: Protocol| {
+        find(kind, n, protocol).map(|r| r.bytes_per_stream())
+    };
+    let mut rows: Vec<(Vec<String>, (PeerKind, usize))> = Vec::new();
+    for kind in peers_in_order(results.holding.iter().map(|r| r.peer)) {
+        let sizes: BTreeSet<usize> = results
+            .holding
+            .iter()
+            .filter(|r| r.peer == kind)
+            .map(|r| r.streams)
+            .collect();
+        for n in sizes {
+            rows.push((vec![kind.to_string(), n.to_string()], (kind, n)));
+        }
     }
+    let mib = |b: u64| b as f64 / (1024.0 * 1024.0);
+    side_by_side(
+        md,
+        &info.protocols,
+        &["peer", "N"],
+        &rows,
+        |&(kind, n), protocol| find(kind, n, protocol),
+        &[
+            ("connected", &|r: &HoldingResult| r.connected.to_string()),
+            ("failed", &|r: &HoldingResult| r.failed.to_string()),
+            ("RSS before MiB", &|r: &HoldingResult| {
+                format!("{:.1}", mib(r.baseline.rss_bytes))
+            }),
+            ("RSS at N MiB", &|r: &HoldingResult| {
+                format!("{:.1}", mib(r.loaded.rss_bytes))
+            }),
+            ("KiB/stream", &|r: &HoldingResult| {
+                format!("{:.2}", r.bytes_per_stream() / 1024.0)
+            }),
+            ("idle CPU %", &|r: &HoldingResult| {
+                format!("{:.2}", r.idle_cpu_percent)
+            }),
+            ("open fds", &|r: &HoldingResult| {
+                r.loaded.open_fds.to_string()
+            }),
+            ("processes", &|r: &HoldingResult| {
+                r.loaded.processes.to_string()
+            }),
+            ("ssegate ÷ this", &|r: &HoldingResult| {
+                ratio(
+                    per_stream(PeerKind::Ssegate, r.streams, r.protocol),
+                    Some(r.bytes_per_stream()),
+                )
+            }),
+            ("ssegate-shared ÷ this", &|r: &HoldingResult| {
+                ratio(
+                    per_stream(PeerKind::SsegateShared, r.streams, r.protocol),
+                    Some(r.bytes_per_stream()),
+                )
+            }),
+        ],
+    );
 }
 
 fn throughput_table(md: &mut String, results: &Results, info: &RunInfo) {
     md.push_str("\n## (c) One stream: highest event rate with p99 under 10 ms\n\n");
     let _ = writeln!(
         md,
-        "One subscriber of `/sse/events`; the publisher offers rates {:?} events/s for {:?} each (then bisects \
-         between the last pass and the first failure). A step passes when every event arrives, p99 < {:?} and at \
-         least 90% of the offered rate arrives. \"ssegate ÷ this\" compares the highest passing rate (above 1 is \
-         better for ssegate).\n",
+        "One subscriber of `/sse/events` (over HTTP/2, one stream on its own connection); the publisher offers \
+         rates {:?} events/s for {:?} each (then bisects between the last pass and the first failure). A step \
+         passes when every event arrives, p99 < {:?} and at least 90% of the offered rate arrives. \"ssegate ÷ \
+         this\" compares the highest passing rate over the same protocol (above 1 is better for ssegate).\n",
         info.sizes.throughput_rates, info.sizes.throughput_step, THROUGHPUT_P99_LIMIT
     );
-    md.push_str(
-        "| peer | event size | max events/s (p99 < 10 ms) | p50 / p99 ms there | first failing step | ssegate ÷ this | ssegate-shared ÷ this |\n\
-         |---|---|---|---|---|---|---|\n",
-    );
-    let max_rate = |kind: PeerKind, size: usize| {
+    let find = |kind: PeerKind, size: usize, protocol: Protocol| {
         results
             .throughput
             .iter()
-            .find(|r| r.peer == kind && r.event_size == size)
+            .find(|r| r.peer == kind && r.event_size == size && r.protocol == protocol)
+    };
+    let max_rate = |kind: PeerKind, size: usize, protocol: Protocol| {
+        find(kind, size, protocol)
             .and_then(|r| r.max_passing_rate())
             .map(|r| r as f64)
     };
-    for r in &results.throughput {
-        let best = r.max_passing_rate();
-        let at_best = best.and_then(|b| r.steps.iter().find(|s| s.rate == b && s.passed));
-        let fail = r
-            .steps
+    let mut rows: Vec<(Vec<String>, (PeerKind, usize))> = Vec::new();
+    for kind in peers_in_order(results.throughput.iter().map(|r| r.peer)) {
+        let sizes: BTreeSet<usize> = results
+            .throughput
             .iter()
-            .filter(|s| !s.passed)
-            .min_by_key(|s| s.rate)
-            .map(|s| {
-                let why = if let Some(err) = &s.error {
-                    err.clone()
-                } else if s.received < s.expected {
-                    format!("lost {}", s.expected - s.received)
-                } else if s.p99_us >= THROUGHPUT_P99_LIMIT.as_micros() as u64 {
-                    format!("p99 {:.1} ms", s.p99_us as f64 / 1000.0)
-                } else {
-                    format!("only {:.0}/s arrived", s.achieved_rate)
-                };
-                format!("{}/s: {why}", s.rate)
-            })
-            .unwrap_or_else(|| "none (ladder exhausted)".into());
-        let _ = writeln!(
-            md,
-            "| {} | {} B | {} | {} | {} | {} | {} |",
-            r.peer,
-            r.event_size,
-            best.map_or("none".into(), |b| b.to_string()),
-            at_best.map_or("-".into(), |s| format!(
-                "{:.2} / {:.2}",
-                s.p50_us as f64 / 1000.0,
-                s.p99_us as f64 / 1000.0
-            )),
-            fail.replace('|', "/"),
-            ratio(
-                max_rate(PeerKind::Ssegate, r.event_size),
-                best.map(|b| b as f64)
-            ),
-            ratio(
-                max_rate(PeerKind::SsegateShared, r.event_size),
-                best.map(|b| b as f64)
-            ),
-        );
+            .filter(|r| r.peer == kind)
+            .map(|r| r.event_size)
+            .collect();
+        for size in sizes {
+            rows.push((vec![kind.to_string(), format!("{size} B")], (kind, size)));
+        }
     }
+    side_by_side(
+        md,
+        &info.protocols,
+        &["peer", "event size"],
+        &rows,
+        |&(kind, size), protocol| find(kind, size, protocol),
+        &[
+            ("max events/s (p99 < 10 ms)", &|r: &ThroughputResult| {
+                r.max_passing_rate()
+                    .map_or("none".into(), |b| b.to_string())
+            }),
+            ("p50 / p99 ms there", &|r: &ThroughputResult| {
+                r.max_passing_rate()
+                    .and_then(|b| r.steps.iter().find(|s| s.rate == b && s.passed))
+                    .map_or("-".into(), |s| {
+                        format!(
+                            "{:.2} / {:.2}",
+                            s.p50_us as f64 / 1000.0,
+                            s.p99_us as f64 / 1000.0
+                        )
+                    })
+            }),
+            ("first failing step", &|r: &ThroughputResult| {
+                first_failure(r)
+            }),
+            ("ssegate ÷ this", &|r: &ThroughputResult| {
+                ratio(
+                    max_rate(PeerKind::Ssegate, r.event_size, r.protocol),
+                    r.max_passing_rate().map(|b| b as f64),
+                )
+            }),
+            ("ssegate-shared ÷ this", &|r: &ThroughputResult| {
+                ratio(
+                    max_rate(PeerKind::SsegateShared, r.event_size, r.protocol),
+                    r.max_passing_rate().map(|b| b as f64),
+                )
+            }),
+        ],
+    );
+}
+
+/// The lowest failing step of a throughput ladder, and why it failed.
+fn first_failure(r: &ThroughputResult) -> String {
+    r.steps
+        .iter()
+        .filter(|s| !s.passed)
+        .min_by_key(|s| s.rate)
+        .map(|s| {
+            let why = if let Some(err) = &s.error {
+                err.clone()
+            } else if s.received < s.expected {
+                format!("lost {}", s.expected - s.received)
+            } else if s.p99_us >= THROUGHPUT_P99_LIMIT.as_micros() as u64 {
+                format!("p99 {:.1} ms", s.p99_us as f64 / 1000.0)
+            } else {
+                format!("only {:.0}/s arrived", s.achieved_rate)
+            };
+            format!("{}/s: {why}", s.rate)
+        })
+        .unwrap_or_else(|| "none (ladder exhausted)".into())
 }
 
 fn reqresp_table(md: &mut String, results: &Results, info: &RunInfo) {
@@ -445,66 +892,126 @@ fn reqresp_table(md: &mut String, results: &Results, info: &RunInfo) {
     let _ = writeln!(
         md,
         "GET `/static` (1 KiB) from {} concurrent clients for {:?} after {:?} of warm-up: over keep-alive \
-         connections, then with a new connection per request (a full TLS handshake each: the client disables \
+         connections (HTTP/1.1: one request at a time per connection; HTTP/2: {} requests in flight per \
+         connection, as h2load -m {}), then with a new connection per request (a full TLS handshake each, one \
+         request per connection over either protocol: the client disables \
          session resumption, and checks neither the server's certificate nor its handshake signature, so that \
          the cores it shares with the proxy go to the proxy's handshake rather than to the client's ECDSA \
          verify; every other connection of the run verifies the chain). The direct path is plain HTTP, so its second figure is TCP connections/s. \
          \"harness CPU\" is the load generator's and the upstream's CPU in the same interval, per request: \
          they share the cores with the proxy, so requests/s is about 2 cores ÷ (proxy CPU + harness CPU). \
-         \"ssegate ÷ this\" compares requests/s (above 1 is better for ssegate). This ran in {} rounds, \
-         each taking every peer in turn on a fresh process, so that the machine's drift (±10% between runs \
-         minutes apart) falls on every peer alike; each row is the peer's median round (\"by round\" lists \
+         \"ssegate ÷ this\" compares requests/s over the same protocol (above 1 is better for ssegate). This ran in {} rounds, \
+         each taking every peer over every protocol in turn on a fresh process, so that the machine's drift (±10% between runs \
+         minutes apart) falls on every peer alike; each cell is the peer's median round (\"by round\" lists \
          them all), chosen separately for keep-alive and for new connections.\n",
         info.sizes.reqresp_connections,
         info.sizes.reqresp_duration,
         info.sizes.reqresp_warmup,
+        info.sizes.h2_streams,
+        info.sizes.h2_streams,
         info.sizes.rounds
     );
-    md.push_str(
-        "| peer | keep-alive req/s | by round | p99 ms | proxy CPU us/req | harness CPU us/req | errors | new-connection req/s (handshakes/s) | by round | p99 ms | proxy CPU us/handshake | harness CPU us/handshake | errors | ssegate ÷ this req/s | ssegate ÷ this handshakes/s |\n\
-         |---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n",
+    let summaries: Vec<(Protocol, Vec<ReqRespSummary>)> = info
+        .protocols
+        .iter()
+        .map(|&p| (p, reqresp_summaries(results, p)))
+        .collect();
+    let find = |kind: PeerKind, protocol: Protocol| {
+        summaries
+            .iter()
+            .find(|(p, _)| *p == protocol)
+            .and_then(|(_, s)| s.iter().find(|s| s.peer == kind))
+    };
+    let keepalive =
+        |kind: PeerKind, p: Protocol| find(kind, p).map(|r| r.keepalive.keepalive.per_second());
+    let handshakes =
+        |kind: PeerKind, p: Protocol| find(kind, p).map(|r| r.handshakes.handshakes.per_second());
+    let per = |cpu: Option<f64>, n: u64| cpu.filter(|_| n > 0).map(|c| c * 1e6 / n as f64);
+    let rows: Vec<(Vec<String>, PeerKind)> = peers_in_order(results.reqresp.iter().map(|r| r.peer))
+        .into_iter()
+        .map(|k| (vec![k.to_string()], k))
+        .collect();
+    side_by_side(
+        md,
+        &info.protocols,
+        &["peer"],
+        &rows,
+        |&kind, protocol| find(kind, protocol),
+        &[
+            ("keep-alive req/s", &|s: &ReqRespSummary| {
+                format!("{:.0}", s.keepalive.keepalive.per_second())
+            }),
+            ("by round", &|s: &ReqRespSummary| {
+                by_round(&s.rounds, |r| format!("{:.0}", r.keepalive.per_second()))
+            }),
+            ("p99 ms", &|s: &ReqRespSummary| {
+                format!(
+                    "{:.2}",
+                    quantile_ms(&s.keepalive.keepalive.latency_us, 0.99)
+                )
+            }),
+            ("proxy CPU us/req", &|s: &ReqRespSummary| {
+                let k = s.keepalive;
+                opt(per(k.keepalive_cpu_seconds, k.keepalive.completed), 1)
+            }),
+            ("harness CPU us/req", &|s: &ReqRespSummary| {
+                let k = s.keepalive;
+                opt(
+                    per(k.keepalive_harness_cpu_seconds, k.keepalive.completed),
+                    1,
+                )
+            }),
+            ("errors", &|s: &ReqRespSummary| {
+                s.keepalive.keepalive.errors.to_string()
+            }),
+            (
+                "new-connection req/s (handshakes/s)",
+                &|s: &ReqRespSummary| format!("{:.0}", s.handshakes.handshakes.per_second()),
+            ),
+            ("by round", &|s: &ReqRespSummary| {
+                by_round(&s.rounds, |r| format!("{:.0}", r.handshakes.per_second()))
+            }),
+            ("p99 ms", &|s: &ReqRespSummary| {
+                format!(
+                    "{:.2}",
+                    quantile_ms(&s.handshakes.handshakes.latency_us, 0.99)
+                )
+            }),
+            ("proxy CPU us/handshake", &|s: &ReqRespSummary| {
+                let h = s.handshakes;
+                opt(per(h.handshakes_cpu_seconds, h.handshakes.completed), 1)
+            }),
+            ("harness CPU us/handshake", &|s: &ReqRespSummary| {
+                let h = s.handshakes;
+                opt(
+                    per(h.handshakes_harness_cpu_seconds, h.handshakes.completed),
+                    1,
+                )
+            }),
+            ("errors", &|s: &ReqRespSummary| {
+                s.handshakes.handshakes.errors.to_string()
+            }),
+            ("ssegate ÷ this req/s", &|s: &ReqRespSummary| {
+                ratio(
+                    keepalive(PeerKind::Ssegate, s.protocol),
+                    keepalive(s.peer, s.protocol),
+                )
+            }),
+            ("ssegate ÷ this handshakes/s", &|s: &ReqRespSummary| {
+                ratio(
+                    handshakes(PeerKind::Ssegate, s.protocol),
+                    handshakes(s.peer, s.protocol),
+                )
+            }),
+        ],
     );
-    let summaries = reqresp_summaries(results);
-    let find = |kind: PeerKind| summaries.iter().find(|r| r.peer == kind);
-    let keepalive = |kind: PeerKind| find(kind).map(|r| r.keepalive.keepalive.per_second());
-    let handshakes = |kind: PeerKind| find(kind).map(|r| r.handshakes.handshakes.per_second());
-    for summary in &summaries {
-        let per = |cpu: Option<f64>, n: u64| cpu.filter(|_| n > 0).map(|c| c * 1e6 / n as f64);
-        let by_round = |rate: fn(&ReqRespResult) -> f64| {
-            by_round(&summary.rounds, |r| format!("{:.0}", rate(r)))
-        };
-        let (k, h) = (summary.keepalive, summary.handshakes);
-        let _ = writeln!(
-            md,
-            "| {} | {:.0} | {} | {:.2} | {} | {} | {} | {:.0} | {} | {:.2} | {} | {} | {} | {} | {} |",
-            summary.peer,
-            k.keepalive.per_second(),
-            by_round(|r| r.keepalive.per_second()),
-            quantile_ms(&k.keepalive.latency_us, 0.99),
-            opt(per(k.keepalive_cpu_seconds, k.keepalive.completed), 1),
-            opt(
-                per(k.keepalive_harness_cpu_seconds, k.keepalive.completed),
-                1
-            ),
-            k.keepalive.errors,
-            h.handshakes.per_second(),
-            by_round(|r| r.handshakes.per_second()),
-            quantile_ms(&h.handshakes.latency_us, 0.99),
-            opt(per(h.handshakes_cpu_seconds, h.handshakes.completed), 1),
-            opt(
-                per(h.handshakes_harness_cpu_seconds, h.handshakes.completed),
-                1
-            ),
-            h.handshakes.errors,
-            ratio(keepalive(PeerKind::Ssegate), keepalive(summary.peer)),
-            ratio(handshakes(PeerKind::Ssegate), handshakes(summary.peer)),
-        );
-    }
 }
 
-/// One peer's request/response rounds, and its median round for each rate.
+/// One peer's request/response rounds over one protocol, and its median
+/// round for each rate.
 struct ReqRespSummary<'a> {
     peer: PeerKind,
+    protocol: Protocol,
     /// The round with the median keep-alive requests/s.
     keepalive: &'a ReqRespResult,
     /// The round with the median handshakes/s.
@@ -513,12 +1020,13 @@ struct ReqRespSummary<'a> {
     rounds: Vec<&'a ReqRespResult>,
 }
 
-/// Each peer's rounds, peers in the order first run.
-fn reqresp_summaries(results: &Results) -> Vec<ReqRespSummary<'_>> {
-    rounds_by_peer(&results.reqresp)
+/// Each peer's rounds over `protocol`, peers in the order first run.
+fn reqresp_summaries(results: &Results, protocol: Protocol) -> Vec<ReqRespSummary<'_>> {
+    rounds_by_peer(results.reqresp.iter().filter(|r| r.protocol == protocol))
         .into_iter()
         .map(|(peer, rounds)| ReqRespSummary {
             peer,
+            protocol,
             keepalive: median(&rounds, |r| r.keepalive.per_second()),
             handshakes: median(&rounds, |r| r.handshakes.per_second()),
             rounds,
@@ -584,7 +1092,8 @@ fn median<'a, T>(rounds: &[&'a T], value: impl Fn(&T) -> f64) -> &'a T {
     sorted[(sorted.len() - 1) / 2]
 }
 
-/// One peer's fan-out rounds at one K, and its round with the median p99.
+/// One peer's fan-out rounds at one K over one protocol, and its round
+/// with the median p99.
 struct FanoutSummary<'a> {
     median: &'a FanoutResult,
     /// Every round, in the order run.
@@ -606,15 +1115,19 @@ fn p99_ms(r: &FanoutResult) -> f64 {
     quantile_ms(&r.events.latency_us, 0.99)
 }
 
-/// The fan-out rounds at `subscribers`, one summary per peer in the order
-/// first run. A round's p99 comes from K × events samples but mostly from a
-/// few slow events, so it varies from round to round: tables, plots and
-/// targets use each peer's median round.
-fn fanout_summaries(results: &Results, subscribers: usize) -> Vec<FanoutSummary<'_>> {
+/// The fan-out rounds at `subscribers` over `protocol`, one summary per
+/// peer in the order first run. A round's p99 comes from K × events
+/// samples but mostly from a few slow events, so it varies from round to
+/// round: tables, plots and targets use each peer's median round.
+fn fanout_summaries(
+    results: &Results,
+    subscribers: usize,
+    protocol: Protocol,
+) -> Vec<FanoutSummary<'_>> {
     let at_size = results
         .fanout
         .iter()
-        .filter(|r| r.subscribers == subscribers);
+        .filter(|r| r.subscribers == subscribers && r.protocol == protocol);
     rounds_by_peer(at_size)
         .into_iter()
         .map(|(_, rounds)| FanoutSummary {
@@ -684,8 +1197,13 @@ fn percentile_curve(histogram: &Histogram<u64>) -> Vec<(f64, f64)> {
         .collect()
 }
 
-fn plot_fanout(path: &Path, results: &Results, subscribers: usize) -> Result<(), String> {
-    let rows: Vec<&FanoutResult> = fanout_summaries(results, subscribers)
+fn plot_fanout(
+    path: &Path,
+    results: &Results,
+    subscribers: usize,
+    protocol: Protocol,
+) -> Result<(), String> {
+    let rows: Vec<&FanoutResult> = fanout_summaries(results, subscribers, protocol)
         .into_iter()
         .map(|s| s.median)
         .filter(|r| !r.events.latency_us.is_empty())
@@ -717,7 +1235,7 @@ fn plot_fanout(path: &Path, results: &Results, subscribers: usize) -> Result<(),
     root.fill(&WHITE).map_err(|e| e.to_string())?;
     let mut chart = ChartBuilder::on(&root)
         .caption(
-            format!("Fan-out delivery latency, {subscribers} subscribers"),
+            format!("Fan-out delivery latency, {subscribers} subscribers, {protocol}"),
             ("sans-serif", 22),
         )
         .margin(14)
@@ -760,17 +1278,23 @@ fn percentile_label(x: f64) -> String {
     format!("{percent:.decimals$}%")
 }
 
+/// Memory per stream against N: one line per peer and protocol, HTTP/2's
+/// in a lighter shade of the peer's colour with hollow markers.
 fn plot_holding(path: &Path, results: &Results) -> Result<(), String> {
-    let kinds: BTreeSet<PeerKind> = results.holding.iter().map(|r| r.peer).collect();
-    let points = |kind: PeerKind| -> Vec<(f64, f64)> {
+    let series: BTreeSet<(PeerKind, Protocol)> = results
+        .holding
+        .iter()
+        .map(|r| (r.peer, r.protocol))
+        .collect();
+    let points = |(kind, protocol): (PeerKind, Protocol)| -> Vec<(f64, f64)> {
         results
             .holding
             .iter()
-            .filter(|r| r.peer == kind)
+            .filter(|r| r.peer == kind && r.protocol == protocol)
             .map(|r| (r.streams as f64, r.bytes_per_stream() / 1024.0))
             .collect()
     };
-    let all: Vec<(f64, f64)> = kinds.iter().flat_map(|&k| points(k)).collect();
+    let all: Vec<(f64, f64)> = series.iter().flat_map(|&s| points(s)).collect();
     let x_max = all.iter().map(|p| p.0).fold(1.0, f64::max) * 1.05;
     let y_max = all.iter().map(|p| p.1).fold(1.0, f64::max) * 1.15;
     let y_min = all.iter().map(|p| p.1).fold(0.0, f64::min);
@@ -789,22 +1313,26 @@ fn plot_holding(path: &Path, results: &Results) -> Result<(), String> {
         .y_desc("RSS growth / N (KiB)")
         .draw()
         .map_err(|e| e.to_string())?;
-    for kind in kinds {
-        let color = peer_color(kind);
-        let series = points(kind);
+    for (kind, protocol) in series {
+        let base = peer_color(kind);
+        let color = match protocol {
+            Protocol::H1 => base.to_rgba(),
+            Protocol::H2 => base.mix(0.5),
+        };
+        let line = points((kind, protocol));
         chart
-            .draw_series(LineSeries::new(series.clone(), color.stroke_width(2)))
+            .draw_series(LineSeries::new(line.clone(), color.stroke_width(2)))
             .map_err(|e| e.to_string())?
-            .label(kind.name())
+            .label(format!("{kind} {protocol}"))
             .legend(move |(x, y)| {
                 PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2))
             });
+        let marker = match protocol {
+            Protocol::H1 => color.filled(),
+            Protocol::H2 => color.stroke_width(2),
+        };
         chart
-            .draw_series(
-                series
-                    .into_iter()
-                    .map(|p| Circle::new(p, 4, color.filled())),
-            )
+            .draw_series(line.into_iter().map(|p| Circle::new(p, 4, marker)))
             .map_err(|e| e.to_string())?;
     }
     chart
@@ -834,11 +1362,35 @@ fn to_json(info: &RunInfo, results: &Results) -> Value {
         "command": info.command,
         "machine": info.machine,
         "open_file_limit": info.open_file_limit,
-        "peers": results.peers.iter().map(|(k, v, tls)| json!({
-            "peer": k.name(), "version": v, "tls": tls.as_ref().map(|t| t.to_string()),
+        "protocols": info.protocols.iter().map(|p| p.name()).collect::<Vec<_>>(),
+        "h2_streams_per_connection": info.sizes.h2_streams,
+        "peers": results.peers.iter().map(|r| json!({
+            "peer": r.kind.name(),
+            "version": r.version,
+            "negotiated": r.negotiated.iter().map(|(p, n)| json!({
+                "protocol": p.name(),
+                "started": !matches!(n, Negotiated::Failed),
+                "tls": match n {
+                    Negotiated::Tls(t) => Some(t.to_string()),
+                    _ => None,
+                },
+            })).collect::<Vec<_>>(),
+        })).collect::<Vec<_>>(),
+        "targets": target_rows(results, &info.protocols).iter().map(|row| json!({
+            "target": row.target,
+            "by_protocol": row.cells.iter().map(|(p, limit, cell)| {
+                let (measured, verdict) = cell.judge();
+                json!({
+                    "protocol": p.name(),
+                    "limit": limit,
+                    "measured": measured,
+                    "met": verdict,
+                })
+            }).collect::<Vec<_>>(),
         })).collect::<Vec<_>>(),
         "fanout": results.fanout.iter().map(|r| json!({
             "peer": r.peer.name(),
+            "protocol": r.protocol.name(),
             "subscribers": r.subscribers,
             "round": r.round,
             "expected": r.events.expected,
@@ -854,6 +1406,7 @@ fn to_json(info: &RunInfo, results: &Results) -> Value {
         })).collect::<Vec<_>>(),
         "holding": results.holding.iter().map(|r| json!({
             "peer": r.peer.name(),
+            "protocol": r.protocol.name(),
             "streams": r.streams,
             "connected": r.connected,
             "failed": r.failed,
@@ -865,6 +1418,7 @@ fn to_json(info: &RunInfo, results: &Results) -> Value {
         })).collect::<Vec<_>>(),
         "throughput": results.throughput.iter().map(|r| json!({
             "peer": r.peer.name(),
+            "protocol": r.protocol.name(),
             "event_size": r.event_size,
             "max_passing_rate": r.max_passing_rate(),
             "steps": r.steps.iter().map(|s| json!({
@@ -875,6 +1429,7 @@ fn to_json(info: &RunInfo, results: &Results) -> Value {
         })).collect::<Vec<_>>(),
         "reqresp": results.reqresp.iter().map(|r| json!({
             "peer": r.peer.name(),
+            "protocol": r.protocol.name(),
             "round": r.round,
             "keepalive_per_second": r.keepalive.per_second(),
             "keepalive_errors": r.keepalive.errors,

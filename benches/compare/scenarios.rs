@@ -1,12 +1,14 @@
-//! The four scenarios, each run against one started peer:
+//! The four scenarios, each run against one started peer over one protocol
+//! (HTTP/1.1 or HTTP/2, the peer's `target.protocol`):
 //!
 //! - holding: N idle TLS event streams; proxy memory per stream, idle CPU;
 //! - fanout: K subscribers of one published stream; delivery latency, losses,
 //!   proxy CPU per delivered event;
 //! - throughput: one stream, rising event rates; the highest rate delivered
 //!   in full with p99 under 10 ms, for 64 B and 1 KiB events;
-//! - reqresp: requests/s over TLS keep-alive, and full handshakes/s with a
-//!   new connection per request, against the static upstream.
+//! - reqresp: requests/s over TLS keep-alive (HTTP/2: `h2_streams` requests
+//!   in flight per connection), and full handshakes/s with a new connection
+//!   per request, against the static upstream.
 //!
 //! Every scenario records what it measured in `Results`; failures (lost
 //! events, streams that could not open) are recorded there too.
@@ -21,8 +23,8 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::loadgen::{
-    self, BatchOutcome, ConnectionUse, RequestOutcome, StreamOutcome, StreamPlan, StreamProgress,
-    Target, TlsInfo,
+    self, BatchOutcome, ClientTls, ConnectionUse, Protocol, RequestOutcome, StreamOutcome,
+    StreamPlan, StreamProgress, Target, TlsInfo,
 };
 use crate::peers::{PeerKind, RunningPeer};
 use crate::sys::{self, Usage};
@@ -30,8 +32,6 @@ use crate::upstream::{UpstreamProcess, EVENTS_PATH, IDLE_PATH, STATIC_PATH};
 
 /// The longest wait for late events after the publisher is done.
 const MAX_DRAIN: Duration = Duration::from_secs(60);
-/// How long a peer may take to close the connections of departed clients.
-const RELEASE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Open files above the start-up count that still count as released (idle
 /// keep-alive connections to the upstream, listeners, logs).
 const RELEASE_SLACK: usize = 200;
@@ -89,6 +89,9 @@ pub struct Sizes {
     /// Bisection steps between the last passing and the first failing rate.
     pub throughput_refinements: usize,
     pub reqresp_connections: usize,
+    /// Requests in flight per connection in the HTTP/2 keep-alive run (as
+    /// h2load `-m`); HTTP/1.1 has one.
+    pub h2_streams: usize,
     pub reqresp_duration: Duration,
     pub reqresp_warmup: Duration,
     /// Rounds of fan-out and of request/response, each taking every peer in
@@ -98,6 +101,9 @@ pub struct Sizes {
     /// arrived or none has arrived for this long (at most `MAX_DRAIN`):
     /// late events count as delivered, with their latency; the rest are lost.
     pub drain: Duration,
+    /// How long a peer may take to close the connections of departed
+    /// clients (before it is restarted for the next scenario).
+    pub release_timeout: Duration,
 }
 
 impl Sizes {
@@ -120,6 +126,7 @@ impl Sizes {
             throughput_step: Duration::from_secs(2),
             throughput_refinements: 2,
             reqresp_connections: 32,
+            h2_streams: 10,
             reqresp_duration: Duration::from_secs(5),
             reqresp_warmup: Duration::from_secs(1),
             // The machine drifts by 10-25 % between rounds minutes apart;
@@ -127,31 +134,35 @@ impl Sizes {
             // every peer, and their median leaves out the outliers.
             rounds: 5,
             drain: Duration::from_secs(3),
+            release_timeout: Duration::from_secs(5),
         }
     }
 
-    /// Tiny sizes that prove the harness works end to end.
+    /// Tiny sizes that prove the harness works end to end, over both
+    /// protocols, in a few seconds per peer and protocol.
     pub fn smoke() -> Self {
         Sizes {
             fanout_subscribers: vec![50],
-            fanout_duration: Duration::from_secs(1),
+            fanout_duration: Duration::from_millis(500),
             fanout_deliveries_per_second: 1_000,
             fanout_rate: None,
             fanout_events: None,
             fanout_event_size: 256,
             holding_streams: vec![100, 300],
-            holding_settle: Duration::from_millis(300),
-            holding_idle_window: Duration::from_millis(500),
+            holding_settle: Duration::from_millis(200),
+            holding_idle_window: Duration::from_millis(300),
             throughput_event_sizes: vec![64, 1024],
             throughput_rates: vec![500, 2_000],
-            throughput_step: Duration::from_millis(500),
+            throughput_step: Duration::from_millis(250),
             throughput_refinements: 0,
             reqresp_connections: 8,
-            reqresp_duration: Duration::from_secs(1),
-            reqresp_warmup: Duration::from_millis(200),
+            h2_streams: 10,
+            reqresp_duration: Duration::from_millis(500),
+            reqresp_warmup: Duration::from_millis(100),
             // Two, so the smoke run takes the rounds' path too.
             rounds: 2,
             drain: Duration::from_secs(2),
+            release_timeout: Duration::from_secs(2),
         }
     }
 
@@ -193,6 +204,7 @@ pub struct FanoutPace {
 #[derive(Debug)]
 pub struct FanoutResult {
     pub peer: PeerKind,
+    pub protocol: Protocol,
     pub subscribers: usize,
     /// Which round of `Sizes::rounds`, from 1.
     pub round: usize,
@@ -213,6 +225,7 @@ impl FanoutResult {
 #[derive(Debug)]
 pub struct HoldingResult {
     pub peer: PeerKind,
+    pub protocol: Protocol,
     pub streams: usize,
     pub connected: usize,
     pub failed: usize,
@@ -245,6 +258,7 @@ pub struct ThroughputStep {
 #[derive(Debug)]
 pub struct ThroughputResult {
     pub peer: PeerKind,
+    pub protocol: Protocol,
     pub event_size: usize,
     pub steps: Vec<ThroughputStep>,
 }
@@ -259,6 +273,7 @@ impl ThroughputResult {
 #[derive(Debug)]
 pub struct ReqRespResult {
     pub peer: PeerKind,
+    pub protocol: Protocol,
     /// Which round of `Sizes::rounds`, from 1.
     pub round: usize,
     pub keepalive: RequestOutcome,
@@ -282,8 +297,33 @@ pub struct Results {
     pub failures: Vec<String>,
     /// Things the reader should know (skipped sizes, caveats).
     pub notes: Vec<String>,
-    /// Peer name, version, negotiated TLS.
-    pub peers: Vec<(PeerKind, String, Option<TlsInfo>)>,
+    /// Each peer run, in the order first started.
+    pub peers: Vec<PeerRecord>,
+}
+
+/// A peer's version and, per protocol, how its first start went.
+#[derive(Debug)]
+pub struct PeerRecord {
+    pub kind: PeerKind,
+    pub version: String,
+    pub negotiated: Vec<(Protocol, Negotiated)>,
+}
+
+/// What the load generator's first connection to a peer ended up with.
+#[derive(Debug, Clone)]
+pub enum Negotiated {
+    Tls(TlsInfo),
+    /// Plain HTTP (the direct path).
+    Plain,
+    /// The peer did not start.
+    Failed,
+}
+
+impl PeerRecord {
+    /// Whether the peer was started (or tried) over `protocol`.
+    pub fn tried(&self, protocol: Protocol) -> bool {
+        self.negotiated.iter().any(|(p, _)| *p == protocol)
+    }
 }
 
 // ------------------------------------------------------------------ running
@@ -295,7 +335,7 @@ pub struct Bench {
     pub open_file_limit: u64,
     /// Client TLS without session resumption (every handshake a full one),
     /// checking neither the certificate nor the handshake signature.
-    pub full_handshake_tls: Arc<rustls::ClientConfig>,
+    pub full_handshake_tls: ClientTls,
     next_run: AtomicU32,
 }
 
@@ -304,7 +344,7 @@ impl Bench {
         upstream: UpstreamProcess,
         sizes: Sizes,
         open_file_limit: u64,
-        full_handshake_tls: Arc<rustls::ClientConfig>,
+        full_handshake_tls: ClientTls,
     ) -> Self {
         Bench {
             upstream,
@@ -359,15 +399,14 @@ impl Bench {
     /// stopped (or of the direct path's clients), so that the next peer
     /// starts beside a quiet upstream. Err describes what is still held.
     pub async fn upstream_released(&self) -> Result<(), String> {
-        let released = wait_until(RELEASE_TIMEOUT, || {
-            self.upstream.usage().open_fds <= RELEASE_SLACK
-        })
-        .await;
+        let timeout = self.sizes.release_timeout;
+        let released =
+            wait_until(timeout, || self.upstream.usage().open_fds <= RELEASE_SLACK).await;
         if released {
             Ok(())
         } else {
             Err(format!(
-                "the upstream still had {} open files {RELEASE_TIMEOUT:?} after the peer stopped",
+                "the upstream still had {} open files {timeout:?} after the peer stopped",
                 self.upstream.usage().open_fds
             ))
         }
@@ -380,7 +419,8 @@ impl Bench {
         peer: &RunningPeer,
         peer_baseline_fds: usize,
     ) -> Result<(), String> {
-        let deadline = Instant::now() + RELEASE_TIMEOUT;
+        let timeout = self.sizes.release_timeout;
+        let deadline = Instant::now() + timeout;
         loop {
             let peer_fds = self.proxy_usage(peer).map_or(0, |u| u.open_fds);
             let upstream_fds = self.upstream.usage().open_fds;
@@ -391,7 +431,7 @@ impl Bench {
             if Instant::now() >= deadline {
                 return Err(format!(
                     "still {peer_held} more open files than at start (upstream: {upstream_fds} open files) \
-                     {RELEASE_TIMEOUT:?}"
+                     {timeout:?}"
                 ));
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
@@ -413,7 +453,7 @@ impl Bench {
             if round == 1 {
                 results.notes.push(format!(
                     "fanout K={subscribers}: {} skipped: {reason}",
-                    peer.kind
+                    peer.label()
                 ));
             }
             return;
@@ -424,7 +464,7 @@ impl Bench {
             expected: pace.events,
         });
         let batch = StreamBatch::open(&peer.target, plan.clone(), subscribers);
-        let label = format!("fanout K={subscribers} {} (round {round})", peer.kind);
+        let label = format!("fanout K={subscribers} {} (round {round})", peer.label());
         if let Err(err) = batch.wait_connected(Duration::from_secs(120)).await {
             results.failures.push(format!("{label}: {err}"));
         }
@@ -489,6 +529,7 @@ impl Bench {
         );
         results.fanout.push(FanoutResult {
             peer: peer.kind,
+            protocol: peer.protocol,
             subscribers,
             round,
             events,
@@ -519,7 +560,7 @@ impl Bench {
         let Some(baseline) = self.proxy_usage(peer) else {
             results.failures.push(format!(
                 "holding {}: cannot read the proxy's /proc entries",
-                peer.kind
+                peer.label()
             ));
             return;
         };
@@ -527,7 +568,7 @@ impl Bench {
         counts.sort_unstable();
         let mut batch = StreamBatch::open(&peer.target, plan, 0);
         for streams in counts {
-            let label = format!("holding N={streams} {}", peer.kind);
+            let label = format!("holding N={streams} {}", peer.label());
             if let Err(reason) = self.fd_budget(peer.kind, streams) {
                 results.notes.push(format!("{label}: skipped: {reason}"));
                 break;
@@ -555,6 +596,7 @@ impl Bench {
             let progress = batch.progress.clone();
             let result = HoldingResult {
                 peer: peer.kind,
+                protocol: peer.protocol,
                 streams,
                 connected: progress.connected(),
                 failed: progress.failed(),
@@ -580,7 +622,7 @@ impl Bench {
         if outcome.failed > 0 {
             results.failures.push(format!(
                 "holding {}: {} of {} streams failed (first error: {})",
-                peer.kind,
+                peer.label(),
                 outcome.failed,
                 outcome.streams,
                 outcome.first_error.as_deref().unwrap_or("-")
@@ -589,7 +631,7 @@ impl Bench {
                 .holding
                 .iter_mut()
                 .rev()
-                .find(|r| r.peer == peer.kind)
+                .find(|r| r.peer == peer.kind && r.protocol == peer.protocol)
             {
                 last.first_error = outcome.first_error;
             }
@@ -653,7 +695,7 @@ impl Bench {
             if first.received < first.expected {
                 results.failures.push(format!(
                     "throughput {} {event_size} B at {}/s: lost {} of {} events{}",
-                    peer.kind,
+                    peer.label(),
                     first.rate,
                     first.expected - first.received,
                     first.expected,
@@ -667,6 +709,7 @@ impl Bench {
         }
         results.throughput.push(ThroughputResult {
             peer: peer.kind,
+            protocol: peer.protocol,
             event_size,
             steps,
         });
@@ -712,7 +755,7 @@ impl Bench {
             && (count < 10 || achieved_rate >= THROUGHPUT_MIN_ACHIEVED * rate as f64);
         println!(
             "  throughput {} {event_size} B {rate}/s: {}/{} achieved {:.0}/s p99 {} us {}",
-            peer.kind,
+            peer.label(),
             events.received,
             count,
             achieved_rate,
@@ -738,10 +781,17 @@ impl Bench {
     async fn reqresp(&self, peer: &RunningPeer, round: usize, results: &mut Results) {
         let sizes = &self.sizes;
         let keepalive_target = peer.target.clone();
+        // HTTP/2 keeps several requests in flight per connection; a new
+        // connection per request carries one.
+        let streams = match peer.protocol {
+            Protocol::H1 => 1,
+            Protocol::H2 => sizes.h2_streams.max(1),
+        };
         let _ = loadgen::request_load(
             keepalive_target.clone(),
             STATIC_PATH,
             sizes.reqresp_connections,
+            streams,
             sizes.reqresp_warmup,
             ConnectionUse::KeepAlive,
         )
@@ -752,6 +802,7 @@ impl Bench {
             keepalive_target,
             STATIC_PATH,
             sizes.reqresp_connections,
+            streams,
             sizes.reqresp_duration,
             ConnectionUse::KeepAlive,
         )
@@ -761,7 +812,8 @@ impl Bench {
         let keepalive_cpu_seconds = before.zip(after).map(|(b, a)| a.cpu_since(&b));
 
         let handshake_target: Target = if peer.target.tls.is_some() {
-            peer.target.with_tls(Some(self.full_handshake_tls.clone()))
+            peer.target
+                .with_tls(Some(self.full_handshake_tls.get(peer.protocol)))
         } else {
             peer.target.clone()
         };
@@ -769,6 +821,7 @@ impl Bench {
             handshake_target.clone(),
             STATIC_PATH,
             sizes.reqresp_connections,
+            1,
             sizes.reqresp_warmup,
             ConnectionUse::NewPerRequest,
         )
@@ -779,6 +832,7 @@ impl Bench {
             handshake_target,
             STATIC_PATH,
             sizes.reqresp_connections,
+            1,
             sizes.reqresp_duration,
             ConnectionUse::NewPerRequest,
         )
@@ -789,7 +843,7 @@ impl Bench {
         for (what, outcome) in [("keep-alive", &keepalive), ("new connection", &handshakes)] {
             println!(
                 "  reqresp {} {what} (round {round}): {:.0} req/s, {} errors, p99 {} us",
-                peer.kind,
+                peer.label(),
                 outcome.per_second(),
                 outcome.errors,
                 outcome.latency_us.value_at_quantile(0.99)
@@ -797,7 +851,7 @@ impl Bench {
             if outcome.completed == 0 {
                 results.failures.push(format!(
                     "reqresp {} {what} (round {round}): no request completed ({})",
-                    peer.kind,
+                    peer.label(),
                     outcome
                         .first_error
                         .as_deref()
@@ -806,7 +860,7 @@ impl Bench {
             } else if outcome.errors > 0 {
                 results.notes.push(format!(
                     "reqresp {} {what} (round {round}): {} errors (first: {})",
-                    peer.kind,
+                    peer.label(),
                     outcome.errors,
                     outcome.first_error.as_deref().unwrap_or("-")
                 ));
@@ -814,6 +868,7 @@ impl Bench {
         }
         results.reqresp.push(ReqRespResult {
             peer: peer.kind,
+            protocol: peer.protocol,
             round,
             keepalive,
             keepalive_cpu_seconds,

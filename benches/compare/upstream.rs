@@ -4,7 +4,13 @@
 //! - `GET /sse/events`: the broadcast stream. One publisher writes each event
 //!   to every connected client in turn, as an Express app does with
 //!   `clients.forEach(res => res.write(event))`: one chunk per event per client.
-//! - `GET /sse/idle`: an event stream that never sends anything (holding test).
+//! - `GET /sse/idle`: an event stream that sends nothing after its prelude
+//!   (holding test).
+//!
+//! Both event streams start with `STREAM_PRELUDE`, an SSE comment, right
+//! after the response head, as many SSE servers do: nginx over HTTP/2 holds
+//! a response's HEADERS frame until the first body bytes, so a stream that
+//! sent only its head would never open through it.
 //! - `GET /static`: a fixed 1 KiB document (request/response tests).
 //! - `POST /control/...`: the harness drives the publisher through these.
 //!
@@ -44,6 +50,8 @@ pub const STATIC_PATH: &str = "/static";
 pub const STATIC_BODY_LEN: usize = 1024;
 /// Run number of warm-up events, which no stream counts.
 pub const WARMUP_RUN: u32 = 0;
+/// The first bytes of every event stream: a comment, which clients skip.
+pub const STREAM_PRELUDE: &[u8] = b": open\n\n";
 
 type UpstreamBody = BoxBody<Bytes, Infallible>;
 
@@ -66,8 +74,10 @@ struct Broadcast {
 }
 
 impl Broadcast {
+    /// A new client's stream, which starts with `STREAM_PRELUDE`.
     fn subscribe(&self) -> mpsc::UnboundedReceiver<Bytes> {
         let (tx, rx) = mpsc::unbounded_channel();
+        let _ = tx.send(Bytes::from_static(STREAM_PRELUDE));
         self.lock().push(tx);
         rx
     }
@@ -110,18 +120,25 @@ impl Body for ClientStream {
     }
 }
 
-/// An event stream that stays open and silent until the client leaves.
-struct SilentStream;
+/// An event stream that sends `STREAM_PRELUDE`, then stays open and silent
+/// until the client leaves.
+struct SilentStream {
+    prelude_sent: bool,
+}
 
 impl Body for SilentStream {
     type Data = Bytes;
     type Error = Infallible;
 
     fn poll_frame(
-        self: Pin<&mut Self>,
+        mut self: Pin<&mut Self>,
         _cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
-        Poll::Pending
+        if self.prelude_sent {
+            return Poll::Pending;
+        }
+        self.prelude_sent = true;
+        Poll::Ready(Some(Ok(Frame::data(Bytes::from_static(STREAM_PRELUDE)))))
     }
 }
 
@@ -198,7 +215,9 @@ impl Upstream {
             (&Method::GET, EVENTS_PATH) => event_stream(ClientStream {
                 events: self.broadcast.subscribe(),
             }),
-            (&Method::GET, IDLE_PATH) => event_stream(SilentStream),
+            (&Method::GET, IDLE_PATH) => event_stream(SilentStream {
+                prelude_sent: false,
+            }),
             (&Method::GET, STATIC_PATH) => Response::builder()
                 .header(header::CONTENT_TYPE, "text/plain")
                 .body(Full::new(self.static_body.clone()).boxed()),
