@@ -26,13 +26,8 @@ pub fn parse_request(
 ) -> Result<Option<RequestHead>, HeadError> {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut parsed = httparse::Request::new(&mut headers);
-    let len = match parsed.parse(buf) {
-        Ok(httparse::Status::Complete(len)) if len <= max_size => len,
-        Ok(httparse::Status::Complete(_)) => return Err(HeadError::TooLarge(max_size)),
-        Ok(httparse::Status::Partial) if buf.len() <= max_size => return Ok(None),
-        Ok(httparse::Status::Partial) => return Err(HeadError::TooLarge(max_size)),
-        Err(httparse::Error::TooManyHeaders) => return Err(HeadError::TooManyFields),
-        Err(err) => return Err(malformed(err)),
+    let Some(len) = complete_len(parsed.parse(buf), buf.len(), max_size)? else {
+        return Ok(None);
     };
     let method = parsed
         .method
@@ -51,6 +46,22 @@ pub fn parse_request(
     }))
 }
 
+/// The length of a head httparse found complete, or None while it is
+/// partial; either way bounded by `max_size` (what `buf_len` holds counts).
+fn complete_len(
+    parsed: httparse::Result<usize>,
+    buf_len: usize,
+    max_size: usize,
+) -> Result<Option<usize>, HeadError> {
+    match parsed {
+        Ok(httparse::Status::Complete(len)) if len <= max_size => Ok(Some(len)),
+        Ok(httparse::Status::Partial) if buf_len <= max_size => Ok(None),
+        Ok(_) => Err(HeadError::TooLarge(max_size)),
+        Err(httparse::Error::TooManyHeaders) => Err(HeadError::TooManyFields),
+        Err(err) => Err(malformed(err)),
+    }
+}
+
 /// A parsed upstream response head, with its HTTP version.
 #[derive(Debug)]
 pub struct ParsedResponse {
@@ -66,13 +77,8 @@ pub fn parse_response(
 ) -> Result<Option<ParsedResponse>, HeadError> {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut parsed = httparse::Response::new(&mut headers);
-    let len = match parsed.parse(buf) {
-        Ok(httparse::Status::Complete(len)) if len <= max_size => len,
-        Ok(httparse::Status::Complete(_)) => return Err(HeadError::TooLarge(max_size)),
-        Ok(httparse::Status::Partial) if buf.len() <= max_size => return Ok(None),
-        Ok(httparse::Status::Partial) => return Err(HeadError::TooLarge(max_size)),
-        Err(httparse::Error::TooManyHeaders) => return Err(HeadError::TooManyFields),
-        Err(err) => return Err(malformed(err)),
+    let Some(len) = complete_len(parsed.parse(buf), buf.len(), max_size)? else {
+        return Ok(None);
     };
     let status = parsed
         .code
