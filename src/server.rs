@@ -133,16 +133,14 @@ impl Server {
             let index = worker.index;
             let task = async move {
                 let _open = open;
-                let Some(tls) = handshake.await else {
+                let Some(mut io) = handshake.await else {
                     return;
                 };
                 let conn = ConnInfo {
                     peer,
-                    client_subject: client_subject(&tls),
+                    client_subject: client_subject(io.get_ref()),
                     worker: index,
                 };
-                // Boxed: futures copy their arguments, and the TLS state is large.
-                let mut io = Box::new(SendTimeout::new(tls, connections.send_timeout));
                 // The protocol follows ALPN, as browsers negotiate it; without
                 // ALPN, HTTP/1.1 (HTTP/2 over TLS requires ALPN, RFC 9113 §3.2).
                 if io.get_ref().get_ref().1.alpn_protocol() == Some(b"h2") {
@@ -214,13 +212,18 @@ impl ConnectionSettings {
 
     /// The TLS handshake of an accepted connection; polled first on the
     /// worker's runtime, which registers the socket with its event loop.
+    ///
+    /// The connection comes out boxed: the TLS state is large, and a value
+    /// that passes through the task's future keeps a slot in it (and so in
+    /// every connection's task) for the connection's life.
     fn handshake(
         &self,
         tcp: std::net::TcpStream,
         peer: SocketAddr,
-    ) -> Boxed<'static, Option<tokio_rustls::server::TlsStream<TcpStream>>> {
+    ) -> Boxed<'static, Option<Box<ClientIo>>> {
         let config = self.tls.clone();
         let timeout = self.tls_handshake_timeout;
+        let send_timeout = self.send_timeout;
         Box::pin(async move {
             let tcp = match TcpStream::from_std(tcp) {
                 Ok(tcp) => tcp,
@@ -231,7 +234,7 @@ impl ConnectionSettings {
             };
             let handshake = crate::tls::accept::accept(tcp, config);
             match tokio::time::timeout(timeout, handshake).await {
-                Ok(Ok(tls)) => Some(tls),
+                Ok(Ok(tls)) => Some(Box::new(SendTimeout::new(tls, send_timeout))),
                 Ok(Err(err)) => {
                     tracing::debug!(%peer, error = %err, "TLS handshake failed");
                     None

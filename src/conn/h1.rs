@@ -156,8 +156,8 @@ fn next_exchange<'a>(
                 return None;
             }
         };
-        // The head's bytes now belong to the head; what follows is copied
-        // out (it is usually nothing), so no buffer stays behind.
+        // What follows the head (usually nothing) is copied out, so the
+        // read buffer does not stay behind while the request is served.
         *buf = BytesMut::from(&buf[..]);
         let framing = match request_framing(head.version, &head.fields) {
             Ok(framing) => framing,
@@ -232,16 +232,25 @@ fn refused(proxy: &Proxy, err: &ProxyError) -> Box<Exchange> {
     })
 }
 
-/// Reads and drops what the client sends, up to `LINGER_BYTES`, until it closes.
+/// Reads and drops what the client sends, up to `LINGER_BYTES`, until it
+/// closes. The sink lives on the stack of each poll: an array held across
+/// an await would size every connection's future by it.
 async fn discard_input(io: &mut ClientIo) {
-    let mut sink = [0u8; 4096];
     let mut left = LINGER_BYTES;
-    while left > 0 {
-        match io.read(&mut sink).await {
-            Ok(0) | Err(_) => return,
-            Ok(n) => left = left.saturating_sub(n),
+    poll_fn(|cx| {
+        let mut sink = [0u8; 4096];
+        while left > 0 {
+            let mut read = ReadBuf::new(&mut sink);
+            match ready!(Pin::new(&mut *io).poll_read(cx, &mut read)) {
+                Ok(()) if !read.filled().is_empty() => {
+                    left = left.saturating_sub(read.filled().len());
+                }
+                Ok(()) | Err(_) => break,
+            }
         }
-    }
+        Poll::Ready(())
+    })
+    .await;
 }
 
 enum ReadError {

@@ -1,7 +1,7 @@
 //! HTTP/1.1 heads: parsing request heads (from clients) and response heads
 //! (from the upstream) with httparse, and writing start lines and fields.
 
-use bytes::BytesMut;
+use bytes::{Buf, Bytes, BytesMut};
 use http::{Method, StatusCode, Version};
 
 use crate::defaults::MAX_HEADERS;
@@ -36,7 +36,7 @@ pub fn parse_request(
     let version = version(parsed.version)?;
     let (target, authority) = request_target(parsed.path.unwrap_or_default())?;
     let spans = spans(buf, parsed.headers)?;
-    let head = buf.split_to(len).freeze();
+    let head = take_head(buf, len);
     Ok(Some(RequestHead {
         method,
         target,
@@ -44,6 +44,17 @@ pub fn parse_request(
         version,
         fields: Fields::from_spans(head, spans),
     }))
+}
+
+/// The head's `len` bytes off the front of `buf`, copied into an
+/// allocation of their own. A head outlives its read buffer's purpose:
+/// its values can stay referenced for a connection's life (hyper's HPACK
+/// table keeps response values an HTTP/2 connection sent), and a slice
+/// would keep the whole read buffer with them.
+fn take_head(buf: &mut BytesMut, len: usize) -> Bytes {
+    let head = Bytes::copy_from_slice(&buf[..len]);
+    buf.advance(len);
+    head
 }
 
 /// The length of a head httparse found complete, or None while it is
@@ -86,7 +97,7 @@ pub fn parse_response(
         .ok_or(HeadError::Malformed("invalid status code"))?;
     let version = version(parsed.version)?;
     let spans = spans(buf, parsed.headers)?;
-    let head = buf.split_to(len).freeze();
+    let head = take_head(buf, len);
     Ok(Some(ParsedResponse {
         head: ResponseHead {
             status,
@@ -234,6 +245,23 @@ mod tests {
             [(&b"Host"[..], &b"example.com"[..]), (b"X-Case", b"Kept")]
         );
         assert_eq!(&buf[..], b"body");
+    }
+
+    #[test]
+    fn a_parsed_head_shares_no_memory_with_the_read_buffer() {
+        let mut buf = BytesMut::with_capacity(8192);
+        buf.extend_from_slice(
+            b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n\r\n: hi\n\n",
+        );
+        let response = parse_response(&mut buf, 1024).unwrap().unwrap();
+        let _ = buf.split();
+        // The read buffer's allocation is ours alone again (a head slicing
+        // it would keep it, e.g. in an HTTP/2 connection's HPACK table).
+        assert!(buf.try_reclaim(8192));
+        assert_eq!(
+            response.head.fields.get("content-type"),
+            Some(&b"text/event-stream"[..])
+        );
     }
 
     #[test]
