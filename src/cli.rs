@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand};
 
 use crate::defaults;
+use crate::upstream::Balance;
 
 /// A clap default from a `defaults` duration.
 fn dur(duration: std::time::Duration) -> humantime::Duration {
@@ -67,9 +68,43 @@ pub struct ProxyArgs {
     #[arg(skip)]
     pub ocsp_pair: Vec<usize>,
 
-    /// Backend to forward to: http://host:port[/base-path].
-    #[arg(long, value_name = "URL", env = "SSEGATE_UPSTREAM", required = true)]
-    pub upstream: Option<String>,
+    /// Backend to forward to: http://host:port[/base-path]. Repeat it (or
+    /// separate with commas) for several targets of one group; they must
+    /// share the base path.
+    #[arg(
+        long,
+        value_name = "URL",
+        env = "SSEGATE_UPSTREAM",
+        required = true,
+        value_delimiter = ','
+    )]
+    pub upstream: Vec<String>,
+
+    /// How a request picks among several --upstream targets.
+    #[arg(
+        long,
+        value_name = "POLICY",
+        env = "SSEGATE_BALANCE",
+        value_enum,
+        default_value_t = Balance::LeastConn
+    )]
+    pub balance: Balance,
+
+    /// Check every target with a GET of this path each --health-interval: a
+    /// target is down after 3 failures (not 2xx/3xx) in a row and up again
+    /// after 2 successes. Off by default.
+    #[arg(long, value_name = "PATH", env = "SSEGATE_HEALTH_CHECK")]
+    pub health_check: Option<String>,
+
+    /// Interval of the health checks, and how long a target that refused a
+    /// connection (or reset one before answering) is left out.
+    #[arg(
+        long,
+        value_name = "DUR",
+        env = "SSEGATE_HEALTH_INTERVAL",
+        default_value_t = dur(defaults::HEALTH_INTERVAL)
+    )]
+    pub health_interval: humantime::Duration,
 
     /// Threads serving connections, each with its own event loop (a
     /// connection stays on the thread that accepted it). Default: one per CPU.

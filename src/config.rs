@@ -13,6 +13,7 @@ use crate::cli::{ProxyArgs, SecurityArgs, StreamArgs, TimeoutArgs};
 use crate::defaults;
 use crate::error::StartError;
 use crate::tls::{self, CertPair, CertReloader, CertSource, CertStore, ClientAuth};
+use crate::upstream::{Balance, HealthCheck};
 
 #[derive(Debug, Clone)]
 pub struct Timeouts {
@@ -102,6 +103,66 @@ impl UpstreamUrl {
     }
 }
 
+impl std::fmt::Display for UpstreamUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "http://{}{}", self.authority, self.base_path)
+    }
+}
+
+/// The targets requests go to, and how a request picks one.
+#[derive(Debug, Clone)]
+pub struct UpstreamGroup {
+    /// At least one; all with the same base path.
+    pub targets: Vec<UpstreamUrl>,
+    pub balance: Balance,
+    pub health_check: Option<HealthCheck>,
+    /// How long a target that failed a connection is left out.
+    pub health_interval: Duration,
+}
+
+impl UpstreamGroup {
+    /// One target, least-conn (moot with one), no active checks.
+    pub fn single(url: UpstreamUrl) -> Self {
+        UpstreamGroup {
+            targets: vec![url],
+            balance: Balance::LeastConn,
+            health_check: None,
+            health_interval: defaults::HEALTH_INTERVAL,
+        }
+    }
+
+    /// Targets from `urls`, which must share their base path (the path is
+    /// part of the request the rules write before a target is chosen).
+    pub fn parse(urls: &[String]) -> Result<Self, StartError> {
+        let targets = urls
+            .iter()
+            .map(|url| UpstreamUrl::parse(url))
+            .collect::<Result<Vec<_>, _>>()?;
+        let Some(first) = targets.first() else {
+            return Err(StartError::Config("--upstream is required".into()));
+        };
+        if let Some(other) = targets.iter().find(|t| t.base_path != first.base_path) {
+            return Err(StartError::Upstream {
+                url: other.to_string(),
+                reason: format!(
+                    "every target must have the same base path (the first has {:?})",
+                    first.base_path
+                ),
+            });
+        }
+        let defaults = UpstreamGroup::single(first.clone());
+        Ok(UpstreamGroup {
+            targets,
+            ..defaults
+        })
+    }
+
+    /// The path every request path is prefixed with.
+    pub fn base_path(&self) -> &str {
+        self.targets.first().map_or("", |t| t.base_path.as_str())
+    }
+}
+
 /// Event-stream features beyond plain relaying.
 #[derive(Debug, Clone)]
 pub struct StreamSettings {
@@ -183,7 +244,7 @@ pub fn hsts_header(max_age: Duration, include_subdomains: bool, preload: bool) -
 pub struct Config {
     pub listen: SocketAddr,
     pub tls: Arc<rustls::ServerConfig>,
-    pub upstream: UpstreamUrl,
+    pub upstream: UpstreamGroup,
     pub timeouts: Timeouts,
     pub streams: StreamSettings,
     /// Reloads the certificates on SIGHUP or file change (None: fixed certificates).
@@ -215,7 +276,11 @@ impl std::fmt::Debug for Config {
 
 impl Config {
     /// A configuration with default timeouts.
-    pub fn new(listen: SocketAddr, tls: Arc<rustls::ServerConfig>, upstream: UpstreamUrl) -> Self {
+    pub fn new(
+        listen: SocketAddr,
+        tls: Arc<rustls::ServerConfig>,
+        upstream: UpstreamGroup,
+    ) -> Self {
         Config {
             listen,
             tls,
@@ -236,11 +301,14 @@ impl Config {
     /// and OCSP file, parses the upstream URL.
     pub fn from_args(args: &ProxyArgs) -> Result<Self, StartError> {
         let missing = |flag: &str| StartError::Config(format!("{flag} is required"));
-        let upstream = args
-            .upstream
+        let mut upstream = UpstreamGroup::parse(&args.upstream)?;
+        upstream.balance = args.balance;
+        upstream.health_interval = args.health_interval.into();
+        upstream.health_check = args
+            .health_check
             .as_deref()
-            .ok_or_else(|| missing("--upstream"))?;
-        let upstream = UpstreamUrl::parse(upstream)?;
+            .map(|path| health_check(path, upstream.health_interval))
+            .transpose()?;
         let sources = cert_sources(args)?;
         let keys = sources
             .iter()
@@ -270,6 +338,20 @@ impl Config {
             .unwrap_or_else(|| std::thread::available_parallelism().unwrap_or(NonZeroUsize::MIN));
         Ok(config)
     }
+}
+
+/// `--health-check PATH`: an origin-form path, checked every `interval`.
+fn health_check(path: &str, interval: Duration) -> Result<HealthCheck, StartError> {
+    let valid = path.starts_with('/') && path.parse::<http::uri::PathAndQuery>().is_ok();
+    if !valid || interval.is_zero() {
+        return Err(StartError::Config(format!(
+            "--health-check {path:?}: expected a path starting with / and a non-zero --health-interval"
+        )));
+    }
+    Ok(HealthCheck {
+        path: path.to_owned(),
+        interval,
+    })
 }
 
 fn security_client_auth(args: &SecurityArgs) -> Result<Option<ClientAuth>, StartError> {
@@ -329,6 +411,18 @@ mod tests {
         let based = UpstreamUrl::parse("http://backend/api/").unwrap();
         assert_eq!(based.base_path, "/api");
         assert_eq!(based.address(), "backend:80");
+    }
+
+    #[test]
+    fn targets_of_a_group_share_their_base_path() {
+        let urls = |list: &[&str]| list.iter().map(|u| u.to_string()).collect::<Vec<_>>();
+        let group = UpstreamGroup::parse(&urls(&["http://a:1/api", "http://b:2/api/"])).unwrap();
+        assert_eq!(group.targets.len(), 2);
+        assert_eq!(group.base_path(), "/api");
+        assert!(UpstreamGroup::parse(&urls(&["http://a:1/api", "http://b:2"])).is_err());
+        assert!(UpstreamGroup::parse(&[]).is_err());
+        assert!(health_check("healthz", Duration::from_secs(1)).is_err());
+        assert!(health_check("/healthz", Duration::from_secs(1)).is_ok());
     }
 
     #[test]

@@ -20,6 +20,9 @@ pub const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// A write to a client that makes no progress for this long closes the
 /// connection (nginx's `send_timeout`).
 pub const SEND_TIMEOUT: Duration = Duration::from_secs(60);
+/// Interval of active upstream health checks, and how long a target that
+/// failed a connection is left out.
+pub const HEALTH_INTERVAL: Duration = Duration::from_secs(5);
 /// How long shutdown waits for open connections before exiting anyway.
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 

@@ -22,7 +22,7 @@ use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{Config, UpstreamUrl};
+use crate::config::{Config, UpstreamGroup, UpstreamUrl};
 use crate::error::StartError;
 use crate::server::Server;
 use crate::tls::{self, CertStore};
@@ -164,7 +164,7 @@ pub async fn run(
         })?,
         _ => tls::certified_key_from_pem(tls::DEV_CERT_PEM, tls::DEV_KEY_PEM)?,
     };
-    let upstream = UpstreamUrl::parse(&format!("http://{backend}"))?;
+    let upstream = UpstreamGroup::single(UpstreamUrl::parse(&format!("http://{backend}"))?);
     let config = Config::new(
         args.listen,
         tls::server_config(CertStore::new(key))?,

@@ -19,7 +19,7 @@ use crate::message::{Fields, RequestHead, ResponseHead};
 use crate::rules::{self, Forwarding};
 use crate::sse::hub::{Hub, HubSettings};
 use crate::sse::{AccessLog, BodyKind, Outcome, RelayBody, RelaySettings};
-use crate::upstream::{Limits, RequestBody, Upstream, UpstreamRequest, UpstreamSettings};
+use crate::upstream::{Group, Limits, RequestBody, Target, UpstreamRequest, UpstreamSettings};
 
 /// Body type of every response ssegate sends.
 pub type ProxyBody = http_body_util::combinators::BoxBody<Bytes, BoxError>;
@@ -49,7 +49,7 @@ pub struct Proxy {
     keep_underscore_headers: bool,
     max_header_size: usize,
     hsts: Option<Bytes>,
-    upstream: Arc<Upstream>,
+    upstream: Arc<Group>,
     ordinary_relay: Arc<RelaySettings>,
     event_stream_relay: Arc<RelaySettings>,
     subscriber_relay: Arc<RelaySettings>,
@@ -69,7 +69,18 @@ impl Proxy {
             idle_timeout: crate::defaults::UPSTREAM_IDLE_TIMEOUT,
             threads: config.threads.get(),
         };
-        let upstream = Arc::new(Upstream::new(config.upstream.address(), &settings));
+        let targets = config
+            .upstream
+            .targets
+            .iter()
+            .map(|url| Target::new(url.to_string(), url.address(), &settings))
+            .collect();
+        let upstream = Arc::new(Group::new(
+            targets,
+            config.upstream.balance,
+            config.upstream.health_interval,
+            config.upstream.health_check.clone(),
+        ));
         let hub_settings = HubSettings {
             prefixes: config.streams.shared_prefixes.clone(),
             replay: config.streams.replay,
@@ -77,11 +88,11 @@ impl Proxy {
             linger: config.streams.linger,
             response_timeout: config.timeouts.request,
             idle_timeout: config.timeouts.sse_idle,
-            base_path: config.upstream.base_path.clone(),
+            base_path: config.upstream.base_path().to_owned(),
         };
         let hub = Hub::new(hub_settings, upstream.clone(), shutdown.clone());
         Arc::new(Proxy {
-            base_path: config.upstream.base_path.clone(),
+            base_path: config.upstream.base_path().to_owned(),
             keep_underscore_headers: config.keep_underscore_headers,
             max_header_size: config.max_header_size,
             hsts: config.hsts.clone(),
@@ -103,8 +114,8 @@ impl Proxy {
         &self.hub
     }
 
-    /// The upstream (for its pools' counters).
-    pub fn upstream(&self) -> &Arc<Upstream> {
+    /// The upstream targets (for their counters and health checks).
+    pub fn upstream(&self) -> &Arc<Group> {
         &self.upstream
     }
 
@@ -149,7 +160,11 @@ impl Proxy {
             framing,
             resendable: rules::may_resend(&head.method, framing),
         };
-        let (response, body) = match self.upstream.send(conn.worker, request).await {
+        let sent = self
+            .upstream
+            .send(conn.worker, Some(conn.peer.ip()), request)
+            .await;
+        let (response, body) = match sent {
             Ok(exchanged) => exchanged,
             Err(err) => return self.failed(err, access),
         };

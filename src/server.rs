@@ -94,6 +94,9 @@ impl Server {
         if let Some(reloader) = config.cert_reloader.clone() {
             reloader.spawn(shutdown.clone());
         }
+        proxy
+            .upstream()
+            .spawn_health_checks(config.upstream.base_path(), &shutdown);
         tracing::info!(
             threads = config.threads,
             "listening on https://{local_addr}"

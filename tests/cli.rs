@@ -151,11 +151,14 @@ fn help_lists_every_flag_with_its_env_var_and_default() {
     assert!(status.success(), "{status}: {stderr:?}");
     let help = stdout.join("\n");
     let blocks = option_blocks(&help);
-    let expected: [(&str, &str, Option<&str>); 12] = [
+    let expected: [(&str, &str, Option<&str>); 15] = [
         ("--listen", "SSEGATE_LISTEN", Some("0.0.0.0:8443")),
         ("--cert", "SSEGATE_CERT", None),
         ("--key", "SSEGATE_KEY", None),
         ("--upstream", "SSEGATE_UPSTREAM", None),
+        ("--balance", "SSEGATE_BALANCE", Some("least-conn")),
+        ("--health-check", "SSEGATE_HEALTH_CHECK", None),
+        ("--health-interval", "SSEGATE_HEALTH_INTERVAL", Some("5s")),
         ("--request-timeout", "SSEGATE_REQUEST_TIMEOUT", Some("1m")),
         ("--send-timeout", "SSEGATE_SEND_TIMEOUT", Some("1m")),
         ("--max-header-size", "SSEGATE_MAX_HEADER_SIZE", Some("64k")),
@@ -347,6 +350,20 @@ fn upstream_without_scheme_is_one_clear_line() {
         proxy_cmd(&dev_cert_path(), &dev_key_path(), "127.0.0.1:9"),
         &["--upstream", "127.0.0.1:9", "http://host:port"],
     );
+}
+
+#[test]
+fn upstream_targets_with_different_base_paths_are_one_clear_line() {
+    let mut cmd = proxy_cmd(&dev_cert_path(), &dev_key_path(), "http://127.0.0.1:9/a");
+    cmd.args(["--upstream", "http://127.0.0.1:10/b"]);
+    assert_start_error(cmd, &["--upstream", "http://127.0.0.1:10/b", "base path"]);
+}
+
+#[test]
+fn health_check_path_must_be_a_path() {
+    let mut cmd = proxy_cmd(&dev_cert_path(), &dev_key_path(), "http://127.0.0.1:9");
+    cmd.args(["--health-check", "healthz"]);
+    assert_start_error(cmd, &["--health-check", "healthz"]);
 }
 
 #[test]

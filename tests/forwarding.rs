@@ -17,7 +17,7 @@ use std::time::Duration;
 use common::*;
 use http::{Response, Version};
 use hyper::body::Incoming;
-use ssegate::config::UpstreamUrl;
+use ssegate::config::{UpstreamGroup, UpstreamUrl};
 
 /// Hop-by-hop fields an upstream might send on a response, each of which
 /// must stop at the proxy (with `x-private`, which its `Connection` names).
@@ -306,8 +306,9 @@ const PATHS: &[&str] = &[
 async fn paths_reach_the_upstream(path: Path, base: &str) {
     let mut upstream = event_upstream().await;
     let mut config = path.config(&upstream);
-    config.upstream =
-        UpstreamUrl::parse(&format!("http://{}{base}", upstream.addr)).expect("upstream url");
+    config.upstream = UpstreamGroup::single(
+        UpstreamUrl::parse(&format!("http://{}{base}", upstream.addr)).expect("upstream url"),
+    );
     let proxy = path.proxy_with(config).await;
     let prefix = base.trim_end_matches('/');
     // Kept open: an ended shared stream would be asked for again.

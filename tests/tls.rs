@@ -15,7 +15,7 @@ use common::*;
 use http::Version;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use rustls::pki_types::ServerName;
-use ssegate::config::{Config, UpstreamUrl};
+use ssegate::config::{Config, UpstreamGroup, UpstreamUrl};
 use ssegate::tls::{CertPair, CertStore};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -435,7 +435,9 @@ async fn proxy_with_openssl_key(kind: KeyKind, expected_tls12_prefix: &str) {
     let config = Config::new(
         SocketAddr::from(([127, 0, 0, 1], 0)),
         tls,
-        UpstreamUrl::parse(&format!("http://{}", upstream.addr)).expect("upstream url"),
+        UpstreamGroup::single(
+            UpstreamUrl::parse(&format!("http://{}", upstream.addr)).expect("upstream url"),
+        ),
     );
     let proxy = spawn_proxy_with(config).await;
 

@@ -99,6 +99,12 @@ struct Options {
     #[arg(long)]
     ssegate_wrapper: Option<String>,
 
+    /// Give ssegate the upstream this many times, as a group of targets
+    /// balanced least-conn (to compare against 1, the default: what the
+    /// group layer costs).
+    #[arg(long, default_value_t = 1)]
+    ssegate_targets: usize,
+
     /// Where to write the report [default: target/bench-report].
     #[arg(long)]
     out: Option<PathBuf>,
@@ -394,6 +400,7 @@ async fn run(options: Options) -> Result<bool, String> {
             .as_deref()
             .map(|w| w.split_whitespace().map(str::to_owned).collect())
             .unwrap_or_default(),
+        ssegate_targets: options.ssegate_targets,
         open_file_limit,
         client_tls,
         sources,
@@ -408,6 +415,12 @@ async fn run(options: Options) -> Result<bool, String> {
     );
     let bench = Bench::new(upstream, sizes.clone(), open_file_limit, full_handshake_tls);
     let mut results = Results::default();
+    if options.ssegate_targets > 1 {
+        results.notes.push(format!(
+            "ssegate got the upstream {} times (--ssegate-targets): a group of that many targets, balanced least-conn",
+            options.ssegate_targets
+        ));
+    }
     if peer_kinds.contains(&PeerKind::Direct) && protocols.contains(&Protocol::H2) {
         results.notes.push(
             "direct: measured over HTTP/1.1 only: it is plain HTTP to the upstream, with no TLS to negotiate h2 on"

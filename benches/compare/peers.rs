@@ -169,6 +169,9 @@ pub struct PeerSetup {
     pub ssegate_bin: PathBuf,
     /// A command prefix ssegate is started through (profilers, allocators).
     pub ssegate_wrapper: Vec<String>,
+    /// How many times ssegate gets the upstream as a target (more than one:
+    /// a group of targets, to measure what balancing costs).
+    pub ssegate_targets: usize,
     pub open_file_limit: u64,
     /// What the load generator connects with, per protocol.
     pub client_tls: ClientTls,
@@ -366,7 +369,7 @@ fn command_for(
                 .arg("--key")
                 .arg(&setup.key)
                 .arg("--upstream")
-                .arg(format!("http://{upstream}"))
+                .arg(vec![format!("http://{upstream}"); setup.ssegate_targets.max(1)].join(","))
                 .args(["--drain-timeout", "1s"])
                 .args(["--threads", &WORKERS.to_string()])
                 .env("RUST_LOG", "warn");

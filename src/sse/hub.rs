@@ -28,7 +28,7 @@ use crate::error::ProxyError;
 use crate::http1::Framing;
 use crate::message::{Fields, RequestHead};
 use crate::rules::{self, Forwarding};
-use crate::upstream::{NoBody, ResponseBody, Upstream, UpstreamRequest};
+use crate::upstream::{Group, NoBody, ResponseBody, UpstreamRequest};
 
 /// Reconnect delay when the upstream has not sent `retry:` (EventSource's usual default).
 const DEFAULT_RETRY: Duration = Duration::from_secs(3);
@@ -229,7 +229,7 @@ impl SharedStream {
 /// All shared streams of one proxy.
 pub struct Hub {
     settings: HubSettings,
-    upstream: Arc<Upstream>,
+    upstream: Arc<Group>,
     shutdown: CancellationToken,
     streams: Mutex<HashMap<String, Arc<SharedStream>>>,
 }
@@ -237,7 +237,7 @@ pub struct Hub {
 impl Hub {
     pub fn new(
         settings: HubSettings,
-        upstream: Arc<Upstream>,
+        upstream: Arc<Group>,
         shutdown: CancellationToken,
     ) -> Arc<Self> {
         Arc::new(Hub {
@@ -409,7 +409,7 @@ impl Hub {
                 .upstream_requests
                 .fetch_add(1, Ordering::Relaxed);
             let response = tokio::select! {
-                r = self.upstream.send(worker, request) => r,
+                r = self.upstream.send(worker, None, request) => r,
                 () = self.shutdown.cancelled() => return self.remove(&stream),
             };
             let outcome = match response {

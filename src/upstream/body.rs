@@ -14,6 +14,7 @@ use http_body::{Body, Frame, SizeHint};
 use tokio::net::TcpStream;
 use tokio_util::io::poll_read_buf;
 
+use super::group::OpenGuard;
 use super::pool::Pool;
 use crate::http1::body::DecodeError;
 use crate::http1::Decoder;
@@ -22,6 +23,10 @@ use crate::http1::Decoder;
 const READ_SIZE: usize = 8 * 1024;
 
 pub struct ResponseBody {
+    /// Counts this response among its target's open ones while it lives
+    /// (for least-conn balancing). First, so it is dropped before the
+    /// connection closes: whoever sees the close sees the count without it.
+    open: Option<OpenGuard>,
     /// None once the connection went back to its pool.
     stream: Option<TcpStream>,
     /// Bytes read but not yet decoded; released whenever it empties.
@@ -40,11 +45,17 @@ impl ResponseBody {
         recycle: Option<Arc<Pool>>,
     ) -> Self {
         ResponseBody {
+            open: None,
             stream: Some(stream),
             buf,
             decoder,
             recycle,
         }
+    }
+
+    /// Counts this response among its target's open ones until it is dropped.
+    pub(super) fn count_as_open(&mut self, guard: OpenGuard) {
+        self.open = Some(guard);
     }
 
     /// Hands the connection back to its pool if the response was read to

@@ -3,11 +3,12 @@
 //! connections per serving thread, used by HTTP/1.1 clients, HTTP/2
 //! clients and shared streams alike.
 //!
-//! `Upstream` is one target address. Several targets behind a balancing
-//! policy would sit above it, each with its own `Upstream`.
+//! `Upstream` is one target address; `Group` is the targets requests go to,
+//! with a balancing policy and health, each target with its own `Upstream`.
 
 pub mod body;
 mod exchange;
+mod group;
 mod pool;
 
 use std::sync::Arc;
@@ -21,6 +22,7 @@ use tokio::net::TcpStream;
 pub use body::ResponseBody;
 pub use exchange::Limits;
 use exchange::{exchange, ExchangeError, Exchanged};
+pub use group::{Balance, Group, HealthCheck, Target};
 pub use pool::Pool;
 
 use crate::error::ProxyError;
@@ -85,47 +87,69 @@ impl Upstream {
     /// Sends `request` from serving thread `worker` and returns the
     /// response head and body. A reused connection that fails before any
     /// response byte is retried once on a new connection, if allowed.
+    /// On an error that left the request unsent (or resendable), `request`
+    /// still holds what it needs to go to another target.
     pub async fn send<B: RequestBody>(
         &self,
         worker: usize,
-        mut request: UpstreamRequest<'_, B>,
-    ) -> Result<(ResponseHead, ResponseBody), ProxyError> {
+        request: &mut UpstreamRequest<'_, B>,
+    ) -> Result<(ResponseHead, ResponseBody), TargetError> {
         let pool = self.pool(worker);
         if let Some(stream) = pool.take() {
-            let head = if request.resendable {
-                request.head.clone()
-            } else {
-                std::mem::take(&mut request.head)
-            };
-            let body = request.body.take();
-            match exchange(
-                stream,
-                request.method,
-                head,
-                body,
-                request.framing,
-                self.limits,
-            )
-            .await
-            {
+            match self.exchange(stream, request).await {
                 Ok(exchanged) => return Ok(self.response(exchanged, pool)),
                 Err(ExchangeError::Unanswered(err)) if request.resendable => {
                     tracing::debug!(error = %err, "reused upstream connection closed; sending again");
                 }
-                Err(err) => return Err(err.into()),
+                Err(err) => return Err(TargetError::Failed(err.into())),
             }
         }
-        let stream = self.connect().await?;
-        let exchanged = exchange(
+        let stream = self.connect().await.map_err(TargetError::Unreachable)?;
+        match self.exchange(stream, request).await {
+            Ok(exchanged) => Ok(self.response(exchanged, pool)),
+            Err(ExchangeError::Unanswered(err)) => Err(TargetError::Unanswered(err)),
+            Err(ExchangeError::Failed(err)) => Err(TargetError::Failed(err)),
+        }
+    }
+
+    /// One exchange of `request` over `stream`. The head is kept for
+    /// another attempt when the request may be sent again.
+    async fn exchange<B: RequestBody>(
+        &self,
+        stream: TcpStream,
+        request: &mut UpstreamRequest<'_, B>,
+    ) -> Result<Exchanged, ExchangeError> {
+        let head = if request.resendable {
+            request.head.clone()
+        } else {
+            std::mem::take(&mut request.head)
+        };
+        let body = request.body.take();
+        exchange(
             stream,
             request.method,
-            request.head,
-            request.body,
+            head,
+            body,
             request.framing,
             self.limits,
         )
+        .await
+    }
+
+    /// A health check: `head` (a bodiless GET) on a new connection, which
+    /// is closed after the response head. Returns the response's status.
+    pub async fn probe(&self, head: Vec<u8>) -> Result<http::StatusCode, ProxyError> {
+        let stream = self.connect().await?;
+        let exchanged = exchange(
+            stream,
+            &Method::GET,
+            head,
+            None::<NoBody>,
+            Framing::None,
+            self.limits,
+        )
         .await?;
-        Ok(self.response(exchanged, pool))
+        Ok(exchanged.response.head.status)
     }
 
     fn response(&self, exchanged: Exchanged, pool: &Arc<Pool>) -> (ResponseHead, ResponseBody) {
@@ -163,6 +187,29 @@ impl Upstream {
         // Small event writes must not wait for Nagle's algorithm (40-200 ms).
         let _ = tcp.set_nodelay(true);
         Ok(tcp)
+    }
+}
+
+/// Why a target gave no response, which says whether the request may go
+/// to another target.
+#[derive(Debug)]
+pub enum TargetError {
+    /// No connection could be made: nothing was sent.
+    Unreachable(ProxyError),
+    /// A new connection was closed or reset before any response byte.
+    Unanswered(ProxyError),
+    /// Anything else (a timeout, a bad response): the target may have
+    /// acted on the request.
+    Failed(ProxyError),
+}
+
+impl From<TargetError> for ProxyError {
+    fn from(err: TargetError) -> Self {
+        match err {
+            TargetError::Unreachable(err)
+            | TargetError::Unanswered(err)
+            | TargetError::Failed(err) => err,
+        }
     }
 }
 
@@ -234,14 +281,14 @@ mod tests {
             (tcp, head)
         });
         let upstream = Upstream::new(addr.to_string(), &settings());
-        let request = UpstreamRequest::<NoBody> {
+        let mut request = UpstreamRequest::<NoBody> {
             method: &Method::GET,
             head: b"GET /events HTTP/1.1\r\nhost: example.com\r\n\r\n".to_vec(),
             body: None,
             framing: Framing::None,
             resendable: true,
         };
-        let (head, mut body) = upstream.send(0, request).await.unwrap();
+        let (head, mut body) = upstream.send(0, &mut request).await.unwrap();
         assert_eq!(head.status, http::StatusCode::OK);
         let event = body.frame().await.unwrap().unwrap().into_data().unwrap();
         assert_eq!(event, "data: first\n\n");
@@ -286,10 +333,10 @@ mod tests {
             framing: Framing::None,
             resendable: true,
         };
-        let (_, body) = upstream.send(0, get("/one")).await.unwrap();
+        let (_, body) = upstream.send(0, &mut get("/one")).await.unwrap();
         assert_eq!(body.collect().await.unwrap().to_bytes(), "one");
         assert_eq!(upstream.pool(0).len(), 1, "kept after a complete body");
-        let (_, body) = upstream.send(0, get("/two")).await.unwrap();
+        let (_, body) = upstream.send(0, &mut get("/two")).await.unwrap();
         assert_eq!(body.collect().await.unwrap().to_bytes(), "two");
         let (second_request, resent) = served.await.unwrap();
         assert_eq!(second_request, resent);

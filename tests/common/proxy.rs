@@ -7,7 +7,7 @@ use std::time::Duration;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
-use ssegate::config::{Config, UpstreamUrl};
+use ssegate::config::{Config, UpstreamGroup, UpstreamUrl};
 use ssegate::tls::{self, CertStore};
 use ssegate::{CancellationToken, Server};
 
@@ -43,7 +43,11 @@ pub fn proxy_config(upstream: SocketAddr) -> Config {
     let key = tls::load_certified_key(&dev_cert_pair()).expect("dev certificate loads");
     let tls = tls::server_config(CertStore::new(key)).expect("server config");
     let upstream = UpstreamUrl::parse(&format!("http://{upstream}")).expect("upstream url");
-    Config::new(SocketAddr::from(([127, 0, 0, 1], 0)), tls, upstream)
+    Config::new(
+        SocketAddr::from(([127, 0, 0, 1], 0)),
+        tls,
+        UpstreamGroup::single(upstream),
+    )
 }
 
 pub async fn spawn_proxy(upstream: SocketAddr) -> ProxyHandle {

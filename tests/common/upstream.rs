@@ -1193,6 +1193,12 @@ impl UpstreamStream {
         }
     }
 
+    /// Cuts the response where it is: the connection closes without the
+    /// rest of the body, as when the upstream process dies.
+    pub fn cut(mut self) {
+        self.give_back(Finish::Close);
+    }
+
     fn finish(&self) -> Finish {
         match self.framing {
             StreamFraming::NotStarted => Finish::Close,

@@ -1,0 +1,315 @@
+//! A group of upstream targets: which one a request goes to (the balancing
+//! policy), which ones are fit to take it (health), and trying the next
+//! target when one fails before the request reached it.
+//!
+//! Health has two sources. Passive: a target that refuses a connection, does
+//! not accept one in time, or resets a new one before any response byte is
+//! left out for the health interval, then tried again. Active (with a health
+//! check path): a GET every interval; three failures in a row mark a target
+//! down, two successes mark it up again.
+
+use std::hash::{BuildHasher, Hash, Hasher};
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use http::StatusCode;
+use tokio_util::sync::CancellationToken;
+
+use super::{RequestBody, ResponseBody, TargetError, Upstream, UpstreamRequest, UpstreamSettings};
+use crate::error::ProxyError;
+use crate::message::ResponseHead;
+
+/// Failed checks in a row that mark a target down.
+const CHECKS_TO_FAIL: u32 = 3;
+/// Passed checks in a row that mark a down target up again.
+const CHECKS_TO_PASS: u32 = 2;
+
+/// How a request picks its target.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Balance {
+    /// The target with the fewest open requests and streams (right for
+    /// long-lived event streams, which a rotation would pile up unevenly).
+    LeastConn,
+    /// Each target in turn.
+    RoundRobin,
+    /// The same client address to the same target while the targets stay
+    /// up.
+    IpHash,
+    /// A target at random.
+    Random,
+}
+
+/// Active health checks: `GET path` every `interval`.
+#[derive(Debug, Clone)]
+pub struct HealthCheck {
+    pub path: String,
+    pub interval: Duration,
+}
+
+/// One target of a group.
+#[derive(Debug)]
+pub struct Target {
+    /// The URL as configured, for logs.
+    url: String,
+    /// Host header of health checks.
+    authority: String,
+    upstream: Upstream,
+    /// Requests and streams open on this target.
+    open: Arc<AtomicUsize>,
+    /// The active checks' verdict (true without active checks).
+    up: AtomicBool,
+    passed: AtomicU32,
+    failed: AtomicU32,
+    /// Left out by a passive failure until this time (ms since the group's
+    /// start).
+    out_until_ms: AtomicU64,
+}
+
+impl Target {
+    /// `url` for logs, `authority` (`host:port`) to connect to.
+    pub fn new(url: String, authority: String, settings: &UpstreamSettings) -> Self {
+        Target {
+            url,
+            upstream: Upstream::new(authority.clone(), settings),
+            authority,
+            open: Arc::new(AtomicUsize::new(0)),
+            up: AtomicBool::new(true),
+            passed: AtomicU32::new(0),
+            failed: AtomicU32::new(0),
+            out_until_ms: AtomicU64::new(0),
+        }
+    }
+
+    /// The URL as configured.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// This target's connections (for their pools' counters).
+    pub fn upstream(&self) -> &Upstream {
+        &self.upstream
+    }
+
+    /// Requests and streams open on this target now.
+    pub fn open(&self) -> usize {
+        self.open.load(Ordering::Relaxed)
+    }
+
+    /// Whether the active health checks find it up.
+    pub fn is_up(&self) -> bool {
+        self.up.load(Ordering::Relaxed)
+    }
+
+    fn available(&self, now_ms: u64) -> bool {
+        self.is_up() && self.out_until_ms.load(Ordering::Relaxed) <= now_ms
+    }
+
+    /// Records one active check's result; logs a change of state.
+    fn record_check(&self, result: Result<StatusCode, ProxyError>) {
+        let passed =
+            matches!(&result, Ok(status) if status.is_success() || status.is_redirection());
+        if passed {
+            self.failed.store(0, Ordering::Relaxed);
+            let passes = self.passed.fetch_add(1, Ordering::Relaxed) + 1;
+            if !self.is_up() && passes >= CHECKS_TO_PASS {
+                self.up.store(true, Ordering::Relaxed);
+                tracing::info!(target_url = %self.url, "upstream target is up (health check passed)");
+            }
+        } else {
+            self.passed.store(0, Ordering::Relaxed);
+            let failures = self.failed.fetch_add(1, Ordering::Relaxed) + 1;
+            if self.is_up() && failures >= CHECKS_TO_FAIL {
+                self.up.store(false, Ordering::Relaxed);
+                let reason = match result {
+                    Ok(status) => format!("status {status}"),
+                    Err(err) => err.to_string(),
+                };
+                tracing::warn!(target_url = %self.url, %reason, "upstream target is down (health check failed {failures} times)");
+            }
+        }
+    }
+}
+
+/// Counts a request or stream as open on its target until dropped.
+#[derive(Debug)]
+pub struct OpenGuard(Arc<AtomicUsize>);
+
+impl OpenGuard {
+    fn new(open: &Arc<AtomicUsize>) -> Self {
+        open.fetch_add(1, Ordering::Relaxed);
+        OpenGuard(open.clone())
+    }
+}
+
+impl Drop for OpenGuard {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// The targets requests go to.
+#[derive(Debug)]
+pub struct Group {
+    targets: Vec<Target>,
+    balance: Balance,
+    /// Round-robin position, and least-conn's tie-breaker.
+    cursor: AtomicUsize,
+    /// How long a passive failure leaves a target out.
+    out_for: Duration,
+    check: Option<HealthCheck>,
+    started: Instant,
+}
+
+impl Group {
+    /// A group of `targets` (at least one).
+    pub fn new(
+        targets: Vec<Target>,
+        balance: Balance,
+        out_for: Duration,
+        check: Option<HealthCheck>,
+    ) -> Self {
+        Group {
+            targets,
+            balance,
+            cursor: AtomicUsize::new(0),
+            out_for,
+            check,
+            started: Instant::now(),
+        }
+    }
+
+    pub fn targets(&self) -> &[Target] {
+        &self.targets
+    }
+
+    /// Sends `request` to a target chosen by the policy among the available
+    /// ones. A target that cannot be reached, or (for a request that may be
+    /// resent) closes a new connection before answering, is left out and
+    /// the request goes to the next available target.
+    pub async fn send<B: RequestBody>(
+        &self,
+        worker: usize,
+        client_ip: Option<IpAddr>,
+        mut request: UpstreamRequest<'_, B>,
+    ) -> Result<(ResponseHead, ResponseBody), ProxyError> {
+        let count = self.targets.len();
+        let first = self.pick(client_ip);
+        let mut last_error = None;
+        for step in 0..count {
+            let target = &self.targets[(first + step) % count];
+            if step > 0 && !target.available(self.now_ms()) {
+                continue;
+            }
+            // One target: nothing to balance, nothing to count.
+            let open = (count > 1).then(|| OpenGuard::new(&target.open));
+            match target.upstream.send(worker, &mut request).await {
+                Ok((head, mut body)) => {
+                    if let Some(open) = open {
+                        body.count_as_open(open);
+                    }
+                    return Ok((head, body));
+                }
+                Err(TargetError::Unreachable(err)) => {
+                    self.leave_out(target, &err);
+                    last_error = Some(err);
+                }
+                Err(TargetError::Unanswered(err)) if request.resendable => {
+                    self.leave_out(target, &err);
+                    last_error = Some(err);
+                }
+                Err(err) => return Err(err.into()),
+            }
+        }
+        Err(last_error.unwrap_or_else(|| ProxyError::UpstreamConnect("no upstream target".into())))
+    }
+
+    /// The first target to try: by the policy among the available targets,
+    /// or by the policy alone when none is available (a request then still
+    /// has a chance).
+    fn pick(&self, client_ip: Option<IpAddr>) -> usize {
+        let count = self.targets.len();
+        if count == 1 {
+            return 0;
+        }
+        let start = match (self.balance, client_ip) {
+            (Balance::IpHash, Some(ip)) => {
+                let mut hasher = std::hash::DefaultHasher::new();
+                ip.hash(&mut hasher);
+                hasher.finish() as usize % count
+            }
+            (Balance::Random, _) => std::hash::RandomState::new().hash_one(()) as usize % count,
+            _ => self.cursor.fetch_add(1, Ordering::Relaxed) % count,
+        };
+        let now = self.now_ms();
+        let mut least: Option<(usize, usize)> = None;
+        for step in 0..count {
+            let index = (start + step) % count;
+            let target = &self.targets[index];
+            if !target.available(now) {
+                continue;
+            }
+            if self.balance != Balance::LeastConn {
+                return index;
+            }
+            let open = target.open();
+            if least.is_none_or(|(_, fewest)| open < fewest) {
+                least = Some((index, open));
+            }
+        }
+        least.map_or(start, |(index, _)| index)
+    }
+
+    /// Leaves `target` out for the health interval after `err`.
+    fn leave_out(&self, target: &Target, err: &ProxyError) {
+        let now = self.now_ms();
+        let until = now.saturating_add(u64::try_from(self.out_for.as_millis()).unwrap_or(u64::MAX));
+        let before = target.out_until_ms.swap(until, Ordering::Relaxed);
+        if self.targets.len() > 1 && before <= now {
+            tracing::warn!(target_url = %target.url, error = %err, out_for = ?self.out_for, "upstream target left out");
+        }
+    }
+
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX / 2)
+    }
+
+    /// Starts the active health checks, if configured: one task per target
+    /// on the current runtime, until `shutdown`. `base_path` prefixes the
+    /// check's path, as it does every request's.
+    pub fn spawn_health_checks(self: &Arc<Self>, base_path: &str, shutdown: &CancellationToken) {
+        let Some(check) = self.check.clone() else {
+            return;
+        };
+        for index in 0..self.targets.len() {
+            let group = self.clone();
+            let shutdown = shutdown.clone();
+            let path = format!("{base_path}{}", check.path);
+            tokio::spawn(async move {
+                let target = &group.targets[index];
+                let head = format!(
+                    "GET {path} HTTP/1.1\r\nhost: {}\r\nuser-agent: ssegate-health-check\r\nconnection: close\r\n\r\n",
+                    target.authority
+                );
+                let mut ticks = tokio::time::interval(check.interval);
+                ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                loop {
+                    tokio::select! {
+                        _ = ticks.tick() => {}
+                        () = shutdown.cancelled() => return,
+                    }
+                    let probe = target.upstream.probe(head.clone().into_bytes());
+                    let result = match tokio::time::timeout(check.interval, probe).await {
+                        Ok(result) => result,
+                        Err(_) => Err(ProxyError::UpstreamConnect(format!(
+                            "no answer within {:?}",
+                            check.interval
+                        ))),
+                    };
+                    target.record_check(result);
+                }
+            });
+        }
+    }
+}
