@@ -77,6 +77,7 @@ impl Proxy {
             .collect();
         let upstream = Arc::new(Group::new(
             targets,
+            config.threads.get(),
             config.upstream.balance,
             config.upstream.health_interval,
             config.upstream.health_check.clone(),

@@ -2,6 +2,11 @@
 //! policy), which ones are fit to take it (health), and trying the next
 //! target when one fails before the request reached it.
 //!
+//! Balancing state is kept per serving thread (the round-robin position,
+//! least-conn's open counts), as nginx keeps it per worker: a request then
+//! writes no counter another thread writes, and with connections spread
+//! evenly over the threads each thread's view is the group's in small.
+//!
 //! Health has two sources. Passive: a target that refuses a connection, does
 //! not accept one in time, or resets a new one before any response byte is
 //! left out for the health interval, then tried again. Active (with a health
@@ -20,6 +25,12 @@ use tokio_util::sync::CancellationToken;
 use super::{RequestBody, ResponseBody, TargetError, Upstream, UpstreamRequest, UpstreamSettings};
 use crate::error::ProxyError;
 use crate::message::ResponseHead;
+
+/// A counter on a cache line of its own: counters of different serving
+/// threads must not share one, or each write would evict the other's.
+#[derive(Debug, Default)]
+#[repr(align(64))]
+struct Counter(AtomicUsize);
 
 /// Failed checks in a row that mark a target down.
 const CHECKS_TO_FAIL: u32 = 3;
@@ -56,8 +67,8 @@ pub struct Target {
     /// Host header of health checks.
     authority: String,
     upstream: Upstream,
-    /// Requests and streams open on this target.
-    open: Arc<AtomicUsize>,
+    /// Requests and streams open on this target, per serving thread.
+    open: Vec<Arc<Counter>>,
     /// The active checks' verdict (true without active checks).
     up: AtomicBool,
     passed: AtomicU32,
@@ -74,7 +85,9 @@ impl Target {
             url,
             upstream: Upstream::new(authority.clone(), settings),
             authority,
-            open: Arc::new(AtomicUsize::new(0)),
+            open: (0..settings.threads.max(1))
+                .map(|_| Arc::new(Counter::default()))
+                .collect(),
             up: AtomicBool::new(true),
             passed: AtomicU32::new(0),
             failed: AtomicU32::new(0),
@@ -92,9 +105,14 @@ impl Target {
         &self.upstream
     }
 
-    /// Requests and streams open on this target now.
+    /// Requests and streams open on this target now, from every thread.
     pub fn open(&self) -> usize {
-        self.open.load(Ordering::Relaxed)
+        self.open.iter().map(|c| c.0.load(Ordering::Relaxed)).sum()
+    }
+
+    /// The open count of serving thread `worker`.
+    fn open_on(&self, worker: usize) -> &Arc<Counter> {
+        &self.open[worker % self.open.len()]
     }
 
     /// Whether the active health checks find it up.
@@ -134,18 +152,18 @@ impl Target {
 
 /// Counts a request or stream as open on its target until dropped.
 #[derive(Debug)]
-pub struct OpenGuard(Arc<AtomicUsize>);
+pub struct OpenGuard(Arc<Counter>);
 
 impl OpenGuard {
-    fn new(open: &Arc<AtomicUsize>) -> Self {
-        open.fetch_add(1, Ordering::Relaxed);
+    fn new(open: &Arc<Counter>) -> Self {
+        open.0.fetch_add(1, Ordering::Relaxed);
         OpenGuard(open.clone())
     }
 }
 
 impl Drop for OpenGuard {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
+        self.0 .0.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -154,8 +172,9 @@ impl Drop for OpenGuard {
 pub struct Group {
     targets: Vec<Target>,
     balance: Balance,
-    /// Round-robin position, and least-conn's tie-breaker.
-    cursor: AtomicUsize,
+    /// Round-robin position, and least-conn's tie-breaker, per serving
+    /// thread.
+    cursors: Vec<Counter>,
     /// How long a passive failure leaves a target out.
     out_for: Duration,
     check: Option<HealthCheck>,
@@ -163,9 +182,10 @@ pub struct Group {
 }
 
 impl Group {
-    /// A group of `targets` (at least one).
+    /// A group of `targets` (at least one) for `threads` serving threads.
     pub fn new(
         targets: Vec<Target>,
+        threads: usize,
         balance: Balance,
         out_for: Duration,
         check: Option<HealthCheck>,
@@ -173,7 +193,7 @@ impl Group {
         Group {
             targets,
             balance,
-            cursor: AtomicUsize::new(0),
+            cursors: (0..threads.max(1)).map(|_| Counter::default()).collect(),
             out_for,
             check,
             started: Instant::now(),
@@ -195,7 +215,7 @@ impl Group {
         mut request: UpstreamRequest<'_, B>,
     ) -> Result<(ResponseHead, ResponseBody), ProxyError> {
         let count = self.targets.len();
-        let first = self.pick(client_ip);
+        let first = self.pick(worker, client_ip);
         let mut last_error = None;
         for step in 0..count {
             let target = &self.targets[(first + step) % count];
@@ -203,7 +223,7 @@ impl Group {
                 continue;
             }
             // One target: nothing to balance, nothing to count.
-            let open = (count > 1).then(|| OpenGuard::new(&target.open));
+            let open = (count > 1).then(|| OpenGuard::new(target.open_on(worker)));
             match target.upstream.send(worker, &mut request).await {
                 Ok((head, mut body)) => {
                     if let Some(open) = open {
@@ -228,7 +248,7 @@ impl Group {
     /// The first target to try: by the policy among the available targets,
     /// or by the policy alone when none is available (a request then still
     /// has a chance).
-    fn pick(&self, client_ip: Option<IpAddr>) -> usize {
+    fn pick(&self, worker: usize, client_ip: Option<IpAddr>) -> usize {
         let count = self.targets.len();
         if count == 1 {
             return 0;
@@ -240,7 +260,10 @@ impl Group {
                 hasher.finish() as usize % count
             }
             (Balance::Random, _) => std::hash::RandomState::new().hash_one(()) as usize % count,
-            _ => self.cursor.fetch_add(1, Ordering::Relaxed) % count,
+            _ => {
+                let cursor = &self.cursors[worker % self.cursors.len()].0;
+                cursor.fetch_add(1, Ordering::Relaxed) % count
+            }
         };
         let now = self.now_ms();
         let mut least: Option<(usize, usize)> = None;
@@ -253,7 +276,7 @@ impl Group {
             if self.balance != Balance::LeastConn {
                 return index;
             }
-            let open = target.open();
+            let open = target.open_on(worker).0.load(Ordering::Relaxed);
             if least.is_none_or(|(_, fewest)| open < fewest) {
                 least = Some((index, open));
             }
