@@ -116,6 +116,12 @@ pub struct ProxyArgs {
     #[arg(long, value_name = "SIZE", env = "SSEGATE_MAX_HEADER_SIZE", default_value_t = ByteSize(defaults::MAX_HEADER_SIZE))]
     pub max_header_size: ByteSize,
 
+    /// Largest request body, in bytes (k and m suffixes, 1024-based): a
+    /// larger one gets 413, at once when its Content-Length says so, or as
+    /// soon as it grows past the limit. No limit by default.
+    #[arg(long, value_name = "SIZE", env = "SSEGATE_MAX_BODY")]
+    pub max_body: Option<ByteSize>,
+
     /// Forward request header names that contain underscores. By default
     /// they are dropped, as nginx does: CGI, WSGI, Rack and PHP backends
     /// read X_Client_Cert_Subject as X-Client-Cert-Subject, so a client

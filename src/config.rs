@@ -259,6 +259,8 @@ pub struct Config {
     pub threads: NonZeroUsize,
     /// Largest request or response header section (then 431 or 502).
     pub max_header_size: usize,
+    /// Largest request body (then 413); None: no limit.
+    pub max_body: Option<u64>,
     /// Forward request header names with underscores (dropped by default).
     pub keep_underscore_headers: bool,
 }
@@ -293,6 +295,7 @@ impl Config {
             redirect_http: None,
             threads: NonZeroUsize::MIN,
             max_header_size: defaults::MAX_HEADER_SIZE,
+            max_body: None,
             keep_underscore_headers: false,
         }
     }
@@ -332,6 +335,7 @@ impl Config {
         });
         config.redirect_http = args.security.redirect_http;
         config.max_header_size = args.max_header_size.0;
+        config.max_body = args.max_body.map(|size| size.0 as u64);
         config.keep_underscore_headers = args.keep_underscore_headers;
         config.threads = args
             .threads

@@ -58,6 +58,9 @@ pub enum ProxyError {
     /// The request's header section exceeds the proxy's limit.
     #[error("request headers larger than {0} bytes")]
     HeadersTooLarge(usize),
+    /// The request body exceeds `--max-body`.
+    #[error("request body larger than {0} bytes")]
+    BodyTooLarge(u64),
     /// A method the proxy does not forward (CONNECT).
     #[error("method not allowed")]
     MethodNotAllowed,
@@ -72,6 +75,7 @@ impl ProxyError {
             ProxyError::ClientTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             ProxyError::HeadersTooLarge(_) => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             ProxyError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            ProxyError::BodyTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
         }
     }
 
@@ -83,6 +87,7 @@ impl ProxyError {
             StatusCode::REQUEST_TIMEOUT => "408 Request Timeout\n",
             StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE => "431 Request Header Fields Too Large\n",
             StatusCode::METHOD_NOT_ALLOWED => "405 Method Not Allowed\n",
+            StatusCode::PAYLOAD_TOO_LARGE => "413 Content Too Large\n",
             _ => "400 Bad Request\n",
         }
     }

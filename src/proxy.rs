@@ -5,10 +5,13 @@
 //! (`sse::RelayBody`). Never fails: every error becomes a response.
 
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{ready, Context, Poll};
 
 use bytes::Bytes;
 use http::{Method, StatusCode};
+use http_body::{Body, Frame, SizeHint};
 use http_body_util::{BodyExt, Full};
 use tokio_util::sync::CancellationToken;
 
@@ -48,6 +51,7 @@ pub struct Proxy {
     base_path: String,
     keep_underscore_headers: bool,
     max_header_size: usize,
+    max_body: Option<u64>,
     hsts: Option<Bytes>,
     upstream: Arc<Group>,
     ordinary_relay: Arc<RelaySettings>,
@@ -96,6 +100,7 @@ impl Proxy {
             base_path: config.upstream.base_path().to_owned(),
             keep_underscore_headers: config.keep_underscore_headers,
             max_header_size: config.max_header_size,
+            max_body: config.max_body,
             hsts: config.hsts.clone(),
             upstream,
             ordinary_relay: Arc::new(relay_settings(config, BodyKind::Ordinary)),
@@ -145,6 +150,10 @@ impl Proxy {
         if head.method == Method::GET && self.hub.is_shared(head.path()) {
             return self.subscribe(&head, host, conn.worker, access).await;
         }
+        let body = match LimitedBody::new(body, self.max_body) {
+            Ok(body) => body,
+            Err(err) => return self.failed(err, access),
+        };
         let framing = body_framing(&body);
         let mut upstream_head = Vec::with_capacity(512 + head.fields.len() * 32);
         let forwarding = Forwarding {
@@ -256,6 +265,59 @@ impl Proxy {
             body,
             client_error: err.is_client_error(),
         }
+    }
+}
+
+/// A request body held to `--max-body`: refused at once when its length is
+/// known to exceed it, and failed (413 if no response has started) once it
+/// grows past it.
+struct LimitedBody<B> {
+    inner: B,
+    limit: u64,
+    /// Bytes still allowed.
+    left: u64,
+}
+
+impl<B: RequestBody> LimitedBody<B> {
+    fn new(inner: B, limit: Option<u64>) -> Result<Self, ProxyError> {
+        let limit = limit.unwrap_or(u64::MAX);
+        if inner.size_hint().lower() > limit {
+            return Err(ProxyError::BodyTooLarge(limit));
+        }
+        Ok(LimitedBody {
+            inner,
+            limit,
+            left: limit,
+        })
+    }
+}
+
+impl<B: RequestBody> Body for LimitedBody<B> {
+    type Data = Bytes;
+    type Error = ProxyError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, ProxyError>>> {
+        let this = self.get_mut();
+        let frame = ready!(Pin::new(&mut this.inner).poll_frame(cx));
+        if let Some(Ok(data)) = frame.as_ref().map(|f| f.as_ref().map(Frame::data_ref)) {
+            let len = data.map_or(0, |d| d.len() as u64);
+            if len > this.left {
+                return Poll::Ready(Some(Err(ProxyError::BodyTooLarge(this.limit))));
+            }
+            this.left -= len;
+        }
+        Poll::Ready(frame)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
     }
 }
 
