@@ -2,6 +2,7 @@
 //! connection is registered with the event loop of the thread that opened
 //! it and stays with that thread's requests.
 
+use std::collections::VecDeque;
 use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -11,7 +12,7 @@ use tokio::time::Instant;
 /// Idle connections to one upstream, most recently used last.
 #[derive(Debug)]
 pub struct Pool {
-    idle: Mutex<Vec<Idle>>,
+    idle: Mutex<VecDeque<Idle>>,
     max_idle: usize,
     idle_timeout: Duration,
 }
@@ -25,13 +26,13 @@ struct Idle {
 impl Pool {
     pub fn new(max_idle: usize, idle_timeout: Duration) -> Self {
         Pool {
-            idle: Mutex::new(Vec::new()),
+            idle: Mutex::new(VecDeque::new()),
             max_idle,
             idle_timeout,
         }
     }
 
-    fn idle(&self) -> MutexGuard<'_, Vec<Idle>> {
+    fn idle(&self) -> MutexGuard<'_, VecDeque<Idle>> {
         // A panic elsewhere cannot leave a list of sockets inconsistent.
         self.idle
             .lock()
@@ -43,7 +44,7 @@ impl Pool {
     /// have hit the upstream's keep-alive timeout.
     pub fn take(&self) -> Option<TcpStream> {
         let mut idle = self.idle();
-        while let Some(conn) = idle.pop() {
+        while let Some(conn) = idle.pop_back() {
             if conn.since.elapsed() >= self.idle_timeout {
                 // Everything older has expired too.
                 idle.clear();
@@ -68,9 +69,9 @@ impl Pool {
             .count();
         idle.drain(..expired);
         if idle.len() >= self.max_idle {
-            idle.remove(0);
+            idle.pop_front();
         }
-        idle.push(Idle {
+        idle.push_back(Idle {
             stream,
             since: Instant::now(),
         });
