@@ -17,7 +17,7 @@ use serde_json::{json, Value};
 use crate::loadgen::Protocol;
 use crate::peers::PeerKind;
 use crate::scenarios::{
-    quantile_ms, FanoutResult, HoldingResult, Negotiated, ReqRespResult, Results, Sizes,
+    quantile_ms, FanoutResult, HoldingResult, LoadPhase, Negotiated, ReqRespResult, Results, Sizes,
     ThroughputResult, THROUGHPUT_P99_LIMIT,
 };
 
@@ -484,7 +484,7 @@ fn target_rows(results: &Results, protocols: &[Protocol]) -> Vec<TargetRow> {
                 let summaries = reqresp_summaries(results, protocol);
                 let find = |kind: PeerKind| summaries.iter().find(|r| r.peer == kind);
                 let limit = limit_for(&REQUESTS_LIMITS, protocol);
-                let rate = |r: &ReqRespResult| r.keepalive.per_second();
+                let rate = |r: &ReqRespResult| r.keepalive.outcome.per_second();
                 let measured = match (find(PeerKind::Ssegate), find(PeerKind::Nginx)) {
                     (Some(s), Some(nx)) => {
                         let (sr, nr) = (rate(s.keepalive), rate(nx.keepalive));
@@ -922,14 +922,36 @@ fn reqresp_table(md: &mut String, results: &Results, info: &RunInfo) {
             .find(|(p, _)| *p == protocol)
             .and_then(|(_, s)| s.iter().find(|s| s.peer == kind))
     };
-    let keepalive =
-        |kind: PeerKind, p: Protocol| find(kind, p).map(|r| r.keepalive.keepalive.per_second());
-    let handshakes =
-        |kind: PeerKind, p: Protocol| find(kind, p).map(|r| r.handshakes.handshakes.per_second());
-    let per = |cpu: Option<f64>, n: u64| cpu.filter(|_| n > 0).map(|c| c * 1e6 / n as f64);
+    let rate = |phase: Phase, kind: PeerKind, p: Protocol| {
+        find(kind, p).map(|r| r.median(phase).outcome.per_second())
+    };
     let rows: Vec<(Vec<String>, PeerKind)> = peers_in_order(results.reqresp.iter().map(|r| r.peer))
         .into_iter()
         .map(|k| (vec![k.to_string()], k))
+        .collect();
+    let mut columns = phase_columns(Phase::KeepAlive, "keep-alive req/s", "req");
+    columns.extend(phase_columns(
+        Phase::NewConnection,
+        "new-connection req/s (handshakes/s)",
+        "handshake",
+    ));
+    for (phase, what) in [
+        (Phase::KeepAlive, "req/s"),
+        (Phase::NewConnection, "handshakes/s"),
+    ] {
+        columns.push((
+            format!("ssegate ÷ this {what}"),
+            Box::new(move |s: &ReqRespSummary| {
+                ratio(
+                    rate(phase, PeerKind::Ssegate, s.protocol),
+                    rate(phase, s.peer, s.protocol),
+                )
+            }),
+        ));
+    }
+    let metrics: Vec<Metric<'_, ReqRespSummary>> = columns
+        .iter()
+        .map(|(name, value)| (name.as_str(), value.as_ref()))
         .collect();
     side_by_side(
         md,
@@ -937,74 +959,79 @@ fn reqresp_table(md: &mut String, results: &Results, info: &RunInfo) {
         &["peer"],
         &rows,
         |&kind, protocol| find(kind, protocol),
-        &[
-            ("keep-alive req/s", &|s: &ReqRespSummary| {
-                format!("{:.0}", s.keepalive.keepalive.per_second())
-            }),
-            ("by round", &|s: &ReqRespSummary| {
-                by_round(&s.rounds, |r| format!("{:.0}", r.keepalive.per_second()))
-            }),
-            ("p99 ms", &|s: &ReqRespSummary| {
-                format!(
-                    "{:.2}",
-                    quantile_ms(&s.keepalive.keepalive.latency_us, 0.99)
-                )
-            }),
-            ("proxy CPU us/req", &|s: &ReqRespSummary| {
-                let k = s.keepalive;
-                opt(per(k.keepalive_cpu_seconds, k.keepalive.completed), 1)
-            }),
-            ("harness CPU us/req", &|s: &ReqRespSummary| {
-                let k = s.keepalive;
-                opt(
-                    per(k.keepalive_harness_cpu_seconds, k.keepalive.completed),
-                    1,
-                )
-            }),
-            ("errors", &|s: &ReqRespSummary| {
-                s.keepalive.keepalive.errors.to_string()
-            }),
-            (
-                "new-connection req/s (handshakes/s)",
-                &|s: &ReqRespSummary| format!("{:.0}", s.handshakes.handshakes.per_second()),
-            ),
-            ("by round", &|s: &ReqRespSummary| {
-                by_round(&s.rounds, |r| format!("{:.0}", r.handshakes.per_second()))
-            }),
-            ("p99 ms", &|s: &ReqRespSummary| {
-                format!(
-                    "{:.2}",
-                    quantile_ms(&s.handshakes.handshakes.latency_us, 0.99)
-                )
-            }),
-            ("proxy CPU us/handshake", &|s: &ReqRespSummary| {
-                let h = s.handshakes;
-                opt(per(h.handshakes_cpu_seconds, h.handshakes.completed), 1)
-            }),
-            ("harness CPU us/handshake", &|s: &ReqRespSummary| {
-                let h = s.handshakes;
-                opt(
-                    per(h.handshakes_harness_cpu_seconds, h.handshakes.completed),
-                    1,
-                )
-            }),
-            ("errors", &|s: &ReqRespSummary| {
-                s.handshakes.handshakes.errors.to_string()
-            }),
-            ("ssegate ÷ this req/s", &|s: &ReqRespSummary| {
-                ratio(
-                    keepalive(PeerKind::Ssegate, s.protocol),
-                    keepalive(s.peer, s.protocol),
-                )
-            }),
-            ("ssegate ÷ this handshakes/s", &|s: &ReqRespSummary| {
-                ratio(
-                    handshakes(PeerKind::Ssegate, s.protocol),
-                    handshakes(s.peer, s.protocol),
-                )
-            }),
-        ],
+        &metrics,
     );
+}
+
+/// The two loads of a request/response round.
+#[derive(Debug, Clone, Copy)]
+enum Phase {
+    KeepAlive,
+    NewConnection,
+}
+
+impl Phase {
+    fn of(self, result: &ReqRespResult) -> &LoadPhase {
+        match self {
+            Phase::KeepAlive => &result.keepalive,
+            Phase::NewConnection => &result.handshakes,
+        }
+    }
+}
+
+type Column<'a, T> = (String, Box<dyn Fn(&T) -> String + 'a>);
+
+/// One phase's columns: its rate (`rate_name`), each round's, p99, the
+/// proxy's and the harness's CPU per `unit`, and errors.
+fn phase_columns<'a>(
+    phase: Phase,
+    rate_name: &str,
+    unit: &str,
+) -> Vec<Column<'a, ReqRespSummary<'a>>> {
+    let per_unit = |cpu: Option<f64>, n: u64| cpu.filter(|_| n > 0).map(|c| c * 1e6 / n as f64);
+    vec![
+        (
+            rate_name.to_owned(),
+            Box::new(move |s: &ReqRespSummary| {
+                format!("{:.0}", s.median(phase).outcome.per_second())
+            }),
+        ),
+        (
+            "by round".to_owned(),
+            Box::new(move |s: &ReqRespSummary| {
+                by_round(&s.rounds, |r| {
+                    format!("{:.0}", phase.of(r).outcome.per_second())
+                })
+            }),
+        ),
+        (
+            "p99 ms".to_owned(),
+            Box::new(move |s: &ReqRespSummary| {
+                format!(
+                    "{:.2}",
+                    quantile_ms(&s.median(phase).outcome.latency_us, 0.99)
+                )
+            }),
+        ),
+        (
+            format!("proxy CPU us/{unit}"),
+            Box::new(move |s: &ReqRespSummary| {
+                let m = s.median(phase);
+                opt(per_unit(m.cpu_seconds, m.outcome.completed), 1)
+            }),
+        ),
+        (
+            format!("harness CPU us/{unit}"),
+            Box::new(move |s: &ReqRespSummary| {
+                let m = s.median(phase);
+                opt(per_unit(m.harness_cpu_seconds, m.outcome.completed), 1)
+            }),
+        ),
+        (
+            "errors".to_owned(),
+            Box::new(move |s: &ReqRespSummary| s.median(phase).outcome.errors.to_string()),
+        ),
+    ]
 }
 
 /// One peer's request/response rounds over one protocol, and its median
@@ -1020,6 +1047,16 @@ struct ReqRespSummary<'a> {
     rounds: Vec<&'a ReqRespResult>,
 }
 
+impl ReqRespSummary<'_> {
+    /// `phase` of the round with the median rate for it.
+    fn median(&self, phase: Phase) -> &LoadPhase {
+        match phase {
+            Phase::KeepAlive => &self.keepalive.keepalive,
+            Phase::NewConnection => &self.handshakes.handshakes,
+        }
+    }
+}
+
 /// Each peer's rounds over `protocol`, peers in the order first run.
 fn reqresp_summaries(results: &Results, protocol: Protocol) -> Vec<ReqRespSummary<'_>> {
     rounds_by_peer(results.reqresp.iter().filter(|r| r.protocol == protocol))
@@ -1027,8 +1064,8 @@ fn reqresp_summaries(results: &Results, protocol: Protocol) -> Vec<ReqRespSummar
         .map(|(peer, rounds)| ReqRespSummary {
             peer,
             protocol,
-            keepalive: median(&rounds, |r| r.keepalive.per_second()),
-            handshakes: median(&rounds, |r| r.handshakes.per_second()),
+            keepalive: median(&rounds, |r| r.keepalive.outcome.per_second()),
+            handshakes: median(&rounds, |r| r.handshakes.outcome.per_second()),
             rounds,
         })
         .collect()
@@ -1431,16 +1468,16 @@ fn to_json(info: &RunInfo, results: &Results) -> Value {
             "peer": r.peer.name(),
             "protocol": r.protocol.name(),
             "round": r.round,
-            "keepalive_per_second": r.keepalive.per_second(),
-            "keepalive_errors": r.keepalive.errors,
-            "keepalive_latency": latency(&r.keepalive.latency_us),
-            "keepalive_cpu_seconds": r.keepalive_cpu_seconds,
-            "keepalive_harness_cpu_seconds": r.keepalive_harness_cpu_seconds,
-            "handshakes_per_second": r.handshakes.per_second(),
-            "handshake_errors": r.handshakes.errors,
-            "handshake_latency": latency(&r.handshakes.latency_us),
-            "handshakes_cpu_seconds": r.handshakes_cpu_seconds,
-            "handshakes_harness_cpu_seconds": r.handshakes_harness_cpu_seconds,
+            "keepalive_per_second": r.keepalive.outcome.per_second(),
+            "keepalive_errors": r.keepalive.outcome.errors,
+            "keepalive_latency": latency(&r.keepalive.outcome.latency_us),
+            "keepalive_cpu_seconds": r.keepalive.cpu_seconds,
+            "keepalive_harness_cpu_seconds": r.keepalive.harness_cpu_seconds,
+            "handshakes_per_second": r.handshakes.outcome.per_second(),
+            "handshake_errors": r.handshakes.outcome.errors,
+            "handshake_latency": latency(&r.handshakes.outcome.latency_us),
+            "handshakes_cpu_seconds": r.handshakes.cpu_seconds,
+            "handshakes_harness_cpu_seconds": r.handshakes.harness_cpu_seconds,
         })).collect::<Vec<_>>(),
         "failures": results.failures,
         "notes": results.notes,

@@ -276,14 +276,21 @@ pub struct ReqRespResult {
     pub protocol: Protocol,
     /// Which round of `Sizes::rounds`, from 1.
     pub round: usize,
-    pub keepalive: RequestOutcome,
-    pub keepalive_cpu_seconds: Option<f64>,
+    /// Requests over keep-alive connections.
+    pub keepalive: LoadPhase,
+    /// A new connection (a full TLS handshake) per request.
+    pub handshakes: LoadPhase,
+}
+
+/// One measured load: what the clients saw, and the CPU spent meanwhile.
+#[derive(Debug)]
+pub struct LoadPhase {
+    pub outcome: RequestOutcome,
+    /// The proxy's CPU.
+    pub cpu_seconds: Option<f64>,
     /// CPU of the load generator and the upstream in the same interval: what
     /// the proxy shares the cores with.
-    pub keepalive_harness_cpu_seconds: Option<f64>,
-    pub handshakes: RequestOutcome,
-    pub handshakes_cpu_seconds: Option<f64>,
-    pub handshakes_harness_cpu_seconds: Option<f64>,
+    pub harness_cpu_seconds: Option<f64>,
 }
 
 /// Everything one harness run measured, plus what went wrong.
@@ -779,68 +786,26 @@ impl Bench {
 
     /// One round of request/response against `peer`.
     async fn reqresp(&self, peer: &RunningPeer, round: usize, results: &mut Results) {
-        let sizes = &self.sizes;
-        let keepalive_target = peer.target.clone();
         // HTTP/2 keeps several requests in flight per connection; a new
         // connection per request carries one.
         let streams = match peer.protocol {
             Protocol::H1 => 1,
-            Protocol::H2 => sizes.h2_streams.max(1),
+            Protocol::H2 => self.sizes.h2_streams.max(1),
         };
-        let _ = loadgen::request_load(
-            keepalive_target.clone(),
-            STATIC_PATH,
-            sizes.reqresp_connections,
-            streams,
-            sizes.reqresp_warmup,
-            ConnectionUse::KeepAlive,
-        )
-        .await;
-        let before = self.proxy_usage(peer);
-        let harness_before = self.harness_cpu_seconds();
-        let keepalive = loadgen::request_load(
-            keepalive_target,
-            STATIC_PATH,
-            sizes.reqresp_connections,
-            streams,
-            sizes.reqresp_duration,
-            ConnectionUse::KeepAlive,
-        )
-        .await;
-        let after = self.proxy_usage(peer);
-        let keepalive_harness_cpu_seconds = spent(harness_before, self.harness_cpu_seconds());
-        let keepalive_cpu_seconds = before.zip(after).map(|(b, a)| a.cpu_since(&b));
-
+        let keepalive = self
+            .load_phase(peer, peer.target.clone(), streams, ConnectionUse::KeepAlive)
+            .await;
         let handshake_target: Target = if peer.target.tls.is_some() {
             peer.target
                 .with_tls(Some(self.full_handshake_tls.get(peer.protocol)))
         } else {
             peer.target.clone()
         };
-        let _ = loadgen::request_load(
-            handshake_target.clone(),
-            STATIC_PATH,
-            sizes.reqresp_connections,
-            1,
-            sizes.reqresp_warmup,
-            ConnectionUse::NewPerRequest,
-        )
-        .await;
-        let before = self.proxy_usage(peer);
-        let harness_before = self.harness_cpu_seconds();
-        let handshakes = loadgen::request_load(
-            handshake_target,
-            STATIC_PATH,
-            sizes.reqresp_connections,
-            1,
-            sizes.reqresp_duration,
-            ConnectionUse::NewPerRequest,
-        )
-        .await;
-        let after = self.proxy_usage(peer);
-        let handshakes_harness_cpu_seconds = spent(harness_before, self.harness_cpu_seconds());
-        let handshakes_cpu_seconds = before.zip(after).map(|(b, a)| a.cpu_since(&b));
-        for (what, outcome) in [("keep-alive", &keepalive), ("new connection", &handshakes)] {
+        let handshakes = self
+            .load_phase(peer, handshake_target, 1, ConnectionUse::NewPerRequest)
+            .await;
+        for (what, phase) in [("keep-alive", &keepalive), ("new connection", &handshakes)] {
+            let outcome = &phase.outcome;
             println!(
                 "  reqresp {} {what} (round {round}): {:.0} req/s, {} errors, p99 {} us",
                 peer.label(),
@@ -871,12 +836,40 @@ impl Bench {
             protocol: peer.protocol,
             round,
             keepalive,
-            keepalive_cpu_seconds,
-            keepalive_harness_cpu_seconds,
             handshakes,
-            handshakes_cpu_seconds,
-            handshakes_harness_cpu_seconds,
         });
+    }
+
+    /// A warm-up, then `target` under load for the run's duration, with the
+    /// CPU the proxy and the harness spent meanwhile.
+    async fn load_phase(
+        &self,
+        peer: &RunningPeer,
+        target: Target,
+        streams: usize,
+        connections: ConnectionUse,
+    ) -> LoadPhase {
+        let sizes = &self.sizes;
+        let load = |duration| {
+            loadgen::request_load(
+                target.clone(),
+                STATIC_PATH,
+                sizes.reqresp_connections,
+                streams,
+                duration,
+                connections,
+            )
+        };
+        let _ = load(sizes.reqresp_warmup).await;
+        let before = self.proxy_usage(peer);
+        let harness_before = self.harness_cpu_seconds();
+        let outcome = load(sizes.reqresp_duration).await;
+        let after = self.proxy_usage(peer);
+        LoadPhase {
+            outcome,
+            cpu_seconds: before.zip(after).map(|(b, a)| a.cpu_since(&b)),
+            harness_cpu_seconds: spent(harness_before, self.harness_cpu_seconds()),
+        }
     }
 }
 
