@@ -65,6 +65,18 @@ fn group_config(targets: &[SocketAddr], balance: Balance) -> Config {
     config
 }
 
+/// Targets `a`, `b` and `c`, in this order, behind a proxy picking by `balance`.
+async fn three_targets(balance: Balance) -> ([Named; 3], ProxyHandle) {
+    let targets = [
+        named_upstream("a").await,
+        named_upstream("b").await,
+        named_upstream("c").await,
+    ];
+    let addrs: Vec<SocketAddr> = targets.iter().map(|t| t.upstream.addr).collect();
+    let proxy = spawn_proxy_with(group_config(&addrs, balance)).await;
+    (targets, proxy)
+}
+
 /// The name of the target that served `path`, with the response's status.
 async fn served_by(client: &mut Client, path: &str) -> (u16, String) {
     let response = client.get(path).await;
@@ -86,14 +98,7 @@ async fn checks(target: &mut Named, count: usize) {
 /// Fails without the rotation: every request would go to one target.
 #[tokio::test]
 async fn round_robin_takes_each_target_in_turn() {
-    let a = named_upstream("a").await;
-    let b = named_upstream("b").await;
-    let c = named_upstream("c").await;
-    let config = group_config(
-        &[a.upstream.addr, b.upstream.addr, c.upstream.addr],
-        Balance::RoundRobin,
-    );
-    let proxy = spawn_proxy_with(config).await;
+    let (_targets, proxy) = three_targets(Balance::RoundRobin).await;
     for version in [Version::HTTP_11, Version::HTTP_2] {
         let mut client = Client::connect(proxy.addr, version).await;
         let mut names = Vec::new();
@@ -115,14 +120,7 @@ async fn round_robin_takes_each_target_in_turn() {
 /// wherever a rotation would be.
 #[tokio::test]
 async fn least_conn_gives_a_new_stream_to_the_target_with_the_fewest() {
-    let mut a = named_upstream("a").await;
-    let mut b = named_upstream("b").await;
-    let mut c = named_upstream("c").await;
-    let config = group_config(
-        &[a.upstream.addr, b.upstream.addr, c.upstream.addr],
-        Balance::LeastConn,
-    );
-    let proxy = spawn_proxy_with(config).await;
+    let ([mut a, mut b, mut c], proxy) = three_targets(Balance::LeastConn).await;
     let mut client = Client::connect(proxy.addr, Version::HTTP_2).await;
     let mut open = Vec::new();
     for _ in 0..3 {
@@ -153,14 +151,7 @@ async fn least_conn_gives_a_new_stream_to_the_target_with_the_fewest() {
 /// Fails if ip-hash rotates: one client address must stay on one target.
 #[tokio::test]
 async fn ip_hash_keeps_a_client_address_on_one_target() {
-    let a = named_upstream("a").await;
-    let b = named_upstream("b").await;
-    let c = named_upstream("c").await;
-    let config = group_config(
-        &[a.upstream.addr, b.upstream.addr, c.upstream.addr],
-        Balance::IpHash,
-    );
-    let proxy = spawn_proxy_with(config).await;
+    let (_targets, proxy) = three_targets(Balance::IpHash).await;
     let mut names = Vec::new();
     for version in [Version::HTTP_11, Version::HTTP_2, Version::HTTP_11] {
         let mut client = Client::connect(proxy.addr, version).await;
