@@ -18,7 +18,6 @@ use std::time::Duration;
 
 use common::*;
 use http::Version;
-use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 use tokio::sync::mpsc;
 
@@ -56,16 +55,7 @@ impl Node {
         let mut child = command
             .spawn()
             .unwrap_or_else(|e| panic!("{}", missing_tool("node", "nodejs", &e)));
-        let stdout = child.stdout.take().expect("stdout piped");
-        let (tx, lines) = mpsc::unbounded_channel();
-        tokio::spawn(async move {
-            let mut reader = BufReader::new(stdout).lines();
-            while let Ok(Some(line)) = reader.next_line().await {
-                if tx.send(line).is_err() {
-                    return;
-                }
-            }
-        });
+        let lines = output_lines(child.stdout.take().expect("stdout piped"));
         Node {
             child,
             lines,

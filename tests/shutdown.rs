@@ -12,7 +12,6 @@ use bytes::Bytes;
 use common::*;
 use http::Version;
 use http_body_util::BodyExt;
-use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
@@ -389,15 +388,7 @@ impl Binary {
             .kill_on_drop(true)
             .spawn()
             .expect("start ssegate");
-        let (tx, stderr) = mpsc::unbounded_channel();
-        let mut lines = BufReader::new(child.stderr.take().expect("stderr")).lines();
-        tokio::spawn(async move {
-            while let Ok(Some(line)) = lines.next_line().await {
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
+        let stderr = output_lines(child.stderr.take().expect("stderr"));
         Binary {
             child,
             stderr,

@@ -204,6 +204,24 @@ fn forward_lines(
     tx.send(Output::Closed).ok()
 }
 
+/// The lines of a child's output pipe, as they come, on a channel that
+/// ends with the output.
+pub fn output_lines(
+    pipe: impl tokio::io::AsyncRead + Unpin + Send + 'static,
+) -> tokio::sync::mpsc::UnboundedReceiver<String> {
+    use tokio::io::{AsyncBufReadExt, BufReader};
+    let (tx, lines) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        let mut reader = BufReader::new(pipe).lines();
+        while let Ok(Some(line)) = reader.next_line().await {
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    lines
+}
+
 /// The `ssegate` binary on `127.0.0.1:0` under tokio, killed on Drop, with
 /// everything it writes to stderr collected so tests can wait for a line.
 pub struct SsegateProcess {
