@@ -36,10 +36,27 @@ pub enum Command {
     Demo(DemoArgs),
     /// Write a self-signed development certificate and key (PEM).
     Cert(CertArgs),
+    /// Check a configuration file (and the files it names): print every
+    /// error with its line and column and exit 1, or print "ok".
+    Check(CheckArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct CheckArgs {
+    /// The configuration file (TOML) to check.
+    #[arg(long, value_name = "PATH", env = "SSEGATE_CONFIG")]
+    pub config: PathBuf,
 }
 
 #[derive(Debug, Args)]
 pub struct ProxyArgs {
+    /// Read the settings from this TOML file: every option below as a
+    /// top-level key (underscores for dashes), plus [[certificate]],
+    /// [upstream.NAME] groups and [[route]]s. Options given on the command
+    /// line or in the environment win over the file's.
+    #[arg(long, value_name = "PATH", env = "SSEGATE_CONFIG")]
+    pub config: Option<PathBuf>,
+
     /// Address to accept TLS connections on. Port 0 picks a free port.
     #[arg(
         long,
@@ -52,11 +69,11 @@ pub struct ProxyArgs {
     /// PEM certificate chain, leaf first. Repeat --cert/--key for several
     /// certificates, chosen by SNI from their DNS names; the first pair also
     /// serves clients that send no or an unknown name.
-    #[arg(long, value_name = "PATH", env = "SSEGATE_CERT", required = true)]
+    #[arg(long, value_name = "PATH", env = "SSEGATE_CERT")]
     pub cert: Vec<PathBuf>,
 
     /// PEM private key for the --cert before it (PKCS#8, PKCS#1 RSA or SEC1 EC).
-    #[arg(long, value_name = "PATH", env = "SSEGATE_KEY", required = true)]
+    #[arg(long, value_name = "PATH", env = "SSEGATE_KEY")]
     pub key: Vec<PathBuf>,
 
     /// DER OCSP response to staple for the --cert before it; reloaded with it.
@@ -75,7 +92,6 @@ pub struct ProxyArgs {
         long,
         value_name = "URL",
         env = "SSEGATE_UPSTREAM",
-        required = true,
         value_delimiter = ','
     )]
     pub upstream: Vec<String>,

@@ -1,21 +1,28 @@
 //! The validated configuration. Everything that can be checked before serving
 //! (files, keys, URLs) is checked here, so a running proxy has no late surprises.
 
+use std::collections::BTreeMap;
+use std::ffi::OsString;
 use std::net::SocketAddr;
 use std::num::NonZeroUsize;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use clap::parser::ValueSource;
+use clap::{CommandFactory, FromArgMatches};
 use http::uri::{Authority, Scheme};
 use http::Uri;
 
-use crate::cli::{ProxyArgs, SecurityArgs, StreamArgs, TimeoutArgs};
+use crate::cli::{Cli, ProxyArgs, SecurityArgs, StreamArgs, TimeoutArgs};
+use crate::config_file::{ConfigFile, FileError, GroupSpec, RouteSpec};
 use crate::defaults;
 use crate::error::StartError;
+use crate::routes::HostPattern;
 use crate::tls::{self, CertPair, CertReloader, CertSource, CertStore, ClientAuth};
 use crate::upstream::{Balance, HealthCheck};
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Timeouts {
     pub request: Duration,
     pub sse_idle: Duration,
@@ -57,7 +64,7 @@ impl From<&TimeoutArgs> for Timeouts {
 
 /// Where requests go: `http://host:port` plus an optional base path that is
 /// prefixed to every request path.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct UpstreamUrl {
     pub authority: Authority,
     /// Empty, or a path starting with `/` and without a trailing `/`.
@@ -110,7 +117,7 @@ impl std::fmt::Display for UpstreamUrl {
 }
 
 /// The targets requests go to, and how a request picks one.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct UpstreamGroup {
     /// At least one; all with the same base path.
     pub targets: Vec<UpstreamUrl>,
@@ -164,7 +171,7 @@ impl UpstreamGroup {
 }
 
 /// Event-stream features beyond plain relaying.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct StreamSettings {
     /// Comment written after this much silence, at an event boundary.
     pub heartbeat: Option<Duration>,
@@ -244,7 +251,13 @@ pub fn hsts_header(max_age: Duration, include_subdomains: bool, preload: bool) -
 pub struct Config {
     pub listen: SocketAddr,
     pub tls: Arc<rustls::ServerConfig>,
-    pub upstream: UpstreamGroup,
+    /// Upstream groups by name; `--upstream` makes the one named `default`.
+    pub upstreams: BTreeMap<String, UpstreamGroup>,
+    /// The file's `[[route]]`s. None: every request goes to the one group,
+    /// with the top-level settings.
+    pub routes: Vec<RouteConfig>,
+    /// How to load this configuration again (SIGHUP, a changed file).
+    pub source: Option<ConfigSource>,
     pub timeouts: Timeouts,
     pub streams: StreamSettings,
     /// Reloads the certificates on SIGHUP or file change (None: fixed certificates).
@@ -269,7 +282,8 @@ impl std::fmt::Debug for Config {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Config")
             .field("listen", &self.listen)
-            .field("upstream", &self.upstream)
+            .field("upstreams", &self.upstreams)
+            .field("routes", &self.routes)
             .field("timeouts", &self.timeouts)
             .field("streams", &self.streams)
             .finish_non_exhaustive()
@@ -277,16 +291,27 @@ impl std::fmt::Debug for Config {
 }
 
 impl Config {
-    /// A configuration with default timeouts.
+    /// A configuration with default timeouts that sends every request to
+    /// `upstream`.
     pub fn new(
         listen: SocketAddr,
         tls: Arc<rustls::ServerConfig>,
         upstream: UpstreamGroup,
     ) -> Self {
+        let mut config = Config::without_upstreams(listen, tls);
+        config
+            .upstreams
+            .insert(DEFAULT_UPSTREAM.to_owned(), upstream);
+        config
+    }
+
+    fn without_upstreams(listen: SocketAddr, tls: Arc<rustls::ServerConfig>) -> Self {
         Config {
             listen,
             tls,
-            upstream,
+            upstreams: BTreeMap::new(),
+            routes: Vec::new(),
+            source: None,
             timeouts: Timeouts::default(),
             streams: StreamSettings::default(),
             cert_reloader: None,
@@ -303,24 +328,32 @@ impl Config {
     /// Validates the command line: loads and checks every certificate, key
     /// and OCSP file, parses the upstream URL.
     pub fn from_args(args: &ProxyArgs) -> Result<Self, StartError> {
-        let missing = |flag: &str| StartError::Config(format!("{flag} is required"));
-        let mut upstream = UpstreamGroup::parse(&args.upstream)?;
-        upstream.balance = args.balance;
-        upstream.health_interval = args.health_interval.into();
-        upstream.health_check = args
-            .health_check
-            .as_deref()
-            .map(|path| health_check(path, upstream.health_interval))
-            .transpose()?;
         let sources = cert_sources(args)?;
         let keys = sources
             .iter()
             .map(tls::load_source)
             .collect::<Result<Vec<_>, _>>()?;
-        let store = Arc::new(CertStore::from_keys(keys).ok_or_else(|| missing("--cert"))?);
+        let store = Arc::new(CertStore::from_keys(keys).ok_or_else(|| {
+            StartError::Config(
+                "--cert and --key are required (or [[certificate]] in a --config file)".into(),
+            )
+        })?);
         let client_auth = security_client_auth(&args.security)?;
         let tls = tls::server_config_with(store.clone(), client_auth.as_ref())?;
-        let mut config = Config::new(args.listen, tls, upstream);
+        let mut config = Config::without_upstreams(args.listen, tls);
+        if !args.upstream.is_empty() {
+            let mut upstream = UpstreamGroup::parse(&args.upstream)?;
+            upstream.balance = args.balance;
+            upstream.health_interval = args.health_interval.into();
+            upstream.health_check = args
+                .health_check
+                .as_deref()
+                .map(|path| health_check(path, upstream.health_interval))
+                .transpose()?;
+            config
+                .upstreams
+                .insert(DEFAULT_UPSTREAM.to_owned(), upstream);
+        }
         config.timeouts = Timeouts::from(&args.timeouts);
         config.timeouts.drain = args.streams.drain_timeout.into();
         config.streams = StreamSettings::from_args(&args.streams)?;
@@ -342,6 +375,364 @@ impl Config {
             .unwrap_or_else(|| std::thread::available_parallelism().unwrap_or(NonZeroUsize::MIN));
         Ok(config)
     }
+    /// Loads the configuration the command line `argv` describes: its
+    /// flags, and the `--config` file's keys for what the flags leave out.
+    pub fn load(argv: &[OsString]) -> Result<Config, LoadError> {
+        let cmd = Cli::command();
+        let matches = cmd
+            .clone()
+            .try_get_matches_from(argv)
+            .map_err(LoadError::Usage)?;
+        let args = proxy_args(&matches)?;
+        let Some(path) = args.config.clone() else {
+            let config = Config::from_args(&args)?;
+            if config.upstreams.is_empty() {
+                return Err(StartError::Config("--upstream is required".into()).into());
+            }
+            return Ok(config);
+        };
+        let given_elsewhere = |id: &str| {
+            matches!(
+                matches.value_source(id),
+                Some(ValueSource::CommandLine | ValueSource::EnvVariable)
+            )
+        };
+        let file = ConfigFile::load(&path, &cmd, given_elsewhere).map_err(LoadError::File)?;
+        // The file's flags first: the command line's own follow them.
+        let merged: Vec<OsString> = argv
+            .iter()
+            .take(1)
+            .chain(&file.flags)
+            .chain(argv.iter().skip(1))
+            .cloned()
+            .collect();
+        let matches = cmd
+            .try_get_matches_from(&merged)
+            .map_err(LoadError::Usage)?;
+        let mut config = Config::from_args(&proxy_args(&matches)?)?;
+        config.add_file_sections(&file).map_err(LoadError::File)?;
+        config.source = Some(ConfigSource {
+            argv: argv.to_vec(),
+            file: path,
+        });
+        Ok(config)
+    }
+
+    /// Adds the file's upstream groups and routes, resolved against the
+    /// top-level settings.
+    fn add_file_sections(&mut self, file: &ConfigFile) -> Result<(), Vec<FileError>> {
+        let mut errors = Vec::new();
+        for spec in &file.upstreams {
+            if self.upstreams.contains_key(&spec.name.value) {
+                errors.push(file.error(
+                    spec.name.span.clone(),
+                    format!("upstream {:?} is defined twice", spec.name.value),
+                ));
+                continue;
+            }
+            match self.group_from(spec) {
+                Ok(group) => {
+                    self.upstreams.insert(spec.name.value.clone(), group);
+                }
+                Err((span, message)) => errors.push(file.error(span, message)),
+            }
+        }
+        for spec in &file.routes {
+            match self.route_from(spec) {
+                Ok(route) => {
+                    let same = self
+                        .routes
+                        .iter()
+                        .any(|other| other.host == route.host && other.path == route.path);
+                    if same {
+                        errors.push(file.error(
+                            spec.span.clone(),
+                            format!("[[route]]: path {:?} is routed twice", route.path),
+                        ));
+                    }
+                    self.routes.push(route);
+                }
+                Err((span, message)) => errors.push(file.error(span, message)),
+            }
+        }
+        if self.upstreams.is_empty() {
+            errors.push(FileError {
+                path: file.path.clone(),
+                at: None,
+                message: "no upstream: add [upstream.NAME] with targets, or give --upstream".into(),
+            });
+        } else if self.routes.is_empty() && self.upstreams.len() > 1 {
+            errors.push(FileError {
+                path: file.path.clone(),
+                at: None,
+                message: "several upstream groups but no [[route]] saying which requests go where"
+                    .into(),
+            });
+        }
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            Err(errors)
+        }
+    }
+
+    /// `[upstream.NAME]`, with the top-level balance and health settings
+    /// for the keys it leaves out.
+    fn group_from(
+        &self,
+        spec: &GroupSpec,
+    ) -> Result<UpstreamGroup, (std::ops::Range<usize>, String)> {
+        let at_name = |message: String| (spec.name.span.clone(), message);
+        let urls: Vec<String> = spec.targets.iter().map(|t| t.value.clone()).collect();
+        let mut group = UpstreamGroup::parse(&urls).map_err(|err| {
+            let span = spec
+                .targets
+                .first()
+                .map_or(spec.name.span.clone(), |t| t.span.clone());
+            (span, err.to_string())
+        })?;
+        let defaults = self.upstreams.get(DEFAULT_UPSTREAM);
+        group.balance = spec
+            .balance
+            .or(defaults.map(|d| d.balance))
+            .unwrap_or(group.balance);
+        group.health_interval = spec
+            .health_interval
+            .or(defaults.map(|d| d.health_interval))
+            .unwrap_or(group.health_interval);
+        group.health_check = match &spec.health_check {
+            Some(path) => Some(
+                health_check(&path.value, group.health_interval)
+                    .map_err(|err| (path.span.clone(), err.to_string()))?,
+            ),
+            None => defaults.and_then(|d| d.health_check.clone()),
+        };
+        if group.targets.is_empty() {
+            return Err(at_name("`targets` is required".into()));
+        }
+        Ok(group)
+    }
+
+    /// `[[route]]`, with the top-level settings for the keys it leaves out.
+    fn route_from(
+        &self,
+        spec: &RouteSpec,
+    ) -> Result<RouteConfig, (std::ops::Range<usize>, String)> {
+        let whole = |message: &str| (spec.span.clone(), format!("[[route]]: {message}"));
+        let path = spec
+            .path
+            .as_ref()
+            .ok_or_else(|| whole("`path` is required"))?;
+        if !path.value.starts_with('/') {
+            return Err((
+                path.span.clone(),
+                "[[route]]: `path` must start with /".into(),
+            ));
+        }
+        let host = spec
+            .host
+            .as_ref()
+            .map(|host| {
+                HostPattern::parse(&host.value)
+                    .map_err(|reason| (host.span.clone(), format!("[[route]]: `host`: {reason}")))
+            })
+            .transpose()?;
+        let upstream = match &spec.upstream {
+            Some(name) if self.upstreams.contains_key(&name.value) => name.value.clone(),
+            Some(name) => {
+                return Err((
+                    name.span.clone(),
+                    format!(
+                        "[[route]]: no upstream named {:?} (defined: {})",
+                        name.value,
+                        self.upstreams
+                            .keys()
+                            .cloned()
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ),
+                ))
+            }
+            None if self.upstreams.len() == 1 => {
+                self.upstreams.keys().next().cloned().unwrap_or_default()
+            }
+            None => {
+                return Err(whole(
+                    "`upstream` is required when there are several groups",
+                ))
+            }
+        };
+        let mut response_headers = Vec::new();
+        for header in &spec.response_headers {
+            let (name, value) = &header.value;
+            check_response_header(name, value).map_err(|reason| {
+                (
+                    header.span.clone(),
+                    format!("[[route]]: `response_headers`: {reason}"),
+                )
+            })?;
+            response_headers.push((name.clone(), value.clone()));
+        }
+        let mut streams = self.streams.clone();
+        if let Some(shared) = spec.sse_shared {
+            streams.shared_prefixes = if shared {
+                vec![path.value.clone()]
+            } else {
+                Vec::new()
+            };
+        }
+        if spec.sse_heartbeat.is_some() {
+            streams.heartbeat = spec.sse_heartbeat.filter(|d| !d.is_zero());
+        }
+        streams.replay = spec.sse_replay.unwrap_or(streams.replay);
+        streams.drain_retry = spec.drain_retry.or(streams.drain_retry);
+        Ok(RouteConfig {
+            host,
+            path: path.value.clone(),
+            upstream,
+            strip_prefix: spec.strip_prefix,
+            request_timeout: spec.request_timeout.unwrap_or(self.timeouts.request),
+            sse_idle_timeout: spec.sse_idle_timeout.unwrap_or(self.timeouts.sse_idle),
+            streams,
+            max_body: spec.max_body.or(self.max_body),
+            websocket: spec.websocket.unwrap_or(true),
+            response_headers,
+        })
+    }
+
+    /// The routes requests take: the file's, or one for every request to
+    /// the only group, with the top-level settings.
+    pub fn effective_routes(&self) -> Vec<RouteConfig> {
+        if !self.routes.is_empty() {
+            return self.routes.clone();
+        }
+        let upstream = self
+            .upstreams
+            .keys()
+            .next()
+            .cloned()
+            .unwrap_or_else(|| DEFAULT_UPSTREAM.to_owned());
+        vec![RouteConfig {
+            host: None,
+            path: "/".into(),
+            upstream,
+            strip_prefix: false,
+            request_timeout: self.timeouts.request,
+            sse_idle_timeout: self.timeouts.sse_idle,
+            streams: self.streams.clone(),
+            max_body: self.max_body,
+            websocket: true,
+            response_headers: Vec::new(),
+        }]
+    }
+}
+
+/// The group `--upstream` makes.
+pub const DEFAULT_UPSTREAM: &str = "default";
+
+/// Where a configuration came from, to load it again.
+#[derive(Debug, Clone)]
+pub struct ConfigSource {
+    pub argv: Vec<OsString>,
+    pub file: PathBuf,
+}
+
+/// One route: which requests, where they go, and its settings (the
+/// top-level ones where the route sets none).
+#[derive(Debug, Clone, PartialEq)]
+pub struct RouteConfig {
+    pub host: Option<HostPattern>,
+    /// Path prefix, by whole segments (see `routes::path_matches`).
+    pub path: String,
+    /// The name of its upstream group.
+    pub upstream: String,
+    /// Remove `path` from the request path before forwarding.
+    pub strip_prefix: bool,
+    pub request_timeout: Duration,
+    pub sse_idle_timeout: Duration,
+    pub streams: StreamSettings,
+    pub max_body: Option<u64>,
+    /// Forward WebSocket upgrades.
+    pub websocket: bool,
+    /// Lower-case names; an empty value removes the field.
+    pub response_headers: Vec<(String, String)>,
+}
+
+/// Why a configuration could not be loaded.
+#[derive(Debug)]
+pub enum LoadError {
+    /// The command line itself (also help and version requests).
+    Usage(clap::Error),
+    /// Mistakes in the configuration file, each with its position.
+    File(Vec<FileError>),
+    Start(StartError),
+}
+
+impl From<StartError> for LoadError {
+    fn from(err: StartError) -> Self {
+        LoadError::Start(err)
+    }
+}
+
+impl std::fmt::Display for LoadError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            LoadError::Usage(err) => write!(f, "{}", err.render().to_string().trim_end()),
+            LoadError::File(errors) => {
+                let lines: Vec<String> = errors.iter().map(ToString::to_string).collect();
+                f.write_str(&lines.join("\n"))
+            }
+            LoadError::Start(err) => write!(f, "{err}"),
+        }
+    }
+}
+
+impl std::error::Error for LoadError {}
+
+/// The proxy's arguments from parsed matches, with each `--ocsp` paired.
+fn proxy_args(matches: &clap::ArgMatches) -> Result<ProxyArgs, LoadError> {
+    let mut cli = Cli::from_arg_matches(matches).map_err(LoadError::Usage)?;
+    cli.proxy.ocsp_pair = ocsp_pairs(matches);
+    Ok(cli.proxy)
+}
+
+/// For each `--ocsp`, the index of the `--cert` that precedes it.
+pub fn ocsp_pairs(matches: &clap::ArgMatches) -> Vec<usize> {
+    let certs: Vec<usize> = matches
+        .indices_of("cert")
+        .map(Iterator::collect)
+        .unwrap_or_default();
+    matches
+        .indices_of("ocsp")
+        .map(|ocsp| {
+            ocsp.map(|at| {
+                certs
+                    .iter()
+                    .filter(|&&cert| cert < at)
+                    .count()
+                    .saturating_sub(1)
+            })
+            .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// A response field a route may set or remove: not one the proxy frames
+/// the response with.
+fn check_response_header(name: &str, value: &str) -> Result<(), String> {
+    if http::HeaderName::from_bytes(name.as_bytes()).is_err() {
+        return Err(format!("{name:?} is not a header name"));
+    }
+    if http::HeaderValue::from_str(value).is_err() {
+        return Err(format!("{name}: {value:?} is not a header value"));
+    }
+    let framing = ["content-length", "transfer-encoding", "content-type"];
+    if crate::rules::is_hop_by_hop(name.as_bytes()) || framing.contains(&name) {
+        return Err(format!(
+            "{name} belongs to the response itself and cannot be set"
+        ));
+    }
+    Ok(())
 }
 
 /// `--health-check PATH`: an origin-form path, checked every `interval`.

@@ -64,6 +64,9 @@ pub enum ProxyError {
     /// A method the proxy does not forward (CONNECT).
     #[error("method not allowed")]
     MethodNotAllowed,
+    /// No route matches the request's host and path.
+    #[error("no route for this host and path")]
+    NoRoute,
 }
 
 impl ProxyError {
@@ -76,6 +79,7 @@ impl ProxyError {
             ProxyError::HeadersTooLarge(_) => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             ProxyError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ProxyError::BodyTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ProxyError::NoRoute => StatusCode::NOT_FOUND,
         }
     }
 
@@ -88,6 +92,7 @@ impl ProxyError {
             StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE => "431 Request Header Fields Too Large\n",
             StatusCode::METHOD_NOT_ALLOWED => "405 Method Not Allowed\n",
             StatusCode::PAYLOAD_TOO_LARGE => "413 Content Too Large\n",
+            StatusCode::NOT_FOUND => "404 Not Found\n",
             _ => "400 Bad Request\n",
         }
     }

@@ -4,6 +4,7 @@
 
 pub mod cli;
 pub mod config;
+pub mod config_file;
 pub mod conn;
 pub mod defaults;
 pub mod demo;
@@ -13,6 +14,8 @@ pub mod listener;
 pub mod message;
 pub mod proxy;
 pub mod redirect;
+pub mod reload;
+pub mod routes;
 pub mod rules;
 pub mod server;
 pub mod sse;

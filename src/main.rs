@@ -1,8 +1,10 @@
+use std::ffi::OsString;
 use std::io::IsTerminal;
 use std::process::ExitCode;
 
 use clap::{CommandFactory, FromArgMatches};
 use ssegate::cli::{CertArgs, Cli, Command};
+use ssegate::config::LoadError;
 use ssegate::{CancellationToken, Config, StartError};
 use tracing_subscriber::EnvFilter;
 
@@ -39,11 +41,10 @@ fn main() -> ExitCode {
     #[cfg(target_os = "linux")]
     let huge_pages = disable_transparent_huge_pages();
     let matches = Cli::command().get_matches();
-    let mut cli = match Cli::from_arg_matches(&matches) {
+    let cli = match Cli::from_arg_matches(&matches) {
         Ok(cli) => cli,
         Err(err) => err.exit(),
     };
-    cli.proxy.ocsp_pair = ocsp_pairs(&matches);
     // Log lines are written by a background thread, so a request does not wait
     // for stderr (only if 128k lines are queued); the guard flushes what is
     // queued when main returns. The thread flushes its buffer whenever the
@@ -70,36 +71,19 @@ fn main() -> ExitCode {
 
     let result = match &cli.command {
         Some(Command::Cert(args)) => write_dev_cert(args),
+        Some(Command::Check(args)) => return check(&args.config),
         _ => serve(cli),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
-            eprintln!("ssegate: {err}");
+            // A configuration file's errors come one per line.
+            for line in err.to_string().lines() {
+                eprintln!("ssegate: {line}");
+            }
             ExitCode::FAILURE
         }
     }
-}
-
-/// For each `--ocsp`, the index of the `--cert` that precedes it.
-fn ocsp_pairs(matches: &clap::ArgMatches) -> Vec<usize> {
-    let certs: Vec<usize> = matches
-        .indices_of("cert")
-        .map(Iterator::collect)
-        .unwrap_or_default();
-    matches
-        .indices_of("ocsp")
-        .map(|ocsp| {
-            ocsp.map(|at| {
-                certs
-                    .iter()
-                    .filter(|&&cert| cert < at)
-                    .count()
-                    .saturating_sub(1)
-            })
-            .collect()
-        })
-        .unwrap_or_default()
 }
 
 fn serve(cli: Cli) -> anyhow::Result<()> {
@@ -116,13 +100,36 @@ fn serve(cli: Cli) -> anyhow::Result<()> {
         match &cli.command {
             Some(Command::Demo(args)) => ssegate::demo::run(args, shutdown).await?,
             _ => {
-                let config = Config::from_args(&cli.proxy)?;
+                let argv: Vec<OsString> = std::env::args_os().collect();
+                let config = match Config::load(&argv) {
+                    Ok(config) => config,
+                    Err(LoadError::Usage(err)) => err.exit(),
+                    Err(err) => return Err(anyhow::Error::new(err)),
+                };
                 ssegate::run(config, shutdown).await?
             }
         }
-        Ok::<(), StartError>(())
+        Ok::<(), anyhow::Error>(())
     })?;
     Ok(())
+}
+
+/// `ssegate check --config PATH`: loads the configuration as a start
+/// would (files read, keys matched to certificates, routes resolved).
+fn check(path: &std::path::Path) -> ExitCode {
+    let argv = [OsString::from("ssegate"), "--config".into(), path.into()];
+    match Config::load(&argv) {
+        Ok(_) => {
+            println!("ok");
+            ExitCode::SUCCESS
+        }
+        Err(err) => {
+            for line in err.to_string().lines() {
+                println!("{line}");
+            }
+            ExitCode::FAILURE
+        }
+    }
 }
 
 /// The first SIGINT or SIGTERM starts a graceful drain; a second exits at once.

@@ -4,6 +4,7 @@
 //! response (`rules`) and wrap its body for the way to the client
 //! (`sse::RelayBody`). Never fails: every error becomes a response.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -15,10 +16,13 @@ use http_body::{Body, Frame, SizeHint};
 use http_body_util::{BodyExt, Full};
 use tokio_util::sync::CancellationToken;
 
-use crate::config::Config;
+use arc_swap::ArcSwap;
+
+use crate::config::{Config, RouteConfig, UpstreamGroup};
 use crate::error::{BoxError, ProxyError};
 use crate::http1::Framing;
 use crate::message::{Fields, RequestHead, ResponseHead};
+use crate::routes::RouteTable;
 use crate::rules::{self, Forwarding};
 use crate::sse::hub::{Hub, HubSettings};
 use crate::sse::{AccessLog, BodyKind, Outcome, RelayBody, RelaySettings};
@@ -46,83 +50,85 @@ pub struct ProxyResponse {
     pub client_error: bool,
 }
 
-/// Shared by every connection: the rules' settings, the upstream, the hub.
+/// Shared by every connection: the routing table (replaced whole when the
+/// configuration is reloaded) and the shutdown token.
 pub struct Proxy {
-    base_path: String,
-    keep_underscore_headers: bool,
-    max_header_size: usize,
-    max_body: Option<u64>,
-    hsts: Option<Bytes>,
-    upstream: Arc<Group>,
-    ordinary_relay: Arc<RelaySettings>,
-    event_stream_relay: Arc<RelaySettings>,
-    subscriber_relay: Arc<RelaySettings>,
-    hub: Arc<Hub>,
+    routing: ArcSwap<Routing>,
     shutdown: CancellationToken,
 }
 
+/// What one configuration decides about requests. Requests already under
+/// way keep the `Routing` they started with.
+pub struct Routing {
+    routes: RouteTable<Route>,
+    /// Groups by name, with the definition each was built from, so a
+    /// reload keeps a group that did not change (its connections, counts
+    /// and health).
+    groups: BTreeMap<String, (UpstreamSettingsKey, Arc<Group>)>,
+    keep_underscore_headers: bool,
+    max_header_size: usize,
+    hsts: Option<Bytes>,
+    shutdown: CancellationToken,
+}
+
+/// What a group is built from: its definition and the settings of its
+/// targets' connections.
+type UpstreamSettingsKey = (UpstreamGroup, std::time::Duration, usize);
+
+/// One route and everything a request on it needs.
+struct Route {
+    config: RouteConfig,
+    /// The group's base path, prefixed to every request path.
+    base_path: String,
+    group: Arc<Group>,
+    hub: Arc<Hub>,
+    ordinary_relay: Arc<RelaySettings>,
+    event_stream_relay: Arc<RelaySettings>,
+    subscriber_relay: Arc<RelaySettings>,
+}
+
 impl Proxy {
+    /// Builds the routing of `config`; starts its groups' health checks
+    /// (so it must run within the runtime that should run them).
     pub fn new(config: &Config, shutdown: CancellationToken) -> Arc<Self> {
-        let settings = UpstreamSettings {
-            connect_timeout: config.timeouts.connect,
-            limits: Limits {
-                request_timeout: config.timeouts.request,
-                max_header_size: config.max_header_size,
-            },
-            max_idle: crate::defaults::UPSTREAM_MAX_IDLE,
-            idle_timeout: crate::defaults::UPSTREAM_IDLE_TIMEOUT,
-            threads: config.threads.get(),
-        };
-        let targets = config
-            .upstream
-            .targets
-            .iter()
-            .map(|url| Target::new(url.to_string(), url.address(), &settings))
-            .collect();
-        let upstream = Arc::new(Group::new(
-            targets,
-            config.threads.get(),
-            config.upstream.balance,
-            config.upstream.health_interval,
-            config.upstream.health_check.clone(),
-        ));
-        let hub_settings = HubSettings {
-            prefixes: config.streams.shared_prefixes.clone(),
-            replay: config.streams.replay,
-            queue: config.streams.subscriber_queue,
-            linger: config.streams.linger,
-            response_timeout: config.timeouts.request,
-            idle_timeout: config.timeouts.sse_idle,
-            base_path: config.upstream.base_path().to_owned(),
-        };
-        let hub = Hub::new(hub_settings, upstream.clone(), shutdown.clone());
+        let routing = Routing::build(config, None, &shutdown);
         Arc::new(Proxy {
-            base_path: config.upstream.base_path().to_owned(),
-            keep_underscore_headers: config.keep_underscore_headers,
-            max_header_size: config.max_header_size,
-            max_body: config.max_body,
-            hsts: config.hsts.clone(),
-            upstream,
-            ordinary_relay: Arc::new(relay_settings(config, BodyKind::Ordinary)),
-            event_stream_relay: Arc::new(relay_settings(config, BodyKind::EventStream)),
-            // The hub watches the shared stream's upstream for silence.
-            subscriber_relay: Arc::new(RelaySettings {
-                idle_timeout: None,
-                ..relay_settings(config, BodyKind::EventStream)
-            }),
-            hub,
+            routing: ArcSwap::from_pointee(routing),
             shutdown,
         })
     }
 
-    /// The shared-stream hub (for its counters).
-    pub fn hub(&self) -> &Arc<Hub> {
-        &self.hub
+    /// Serves new requests with `config`'s routes and groups from now on.
+    /// Unchanged groups (and the shared streams of unchanged routes) are
+    /// kept; requests, event streams and WebSockets under way go on where
+    /// they are; groups no longer configured stop their health checks.
+    pub fn reload(&self, config: &Config) {
+        let old = self.routing.load_full();
+        let new = Arc::new(Routing::build(config, Some(&old), &self.shutdown));
+        for (_, group) in old.groups.values() {
+            let kept = new.groups.values().any(|(_, g)| Arc::ptr_eq(g, group));
+            if !kept {
+                group.stop_health_checks();
+            }
+        }
+        self.routing.store(new);
     }
 
-    /// The upstream targets (for their counters and health checks).
-    pub fn upstream(&self) -> &Arc<Group> {
-        &self.upstream
+    /// The shared-stream hub of the first route (for counters).
+    pub fn hub(&self) -> Option<Arc<Hub>> {
+        let routing = self.routing.load();
+        let hub = routing.routes.iter().next().map(|route| route.hub.clone());
+        hub
+    }
+
+    /// The upstream groups by name (for their counters).
+    pub fn groups(&self) -> BTreeMap<String, Arc<Group>> {
+        let routing = self.routing.load();
+        routing
+            .groups
+            .iter()
+            .map(|(name, (_, group))| (name.clone(), group.clone()))
+            .collect()
     }
 
     /// Cancelled when the proxy starts to drain.
@@ -137,30 +143,38 @@ impl Proxy {
         body: B,
         conn: &ConnInfo,
     ) -> ProxyResponse {
+        let routing = self.routing.load_full();
         let mut access = AccessLog::new(
             conn.peer,
             head.method.clone(),
             head.target.clone(),
             head.version,
         );
-        let host = match rules::check_request(&head, self.max_header_size) {
+        let host = match rules::check_request(&head, routing.max_header_size) {
             Ok(host) => host,
-            Err(err) => return self.failed(err, access),
+            Err(err) => return routing.failed(err, access),
         };
-        if head.method == Method::GET && self.hub.is_shared(head.path()) {
-            return self.subscribe(&head, host, conn.worker, access).await;
+        let Some(route) = routing.routes.find(&host, head.path()) else {
+            return routing.failed(ProxyError::NoRoute, access);
+        };
+        let strip_prefix = route.strip_prefix();
+        if head.method == Method::GET && route.hub.is_shared(head.path()) {
+            return routing
+                .subscribe(route, &head, host, conn.worker, access)
+                .await;
         }
-        let body = match LimitedBody::new(body, self.max_body) {
+        let body = match LimitedBody::new(body, route.config.max_body) {
             Ok(body) => body,
-            Err(err) => return self.failed(err, access),
+            Err(err) => return routing.failed(err, access),
         };
         let framing = body_framing(&body);
         let mut upstream_head = Vec::with_capacity(512 + head.fields.len() * 32);
         let forwarding = Forwarding {
-            base_path: &self.base_path,
+            base_path: &route.base_path,
+            strip_prefix,
             client_ip: Some(conn.peer.ip()),
             client_subject: conn.client_subject.as_deref(),
-            keep_underscore_headers: self.keep_underscore_headers,
+            keep_underscore_headers: routing.keep_underscore_headers,
         };
         rules::write_upstream_head(&mut upstream_head, &head, &host, &forwarding, framing);
         let request = UpstreamRequest {
@@ -169,25 +183,26 @@ impl Proxy {
             body: (framing != Framing::None).then_some(body),
             framing,
             resendable: rules::may_resend(&head.method, framing),
+            response_timeout: route.config.request_timeout,
         };
-        let sent = self
-            .upstream
+        let sent = route
+            .group
             .send(conn.worker, Some(conn.peer.ip()), request)
             .await;
         let (response, body) = match sent {
             Ok(exchanged) => exchanged,
-            Err(err) => return self.failed(err, access),
+            Err(err) => return routing.failed(err, access),
         };
         let filtered = rules::filter_response(response, &head.method);
         access.status = filtered.head.status;
         let (kind, settings) = if filtered.event_stream {
-            (BodyKind::EventStream, &self.event_stream_relay)
+            (BodyKind::EventStream, &route.event_stream_relay)
         } else {
-            (BodyKind::Ordinary, &self.ordinary_relay)
+            (BodyKind::Ordinary, &route.ordinary_relay)
         };
         debug_assert_eq!(settings.kind, kind);
         let mut head = filtered.head;
-        rules::add_hsts(&mut head, self.hsts.as_deref());
+        routing.finish_head(route, &mut head);
         let body = RelayBody::new(body, settings.clone(), &self.shutdown, access).boxed();
         ProxyResponse {
             head,
@@ -196,9 +211,124 @@ impl Proxy {
         }
     }
 
+    /// The short text response for `err` (not logged).
+    pub fn error_response(&self, err: &ProxyError) -> ProxyResponse {
+        self.routing.load().error_response(err)
+    }
+}
+
+impl Route {
+    /// The prefix removed from request paths, if the route strips it.
+    fn strip_prefix(&self) -> &str {
+        if self.config.strip_prefix {
+            self.config.path.trim_end_matches('/')
+        } else {
+            ""
+        }
+    }
+}
+
+impl Routing {
+    /// The routing of `config`, keeping from `old` the groups and hubs
+    /// that did not change.
+    fn build(config: &Config, old: Option<&Routing>, shutdown: &CancellationToken) -> Routing {
+        let settings = UpstreamSettings {
+            connect_timeout: config.timeouts.connect,
+            limits: Limits {
+                request_timeout: config.timeouts.request,
+                max_header_size: config.max_header_size,
+            },
+            max_idle: crate::defaults::UPSTREAM_MAX_IDLE,
+            idle_timeout: crate::defaults::UPSTREAM_IDLE_TIMEOUT,
+            threads: config.threads.get(),
+        };
+        let mut groups = BTreeMap::new();
+        for (name, definition) in &config.upstreams {
+            let key = (
+                definition.clone(),
+                config.timeouts.connect,
+                config.max_header_size,
+            );
+            let kept = old
+                .and_then(|old| old.groups.get(name))
+                .filter(|(old_key, _)| *old_key == key)
+                .map(|(_, group)| group.clone());
+            let group = kept.unwrap_or_else(|| {
+                let group = Arc::new(build_group(definition, &settings, config.threads.get()));
+                group.spawn_health_checks(definition.base_path(), shutdown);
+                group
+            });
+            groups.insert(name.clone(), (key, group));
+        }
+        let routes = config
+            .effective_routes()
+            .into_iter()
+            .filter_map(|route| {
+                let (key, group) = groups.get(&route.upstream)?;
+                let base_path = key.0.base_path().to_owned();
+                let hub_settings = HubSettings {
+                    prefixes: route.streams.shared_prefixes.clone(),
+                    replay: route.streams.replay,
+                    queue: route.streams.subscriber_queue,
+                    linger: route.streams.linger,
+                    response_timeout: route.request_timeout,
+                    idle_timeout: route.sse_idle_timeout,
+                    base_path: base_path.clone(),
+                };
+                let kept_hub = old.and_then(|old| {
+                    old.routes
+                        .iter()
+                        .find(|r| {
+                            r.config.host == route.host
+                                && r.config.path == route.path
+                                && Arc::ptr_eq(&r.group, group)
+                                && r.hub.settings() == &hub_settings
+                        })
+                        .map(|r| r.hub.clone())
+                });
+                let hub = kept_hub
+                    .unwrap_or_else(|| Hub::new(hub_settings, group.clone(), shutdown.clone()));
+                let relay = |kind| Arc::new(relay_settings(&route, kind));
+                let served = Route {
+                    base_path,
+                    group: group.clone(),
+                    hub,
+                    ordinary_relay: relay(BodyKind::Ordinary),
+                    event_stream_relay: relay(BodyKind::EventStream),
+                    // The hub watches the shared stream's upstream for silence.
+                    subscriber_relay: Arc::new(RelaySettings {
+                        idle_timeout: None,
+                        ..relay_settings(&route, BodyKind::EventStream)
+                    }),
+                    config: route,
+                };
+                Some((
+                    served.config.host.clone(),
+                    served.config.path.clone(),
+                    served,
+                ))
+            })
+            .collect();
+        Routing {
+            routes: RouteTable::new(routes),
+            groups,
+            keep_underscore_headers: config.keep_underscore_headers,
+            max_header_size: config.max_header_size,
+            hsts: config.hsts.clone(),
+            shutdown: shutdown.clone(),
+        }
+    }
+
+    /// HSTS and the route's response fields, on a response to the client.
+    fn finish_head(&self, route: &Route, head: &mut ResponseHead) {
+        rules::set_response_fields(head, &route.config.response_headers);
+        rules::add_hsts(head, self.hsts.as_deref());
+    }
+
     /// Joins a shared stream: one upstream request serves every subscriber.
     async fn subscribe(
         &self,
+        route: &Route,
         head: &RequestHead,
         host: String,
         worker: usize,
@@ -208,14 +338,16 @@ impl Proxy {
             .fields
             .get("last-event-id")
             .and_then(|id| std::str::from_utf8(id).ok());
-        match self
+        let (lead, rest) = rules::upstream_target(&head.target, route.strip_prefix());
+        let target = format!("{lead}{rest}");
+        match route
             .hub
-            .subscribe(&head.target, host, last_event_id, worker)
+            .subscribe(&target, host, last_event_id, worker)
             .await
         {
             Ok(subscription) => {
                 access.status = StatusCode::OK;
-                let settings = self.subscriber_relay.clone();
+                let settings = route.subscriber_relay.clone();
                 let body = RelayBody::new(subscription, settings, &self.shutdown, access).boxed();
                 let mut fields = Fields::builder();
                 fields
@@ -225,7 +357,7 @@ impl Proxy {
                     status: StatusCode::OK,
                     fields: fields.finish(),
                 };
-                rules::add_hsts(&mut head, self.hsts.as_deref());
+                self.finish_head(route, &mut head);
                 ProxyResponse {
                     head,
                     body,
@@ -332,15 +464,30 @@ fn body_framing<B: RequestBody>(body: &B) -> Framing {
     }
 }
 
-fn relay_settings(config: &Config, kind: BodyKind) -> RelaySettings {
-    let timeouts = &config.timeouts;
+/// Builds a group's targets, each with its connection pools.
+fn build_group(definition: &UpstreamGroup, settings: &UpstreamSettings, threads: usize) -> Group {
+    let targets = definition
+        .targets
+        .iter()
+        .map(|url| Target::new(url.to_string(), url.address(), settings))
+        .collect();
+    Group::new(
+        targets,
+        threads,
+        definition.balance,
+        definition.health_interval,
+        definition.health_check.clone(),
+    )
+}
+
+fn relay_settings(route: &RouteConfig, kind: BodyKind) -> RelaySettings {
     RelaySettings {
         kind,
         idle_timeout: Some(match kind {
-            BodyKind::Ordinary => timeouts.request,
-            BodyKind::EventStream => timeouts.sse_idle,
+            BodyKind::Ordinary => route.request_timeout,
+            BodyKind::EventStream => route.sse_idle_timeout,
         }),
-        heartbeat: config.streams.heartbeat,
-        drain_retry: config.streams.drain_retry,
+        heartbeat: route.streams.heartbeat,
+        drain_retry: route.streams.drain_retry,
     }
 }

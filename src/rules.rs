@@ -28,6 +28,9 @@ use crate::message::{Fields, RequestHead, ResponseHead};
 pub struct Forwarding<'a> {
     /// The `--upstream` URL's path, prefixed to every request path.
     pub base_path: &'a str,
+    /// Removed from the start of the request path first (a route's
+    /// `strip_prefix`); empty for none.
+    pub strip_prefix: &'a str,
     /// The client's address for `X-Forwarded-For`; None for requests the
     /// proxy makes itself (shared streams).
     pub client_ip: Option<IpAddr>,
@@ -168,7 +171,8 @@ pub fn write_upstream_head(
     forwarding: &Forwarding<'_>,
     body: Framing,
 ) {
-    push_request_line(out, &head.method, &[forwarding.base_path, &head.target]);
+    let (lead, rest) = upstream_target(&head.target, forwarding.strip_prefix);
+    push_request_line(out, &head.method, &[forwarding.base_path, lead, rest]);
     let has_connection = head.fields.contains("connection");
     let dropped = |name: &[u8]| {
         is_hop_by_hop(name)
@@ -219,6 +223,35 @@ pub fn write_upstream_head(
         Framing::None => {}
     }
     out.extend_from_slice(b"\r\n");
+}
+
+/// The request target without `strip` (a path prefix it starts with, by
+/// whole segments), as a leading `/` where one is needed and the rest:
+/// `/live/x?a` less `/live` is `/x?a`; `/live?a` less `/live` is `/?a`.
+pub fn upstream_target<'t>(target: &'t str, strip: &str) -> (&'static str, &'t str) {
+    match target.strip_prefix(strip) {
+        Some(rest) if !strip.is_empty() && !rest.starts_with('/') => ("/", rest),
+        Some(rest) => ("", rest),
+        None => ("", target),
+    }
+}
+
+/// Sets a route's `response_headers` (lower-case names): each replaces
+/// the upstream's fields of its name; an empty value only removes them.
+pub fn set_response_fields(head: &mut ResponseHead, fields: &[(String, String)]) {
+    if fields.is_empty() {
+        return;
+    }
+    head.fields.retain(|name, _| {
+        !fields
+            .iter()
+            .any(|(set, _)| set.as_bytes().eq_ignore_ascii_case(name))
+    });
+    for (name, value) in fields {
+        if !value.is_empty() {
+            head.fields = head.fields.with(name.as_bytes(), value.as_bytes());
+        }
+    }
 }
 
 fn expects_body(method: &Method) -> bool {
@@ -403,6 +436,7 @@ mod tests {
     fn upstream_head(head: &RequestHead, keep_underscore_headers: bool, body: Framing) -> String {
         let forwarding = Forwarding {
             base_path: "/api",
+            strip_prefix: "",
             client_ip: Some("10.0.0.7".parse().unwrap()),
             client_subject: Some("CN=alice"),
             keep_underscore_headers,

@@ -71,9 +71,14 @@ impl Server {
         self.local_addr
     }
 
-    /// The shared-stream hub, e.g. to read its counters.
-    pub fn hub(&self) -> Arc<crate::sse::hub::Hub> {
-        self.proxy.hub().clone()
+    /// The shared-stream hub of the first route, e.g. to read its counters.
+    pub fn hub(&self) -> Option<Arc<crate::sse::hub::Hub>> {
+        self.proxy.hub()
+    }
+
+    /// The proxy, e.g. to reload its configuration.
+    pub fn proxy(&self) -> &Arc<Proxy> {
+        &self.proxy
     }
 
     /// Serves until `shutdown` is cancelled, then stops accepting, lets open
@@ -91,12 +96,9 @@ impl Server {
             proxy,
             workers,
         } = self;
-        if let Some(reloader) = config.cert_reloader.clone() {
+        if let Some(reloader) = crate::reload::Reloader::new(&config, proxy.clone()) {
             reloader.spawn(shutdown.clone());
         }
-        proxy
-            .upstream()
-            .spawn_health_checks(config.upstream.base_path(), &shutdown);
         tracing::info!(
             threads = config.threads,
             "listening on https://{local_addr}"

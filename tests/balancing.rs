@@ -60,8 +60,8 @@ fn url(addr: SocketAddr) -> UpstreamUrl {
 /// A proxy configuration for `targets`, in this order, picked by `balance`.
 fn group_config(targets: &[SocketAddr], balance: Balance) -> Config {
     let mut config = proxy_config(targets[0]);
-    config.upstream.targets = targets.iter().map(|&addr| url(addr)).collect();
-    config.upstream.balance = balance;
+    default_group(&mut config).targets = targets.iter().map(|&addr| url(addr)).collect();
+    default_group(&mut config).balance = balance;
     config
 }
 
@@ -173,7 +173,7 @@ async fn a_target_that_refuses_connections_costs_no_request_a_502() {
     for balance in [Balance::RoundRobin, Balance::LeastConn, Balance::Random] {
         let mut config = group_config(&[dead, a.upstream.addr, b.upstream.addr], balance);
         // Left out only briefly, so the dead target is tried again and again.
-        config.upstream.health_interval = Duration::from_millis(1);
+        default_group(&mut config).health_interval = Duration::from_millis(1);
         let proxy = spawn_proxy_with(config).await;
         let mut client = Client::connect(proxy.addr, Version::HTTP_11).await;
         for i in 0..12 {
@@ -225,7 +225,7 @@ async fn health_checks_take_a_failing_target_out_and_bring_it_back() {
     let mut a = named_upstream("a").await;
     let b = named_upstream("b").await;
     let mut config = group_config(&[a.upstream.addr, b.upstream.addr], Balance::RoundRobin);
-    config.upstream.health_check = Some(HealthCheck {
+    default_group(&mut config).health_check = Some(HealthCheck {
         path: "/healthz".into(),
         interval: Duration::from_millis(50),
     });

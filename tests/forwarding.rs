@@ -306,7 +306,7 @@ const PATHS: &[&str] = &[
 async fn paths_reach_the_upstream(path: Path, base: &str) {
     let mut upstream = event_upstream().await;
     let mut config = path.config(&upstream);
-    config.upstream = UpstreamGroup::single(
+    *default_group(&mut config) = UpstreamGroup::single(
         UpstreamUrl::parse(&format!("http://{}{base}", upstream.addr)).expect("upstream url"),
     );
     let proxy = path.proxy_with(config).await;

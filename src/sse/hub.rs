@@ -35,7 +35,7 @@ const DEFAULT_RETRY: Duration = Duration::from_secs(3);
 /// Longest wait between reconnect attempts after repeated failures.
 const MAX_RECONNECT_BACKOFF: Duration = Duration::from_secs(30);
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct HubSettings {
     /// Path prefixes whose GET requests are shared streams.
     pub prefixes: Vec<String>,
@@ -254,6 +254,10 @@ impl Hub {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
+    pub fn settings(&self) -> &HubSettings {
+        &self.settings
+    }
+
     /// Whether `path` lies under one of the shared prefixes (whole segments:
     /// `/live` covers `/live` and `/live/x`, not `/lively`).
     pub fn is_shared(&self, path: &str) -> bool {
@@ -382,6 +386,7 @@ impl Hub {
         };
         let forwarding = Forwarding {
             base_path: &self.settings.base_path,
+            strip_prefix: "",
             client_ip: None,
             client_subject: None,
             keep_underscore_headers: false,
@@ -403,6 +408,7 @@ impl Hub {
                 body: None,
                 framing: Framing::None,
                 resendable: true,
+                response_timeout: self.settings.response_timeout,
             };
             stream
                 .stats

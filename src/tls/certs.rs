@@ -1,22 +1,18 @@
-//! Certificates: PEM loading, choice by SNI, and reload without a restart.
+//! Certificates: PEM loading, choice by SNI, and swapping them without a
+//! restart (`reload` watches the files).
 
-use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
 use rustls::crypto::aws_lc_rs;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
-use tokio_util::sync::CancellationToken;
 use x509_parser::extensions::GeneralName;
 
 use crate::error::StartError;
-
-/// How often certificate, key and OCSP files are checked for changes.
-pub const CERT_POLL_INTERVAL: Duration = Duration::from_secs(2);
 
 /// A certificate chain with its private key, as named on the command line.
 #[derive(Debug, Clone)]
@@ -238,6 +234,15 @@ impl CertStore {
         }
     }
 
+    /// Serves `other`'s certificates from now on (a reloaded configuration's).
+    pub fn adopt(&self, other: &CertStore) {
+        let set = other.current();
+        match self.current.write() {
+            Ok(mut current) => *current = set,
+            Err(poisoned) => *poisoned.into_inner() = set,
+        }
+    }
+
     /// Replaces every certificate at once; returns false if `keys` is empty.
     pub fn replace(&self, keys: Vec<CertifiedKey>) -> bool {
         let Some(set) = CertSet::new(keys) else {
@@ -262,20 +267,18 @@ impl ResolvesServerCert for CertStore {
     }
 }
 
-/// Reloads every pair when a file changes or on SIGHUP. A reload that fails
-/// keeps the certificates that are being served and logs why.
+/// The certificates being served and the files they came from, which
+/// `reload` loads again on SIGHUP or when they change. A reload that fails
+/// keeps the certificates that are being served.
 #[derive(Debug, Clone)]
 pub struct CertReloader {
     pub store: Arc<CertStore>,
     pub sources: Vec<CertSource>,
 }
 
-/// A hash of every file's contents: a rewrite is noticed even when it keeps
-/// the size and the modification time (coarse timestamps, `cp -p`).
-type Fingerprint = Vec<Option<u64>>;
-
 impl CertReloader {
-    fn files(&self) -> impl Iterator<Item = &Path> {
+    /// The certificate, key and OCSP files, to watch for changes.
+    pub fn files(&self) -> impl Iterator<Item = &Path> {
         self.sources.iter().flat_map(|s| {
             [
                 Some(s.pair.cert.as_path()),
@@ -285,17 +288,6 @@ impl CertReloader {
             .into_iter()
             .flatten()
         })
-    }
-
-    fn fingerprint(&self) -> Fingerprint {
-        self.files()
-            .map(|path| {
-                let contents = std::fs::read(path).ok()?;
-                let mut hasher = std::collections::hash_map::DefaultHasher::new();
-                contents.hash(&mut hasher);
-                Some(hasher.finish())
-            })
-            .collect()
     }
 
     /// Loads every pair; swaps them in only if all of them load.
@@ -310,81 +302,4 @@ impl CertReloader {
         }
         Ok(())
     }
-
-    fn reload_and_log(&self, why: &str) {
-        match self.reload() {
-            Ok(()) => tracing::info!(trigger = why, "certificates reloaded"),
-            Err(err) => tracing::warn!(
-                trigger = why,
-                "certificate reload failed, still serving the previous certificates: {err}"
-            ),
-        }
-    }
-
-    /// Starts watching for SIGHUP and file changes until `shutdown`. The
-    /// SIGHUP handler is installed before this returns, so a reload sent right
-    /// after start-up is not taken for the default "terminate".
-    pub fn spawn(self, shutdown: CancellationToken) -> tokio::task::JoinHandle<()> {
-        let hangup = hangup_signal();
-        tokio::spawn(self.run(hangup, shutdown))
-    }
-
-    async fn run(self, mut hangup: Hangup, shutdown: CancellationToken) {
-        let mut seen = self.fingerprint();
-        let mut poll = tokio::time::interval(CERT_POLL_INTERVAL);
-        poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                _ = poll.tick() => {
-                    let now = self.fingerprint();
-                    // Retry only when the files change again: a half-written
-                    // file fails once, and the finished write triggers anew.
-                    if now != seen {
-                        seen = now;
-                        self.reload_and_log("file change");
-                    }
-                }
-                Some(()) = recv_hangup(&mut hangup) => {
-                    seen = self.fingerprint();
-                    self.reload_and_log("SIGHUP");
-                }
-                () = shutdown.cancelled() => return,
-            }
-        }
-    }
-}
-
-#[cfg(unix)]
-type Hangup = Option<tokio::signal::unix::Signal>;
-#[cfg(not(unix))]
-type Hangup = Option<()>;
-
-#[cfg(unix)]
-fn hangup_signal() -> Hangup {
-    use tokio::signal::unix::{signal, SignalKind};
-    match signal(SignalKind::hangup()) {
-        Ok(signal) => Some(signal),
-        Err(err) => {
-            tracing::warn!(error = %err, "cannot listen for SIGHUP; certificate files are still watched");
-            None
-        }
-    }
-}
-
-#[cfg(not(unix))]
-fn hangup_signal() -> Hangup {
-    None
-}
-
-#[cfg(unix)]
-async fn recv_hangup(hangup: &mut Hangup) -> Option<()> {
-    match hangup {
-        Some(signal) => signal.recv().await,
-        None => std::future::pending().await,
-    }
-}
-
-#[cfg(not(unix))]
-async fn recv_hangup(_: &mut Hangup) -> Option<()> {
-    std::future::pending().await
 }

@@ -53,7 +53,7 @@ pub enum Balance {
 }
 
 /// Active health checks: `GET path` every `interval`.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct HealthCheck {
     pub path: String,
     pub interval: Duration,
@@ -179,6 +179,8 @@ pub struct Group {
     out_for: Duration,
     check: Option<HealthCheck>,
     started: Instant,
+    /// Stops the health checks when a reload drops the group.
+    stop: CancellationToken,
 }
 
 impl Group {
@@ -197,7 +199,14 @@ impl Group {
             out_for,
             check,
             started: Instant::now(),
+            stop: CancellationToken::new(),
         }
+    }
+
+    /// Ends the group's health checks (it is no longer configured; its
+    /// open requests and streams go on).
+    pub fn stop_health_checks(&self) {
+        self.stop.cancel();
     }
 
     pub fn targets(&self) -> &[Target] {
@@ -308,6 +317,7 @@ impl Group {
         for index in 0..self.targets.len() {
             let group = self.clone();
             let shutdown = shutdown.clone();
+            let stop = self.stop.clone();
             let path = format!("{base_path}{}", check.path);
             tokio::spawn(async move {
                 let target = &group.targets[index];
@@ -321,6 +331,7 @@ impl Group {
                     tokio::select! {
                         _ = ticks.tick() => {}
                         () = shutdown.cancelled() => return,
+                        () = stop.cancelled() => return,
                     }
                     let probe = target.upstream.probe(head.clone().into_bytes());
                     let result = match tokio::time::timeout(check.interval, probe).await {

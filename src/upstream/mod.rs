@@ -65,6 +65,8 @@ pub struct UpstreamRequest<'a, B> {
     /// The request may be sent again on a new connection if a reused one
     /// fails before any response byte (see `rules::may_resend`).
     pub resendable: bool,
+    /// How long to wait for the response head (the route's request timeout).
+    pub response_timeout: Duration,
 }
 
 impl Upstream {
@@ -125,15 +127,11 @@ impl Upstream {
             std::mem::take(&mut request.head)
         };
         let body = request.body.take();
-        exchange(
-            stream,
-            request.method,
-            head,
-            body,
-            request.framing,
-            self.limits,
-        )
-        .await
+        let limits = Limits {
+            request_timeout: request.response_timeout,
+            ..self.limits
+        };
+        exchange(stream, request.method, head, body, request.framing, limits).await
     }
 
     /// A health check: `head` (a bodiless GET) on a new connection, which
@@ -287,6 +285,7 @@ mod tests {
             body: None,
             framing: Framing::None,
             resendable: true,
+            response_timeout: Duration::from_secs(5),
         };
         let (head, mut body) = upstream.send(0, &mut request).await.unwrap();
         assert_eq!(head.status, http::StatusCode::OK);
@@ -332,6 +331,7 @@ mod tests {
             body: None,
             framing: Framing::None,
             resendable: true,
+            response_timeout: Duration::from_secs(5),
         };
         let (_, body) = upstream.send(0, &mut get("/one")).await.unwrap();
         assert_eq!(body.collect().await.unwrap().to_bytes(), "one");

@@ -58,7 +58,7 @@ pub async fn spawn_proxy_with(config: Config) -> ProxyHandle {
     init_tracing();
     let server = Server::bind(config).await.expect("proxy binds");
     let addr = server.local_addr();
-    let hub = server.hub();
+    let hub = server.hub().expect("the configuration has a route");
     let shutdown = CancellationToken::new();
     let task = tokio::spawn(server.run(shutdown.clone()));
     ProxyHandle {
@@ -86,4 +86,12 @@ pub async fn until_refused(addr: SocketAddr) {
         assert!(Instant::now() < deadline, "the listener is still open");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// The group `proxy_config` sends every request to.
+pub fn default_group(config: &mut Config) -> &mut ssegate::config::UpstreamGroup {
+    config
+        .upstreams
+        .get_mut(ssegate::config::DEFAULT_UPSTREAM)
+        .expect("proxy_config has the default group")
 }
