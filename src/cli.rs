@@ -68,9 +68,11 @@ pub struct ProxyArgs {
     #[arg(skip)]
     pub ocsp_pair: Vec<usize>,
 
-    /// Backend to forward to: http://host:port[/base-path]. Repeat it (or
-    /// separate with commas) for several targets of one group; they must
-    /// share the base path.
+    /// Backend to forward to: http://host:port[/base-path],
+    /// https://host:port[/base-path] (HTTP/1.1 over TLS, the certificate
+    /// checked for host) or unix:/path/to.sock. Repeat it (or separate with
+    /// commas) for several targets of one group; they must share the base
+    /// path.
     #[arg(
         long,
         value_name = "URL",
@@ -105,6 +107,11 @@ pub struct ProxyArgs {
         default_value_t = dur(defaults::HEALTH_INTERVAL)
     )]
     pub health_interval: humantime::Duration,
+
+    /// Trust only the CA certificates in this PEM file for https upstreams
+    /// (a private CA), instead of the system's.
+    #[arg(long, value_name = "PATH", env = "SSEGATE_UPSTREAM_CA")]
+    pub upstream_ca: Option<PathBuf>,
 
     /// Threads serving connections, each with its own event loop (a
     /// connection stays on the thread that accepted it). Default: one per CPU.
@@ -231,7 +238,8 @@ pub struct TimeoutArgs {
     )]
     pub sse_idle_timeout: humantime::Duration,
 
-    /// How long to wait for a TCP connection to the upstream (then 502).
+    /// How long to wait for a connection to the upstream, TLS handshake
+    /// included (then 502).
     #[arg(
         long,
         value_name = "DUR",

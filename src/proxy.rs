@@ -65,6 +65,7 @@ impl Proxy {
     pub fn new(config: &Config, shutdown: CancellationToken) -> Arc<Self> {
         let settings = UpstreamSettings {
             connect_timeout: config.timeouts.connect,
+            tls: config.upstream_tls.clone(),
             limits: Limits {
                 request_timeout: config.timeouts.request,
                 max_header_size: config.max_header_size,
@@ -77,7 +78,7 @@ impl Proxy {
             .upstream
             .targets
             .iter()
-            .map(|url| Target::new(url.to_string(), url.address(), &settings))
+            .map(|url| Target::new(url.to_string(), url.endpoint.clone(), &settings))
             .collect();
         let upstream = Arc::new(Group::new(
             targets,
