@@ -20,7 +20,14 @@ fn dur(duration: std::time::Duration) -> humantime::Duration {
 /// are streamed event by event with a long idle timeout; everything else is
 /// proxied with ordinary timeouts.
 #[derive(Debug, Parser)]
-#[command(name = "ssegate", version, subcommand_negates_reqs = true)]
+#[command(
+    name = "ssegate",
+    version,
+    subcommand_negates_reqs = true,
+    override_usage = "ssegate --cert <PATH> --key <PATH> --upstream <URL> [OPTIONS]\n       \
+                      ssegate --config <PATH> [OPTIONS]\n       \
+                      ssegate <COMMAND>"
+)]
 pub struct Cli {
     #[command(flatten)]
     pub proxy: ProxyArgs,
@@ -69,11 +76,21 @@ pub struct ProxyArgs {
     /// PEM certificate chain, leaf first. Repeat --cert/--key for several
     /// certificates, chosen by SNI from their DNS names; the first pair also
     /// serves clients that send no or an unknown name.
-    #[arg(long, value_name = "PATH", env = "SSEGATE_CERT")]
+    #[arg(
+        long,
+        value_name = "PATH",
+        env = "SSEGATE_CERT",
+        required_unless_present = "config"
+    )]
     pub cert: Vec<PathBuf>,
 
     /// PEM private key for the --cert before it (PKCS#8, PKCS#1 RSA or SEC1 EC).
-    #[arg(long, value_name = "PATH", env = "SSEGATE_KEY")]
+    #[arg(
+        long,
+        value_name = "PATH",
+        env = "SSEGATE_KEY",
+        required_unless_present = "config"
+    )]
     pub key: Vec<PathBuf>,
 
     /// DER OCSP response to staple for the --cert before it; reloaded with it.
@@ -85,13 +102,16 @@ pub struct ProxyArgs {
     #[arg(skip)]
     pub ocsp_pair: Vec<usize>,
 
-    /// Backend to forward to: http://host:port[/base-path]. Repeat it (or
-    /// separate with commas) for several targets of one group; they must
-    /// share the base path.
+    /// Backend to forward to: http://host:port[/base-path],
+    /// https://host:port[/base-path] (HTTP/1.1 over TLS, the certificate
+    /// checked for host) or unix:/path/to.sock. Repeat it (or separate with
+    /// commas) for several targets of one group; they must share the base
+    /// path.
     #[arg(
         long,
         value_name = "URL",
         env = "SSEGATE_UPSTREAM",
+        required_unless_present = "config",
         value_delimiter = ','
     )]
     pub upstream: Vec<String>,
@@ -121,6 +141,11 @@ pub struct ProxyArgs {
         default_value_t = dur(defaults::HEALTH_INTERVAL)
     )]
     pub health_interval: humantime::Duration,
+
+    /// Trust only the CA certificates in this PEM file for https upstreams
+    /// (a private CA), instead of the system's.
+    #[arg(long, value_name = "PATH", env = "SSEGATE_UPSTREAM_CA")]
+    pub upstream_ca: Option<PathBuf>,
 
     /// Threads serving connections, each with its own event loop (a
     /// connection stays on the thread that accepted it). Default: one per CPU.
@@ -247,7 +272,8 @@ pub struct TimeoutArgs {
     )]
     pub sse_idle_timeout: humantime::Duration,
 
-    /// How long to wait for a TCP connection to the upstream (then 502).
+    /// How long to wait for a connection to the upstream, TLS handshake
+    /// included (then 502).
     #[arg(
         long,
         value_name = "DUR",

@@ -11,8 +11,9 @@ use std::time::Duration;
 
 use clap::parser::ValueSource;
 use clap::{CommandFactory, FromArgMatches};
-use http::uri::{Authority, Scheme};
+use http::uri::Scheme;
 use http::Uri;
+use rustls::pki_types::ServerName;
 
 use crate::cli::{Cli, ProxyArgs, SecurityArgs, StreamArgs, TimeoutArgs};
 use crate::config_file::{ConfigFile, FileError, GroupSpec, RouteSpec};
@@ -20,7 +21,7 @@ use crate::defaults;
 use crate::error::StartError;
 use crate::routes::HostPattern;
 use crate::tls::{self, CertPair, CertReloader, CertSource, CertStore, ClientAuth};
-use crate::upstream::{Balance, HealthCheck};
+use crate::upstream::{Balance, Endpoint, HealthCheck};
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct Timeouts {
@@ -62,11 +63,14 @@ impl From<&TimeoutArgs> for Timeouts {
     }
 }
 
-/// Where requests go: `http://host:port` plus an optional base path that is
-/// prefixed to every request path.
+/// Where requests go: `http://host:port` or `https://host:port`, plus an
+/// optional base path that is prefixed to every request path, or
+/// `unix:/path/to.sock` (no base path: the rest is the socket's path).
 #[derive(Debug, Clone, PartialEq)]
 pub struct UpstreamUrl {
-    pub authority: Authority,
+    /// The URL as given, for logs and messages.
+    url: String,
+    pub endpoint: Endpoint,
     /// Empty, or a path starting with `/` and without a trailing `/`.
     pub base_path: String,
 }
@@ -77,42 +81,63 @@ impl UpstreamUrl {
             url: url.to_owned(),
             reason: reason.to_owned(),
         };
+        if let Some(path) = url.strip_prefix("unix:") {
+            if path.is_empty() {
+                return Err(invalid("expected unix:/path/to.sock"));
+            }
+            // Whether the socket exists is a matter of request time: the
+            // upstream may start after the proxy.
+            return Ok(UpstreamUrl {
+                url: url.to_owned(),
+                endpoint: Endpoint::Unix(PathBuf::from(path)),
+                base_path: String::new(),
+            });
+        }
         let uri: Uri = url
             .parse()
             .map_err(|e: http::uri::InvalidUri| invalid(&e.to_string()))?;
-        match uri.scheme() {
-            Some(s) if *s == Scheme::HTTP => {}
-            Some(_) => return Err(invalid("only http:// upstreams are supported")),
-            None => return Err(invalid("expected http://host:port[/base-path]")),
-        }
-        let authority = uri
-            .authority()
-            .cloned()
-            .ok_or_else(|| invalid("missing host"))?;
+        let tls = match uri.scheme() {
+            Some(s) if *s == Scheme::HTTP => false,
+            Some(s) if *s == Scheme::HTTPS => true,
+            Some(_) => return Err(invalid("only http://, https:// and unix: upstreams are supported")),
+            None => {
+                return Err(invalid(
+                    "expected http://host:port[/base-path], https://host:port[/base-path] or unix:/path/to.sock",
+                ))
+            }
+        };
+        let authority = uri.authority().ok_or_else(|| invalid("missing host"))?;
         if authority.as_str().contains('@') {
             return Err(invalid("user information is not supported"));
         }
         if uri.query().is_some() {
             return Err(invalid("a query string is not supported"));
         }
+        let host = authority.host();
+        let port = authority.port_u16().unwrap_or(if tls { 443 } else { 80 });
+        let address = format!("{host}:{port}");
+        let endpoint = if tls {
+            // The certificate is checked for the host: a DNS name or an IP
+            // address (without the brackets of an IPv6 one).
+            let bare = host.trim_start_matches('[').trim_end_matches(']');
+            let name = ServerName::try_from(bare.to_owned())
+                .map_err(|_| invalid("the host is not a valid TLS server name"))?;
+            Endpoint::Tls { address, name }
+        } else {
+            Endpoint::Tcp(address)
+        };
         let base_path = uri.path().trim_end_matches('/').to_owned();
         Ok(UpstreamUrl {
-            authority,
+            url: url.to_owned(),
+            endpoint,
             base_path,
         })
-    }
-
-    /// `host:port` to connect to (port 80 when the URL has none).
-    pub fn address(&self) -> String {
-        let host = self.authority.host();
-        let port = self.authority.port_u16().unwrap_or(80);
-        format!("{host}:{port}")
     }
 }
 
 impl std::fmt::Display for UpstreamUrl {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "http://{}{}", self.authority, self.base_path)
+        f.write_str(&self.url)
     }
 }
 
@@ -167,6 +192,11 @@ impl UpstreamGroup {
     /// The path every request path is prefixed with.
     pub fn base_path(&self) -> &str {
         self.targets.first().map_or("", |t| t.base_path.as_str())
+    }
+
+    /// The first `https` target, if any (it needs `Config::upstream_tls`).
+    pub fn first_tls_target(&self) -> Option<&UpstreamUrl> {
+        self.targets.iter().find(|t| t.endpoint.is_tls())
     }
 }
 
@@ -258,6 +288,11 @@ pub struct Config {
     pub routes: Vec<RouteConfig>,
     /// How to load this configuration again (SIGHUP, a changed file).
     pub source: Option<ConfigSource>,
+    /// The TLS client for `https` targets: TLS 1.2 and 1.3, ALPN http/1.1,
+    /// trusting `--upstream-ca` or the system's roots. Built once at
+    /// start-up; None when no target needs it (`Server::bind` refuses an
+    /// https target without it).
+    pub upstream_tls: Option<Arc<rustls::ClientConfig>>,
     pub timeouts: Timeouts,
     pub streams: StreamSettings,
     /// Reloads the certificates on SIGHUP or file change (None: fixed certificates).
@@ -312,6 +347,7 @@ impl Config {
             upstreams: BTreeMap::new(),
             routes: Vec::new(),
             source: None,
+            upstream_tls: None,
             timeouts: Timeouts::default(),
             streams: StreamSettings::default(),
             cert_reloader: None,
@@ -326,7 +362,7 @@ impl Config {
     }
 
     /// Validates the command line: loads and checks every certificate, key
-    /// and OCSP file, parses the upstream URL.
+    /// and OCSP file and the upstream CA, parses the upstream URLs.
     pub fn from_args(args: &ProxyArgs) -> Result<Self, StartError> {
         let sources = cert_sources(args)?;
         let keys = sources
@@ -354,6 +390,12 @@ impl Config {
                 .upstreams
                 .insert(DEFAULT_UPSTREAM.to_owned(), upstream);
         }
+        config.upstream_tls = args
+            .upstream_ca
+            .as_deref()
+            .map(|ca| tls::upstream_client_config(Some(ca)))
+            .transpose()?;
+        config.ensure_upstream_tls()?;
         config.timeouts = Timeouts::from(&args.timeouts);
         config.timeouts.drain = args.streams.drain_timeout.into();
         config.streams = StreamSettings::from_args(&args.streams)?;
@@ -411,6 +453,7 @@ impl Config {
             .map_err(LoadError::Usage)?;
         let mut config = Config::from_args(&proxy_args(&matches)?)?;
         config.add_file_sections(&file).map_err(LoadError::File)?;
+        config.ensure_upstream_tls()?;
         config.source = Some(ConfigSource {
             argv: argv.to_vec(),
             file: path,
@@ -598,6 +641,19 @@ impl Config {
             websocket: spec.websocket.unwrap_or(true),
             response_headers,
         })
+    }
+
+    /// The TLS client for https targets, with the system's roots when no
+    /// `--upstream-ca` built it (read only when a target needs them).
+    fn ensure_upstream_tls(&mut self) -> Result<(), StartError> {
+        let needs_tls = self
+            .upstreams
+            .values()
+            .any(|group| group.first_tls_target().is_some());
+        if self.upstream_tls.is_none() && needs_tls {
+            self.upstream_tls = Some(tls::upstream_client_config(None)?);
+        }
+        Ok(())
     }
 
     /// The routes requests take: the file's, or one for every request to
@@ -798,14 +854,67 @@ fn cert_sources(args: &ProxyArgs) -> Result<Vec<CertSource>, StartError> {
 mod tests {
     use super::*;
 
+    fn tcp(address: &str) -> Endpoint {
+        Endpoint::Tcp(address.to_owned())
+    }
+
+    fn tls(address: &str, name: &str) -> Endpoint {
+        Endpoint::Tls {
+            address: address.to_owned(),
+            name: ServerName::try_from(name.to_owned()).unwrap(),
+        }
+    }
+
     #[test]
     fn upstream_url_with_and_without_base_path() {
         let plain = UpstreamUrl::parse("http://127.0.0.1:3000").unwrap();
         assert_eq!(plain.base_path, "");
-        assert_eq!(plain.address(), "127.0.0.1:3000");
+        assert_eq!(plain.endpoint, tcp("127.0.0.1:3000"));
         let based = UpstreamUrl::parse("http://backend/api/").unwrap();
         assert_eq!(based.base_path, "/api");
-        assert_eq!(based.address(), "backend:80");
+        assert_eq!(based.endpoint, tcp("backend:80"));
+        assert_eq!(based.to_string(), "http://backend/api/", "shown as given");
+    }
+
+    #[test]
+    fn https_upstreams_check_the_certificate_for_the_host() {
+        let named = UpstreamUrl::parse("https://backend.internal/api").unwrap();
+        assert_eq!(
+            named.endpoint,
+            tls("backend.internal:443", "backend.internal")
+        );
+        assert_eq!(named.base_path, "/api");
+        let ip = UpstreamUrl::parse("https://127.0.0.1:8443").unwrap();
+        assert_eq!(ip.endpoint, tls("127.0.0.1:8443", "127.0.0.1"));
+        let v6 = UpstreamUrl::parse("https://[::1]:8443/").unwrap();
+        assert_eq!(v6.endpoint, tls("[::1]:8443", "::1"));
+        assert_eq!(v6.base_path, "");
+        assert_eq!(v6.endpoint.host_header(), "[::1]:8443");
+    }
+
+    #[test]
+    fn unix_upstreams_are_a_socket_path_without_base_path() {
+        let unix = UpstreamUrl::parse("unix:/run/app/http.sock").unwrap();
+        assert_eq!(unix.endpoint, Endpoint::Unix("/run/app/http.sock".into()));
+        assert_eq!(unix.base_path, "");
+        assert_eq!(unix.endpoint.host_header(), "localhost");
+        assert_eq!(unix.to_string(), "unix:/run/app/http.sock");
+        // The whole rest is the path, even what would be a query elsewhere;
+        // a socket that does not exist (yet) is not a start-up error.
+        let odd = UpstreamUrl::parse("unix:/tmp/a b?c").unwrap();
+        assert_eq!(odd.endpoint, Endpoint::Unix("/tmp/a b?c".into()));
+    }
+
+    #[test]
+    fn a_group_may_mix_transports_with_one_base_path() {
+        let urls = |list: &[&str]| list.iter().map(|u| u.to_string()).collect::<Vec<_>>();
+        let group =
+            UpstreamGroup::parse(&urls(&["http://a:1", "https://b:2", "unix:/s.sock"])).unwrap();
+        assert_eq!(group.targets.len(), 3);
+        assert_eq!(group.first_tls_target().unwrap().to_string(), "https://b:2");
+        assert!(UpstreamGroup::parse(&urls(&["https://a:1/api", "unix:/s.sock"])).is_err());
+        let plain = UpstreamGroup::parse(&urls(&["http://a:1", "unix:/s.sock"])).unwrap();
+        assert!(plain.first_tls_target().is_none());
     }
 
     #[test]
@@ -834,11 +943,16 @@ mod tests {
     #[test]
     fn upstream_url_rejects_what_it_cannot_serve() {
         for bad in [
-            "https://x:1",
+            "ftp://x:1",
+            "ws://x:1",
             "127.0.0.1:3000",
             "http://x:1/?q=1",
+            "https://x:1/?q=1",
             "http://u@x:1",
+            "https://u@x:1",
             "http://",
+            "https://",
+            "unix:",
         ] {
             assert!(UpstreamUrl::parse(bad).is_err(), "{bad} should be rejected");
         }

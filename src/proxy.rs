@@ -234,6 +234,7 @@ impl Routing {
     fn build(config: &Config, old: Option<&Routing>, shutdown: &CancellationToken) -> Routing {
         let settings = UpstreamSettings {
             connect_timeout: config.timeouts.connect,
+            tls: config.upstream_tls.clone(),
             limits: Limits {
                 request_timeout: config.timeouts.request,
                 max_header_size: config.max_header_size,
@@ -249,9 +250,11 @@ impl Routing {
                 config.timeouts.connect,
                 config.max_header_size,
             );
+            // A group with https targets is built anew: the CA file may
+            // have changed.
             let kept = old
                 .and_then(|old| old.groups.get(name))
-                .filter(|(old_key, _)| *old_key == key)
+                .filter(|(old_key, _)| *old_key == key && definition.first_tls_target().is_none())
                 .map(|(_, group)| group.clone());
             let group = kept.unwrap_or_else(|| {
                 let group = Arc::new(build_group(definition, &settings, config.threads.get()));
@@ -469,7 +472,7 @@ fn build_group(definition: &UpstreamGroup, settings: &UpstreamSettings, threads:
     let targets = definition
         .targets
         .iter()
-        .map(|url| Target::new(url.to_string(), url.address(), settings))
+        .map(|url| Target::new(url.to_string(), url.endpoint.clone(), settings))
         .collect();
     Group::new(
         targets,

@@ -32,6 +32,14 @@ pub struct Server {
 
 impl Server {
     pub async fn bind(config: Config) -> Result<Self, StartError> {
+        let tls_target = config.upstreams.values().find_map(|g| g.first_tls_target());
+        if let (Some(url), None) = (tls_target, &config.upstream_tls) {
+            return Err(StartError::Upstream {
+                url: url.to_string(),
+                reason: "an https target needs a TLS client configuration (Config::upstream_tls)"
+                    .into(),
+            });
+        }
         let listener = Listener::bind(config.listen).map_err(|source| StartError::Bind {
             addr: config.listen,
             source,

@@ -151,7 +151,7 @@ fn help_lists_every_flag_with_its_env_var_and_default() {
     assert!(status.success(), "{status}: {stderr:?}");
     let help = stdout.join("\n");
     let blocks = option_blocks(&help);
-    let expected: [(&str, &str, Option<&str>); 15] = [
+    let expected: [(&str, &str, Option<&str>); 16] = [
         ("--listen", "SSEGATE_LISTEN", Some("0.0.0.0:8443")),
         ("--cert", "SSEGATE_CERT", None),
         ("--key", "SSEGATE_KEY", None),
@@ -159,6 +159,7 @@ fn help_lists_every_flag_with_its_env_var_and_default() {
         ("--balance", "SSEGATE_BALANCE", Some("least-conn")),
         ("--health-check", "SSEGATE_HEALTH_CHECK", None),
         ("--health-interval", "SSEGATE_HEALTH_INTERVAL", Some("5s")),
+        ("--upstream-ca", "SSEGATE_UPSTREAM_CA", None),
         ("--request-timeout", "SSEGATE_REQUEST_TIMEOUT", Some("1m")),
         ("--send-timeout", "SSEGATE_SEND_TIMEOUT", Some("1m")),
         ("--max-header-size", "SSEGATE_MAX_HEADER_SIZE", Some("64k")),
@@ -208,7 +209,7 @@ fn help_lists_every_flag_with_its_env_var_and_default() {
             "usage should show {required} as required: {usage}"
         );
     }
-    for command in ["demo", "cert"] {
+    for command in ["demo", "cert", "check"] {
         assert!(
             help.lines()
                 .any(|l| l.trim_start().starts_with(&format!("{command} "))),
@@ -337,11 +338,42 @@ fn key_that_does_not_match_the_cert_is_one_clear_line() {
 }
 
 #[test]
-fn https_upstream_is_one_clear_line() {
+fn unsupported_upstream_scheme_is_one_clear_line() {
     assert_start_error(
-        proxy_cmd(&dev_cert_path(), &dev_key_path(), "https://127.0.0.1:9"),
-        &["--upstream", "https://127.0.0.1:9", "http://"],
+        proxy_cmd(&dev_cert_path(), &dev_key_path(), "ftp://127.0.0.1:9"),
+        &[
+            "--upstream",
+            "ftp://127.0.0.1:9",
+            "http://",
+            "https://",
+            "unix:",
+        ],
     );
+}
+
+#[test]
+fn unix_upstream_without_a_path_is_one_clear_line() {
+    assert_start_error(
+        proxy_cmd(&dev_cert_path(), &dev_key_path(), "unix:"),
+        &["--upstream", "unix:/path"],
+    );
+}
+
+#[test]
+fn missing_upstream_ca_file_is_one_clear_line() {
+    let mut cmd = proxy_cmd(&dev_cert_path(), &dev_key_path(), "https://127.0.0.1:9");
+    cmd.args(["--upstream-ca", "/nonexistent"]);
+    let line = assert_start_error(cmd, &["/nonexistent"]);
+    assert!(line.to_lowercase().contains("no such file"), "{line}");
+}
+
+#[test]
+fn upstream_ca_that_is_not_pem_is_one_clear_line() {
+    let dir = TempDir::new("upstream-ca");
+    let not_pem = dir.write("ca.pem", "not a certificate\n");
+    let mut cmd = proxy_cmd(&dev_cert_path(), &dev_key_path(), "https://127.0.0.1:9");
+    cmd.arg("--upstream-ca").arg(&not_pem);
+    assert_start_error(cmd, &[&not_pem.display().to_string(), "CERTIFICATE"]);
 }
 
 #[test]

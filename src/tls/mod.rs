@@ -1,4 +1,5 @@
-//! TLS: the rustls `ServerConfig`, certificates, and the handshake.
+//! TLS: the rustls `ServerConfig`, certificates, and the handshake; the
+//! `ClientConfig` of https upstreams (`client`).
 //!
 //! Only TLS 1.2 and 1.3 are enabled, with the aws-lc-rs provider's default
 //! suites (ECDHE key exchange, AEAD ciphers only) in the server's order, and
@@ -7,6 +8,7 @@
 
 pub mod accept;
 pub mod certs;
+pub mod client;
 pub mod client_hello;
 
 use std::sync::Arc;
@@ -21,6 +23,7 @@ pub use certs::{
     certified_key_from_pem, load_cert_chain, load_certified_key, load_private_key, load_source,
     CertPair, CertReloader, CertSource, CertStore,
 };
+pub use client::upstream_client_config;
 
 use crate::error::StartError;
 
@@ -43,14 +46,8 @@ pub struct ClientAuth {
 impl ClientAuth {
     /// Loads the CA certificates from a PEM file.
     pub fn load(path: &std::path::Path, optional: bool) -> Result<Self, StartError> {
-        let mut roots = RootCertStore::empty();
-        for cert in load_cert_chain(path)? {
-            roots
-                .add(cert)
-                .map_err(|e| StartError::file(path, format!("unusable CA certificate: {e}")))?;
-        }
         Ok(ClientAuth {
-            roots: Arc::new(roots),
+            roots: Arc::new(load_roots(path)?),
             optional,
         })
     }
@@ -67,6 +64,18 @@ impl ClientAuth {
             .build()
             .map_err(|e| StartError::Config(format!("--client-ca: {e}")))
     }
+}
+
+/// The CA certificates of a PEM file (client certificates' CAs, or a
+/// private CA of https upstreams); every one must be usable.
+pub fn load_roots(path: &std::path::Path) -> Result<RootCertStore, StartError> {
+    let mut roots = RootCertStore::empty();
+    for cert in load_cert_chain(path)? {
+        roots
+            .add(cert)
+            .map_err(|e| StartError::file(path, format!("unusable CA certificate: {e}")))?;
+    }
+    Ok(roots)
 }
 
 /// The server configuration: TLS 1.2 + 1.3, ECDHE + AEAD suites, the server's

@@ -11,11 +11,11 @@ use std::task::{ready, Context, Poll};
 
 use bytes::{Bytes, BytesMut};
 use http_body::{Body, Frame, SizeHint};
-use tokio::net::TcpStream;
 use tokio_util::io::poll_read_buf;
 
 use super::group::OpenGuard;
 use super::pool::Pool;
+use super::stream::UpstreamStream;
 use crate::http1::body::DecodeError;
 use crate::http1::Decoder;
 
@@ -28,7 +28,7 @@ pub struct ResponseBody {
     /// connection closes: whoever sees the close sees the count without it.
     open: Option<OpenGuard>,
     /// None once the connection went back to its pool.
-    stream: Option<TcpStream>,
+    stream: Option<UpstreamStream>,
     /// Bytes read but not yet decoded; released whenever it empties.
     buf: BytesMut,
     decoder: Decoder,
@@ -39,7 +39,7 @@ pub struct ResponseBody {
 
 impl ResponseBody {
     pub(super) fn new(
-        stream: TcpStream,
+        stream: UpstreamStream,
         buf: BytesMut,
         decoder: Decoder,
         recycle: Option<Arc<Pool>>,

@@ -15,9 +15,8 @@ use http::{Method, StatusCode};
 use http_body::Frame;
 use http_body_util::BodyExt;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::tcp::{ReadHalf, WriteHalf};
-use tokio::net::TcpStream;
 
+use super::stream::{ReadHalf, UpstreamStream, WriteHalf};
 use super::RequestBody;
 use crate::error::ProxyError;
 use crate::http1::body::{keeps_alive, push_chunk, response_framing, LAST_CHUNK};
@@ -43,7 +42,7 @@ pub struct Exchanged {
     pub framing: Framing,
     /// Bytes read past the head: the start of the body.
     pub buf: BytesMut,
-    pub stream: TcpStream,
+    pub stream: UpstreamStream,
     /// The connection may carry another request after this response.
     pub reusable: bool,
 }
@@ -69,7 +68,7 @@ impl From<ExchangeError> for ProxyError {
 /// Sends `head` and `body` (framed as `framing`) over `stream` and reads the
 /// final response head to a `method` request.
 pub async fn exchange<B: RequestBody>(
-    mut stream: TcpStream,
+    mut stream: UpstreamStream,
     method: &Method,
     mut head: Vec<u8>,
     body: Option<B>,
@@ -220,9 +219,14 @@ fn add_frame(
 }
 
 /// Writes `bytes` whole, or fails after the request timeout: an upstream
-/// that stops reading must not hold the request forever.
+/// that stops reading must not hold the request forever. The flush is free
+/// on a socket; TLS may keep the last record until it.
 async fn write(writer: &mut WriteHalf<'_>, bytes: &[u8], limits: Limits) -> std::io::Result<()> {
-    match tokio::time::timeout(limits.request_timeout, writer.write_all(bytes)).await {
+    let written = async {
+        writer.write_all(bytes).await?;
+        writer.flush().await
+    };
+    match tokio::time::timeout(limits.request_timeout, written).await {
         Ok(written) => written,
         Err(_) => Err(std::io::ErrorKind::TimedOut.into()),
     }

@@ -22,7 +22,9 @@ use std::time::{Duration, Instant};
 use http::StatusCode;
 use tokio_util::sync::CancellationToken;
 
-use super::{RequestBody, ResponseBody, TargetError, Upstream, UpstreamRequest, UpstreamSettings};
+use super::{
+    Endpoint, RequestBody, ResponseBody, TargetError, Upstream, UpstreamRequest, UpstreamSettings,
+};
 use crate::error::ProxyError;
 use crate::message::ResponseHead;
 
@@ -79,12 +81,12 @@ pub struct Target {
 }
 
 impl Target {
-    /// `url` for logs, `authority` (`host:port`) to connect to.
-    pub fn new(url: String, authority: String, settings: &UpstreamSettings) -> Self {
+    /// `url` for logs, `endpoint` to connect to.
+    pub fn new(url: String, endpoint: Endpoint, settings: &UpstreamSettings) -> Self {
         Target {
             url,
-            upstream: Upstream::new(authority.clone(), settings),
-            authority,
+            authority: endpoint.host_header().to_owned(),
+            upstream: Upstream::new(endpoint, settings),
             open: (0..settings.threads.max(1))
                 .map(|_| Arc::new(Counter::default()))
                 .collect(),

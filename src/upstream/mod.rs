@@ -1,7 +1,8 @@
-//! The upstream layer: one connection type (HTTP/1.1 over TCP, driven by
-//! `exchange`, its body read by `ResponseBody`) and one pool of keep-alive
-//! connections per serving thread, used by HTTP/1.1 clients, HTTP/2
-//! clients and shared streams alike.
+//! The upstream layer: one connection type (`UpstreamStream`: HTTP/1.1
+//! over TCP, TLS or a Unix socket, driven by `exchange`, its body read by
+//! `ResponseBody`) and one pool of keep-alive connections per serving
+//! thread, used by HTTP/1.1 clients, HTTP/2 clients and shared streams
+//! alike.
 //!
 //! `Upstream` is one target address; `Group` is the targets requests go to,
 //! with a balancing policy and health, each target with its own `Upstream`.
@@ -10,6 +11,7 @@ pub mod body;
 mod exchange;
 mod group;
 mod pool;
+mod stream;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,13 +19,15 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::Method;
 use http_body::Body;
-use tokio::net::TcpStream;
+use tokio::net::{TcpStream, UnixStream};
+use tokio_rustls::TlsConnector;
 
 pub use body::ResponseBody;
 pub use exchange::Limits;
 use exchange::{exchange, ExchangeError, Exchanged};
 pub use group::{Balance, Group, HealthCheck, Target};
 pub use pool::Pool;
+pub use stream::{Endpoint, UpstreamStream};
 
 use crate::error::ProxyError;
 use crate::http1::{Decoder, Framing};
@@ -37,8 +41,9 @@ impl<B> RequestBody for B where B: Body<Data = Bytes, Error = ProxyError> + Send
 /// One upstream address and its idle connections.
 #[derive(Debug)]
 pub struct Upstream {
-    /// `host:port`, to connect to.
-    address: String,
+    endpoint: Endpoint,
+    /// The client side of TLS, for an `https` endpoint.
+    tls: Option<Arc<rustls::ClientConfig>>,
     connect_timeout: Duration,
     limits: Limits,
     /// One pool per serving thread.
@@ -48,7 +53,11 @@ pub struct Upstream {
 /// How to reach an upstream and how long to wait for it.
 #[derive(Debug, Clone)]
 pub struct UpstreamSettings {
+    /// TCP connect plus, for https, the TLS handshake.
     pub connect_timeout: Duration,
+    /// Trust and ALPN for https targets, built once at start-up (None: no
+    /// https target can be reached).
+    pub tls: Option<Arc<rustls::ClientConfig>>,
     pub limits: Limits,
     pub max_idle: usize,
     pub idle_timeout: Duration,
@@ -70,9 +79,10 @@ pub struct UpstreamRequest<'a, B> {
 }
 
 impl Upstream {
-    pub fn new(address: String, settings: &UpstreamSettings) -> Self {
+    pub fn new(endpoint: Endpoint, settings: &UpstreamSettings) -> Self {
         Upstream {
-            address,
+            endpoint,
+            tls: settings.tls.clone(),
             connect_timeout: settings.connect_timeout,
             limits: settings.limits,
             pools: (0..settings.threads.max(1))
@@ -118,7 +128,7 @@ impl Upstream {
     /// another attempt when the request may be sent again.
     async fn exchange<B: RequestBody>(
         &self,
-        stream: TcpStream,
+        stream: UpstreamStream,
         request: &mut UpstreamRequest<'_, B>,
     ) -> Result<Exchanged, ExchangeError> {
         let head = if request.resendable {
@@ -166,26 +176,59 @@ impl Upstream {
         )
     }
 
-    /// A new connection, with TCP_NODELAY, within the connect timeout.
-    async fn connect(&self) -> Result<TcpStream, ProxyError> {
+    /// A new connection to the endpoint, within the connect timeout (a TLS
+    /// handshake included). Every connection, of requests, shared streams
+    /// and health checks alike, is made here.
+    async fn connect(&self) -> Result<UpstreamStream, ProxyError> {
         let timeout = self.connect_timeout;
-        let tcp = match tokio::time::timeout(timeout, TcpStream::connect(&self.address)).await {
-            Ok(Ok(tcp)) => tcp,
-            Ok(Err(err)) => {
-                return Err(ProxyError::UpstreamConnect(format!(
-                    "tcp connect error: {err}"
-                )))
-            }
-            Err(_) => {
-                return Err(ProxyError::UpstreamConnect(format!(
-                    "tcp connect timed out after {timeout:?}"
-                )))
-            }
-        };
-        // Small event writes must not wait for Nagle's algorithm (40-200 ms).
-        let _ = tcp.set_nodelay(true);
-        Ok(tcp)
+        match tokio::time::timeout(timeout, self.open()).await {
+            Ok(opened) => opened,
+            Err(_) => Err(ProxyError::UpstreamConnect(format!(
+                "connect to {} timed out after {timeout:?}",
+                self.endpoint
+            ))),
+        }
     }
+
+    async fn open(&self) -> Result<UpstreamStream, ProxyError> {
+        match &self.endpoint {
+            Endpoint::Tcp(address) => Ok(UpstreamStream::Tcp(tcp_connect(address).await?)),
+            Endpoint::Tls { address, name } => {
+                let Some(config) = &self.tls else {
+                    return Err(ProxyError::UpstreamConnect(
+                        "no TLS client configuration for an https target".into(),
+                    ));
+                };
+                let tcp = tcp_connect(address).await?;
+                let tls = TlsConnector::from(config.clone())
+                    .connect(name.clone(), tcp)
+                    .await
+                    .map_err(|err| {
+                        ProxyError::UpstreamConnect(format!(
+                            "TLS handshake with {address} failed: {err}"
+                        ))
+                    })?;
+                Ok(UpstreamStream::Tls(Box::new(tls)))
+            }
+            Endpoint::Unix(path) => match UnixStream::connect(path).await {
+                Ok(unix) => Ok(UpstreamStream::Unix(unix)),
+                Err(err) => Err(ProxyError::UpstreamConnect(format!(
+                    "connect to {} failed: {err}",
+                    self.endpoint
+                ))),
+            },
+        }
+    }
+}
+
+/// A TCP connection with TCP_NODELAY.
+async fn tcp_connect(address: &str) -> Result<TcpStream, ProxyError> {
+    let tcp = TcpStream::connect(address).await.map_err(|err| {
+        ProxyError::UpstreamConnect(format!("tcp connect error ({address}): {err}"))
+    })?;
+    // Small event writes must not wait for Nagle's algorithm (40-200 ms).
+    let _ = tcp.set_nodelay(true);
+    Ok(tcp)
 }
 
 /// Why a target gave no response, which says whether the request may go
@@ -247,6 +290,7 @@ mod tests {
     fn settings() -> UpstreamSettings {
         UpstreamSettings {
             connect_timeout: Duration::from_secs(5),
+            tls: None,
             limits: Limits {
                 request_timeout: Duration::from_secs(5),
                 max_header_size: 64 * 1024,
@@ -278,7 +322,7 @@ mod tests {
                 .unwrap();
             (tcp, head)
         });
-        let upstream = Upstream::new(addr.to_string(), &settings());
+        let upstream = Upstream::new(Endpoint::Tcp(addr.to_string()), &settings());
         let mut request = UpstreamRequest::<NoBody> {
             method: &Method::GET,
             head: b"GET /events HTTP/1.1\r\nhost: example.com\r\n\r\n".to_vec(),
@@ -324,7 +368,7 @@ mod tests {
                 .unwrap();
             (second_request, resent)
         });
-        let upstream = Upstream::new(addr.to_string(), &settings());
+        let upstream = Upstream::new(Endpoint::Tcp(addr.to_string()), &settings());
         let get = |path: &str| UpstreamRequest::<NoBody> {
             method: &Method::GET,
             head: format!("GET {path} HTTP/1.1\r\nhost: a\r\n\r\n").into_bytes(),

@@ -1,7 +1,8 @@
-//! Shared test harness: an in-process proxy, the test upstream and TLS
-//! clients, all on real sockets at 127.0.0.1:0, plus the child processes
-//! (the `ssegate` binary, curl, ...) and temporary directories some tests
-//! need. Everything stops or is removed on Drop.
+//! Shared test harness: an in-process proxy, the test upstream (also behind
+//! TLS or a Unix socket: `fronts`) and TLS clients, all on real sockets at
+//! 127.0.0.1:0, plus the child processes (the `ssegate` binary, curl, ...)
+//! and temporary directories some tests need. Everything stops or is
+//! removed on Drop.
 //!
 //! Each test file compiles this module on its own and uses only part of it,
 //! hence `dead_code` is allowed. Everything is re-exported here, so a test
@@ -15,6 +16,7 @@ use std::time::Duration;
 use ssegate::tls::CertPair;
 
 mod clients;
+mod fronts;
 mod paths;
 mod process;
 mod proxy;
@@ -27,6 +29,8 @@ mod upstream;
 // A test file that uses nothing of a module would warn about its re-export.
 #[allow(unused_imports)]
 pub use clients::*;
+#[allow(unused_imports)]
+pub use fronts::*;
 #[allow(unused_imports)]
 pub use paths::*;
 #[allow(unused_imports)]
