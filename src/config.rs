@@ -12,6 +12,7 @@ use http::Uri;
 use crate::cli::{ProxyArgs, SecurityArgs, StreamArgs, TimeoutArgs};
 use crate::defaults;
 use crate::error::StartError;
+use crate::limits::ConnectionLimits;
 use crate::tls::{self, CertPair, CertReloader, CertSource, CertStore, ClientAuth};
 use crate::upstream::{Balance, HealthCheck};
 
@@ -263,6 +264,8 @@ pub struct Config {
     pub max_body: Option<u64>,
     /// Forward request header names with underscores (dropped by default).
     pub keep_underscore_headers: bool,
+    /// Connection and stream limits, and the PROXY protocol (all off by default).
+    pub limits: ConnectionLimits,
 }
 
 impl std::fmt::Debug for Config {
@@ -297,6 +300,7 @@ impl Config {
             max_header_size: defaults::MAX_HEADER_SIZE,
             max_body: None,
             keep_underscore_headers: false,
+            limits: ConnectionLimits::default(),
         }
     }
 
@@ -337,6 +341,7 @@ impl Config {
         config.max_header_size = args.max_header_size.0;
         config.max_body = args.max_body.map(|size| size.0 as u64);
         config.keep_underscore_headers = args.keep_underscore_headers;
+        config.limits = ConnectionLimits::from(&args.limits);
         config.threads = args
             .threads
             .unwrap_or_else(|| std::thread::available_parallelism().unwrap_or(NonZeroUsize::MIN));
