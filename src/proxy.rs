@@ -18,6 +18,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::Config;
 use crate::error::{BoxError, ProxyError};
 use crate::http1::Framing;
+use crate::limits::{PerIpGuard, PerIpLimit};
 use crate::message::{Fields, RequestHead, ResponseHead};
 use crate::rules::{self, Forwarding};
 use crate::sse::hub::{Hub, HubSettings};
@@ -58,6 +59,8 @@ pub struct Proxy {
     event_stream_relay: Arc<RelaySettings>,
     subscriber_relay: Arc<RelaySettings>,
     hub: Arc<Hub>,
+    /// `--max-streams-per-ip`; None: no limit.
+    streams_per_ip: Option<Arc<PerIpLimit>>,
     shutdown: CancellationToken,
 }
 
@@ -111,6 +114,7 @@ impl Proxy {
                 ..relay_settings(config, BodyKind::EventStream)
             }),
             hub,
+            streams_per_ip: config.limits.max_streams_per_ip.map(PerIpLimit::new),
             shutdown,
         })
     }
@@ -123,6 +127,21 @@ impl Proxy {
     /// The upstream targets (for their counters and health checks).
     pub fn upstream(&self) -> &Arc<Group> {
         &self.upstream
+    }
+
+    /// Counts one more long-lived stream (an event stream, a shared-stream
+    /// subscription, a WebSocket) for the client's address against
+    /// `--max-streams-per-ip`, until the returned guard is dropped: hold it
+    /// for exactly as long as the stream. `Ok(None)` without the limit;
+    /// `Err(TooManyStreams)` (429) when the address is at it.
+    pub fn stream_slot(&self, conn: &ConnInfo) -> Result<Option<PerIpGuard>, ProxyError> {
+        let Some(limit) = &self.streams_per_ip else {
+            return Ok(None);
+        };
+        match limit.try_acquire(conn.peer.ip()) {
+            Some(guard) => Ok(Some(guard)),
+            None => Err(ProxyError::TooManyStreams(limit.max())),
+        }
     }
 
     /// Cancelled when the proxy starts to drain.
@@ -148,7 +167,7 @@ impl Proxy {
             Err(err) => return self.failed(err, access),
         };
         if head.method == Method::GET && self.hub.is_shared(head.path()) {
-            return self.subscribe(&head, host, conn.worker, access).await;
+            return self.subscribe(&head, host, conn, access).await;
         }
         let body = match LimitedBody::new(body, self.max_body) {
             Ok(body) => body,
@@ -179,6 +198,13 @@ impl Proxy {
             Err(err) => return self.failed(err, access),
         };
         let filtered = rules::filter_response(response, &head.method);
+        // Only known to be a stream now: over the limit, the upstream's
+        // response is dropped unread (its connection closes) for a 429.
+        let slot = match filtered.event_stream.then(|| self.stream_slot(conn)) {
+            Some(Err(err)) => return self.failed(err, access),
+            Some(Ok(slot)) => slot,
+            None => None,
+        };
         access.status = filtered.head.status;
         let (kind, settings) = if filtered.event_stream {
             (BodyKind::EventStream, &self.event_stream_relay)
@@ -188,7 +214,9 @@ impl Proxy {
         debug_assert_eq!(settings.kind, kind);
         let mut head = filtered.head;
         rules::add_hsts(&mut head, self.hsts.as_deref());
-        let body = RelayBody::new(body, settings.clone(), &self.shutdown, access).boxed();
+        let body = RelayBody::new(body, settings.clone(), &self.shutdown, access)
+            .holding(slot)
+            .boxed();
         ProxyResponse {
             head,
             body,
@@ -201,22 +229,29 @@ impl Proxy {
         &self,
         head: &RequestHead,
         host: String,
-        worker: usize,
+        conn: &ConnInfo,
         mut access: AccessLog,
     ) -> ProxyResponse {
+        // Before subscribing, so a refused client starts no upstream stream.
+        let slot = match self.stream_slot(conn) {
+            Ok(slot) => slot,
+            Err(err) => return self.failed(err, access),
+        };
         let last_event_id = head
             .fields
             .get("last-event-id")
             .and_then(|id| std::str::from_utf8(id).ok());
         match self
             .hub
-            .subscribe(&head.target, host, last_event_id, worker)
+            .subscribe(&head.target, host, last_event_id, conn.worker)
             .await
         {
             Ok(subscription) => {
                 access.status = StatusCode::OK;
                 let settings = self.subscriber_relay.clone();
-                let body = RelayBody::new(subscription, settings, &self.shutdown, access).boxed();
+                let body = RelayBody::new(subscription, settings, &self.shutdown, access)
+                    .holding(slot)
+                    .boxed();
                 let mut fields = Fields::builder();
                 fields
                     .push(b"content-type", b"text/event-stream")

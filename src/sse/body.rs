@@ -22,6 +22,7 @@ use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
 use super::framing::EventBoundary;
 use crate::error::BoxError;
+use crate::limits::PerIpGuard;
 
 /// The comment written as a heartbeat: ignored by EventSource, but traffic for
 /// every idle timer between the proxy and the browser.
@@ -124,6 +125,10 @@ impl Drop for AccessLog {
 
 pin_project_lite::pin_project! {
     pub struct RelayBody<B = Incoming> {
+        // Counts an event stream against --max-streams-per-ip; released
+        // when the stream ends. First, so that a client that leaves frees
+        // it before the upstream sees its connection close.
+        stream_slot: Option<PerIpGuard>,
         #[pin]
         inner: B,
         // Armed the first time the upstream is quiet (a response that arrives
@@ -167,6 +172,7 @@ impl<B> RelayBody<B> {
             BodyKind::Ordinary => None,
         };
         RelayBody {
+            stream_slot: None,
             inner,
             idle: None,
             settings,
@@ -180,6 +186,15 @@ impl<B> RelayBody<B> {
             done: false,
             access,
         }
+    }
+}
+
+impl<B> RelayBody<B> {
+    /// Holds `slot` (see `Proxy::stream_slot`) for as long as the body is
+    /// relayed: until it ends, or is dropped when the client leaves.
+    pub fn holding(mut self, slot: Option<PerIpGuard>) -> Self {
+        self.stream_slot = slot;
+        self
     }
 }
 
@@ -206,6 +221,38 @@ where
     type Error = BoxError;
 
     fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let frame = self.as_mut().relay(cx);
+        // Released before the client sees the end, so that a stream it
+        // opens next is not refused for this one.
+        if self.done && self.stream_slot.is_some() {
+            *self.as_mut().project().stream_slot = None;
+        }
+        frame
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.done
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self.settings.kind {
+            BodyKind::Ordinary => self.inner.size_hint(),
+            // Never a Content-Length on an event stream: it is open-ended.
+            BodyKind::EventStream => SizeHint::default(),
+        }
+    }
+}
+
+impl<B> RelayBody<B>
+where
+    B: Body<Data = Bytes>,
+    B::Error: Into<BoxError> + std::fmt::Display,
+{
+    /// The next frame for the client (see the module's description).
+    fn relay(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
@@ -310,17 +357,5 @@ where
             }
         }
         Poll::Pending
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.done
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        match self.settings.kind {
-            BodyKind::Ordinary => self.inner.size_hint(),
-            // Never a Content-Length on an event stream: it is open-ended.
-            BodyKind::EventStream => SizeHint::default(),
-        }
     }
 }
