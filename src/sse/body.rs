@@ -359,3 +359,86 @@ where
         Poll::Pending
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::net::{IpAddr, SocketAddr};
+    use std::num::NonZeroU32;
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    use http_body_util::{BodyExt, Full};
+
+    use super::*;
+    use crate::limits::PerIpLimit;
+
+    const CLIENT: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(192, 0, 2, 1));
+
+    fn stream_of<B>(inner: B, limit: &Arc<PerIpLimit>) -> RelayBody<B> {
+        let settings = Arc::new(RelaySettings {
+            kind: BodyKind::EventStream,
+            idle_timeout: None,
+            heartbeat: None,
+            drain_retry: None,
+        });
+        let access = AccessLog::new(
+            SocketAddr::new(CLIENT, 40000),
+            Method::GET,
+            "/events".into(),
+            Version::HTTP_11,
+        );
+        RelayBody::new(inner, settings, &CancellationToken::new(), access)
+            .holding(limit.try_acquire(CLIENT))
+    }
+
+    /// The upstream body, noting how many streams its client held when it
+    /// was dropped (when the proxy closes the upstream connection).
+    struct Upstream {
+        limit: Arc<PerIpLimit>,
+        held_at_drop: Arc<AtomicU32>,
+    }
+
+    impl Body for Upstream {
+        type Data = Bytes;
+        type Error = std::convert::Infallible;
+
+        fn poll_frame(
+            self: Pin<&mut Self>,
+            _cx: &mut Context<'_>,
+        ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+            Poll::Pending
+        }
+    }
+
+    impl Drop for Upstream {
+        fn drop(&mut self) {
+            let held = self.limit.count(CLIENT);
+            self.held_at_drop.store(held, Ordering::SeqCst);
+        }
+    }
+
+    #[tokio::test]
+    async fn a_stream_slot_is_released_when_the_stream_ends_before_the_body_is_dropped() {
+        let limit = PerIpLimit::new(NonZeroU32::MIN);
+        let inner = Full::new(Bytes::from_static(b"data: x\n\n"));
+        let mut body = stream_of(inner, &limit);
+        assert_eq!(limit.count(CLIENT), 1);
+        assert!(body.frame().await.is_some());
+        assert_eq!(limit.count(CLIENT), 1, "held while the stream is open");
+        assert!(body.frame().await.is_none());
+        assert_eq!(limit.count(CLIENT), 0, "released as the stream ends");
+    }
+
+    #[test]
+    fn a_stream_slot_is_released_before_the_upstream_sees_the_client_leave() {
+        let limit = PerIpLimit::new(NonZeroU32::MIN);
+        let held_at_drop = Arc::new(AtomicU32::new(u32::MAX));
+        let upstream = Upstream {
+            limit: limit.clone(),
+            held_at_drop: held_at_drop.clone(),
+        };
+        let body = stream_of(upstream, &limit);
+        assert_eq!(limit.count(CLIENT), 1);
+        drop(body);
+        assert_eq!(held_at_drop.load(Ordering::SeqCst), 0);
+    }
+}
