@@ -1,7 +1,7 @@
 //! The command line, as users type it. Parsed here, validated in `config`.
 
 use std::net::SocketAddr;
-use std::num::NonZeroUsize;
+use std::num::{NonZeroU32, NonZeroUsize};
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
@@ -178,6 +178,9 @@ pub struct ProxyArgs {
 
     #[command(flatten)]
     pub security: SecurityArgs,
+
+    #[command(flatten)]
+    pub limits: LimitArgs,
 }
 
 #[derive(Debug, Args, Clone)]
@@ -392,4 +395,43 @@ pub struct CertArgs {
     /// Validity in days.
     #[arg(long, default_value_t = 3650)]
     pub days: u32,
+}
+
+/// Limits on connections and streams, and the PROXY protocol.
+#[derive(Debug, Args, Clone)]
+pub struct LimitArgs {
+    /// Client connections open at once, TLS handshakes included. Beyond it
+    /// ssegate stops accepting: new connections wait in the kernel's listen
+    /// backlog until one closes. No limit by default.
+    #[arg(long, value_name = "N", env = "SSEGATE_MAX_CONNECTIONS", value_parser = at_least_one)]
+    pub max_connections: Option<NonZeroU32>,
+
+    /// Connections open at once from one client address; a further one is
+    /// closed before its TLS handshake. No limit by default.
+    #[arg(long, value_name = "N", env = "SSEGATE_MAX_CONNECTIONS_PER_IP", value_parser = at_least_one)]
+    pub max_connections_per_ip: Option<NonZeroU32>,
+
+    /// Event streams (shared-stream subscriptions included) open at once
+    /// from one client address; a further one gets 429 Too Many Requests.
+    /// No limit by default.
+    #[arg(long, value_name = "N", env = "SSEGATE_MAX_STREAMS_PER_IP", value_parser = at_least_one)]
+    pub max_streams_per_ip: Option<NonZeroU32>,
+
+    /// Expect a PROXY protocol header (v1 or v2, from a load balancer in
+    /// front) first on every connection: its source address is the client's
+    /// address, for X-Forwarded-For, logs and the per-address limits. A
+    /// connection without a valid header is closed.
+    #[arg(long, env = "SSEGATE_PROXY_PROTOCOL")]
+    pub proxy_protocol: bool,
+}
+
+/// A limit: a whole number of at least 1 (no flag is no limit).
+fn at_least_one(text: &str) -> Result<NonZeroU32, String> {
+    text.trim()
+        .parse::<u32>()
+        .ok()
+        .and_then(NonZeroU32::new)
+        .ok_or_else(|| {
+            "expected a whole number of at least 1 (leave the flag out for no limit)".to_owned()
+        })
 }

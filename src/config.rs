@@ -19,6 +19,7 @@ use crate::cli::{Cli, ProxyArgs, SecurityArgs, StreamArgs, TimeoutArgs};
 use crate::config_file::{ConfigFile, FileError, GroupSpec, RouteSpec};
 use crate::defaults;
 use crate::error::StartError;
+use crate::limits::ConnectionLimits;
 use crate::routes::HostPattern;
 use crate::tls::{self, CertPair, CertReloader, CertSource, CertStore, ClientAuth};
 use crate::upstream::{Balance, Endpoint, HealthCheck};
@@ -311,6 +312,8 @@ pub struct Config {
     pub max_body: Option<u64>,
     /// Forward request header names with underscores (dropped by default).
     pub keep_underscore_headers: bool,
+    /// Connection and stream limits, and the PROXY protocol (all off by default).
+    pub limits: ConnectionLimits,
 }
 
 impl std::fmt::Debug for Config {
@@ -358,6 +361,7 @@ impl Config {
             max_header_size: defaults::MAX_HEADER_SIZE,
             max_body: None,
             keep_underscore_headers: false,
+            limits: ConnectionLimits::default(),
         }
     }
 
@@ -412,6 +416,7 @@ impl Config {
         config.max_header_size = args.max_header_size.0;
         config.max_body = args.max_body.map(|size| size.0 as u64);
         config.keep_underscore_headers = args.keep_underscore_headers;
+        config.limits = ConnectionLimits::from(&args.limits);
         config.threads = args
             .threads
             .unwrap_or_else(|| std::thread::available_parallelism().unwrap_or(NonZeroUsize::MIN));

@@ -67,6 +67,9 @@ pub enum ProxyError {
     /// No route matches the request's host and path.
     #[error("no route for this host and path")]
     NoRoute,
+    /// The client's address holds `--max-streams-per-ip` streams already.
+    #[error("too many event streams from this address (limit {0})")]
+    TooManyStreams(u32),
 }
 
 impl ProxyError {
@@ -80,6 +83,7 @@ impl ProxyError {
             ProxyError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ProxyError::BodyTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ProxyError::NoRoute => StatusCode::NOT_FOUND,
+            ProxyError::TooManyStreams(_) => StatusCode::TOO_MANY_REQUESTS,
         }
     }
 
@@ -93,14 +97,19 @@ impl ProxyError {
             StatusCode::METHOD_NOT_ALLOWED => "405 Method Not Allowed\n",
             StatusCode::PAYLOAD_TOO_LARGE => "413 Content Too Large\n",
             StatusCode::NOT_FOUND => "404 Not Found\n",
+            StatusCode::TOO_MANY_REQUESTS => {
+                "429 Too Many Requests: too many event streams from this address\n"
+            }
             _ => "400 Bad Request\n",
         }
     }
 
     /// Whether the client's side failed (its connection then closes after
-    /// the error response), rather than the upstream's.
+    /// the error response), rather than the upstream's. A stream refused
+    /// for a limit is not a failure: the request was read whole, and the
+    /// connection goes on.
     pub fn is_client_error(&self) -> bool {
-        self.status().is_client_error()
+        self.status().is_client_error() && !matches!(self, ProxyError::TooManyStreams(_))
     }
 }
 

@@ -21,6 +21,7 @@ use arc_swap::ArcSwap;
 use crate::config::{Config, RouteConfig, UpstreamGroup};
 use crate::error::{BoxError, ProxyError};
 use crate::http1::Framing;
+use crate::limits::{PerIpGuard, PerIpLimit};
 use crate::message::{Fields, RequestHead, ResponseHead};
 use crate::routes::RouteTable;
 use crate::rules::{self, Forwarding};
@@ -54,6 +55,9 @@ pub struct ProxyResponse {
 /// configuration is reloaded) and the shutdown token.
 pub struct Proxy {
     routing: ArcSwap<Routing>,
+    /// `--max-streams-per-ip`; None: no limit. Not reloaded: the counts
+    /// are of streams that outlive a reload.
+    streams_per_ip: Option<Arc<PerIpLimit>>,
     shutdown: CancellationToken,
 }
 
@@ -94,6 +98,7 @@ impl Proxy {
         let routing = Routing::build(config, None, &shutdown);
         Arc::new(Proxy {
             routing: ArcSwap::from_pointee(routing),
+            streams_per_ip: config.limits.max_streams_per_ip.map(PerIpLimit::new),
             shutdown,
         })
     }
@@ -131,6 +136,21 @@ impl Proxy {
             .collect()
     }
 
+    /// Counts one more long-lived stream (an event stream, a shared-stream
+    /// subscription, a WebSocket) for the client's address against
+    /// `--max-streams-per-ip`, until the returned guard is dropped: hold it
+    /// for exactly as long as the stream. `Ok(None)` without the limit;
+    /// `Err(TooManyStreams)` (429) when the address is at it.
+    pub fn stream_slot(&self, conn: &ConnInfo) -> Result<Option<PerIpGuard>, ProxyError> {
+        let Some(limit) = &self.streams_per_ip else {
+            return Ok(None);
+        };
+        match limit.try_acquire(conn.peer.ip()) {
+            Some(guard) => Ok(Some(guard)),
+            None => Err(ProxyError::TooManyStreams(limit.max())),
+        }
+    }
+
     /// Cancelled when the proxy starts to drain.
     pub fn shutdown_token(&self) -> &CancellationToken {
         &self.shutdown
@@ -159,8 +179,13 @@ impl Proxy {
         };
         let strip_prefix = route.strip_prefix();
         if head.method == Method::GET && route.hub.is_shared(head.path()) {
+            // Before subscribing, so a refused client starts no upstream stream.
+            let slot = match self.stream_slot(conn) {
+                Ok(slot) => slot,
+                Err(err) => return routing.failed(err, access),
+            };
             return routing
-                .subscribe(route, &head, host, conn.worker, access)
+                .subscribe(route, &head, host, conn.worker, slot, access)
                 .await;
         }
         let body = match LimitedBody::new(body, route.config.max_body) {
@@ -194,6 +219,13 @@ impl Proxy {
             Err(err) => return routing.failed(err, access),
         };
         let filtered = rules::filter_response(response, &head.method);
+        // Only known to be a stream now: over the limit, the upstream's
+        // response is dropped unread (its connection closes) for a 429.
+        let slot = match filtered.event_stream.then(|| self.stream_slot(conn)) {
+            Some(Err(err)) => return routing.failed(err, access),
+            Some(Ok(slot)) => slot,
+            None => None,
+        };
         access.status = filtered.head.status;
         let (kind, settings) = if filtered.event_stream {
             (BodyKind::EventStream, &route.event_stream_relay)
@@ -203,7 +235,9 @@ impl Proxy {
         debug_assert_eq!(settings.kind, kind);
         let mut head = filtered.head;
         routing.finish_head(route, &mut head);
-        let body = RelayBody::new(body, settings.clone(), &self.shutdown, access).boxed();
+        let body = RelayBody::new(body, settings.clone(), &self.shutdown, access)
+            .holding(slot)
+            .boxed();
         ProxyResponse {
             head,
             body,
@@ -335,6 +369,7 @@ impl Routing {
         head: &RequestHead,
         host: String,
         worker: usize,
+        slot: Option<PerIpGuard>,
         mut access: AccessLog,
     ) -> ProxyResponse {
         let last_event_id = head
@@ -351,7 +386,9 @@ impl Routing {
             Ok(subscription) => {
                 access.status = StatusCode::OK;
                 let settings = route.subscriber_relay.clone();
-                let body = RelayBody::new(subscription, settings, &self.shutdown, access).boxed();
+                let body = RelayBody::new(subscription, settings, &self.shutdown, access)
+                    .holding(slot)
+                    .boxed();
                 let mut fields = Fields::builder();
                 fields
                     .push(b"content-type", b"text/event-stream")

@@ -39,6 +39,7 @@ struct FixedSettings {
     redirect_http: Option<std::net::SocketAddr>,
     threads: std::num::NonZeroUsize,
     client_auth: bool,
+    limits: crate::limits::ConnectionLimits,
 }
 
 impl FixedSettings {
@@ -48,6 +49,7 @@ impl FixedSettings {
             redirect_http: config.redirect_http,
             threads: config.threads,
             client_auth: config.client_auth,
+            limits: config.limits.clone(),
         }
     }
 }
@@ -150,7 +152,7 @@ impl Reloader {
         if fixed != self.fixed {
             tracing::warn!(
                 trigger,
-                "listen, redirect_http, threads and client_ca take effect only after a restart"
+                "listen, redirect_http, threads, client_ca, the connection and stream limits and proxy_protocol take effect only after a restart"
             );
         }
         tracing::info!(

@@ -7,13 +7,16 @@ use std::time::Duration;
 use hyper::server::conn::http2;
 use hyper_util::rt::TokioExecutor;
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
 use crate::conn::{self, ClientIo, SendTimeout};
 use crate::error::StartError;
+use crate::limits::{PerIpGuard, PerIpLimit};
 use crate::listener::Listener;
 use crate::proxy::{ConnInfo, Proxy};
+use crate::proxy_protocol::ProxyHeader;
 use crate::workers::Workers;
 
 /// Pause after an accept error such as EMFILE, so the loop does not spin.
@@ -120,9 +123,26 @@ impl Server {
         }
         let drain_timeout = config.timeouts.drain;
         let connections = Arc::new(ConnectionSettings::new(&config));
+        // --max-connections: a permit per open connection, taken before
+        // accepting, so beyond the limit connections wait in the backlog.
+        let open_limit = config
+            .limits
+            .max_connections
+            .map(|max| Arc::new(Semaphore::new(max.get() as usize)));
         let mut tasks = tokio::task::JoinSet::new();
 
         loop {
+            let permit = match &open_limit {
+                Some(limit) => tokio::select! {
+                    permit = limit.clone().acquire_owned() => match permit {
+                        Ok(permit) => Some(permit),
+                        // Never closed; if it were, stop like a shutdown.
+                        Err(_) => break,
+                    },
+                    () = shutdown.cancelled() => break,
+                },
+                None => None,
+            };
             let (tcp, peer) = tokio::select! {
                 accepted = listener.accept() => match accepted {
                     Ok(accepted) => accepted,
@@ -146,11 +166,17 @@ impl Server {
             let index = worker.index;
             let task = async move {
                 let _open = open;
-                let Some(mut io) = handshake.await else {
+                let _permit = permit;
+                let Some(accepted) = handshake.await else {
                     return;
                 };
+                let Accepted {
+                    mut io,
+                    client,
+                    per_ip: _per_ip,
+                } = accepted;
                 let conn = ConnInfo {
-                    peer,
+                    peer: client,
                     client_subject: client_subject(io.get_ref()),
                     worker: index,
                 };
@@ -200,10 +226,22 @@ fn serve_h1<'a>(
     Box::pin(conn::h1::serve(io, proxy, conn, settings))
 }
 
-/// What every connection needs: the TLS configuration and the protocols' settings.
+/// A connection through its handshake, ready for HTTP.
+struct Accepted {
+    io: Box<ClientIo>,
+    /// The client's address: the TCP peer, or the PROXY header's source.
+    client: SocketAddr,
+    /// Counts the connection for its client address while it is open.
+    per_ip: Option<PerIpGuard>,
+}
+
+/// What every connection needs: the TLS configuration, the protocols'
+/// settings, and the limits checked before the TLS handshake.
 struct ConnectionSettings {
     tls: Arc<rustls::ServerConfig>,
     tls_handshake_timeout: Duration,
+    proxy_protocol: bool,
+    per_ip: Option<Arc<PerIpLimit>>,
     send_timeout: Duration,
     h1: conn::h1::Settings,
     h2: http2::Builder<TokioExecutor>,
@@ -214,6 +252,8 @@ impl ConnectionSettings {
         ConnectionSettings {
             tls: config.tls.clone(),
             tls_handshake_timeout: config.timeouts.tls_handshake,
+            proxy_protocol: config.limits.proxy_protocol,
+            per_ip: config.limits.max_connections_per_ip.map(PerIpLimit::new),
             send_timeout: config.timeouts.send,
             h1: conn::h1::Settings {
                 header_read_timeout: config.timeouts.header_read,
@@ -223,8 +263,10 @@ impl ConnectionSettings {
         }
     }
 
-    /// The TLS handshake of an accepted connection; polled first on the
-    /// worker's runtime, which registers the socket with its event loop.
+    /// The TLS handshake of an accepted connection, after its PROXY header
+    /// (`--proxy-protocol`) and the per-address limit; all within the
+    /// handshake timeout. Polled first on the worker's runtime, which
+    /// registers the socket with its event loop.
     ///
     /// The connection comes out boxed: the TLS state is large, and a value
     /// that passes through the task's future keeps a slot in it (and so in
@@ -233,27 +275,65 @@ impl ConnectionSettings {
         &self,
         tcp: std::net::TcpStream,
         peer: SocketAddr,
-    ) -> Boxed<'static, Option<Box<ClientIo>>> {
+    ) -> Boxed<'static, Option<Accepted>> {
         let config = self.tls.clone();
         let timeout = self.tls_handshake_timeout;
         let send_timeout = self.send_timeout;
+        let proxy_protocol = self.proxy_protocol;
+        let per_ip = self.per_ip.clone();
         Box::pin(async move {
-            let tcp = match TcpStream::from_std(tcp) {
+            let mut tcp = match TcpStream::from_std(tcp) {
                 Ok(tcp) => tcp,
                 Err(err) => {
                     tracing::warn!(%peer, error = %err, "cannot register the connection");
                     return None;
                 }
             };
-            let handshake = crate::tls::accept::accept(tcp, config);
-            match tokio::time::timeout(timeout, handshake).await {
-                Ok(Ok(tls)) => Some(Box::new(SendTimeout::new(tls, send_timeout))),
-                Ok(Err(err)) => {
-                    tracing::debug!(%peer, error = %err, "TLS handshake failed");
-                    None
+            // Known once the PROXY header is read; the TCP peer until then.
+            let mut client = peer;
+            let handshake = async {
+                if proxy_protocol {
+                    match crate::proxy_protocol::read_header(&mut tcp).await {
+                        Ok(ProxyHeader::Client(source)) => client = source,
+                        Ok(ProxyHeader::Unknown) => {}
+                        Err(err) => {
+                            tracing::debug!(%peer, error = %err, "connection closed");
+                            return None;
+                        }
+                    }
                 }
+                let per_ip = match &per_ip {
+                    Some(limit) => match limit.try_acquire(client.ip()) {
+                        Some(guard) => Some(guard),
+                        None => {
+                            tracing::debug!(
+                                %peer,
+                                %client,
+                                max = limit.max(),
+                                "connection closed: too many from this address"
+                            );
+                            return None;
+                        }
+                    },
+                    None => None,
+                };
+                match crate::tls::accept::accept(tcp, config).await {
+                    Ok(tls) => Some((tls, per_ip)),
+                    Err(err) => {
+                        tracing::debug!(%client, error = %err, "TLS handshake failed");
+                        None
+                    }
+                }
+            };
+            match tokio::time::timeout(timeout, handshake).await {
+                Ok(Some((tls, per_ip))) => Some(Accepted {
+                    io: Box::new(SendTimeout::new(tls, send_timeout)),
+                    client,
+                    per_ip,
+                }),
+                Ok(None) => None,
                 Err(_) => {
-                    tracing::debug!(%peer, ?timeout, "TLS handshake timed out");
+                    tracing::debug!(%client, ?timeout, "TLS handshake timed out");
                     None
                 }
             }

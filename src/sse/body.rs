@@ -22,6 +22,7 @@ use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
 use super::framing::EventBoundary;
 use crate::error::BoxError;
+use crate::limits::PerIpGuard;
 
 /// The comment written as a heartbeat: ignored by EventSource, but traffic for
 /// every idle timer between the proxy and the browser.
@@ -124,6 +125,10 @@ impl Drop for AccessLog {
 
 pin_project_lite::pin_project! {
     pub struct RelayBody<B = Incoming> {
+        // Counts an event stream against --max-streams-per-ip; released
+        // when the stream ends. First, so that a client that leaves frees
+        // it before the upstream sees its connection close.
+        stream_slot: Option<PerIpGuard>,
         #[pin]
         inner: B,
         // Armed the first time the upstream is quiet (a response that arrives
@@ -167,6 +172,7 @@ impl<B> RelayBody<B> {
             BodyKind::Ordinary => None,
         };
         RelayBody {
+            stream_slot: None,
             inner,
             idle: None,
             settings,
@@ -180,6 +186,15 @@ impl<B> RelayBody<B> {
             done: false,
             access,
         }
+    }
+}
+
+impl<B> RelayBody<B> {
+    /// Holds `slot` (see `Proxy::stream_slot`) for as long as the body is
+    /// relayed: until it ends, or is dropped when the client leaves.
+    pub fn holding(mut self, slot: Option<PerIpGuard>) -> Self {
+        self.stream_slot = slot;
+        self
     }
 }
 
@@ -206,6 +221,38 @@ where
     type Error = BoxError;
 
     fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let frame = self.as_mut().relay(cx);
+        // Released before the client sees the end, so that a stream it
+        // opens next is not refused for this one.
+        if self.done && self.stream_slot.is_some() {
+            *self.as_mut().project().stream_slot = None;
+        }
+        frame
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.done
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self.settings.kind {
+            BodyKind::Ordinary => self.inner.size_hint(),
+            // Never a Content-Length on an event stream: it is open-ended.
+            BodyKind::EventStream => SizeHint::default(),
+        }
+    }
+}
+
+impl<B> RelayBody<B>
+where
+    B: Body<Data = Bytes>,
+    B::Error: Into<BoxError> + std::fmt::Display,
+{
+    /// The next frame for the client (see the module's description).
+    fn relay(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
@@ -311,16 +358,87 @@ where
         }
         Poll::Pending
     }
+}
 
-    fn is_end_stream(&self) -> bool {
-        self.done
+#[cfg(test)]
+mod tests {
+    use std::net::{IpAddr, SocketAddr};
+    use std::num::NonZeroU32;
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    use http_body_util::{BodyExt, Full};
+
+    use super::*;
+    use crate::limits::PerIpLimit;
+
+    const CLIENT: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(192, 0, 2, 1));
+
+    fn stream_of<B>(inner: B, limit: &Arc<PerIpLimit>) -> RelayBody<B> {
+        let settings = Arc::new(RelaySettings {
+            kind: BodyKind::EventStream,
+            idle_timeout: None,
+            heartbeat: None,
+            drain_retry: None,
+        });
+        let access = AccessLog::new(
+            SocketAddr::new(CLIENT, 40000),
+            Method::GET,
+            "/events".into(),
+            Version::HTTP_11,
+        );
+        RelayBody::new(inner, settings, &CancellationToken::new(), access)
+            .holding(limit.try_acquire(CLIENT))
     }
 
-    fn size_hint(&self) -> SizeHint {
-        match self.settings.kind {
-            BodyKind::Ordinary => self.inner.size_hint(),
-            // Never a Content-Length on an event stream: it is open-ended.
-            BodyKind::EventStream => SizeHint::default(),
+    /// The upstream body, noting how many streams its client held when it
+    /// was dropped (when the proxy closes the upstream connection).
+    struct Upstream {
+        limit: Arc<PerIpLimit>,
+        held_at_drop: Arc<AtomicU32>,
+    }
+
+    impl Body for Upstream {
+        type Data = Bytes;
+        type Error = std::convert::Infallible;
+
+        fn poll_frame(
+            self: Pin<&mut Self>,
+            _cx: &mut Context<'_>,
+        ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+            Poll::Pending
         }
+    }
+
+    impl Drop for Upstream {
+        fn drop(&mut self) {
+            let held = self.limit.count(CLIENT);
+            self.held_at_drop.store(held, Ordering::SeqCst);
+        }
+    }
+
+    #[tokio::test]
+    async fn a_stream_slot_is_released_when_the_stream_ends_before_the_body_is_dropped() {
+        let limit = PerIpLimit::new(NonZeroU32::MIN);
+        let inner = Full::new(Bytes::from_static(b"data: x\n\n"));
+        let mut body = stream_of(inner, &limit);
+        assert_eq!(limit.count(CLIENT), 1);
+        assert!(body.frame().await.is_some());
+        assert_eq!(limit.count(CLIENT), 1, "held while the stream is open");
+        assert!(body.frame().await.is_none());
+        assert_eq!(limit.count(CLIENT), 0, "released as the stream ends");
+    }
+
+    #[test]
+    fn a_stream_slot_is_released_before_the_upstream_sees_the_client_leave() {
+        let limit = PerIpLimit::new(NonZeroU32::MIN);
+        let held_at_drop = Arc::new(AtomicU32::new(u32::MAX));
+        let upstream = Upstream {
+            limit: limit.clone(),
+            held_at_drop: held_at_drop.clone(),
+        };
+        let body = stream_of(upstream, &limit);
+        assert_eq!(limit.count(CLIENT), 1);
+        drop(body);
+        assert_eq!(held_at_drop.load(Ordering::SeqCst), 0);
     }
 }
