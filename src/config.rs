@@ -19,6 +19,8 @@ use crate::upstream::{Balance, HealthCheck};
 pub struct Timeouts {
     pub request: Duration,
     pub sse_idle: Duration,
+    /// No byte in either direction of a WebSocket for this long closes it.
+    pub websocket_idle: Duration,
     pub connect: Duration,
     pub header_read: Duration,
     pub tls_handshake: Duration,
@@ -32,6 +34,7 @@ impl Default for Timeouts {
         Timeouts {
             request: defaults::REQUEST_TIMEOUT,
             sse_idle: defaults::SSE_IDLE_TIMEOUT,
+            websocket_idle: defaults::WEBSOCKET_IDLE_TIMEOUT,
             connect: defaults::CONNECT_TIMEOUT,
             header_read: defaults::HEADER_READ_TIMEOUT,
             tls_handshake: defaults::TLS_HANDSHAKE_TIMEOUT,
@@ -46,6 +49,7 @@ impl From<&TimeoutArgs> for Timeouts {
         Timeouts {
             request: args.request_timeout.into(),
             sse_idle: args.sse_idle_timeout.into(),
+            websocket_idle: args.websocket_idle_timeout.into(),
             connect: args.connect_timeout.into(),
             header_read: args.header_read_timeout.into(),
             tls_handshake: args.tls_handshake_timeout.into(),

@@ -2,7 +2,9 @@
 //! the request (`rules`), pick the way (a shared stream, or the upstream),
 //! write the upstream head (`rules`), exchange it (`upstream`), filter the
 //! response (`rules`) and wrap its body for the way to the client
-//! (`sse::RelayBody`). Never fails: every error becomes a response.
+//! (`sse::RelayBody`), or, for a WebSocket the upstream accepted, hand the
+//! client's protocol a `websocket::Tunnel`. Never fails: every error
+//! becomes a response.
 
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -12,7 +14,7 @@ use std::task::{ready, Context, Poll};
 use bytes::Bytes;
 use http::{Method, StatusCode};
 use http_body::{Body, Frame, SizeHint};
-use http_body_util::{BodyExt, Full};
+use http_body_util::{BodyExt, Empty, Full};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
@@ -22,7 +24,10 @@ use crate::message::{Fields, RequestHead, ResponseHead};
 use crate::rules::{self, Forwarding};
 use crate::sse::hub::{Hub, HubSettings};
 use crate::sse::{AccessLog, BodyKind, Outcome, RelayBody, RelaySettings};
-use crate::upstream::{Group, Limits, RequestBody, Target, UpstreamRequest, UpstreamSettings};
+use crate::upstream::{
+    Group, Limits, RequestBody, ResponseBody, Target, UpstreamRequest, UpstreamSettings,
+};
+use crate::websocket::Tunnel;
 
 /// Body type of every response ssegate sends.
 pub type ProxyBody = http_body_util::combinators::BoxBody<Bytes, BoxError>;
@@ -44,6 +49,10 @@ pub struct ProxyResponse {
     /// The proxy refused the request for the client's fault: an HTTP/1.1
     /// connection closes after this response, as its state is unknown.
     pub client_error: bool,
+    /// A WebSocket the upstream accepted: once `head` is sent, the client's
+    /// protocol runs it on the client's connection (HTTP/1.1) or stream
+    /// (HTTP/2); `body` is empty.
+    pub websocket: Option<Box<Tunnel>>,
 }
 
 /// Shared by every connection: the rules' settings, the upstream, the hub.
@@ -59,6 +68,11 @@ pub struct Proxy {
     subscriber_relay: Arc<RelaySettings>,
     hub: Arc<Hub>,
     shutdown: CancellationToken,
+    /// Whether WebSocket upgrades are forwarded (always, for now); without,
+    /// an upgrade goes on as a plain request and an extended CONNECT is
+    /// refused.
+    pub websocket: bool,
+    websocket_idle: std::time::Duration,
 }
 
 impl Proxy {
@@ -112,6 +126,8 @@ impl Proxy {
             }),
             hub,
             shutdown,
+            websocket: true,
+            websocket_idle: config.timeouts.websocket_idle,
         })
     }
 
@@ -143,11 +159,17 @@ impl Proxy {
             head.target.clone(),
             head.version,
         );
-        let host = match rules::check_request(&head, self.max_header_size) {
+        // The one decision on WebSockets, for both protocols.
+        let websocket = if self.websocket {
+            rules::websocket_upgrade(&head)
+        } else {
+            None
+        };
+        let host = match rules::check_request(&head, self.max_header_size, websocket) {
             Ok(host) => host,
             Err(err) => return self.failed(err, access),
         };
-        if head.method == Method::GET && self.hub.is_shared(head.path()) {
+        if websocket.is_none() && head.method == Method::GET && self.hub.is_shared(head.path()) {
             return self.subscribe(&head, host, conn.worker, access).await;
         }
         let body = match LimitedBody::new(body, self.max_body) {
@@ -155,20 +177,32 @@ impl Proxy {
             Err(err) => return self.failed(err, access),
         };
         let framing = body_framing(&body);
+        let websocket_key = match websocket.map(|ws| crate::websocket::upstream_key(ws, &head)) {
+            Some(Ok(key)) => Some(key),
+            Some(Err(err)) => return self.failed(err, access),
+            None => None,
+        };
         let mut upstream_head = Vec::with_capacity(512 + head.fields.len() * 32);
         let forwarding = Forwarding {
             base_path: &self.base_path,
             client_ip: Some(conn.peer.ip()),
             client_subject: conn.client_subject.as_deref(),
             keep_underscore_headers: self.keep_underscore_headers,
+            websocket_key: websocket_key.as_deref(),
         };
         rules::write_upstream_head(&mut upstream_head, &head, &host, &forwarding, framing);
+        // An extended CONNECT goes upstream as a GET (see `write_upstream_head`).
+        let method = match websocket {
+            Some(_) => &Method::GET,
+            None => &head.method,
+        };
         let request = UpstreamRequest {
-            method: &head.method,
+            method,
             head: upstream_head,
             body: (framing != Framing::None).then_some(body),
             framing,
-            resendable: rules::may_resend(&head.method, framing),
+            resendable: rules::may_resend(method, framing),
+            upgrade: websocket.is_some(),
         };
         let sent = self
             .upstream
@@ -178,6 +212,14 @@ impl Proxy {
             Ok(exchanged) => exchanged,
             Err(err) => return self.failed(err, access),
         };
+        if let (Some(websocket), Some(key)) = (websocket, &websocket_key) {
+            match rules::websocket_answer(&response, websocket, key) {
+                Ok(Some(head)) => return self.open_websocket(head, body, access),
+                // Refused: relayed as an ordinary response.
+                Ok(None) => {}
+                Err(err) => return self.failed(err, access),
+            }
+        }
         let filtered = rules::filter_response(response, &head.method);
         access.status = filtered.head.status;
         let (kind, settings) = if filtered.event_stream {
@@ -193,6 +235,31 @@ impl Proxy {
             head,
             body,
             client_error: false,
+            websocket: None,
+        }
+    }
+
+    /// Where every WebSocket starts, whichever protocol the client speaks:
+    /// the upstream has switched, and `head` (its `101`, or a `200` for an
+    /// extended CONNECT) goes to the client ahead of the tunnel.
+    fn open_websocket(
+        &self,
+        mut head: ResponseHead,
+        body: ResponseBody,
+        mut access: AccessLog,
+    ) -> ProxyResponse {
+        let Some(upstream) = body.into_upgraded() else {
+            let err = ProxyError::Upstream("connection gone after 101".into());
+            return self.failed(err, access);
+        };
+        access.status = head.status;
+        rules::add_hsts(&mut head, self.hsts.as_deref());
+        let tunnel = Tunnel::new(upstream, self.websocket_idle, access);
+        ProxyResponse {
+            head,
+            body: Empty::new().map_err(|never| match never {}).boxed(),
+            client_error: false,
+            websocket: Some(Box::new(tunnel)),
         }
     }
 
@@ -230,6 +297,7 @@ impl Proxy {
                     head,
                     body,
                     client_error: false,
+                    websocket: None,
                 }
             }
             Err(err) => self.failed(err, access),
@@ -264,6 +332,7 @@ impl Proxy {
             head,
             body,
             client_error: err.is_client_error(),
+            websocket: None,
         }
     }
 }

@@ -378,6 +378,7 @@ impl Hub {
             target: stream.key.clone(),
             authority: None,
             version: Version::HTTP_11,
+            protocol: None,
             fields: fields.finish(),
         };
         let forwarding = Forwarding {
@@ -385,6 +386,7 @@ impl Hub {
             client_ip: None,
             client_subject: None,
             keep_underscore_headers: false,
+            websocket_key: None,
         };
         let mut out = Vec::with_capacity(256);
         rules::write_upstream_head(&mut out, &head, host, &forwarding, Framing::None);
@@ -403,6 +405,7 @@ impl Hub {
                 body: None,
                 framing: Framing::None,
                 resendable: true,
+                upgrade: false,
             };
             stream
                 .stats

@@ -19,7 +19,7 @@ use http::Method;
 use http_body::Body;
 use tokio::net::TcpStream;
 
-pub use body::ResponseBody;
+pub use body::{ResponseBody, UpgradedConn};
 pub use exchange::Limits;
 use exchange::{exchange, ExchangeError, Exchanged};
 pub use group::{Balance, Group, HealthCheck, Target};
@@ -65,6 +65,11 @@ pub struct UpstreamRequest<'a, B> {
     /// The request may be sent again on a new connection if a reused one
     /// fails before any response byte (see `rules::may_resend`).
     pub resendable: bool,
+    /// The request asks to switch protocols (a WebSocket upgrade): a `101`
+    /// answer is taken, and its connection comes back whole through
+    /// `ResponseBody::into_upgraded`. Such a connection never returns to
+    /// the pool, whatever the answer.
+    pub upgrade: bool,
 }
 
 impl Upstream {
@@ -132,6 +137,7 @@ impl Upstream {
             body,
             request.framing,
             self.limits,
+            request.upgrade,
         )
         .await
     }
@@ -147,6 +153,7 @@ impl Upstream {
             None::<NoBody>,
             Framing::None,
             self.limits,
+            false,
         )
         .await?;
         Ok(exchanged.response.head.status)
@@ -287,6 +294,7 @@ mod tests {
             body: None,
             framing: Framing::None,
             resendable: true,
+            upgrade: false,
         };
         let (head, mut body) = upstream.send(0, &mut request).await.unwrap();
         assert_eq!(head.status, http::StatusCode::OK);
@@ -332,6 +340,7 @@ mod tests {
             body: None,
             framing: Framing::None,
             resendable: true,
+            upgrade: false,
         };
         let (_, body) = upstream.send(0, &mut get("/one")).await.unwrap();
         assert_eq!(body.collect().await.unwrap().to_bytes(), "one");
