@@ -71,7 +71,7 @@ pub struct Proxy {
     /// Whether WebSocket upgrades are forwarded (always, for now); without,
     /// an upgrade goes on as a plain request and an extended CONNECT is
     /// refused.
-    pub websocket: bool,
+    websocket: bool,
     websocket_idle: std::time::Duration,
 }
 
