@@ -241,7 +241,9 @@ impl Proxy {
 
     /// Where every WebSocket starts, whichever protocol the client speaks:
     /// the upstream has switched, and `head` (its `101`, or a `200` for an
-    /// extended CONNECT) goes to the client ahead of the tunnel.
+    /// extended CONNECT) goes to the client ahead of the tunnel. Whatever
+    /// counts open WebSockets holds its count in the `Tunnel`, which lives
+    /// exactly as long as the WebSocket.
     fn open_websocket(
         &self,
         mut head: ResponseHead,
