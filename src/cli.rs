@@ -275,6 +275,16 @@ pub struct TimeoutArgs {
     )]
     pub sse_idle_timeout: humantime::Duration,
 
+    /// The longest silence on a WebSocket, no byte in either direction,
+    /// before the proxy closes it.
+    #[arg(
+        long,
+        value_name = "DUR",
+        env = "SSEGATE_WEBSOCKET_IDLE_TIMEOUT",
+        default_value_t = dur(defaults::WEBSOCKET_IDLE_TIMEOUT)
+    )]
+    pub websocket_idle_timeout: humantime::Duration,
+
     /// How long to wait for a connection to the upstream, TLS handshake
     /// included (then 502).
     #[arg(

@@ -28,6 +28,8 @@ use crate::upstream::{Balance, Endpoint, HealthCheck};
 pub struct Timeouts {
     pub request: Duration,
     pub sse_idle: Duration,
+    /// No byte in either direction of a WebSocket for this long closes it.
+    pub websocket_idle: Duration,
     pub connect: Duration,
     pub header_read: Duration,
     pub tls_handshake: Duration,
@@ -41,6 +43,7 @@ impl Default for Timeouts {
         Timeouts {
             request: defaults::REQUEST_TIMEOUT,
             sse_idle: defaults::SSE_IDLE_TIMEOUT,
+            websocket_idle: defaults::WEBSOCKET_IDLE_TIMEOUT,
             connect: defaults::CONNECT_TIMEOUT,
             header_read: defaults::HEADER_READ_TIMEOUT,
             tls_handshake: defaults::TLS_HANDSHAKE_TIMEOUT,
@@ -55,6 +58,7 @@ impl From<&TimeoutArgs> for Timeouts {
         Timeouts {
             request: args.request_timeout.into(),
             sse_idle: args.sse_idle_timeout.into(),
+            websocket_idle: args.websocket_idle_timeout.into(),
             connect: args.connect_timeout.into(),
             header_read: args.header_read_timeout.into(),
             tls_handshake: args.tls_handshake_timeout.into(),
@@ -644,6 +648,9 @@ impl Config {
             streams,
             max_body: spec.max_body.or(self.max_body),
             websocket: spec.websocket.unwrap_or(true),
+            websocket_idle_timeout: spec
+                .websocket_idle_timeout
+                .unwrap_or(self.timeouts.websocket_idle),
             response_headers,
         })
     }
@@ -683,6 +690,7 @@ impl Config {
             streams: self.streams.clone(),
             max_body: self.max_body,
             websocket: true,
+            websocket_idle_timeout: self.timeouts.websocket_idle,
             response_headers: Vec::new(),
         }]
     }
@@ -715,6 +723,7 @@ pub struct RouteConfig {
     pub max_body: Option<u64>,
     /// Forward WebSocket upgrades.
     pub websocket: bool,
+    pub websocket_idle_timeout: Duration,
     /// Lower-case names; an empty value removes the field.
     pub response_headers: Vec<(String, String)>,
 }

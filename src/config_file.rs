@@ -78,6 +78,7 @@ pub struct RouteSpec {
     /// Lower-case name and value; an empty value removes the field.
     pub response_headers: Vec<At<(String, String)>>,
     pub websocket: Option<bool>,
+    pub websocket_idle_timeout: Option<Duration>,
     pub max_body: Option<u64>,
     pub request_timeout: Option<Duration>,
     pub sse_idle_timeout: Option<Duration>,
@@ -356,6 +357,7 @@ impl Reader {
                 strip_prefix: keys.bool("strip_prefix").unwrap_or(false),
                 response_headers: keys.string_table("response_headers"),
                 websocket: keys.bool("websocket"),
+                websocket_idle_timeout: keys.duration("websocket_idle_timeout"),
                 max_body: keys.size("max_body"),
                 request_timeout: keys.duration("request_timeout"),
                 sse_idle_timeout: keys.duration("sse_idle_timeout"),
@@ -401,6 +403,7 @@ const ROUTE_KEYS: &[&str] = &[
     "strip_prefix",
     "response_headers",
     "websocket",
+    "websocket_idle_timeout",
     "max_body",
     "request_timeout",
     "sse_idle_timeout",

@@ -11,6 +11,8 @@ pub const LISTEN: &str = "0.0.0.0:8443";
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
 /// The longest silence from the upstream on an event stream.
 pub const SSE_IDLE_TIMEOUT: Duration = Duration::from_secs(60 * 60);
+/// The longest silence, in both directions, on a WebSocket.
+pub const WEBSOCKET_IDLE_TIMEOUT: Duration = Duration::from_secs(60 * 60);
 /// How long to wait for a connection to the upstream, TLS handshake
 /// included (then 502).
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);

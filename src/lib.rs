@@ -23,6 +23,7 @@ pub mod server;
 pub mod sse;
 pub mod tls;
 pub mod upstream;
+pub mod websocket;
 pub mod workers;
 
 pub use config::Config;

@@ -191,6 +191,9 @@ pub struct RequestHead {
     /// (HTTP/2). It names the host where present, ahead of `Host`.
     pub authority: Option<String>,
     pub version: Version,
+    /// HTTP/2's `:protocol` (RFC 8441 extended CONNECT, e.g. `websocket`);
+    /// None over HTTP/1.1.
+    pub protocol: Option<String>,
     pub fields: Fields,
 }
 

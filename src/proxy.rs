@@ -2,7 +2,9 @@
 //! the request (`rules`), pick the way (a shared stream, or the upstream),
 //! write the upstream head (`rules`), exchange it (`upstream`), filter the
 //! response (`rules`) and wrap its body for the way to the client
-//! (`sse::RelayBody`). Never fails: every error becomes a response.
+//! (`sse::RelayBody`), or, for a WebSocket the upstream accepted, hand the
+//! client's protocol a `websocket::Tunnel`. Never fails: every error
+//! becomes a response.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -13,7 +15,7 @@ use std::task::{ready, Context, Poll};
 use bytes::Bytes;
 use http::{Method, StatusCode};
 use http_body::{Body, Frame, SizeHint};
-use http_body_util::{BodyExt, Full};
+use http_body_util::{BodyExt, Empty, Full};
 use tokio_util::sync::CancellationToken;
 
 use arc_swap::ArcSwap;
@@ -24,10 +26,13 @@ use crate::http1::Framing;
 use crate::limits::{PerIpGuard, PerIpLimit};
 use crate::message::{Fields, RequestHead, ResponseHead};
 use crate::routes::RouteTable;
-use crate::rules::{self, Forwarding};
+use crate::rules::{self, Forwarding, WebSocket};
 use crate::sse::hub::{Hub, HubSettings};
 use crate::sse::{AccessLog, BodyKind, Outcome, RelayBody, RelaySettings};
-use crate::upstream::{Group, Limits, RequestBody, Target, UpstreamRequest, UpstreamSettings};
+use crate::upstream::{
+    Group, Limits, RequestBody, ResponseBody, Target, UpstreamRequest, UpstreamSettings,
+};
+use crate::websocket::Tunnel;
 
 /// Body type of every response ssegate sends.
 pub type ProxyBody = http_body_util::combinators::BoxBody<Bytes, BoxError>;
@@ -49,6 +54,10 @@ pub struct ProxyResponse {
     /// The proxy refused the request for the client's fault: an HTTP/1.1
     /// connection closes after this response, as its state is unknown.
     pub client_error: bool,
+    /// A WebSocket the upstream accepted: once `head` is sent, the client's
+    /// protocol runs it on the client's connection (HTTP/1.1) or stream
+    /// (HTTP/2); `body` is empty.
+    pub websocket: Option<Box<Tunnel>>,
 }
 
 /// Shared by every connection: the routing table (replaced whole when the
@@ -170,15 +179,33 @@ impl Proxy {
             head.target.clone(),
             head.version,
         );
-        let host = match rules::check_request(&head, routing.max_header_size) {
+        // The one decision on WebSockets, for both protocols.
+        let websocket = rules::websocket_upgrade(&head);
+        let host = match rules::check_request(&head, routing.max_header_size, websocket) {
             Ok(host) => host,
             Err(err) => return routing.failed(err, access),
         };
         let Some(route) = routing.routes.find(&host, head.path()) else {
             return routing.failed(ProxyError::NoRoute, access);
         };
+        // A route with `websocket = false`: an upgrade goes on as a plain
+        // request, an extended CONNECT is refused like any CONNECT.
+        let websocket = match websocket {
+            Some(WebSocket::ExtendedConnect) if !route.config.websocket => {
+                return routing.failed(ProxyError::MethodNotAllowed, access)
+            }
+            Some(_) if !route.config.websocket => None,
+            other => other,
+        };
+        // A WebSocket counts against the client's streams before anything
+        // is sent upstream.
+        let slot = match websocket.map(|_| self.stream_slot(conn)) {
+            Some(Err(err)) => return routing.failed(err, access),
+            Some(Ok(slot)) => slot,
+            None => None,
+        };
         let strip_prefix = route.strip_prefix();
-        if head.method == Method::GET && route.hub.is_shared(head.path()) {
+        if websocket.is_none() && head.method == Method::GET && route.hub.is_shared(head.path()) {
             // Before subscribing, so a refused client starts no upstream stream.
             let slot = match self.stream_slot(conn) {
                 Ok(slot) => slot,
@@ -193,6 +220,11 @@ impl Proxy {
             Err(err) => return routing.failed(err, access),
         };
         let framing = body_framing(&body);
+        let websocket_key = match websocket.map(|ws| crate::websocket::upstream_key(ws, &head)) {
+            Some(Ok(key)) => Some(key),
+            Some(Err(err)) => return routing.failed(err, access),
+            None => None,
+        };
         let mut upstream_head = Vec::with_capacity(512 + head.fields.len() * 32);
         let forwarding = Forwarding {
             base_path: &route.base_path,
@@ -200,15 +232,22 @@ impl Proxy {
             client_ip: Some(conn.peer.ip()),
             client_subject: conn.client_subject.as_deref(),
             keep_underscore_headers: routing.keep_underscore_headers,
+            websocket_key: websocket_key.as_deref(),
         };
         rules::write_upstream_head(&mut upstream_head, &head, &host, &forwarding, framing);
+        // An extended CONNECT goes upstream as a GET (see `write_upstream_head`).
+        let method = match websocket {
+            Some(_) => &Method::GET,
+            None => &head.method,
+        };
         let request = UpstreamRequest {
-            method: &head.method,
+            method,
             head: upstream_head,
             body: (framing != Framing::None).then_some(body),
             framing,
-            resendable: rules::may_resend(&head.method, framing),
+            resendable: rules::may_resend(method, framing),
             response_timeout: route.config.request_timeout,
+            upgrade: websocket.is_some(),
         };
         let sent = route
             .group
@@ -218,13 +257,21 @@ impl Proxy {
             Ok(exchanged) => exchanged,
             Err(err) => return routing.failed(err, access),
         };
+        if let (Some(websocket), Some(key)) = (websocket, &websocket_key) {
+            match rules::websocket_answer(&response, websocket, key) {
+                Ok(Some(head)) => return routing.open_websocket(route, head, body, access, slot),
+                // Refused: relayed as an ordinary response.
+                Ok(None) => {}
+                Err(err) => return routing.failed(err, access),
+            }
+        }
         let filtered = rules::filter_response(response, &head.method);
         // Only known to be a stream now: over the limit, the upstream's
         // response is dropped unread (its connection closes) for a 429.
         let slot = match filtered.event_stream.then(|| self.stream_slot(conn)) {
             Some(Err(err)) => return routing.failed(err, access),
-            Some(Ok(slot)) => slot,
-            None => None,
+            Some(Ok(stream_slot)) => stream_slot,
+            None => slot,
         };
         access.status = filtered.head.status;
         let (kind, settings) = if filtered.event_stream {
@@ -242,6 +289,7 @@ impl Proxy {
             head,
             body,
             client_error: false,
+            websocket: None,
         }
     }
 
@@ -356,6 +404,33 @@ impl Routing {
         }
     }
 
+    /// Where every WebSocket starts, whichever protocol the client speaks:
+    /// the upstream has switched, and `head` (its `101`, or a `200` for an
+    /// extended CONNECT) goes to the client ahead of the tunnel, which
+    /// holds the client's stream `slot` for as long as it runs.
+    fn open_websocket(
+        &self,
+        route: &Route,
+        mut head: ResponseHead,
+        body: ResponseBody,
+        mut access: AccessLog,
+        slot: Option<PerIpGuard>,
+    ) -> ProxyResponse {
+        let Some(upstream) = body.into_upgraded() else {
+            let err = ProxyError::Upstream("connection gone after 101".into());
+            return self.failed(err, access);
+        };
+        access.status = head.status;
+        rules::add_hsts(&mut head, self.hsts.as_deref());
+        let tunnel = Tunnel::new(upstream, route.config.websocket_idle_timeout, access, slot);
+        ProxyResponse {
+            head,
+            body: Empty::new().map_err(|never| match never {}).boxed(),
+            client_error: false,
+            websocket: Some(Box::new(tunnel)),
+        }
+    }
+
     /// HSTS and the route's response fields, on a response to the client.
     fn finish_head(&self, route: &Route, head: &mut ResponseHead) {
         rules::set_response_fields(head, &route.config.response_headers);
@@ -402,6 +477,7 @@ impl Routing {
                     head,
                     body,
                     client_error: false,
+                    websocket: None,
                 }
             }
             Err(err) => self.failed(err, access),
@@ -436,6 +512,7 @@ impl Routing {
             head,
             body,
             client_error: err.is_client_error(),
+            websocket: None,
         }
     }
 }

@@ -2,20 +2,27 @@
 //! applied to every request whichever way it came (HTTP/1.1, HTTP/2, a
 //! shared stream's own upstream request):
 //!
+//! - `websocket_upgrade`: whether a request is a WebSocket upgrade (an
+//!   HTTP/1.1 `Upgrade: websocket` or an HTTP/2 extended CONNECT), decided
+//!   once for both protocols.
 //! - `check_request`: what is refused before anything is forwarded
-//!   (CONNECT, targets that are not paths, missing, repeated or malformed
-//!   `Host`, a `host` that disagrees with HTTP/2's `:authority`).
+//!   (CONNECT other than a WebSocket's, targets that are not paths,
+//!   missing, repeated or malformed `Host`, a `host` that disagrees with
+//!   HTTP/2's `:authority`).
 //! - `write_upstream_head`: the request head the upstream gets: hop-by-hop
 //!   and `Connection`-named fields dropped, the proxy's own fields
 //!   (`Host`, `X-Forwarded-*`, `X-Client-Cert-Subject`) set only by the
 //!   proxy, underscore names dropped, the body's framing written by the
-//!   proxy.
+//!   proxy; a WebSocket upgrade as an HTTP/1.1 `GET` with its own
+//!   `Connection`, `Upgrade` and `Sec-WebSocket-Key`.
 //! - `filter_response`: the response head the client gets: hop-by-hop
 //!   fields dropped, event streams recognised, HSTS added.
+//! - `websocket_answer`: the upstream's answer to an upgrade checked, and
+//!   the head the client gets when it switched.
 
 use std::net::IpAddr;
 
-use http::{Method, StatusCode};
+use http::{Method, StatusCode, Version};
 
 use crate::error::ProxyError;
 use crate::http1::body::list_elements;
@@ -38,16 +45,75 @@ pub struct Forwarding<'a> {
     pub client_subject: Option<&'a str>,
     /// Forward header names with underscores (dropped by default).
     pub keep_underscore_headers: bool,
+    /// A WebSocket upgrade to forward (see `websocket_upgrade`): the
+    /// `Sec-WebSocket-Key` the upstream gets, the client's over HTTP/1.1 or
+    /// the proxy's own for an extended CONNECT. None: no upgrade.
+    pub websocket_key: Option<&'a [u8]>,
+}
+
+/// How a client asks for a WebSocket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WebSocket {
+    /// HTTP/1.1 `GET` with `Connection: upgrade` and `Upgrade: websocket`
+    /// (RFC 6455 §4.1): passed through, and the client gets the `101`.
+    Http1,
+    /// HTTP/2 `CONNECT` with `:protocol` `websocket` (RFC 8441): sent
+    /// upstream as the HTTP/1.1 upgrade, and the client gets a `200`.
+    ExtendedConnect,
+}
+
+/// Whether `head` asks for a WebSocket, the one decision both protocols
+/// share. An HTTP/1.1 upgrade needs `GET`, the `upgrade` option in
+/// `Connection`, `websocket` among the `Upgrade` protocols, a
+/// `Sec-WebSocket-Key` and no body; any other upgrade (`h2c`, ...) is not
+/// one, and its `Upgrade` is dropped as hop-by-hop.
+pub fn websocket_upgrade(head: &RequestHead) -> Option<WebSocket> {
+    let has_token = |name: &'static str, token: &[u8]| {
+        head.fields
+            .get_all(name)
+            .flat_map(list_elements)
+            .any(|element| element.eq_ignore_ascii_case(token))
+    };
+    match head.version {
+        Version::HTTP_2 => {
+            let websocket = head.method == Method::CONNECT
+                && head
+                    .protocol
+                    .as_deref()
+                    .is_some_and(|protocol| protocol.eq_ignore_ascii_case("websocket"));
+            websocket.then_some(WebSocket::ExtendedConnect)
+        }
+        Version::HTTP_11 => {
+            let bodiless = !head.fields.contains("transfer-encoding")
+                && head
+                    .fields
+                    .get_all("content-length")
+                    .all(|length| length.trim_ascii() == b"0");
+            let websocket = head.method == Method::GET
+                && has_token("connection", b"upgrade")
+                && has_token("upgrade", b"websocket")
+                && head.fields.contains("sec-websocket-key")
+                && bodiless;
+            websocket.then_some(WebSocket::Http1)
+        }
+        _ => None,
+    }
 }
 
 /// Checks that a client request can be forwarded, and returns the host it
 /// names (RFC 9112 §3.2: an absolute-form target's authority, else `Host`;
 /// RFC 9113 §8.3.1: `:authority`, which a `host` field must agree with).
-pub fn check_request(head: &RequestHead, max_header_size: usize) -> Result<String, ProxyError> {
+/// `websocket` is the proxy's decision on the request (`websocket_upgrade`):
+/// the only CONNECT forwarded is a WebSocket's extended CONNECT.
+pub fn check_request(
+    head: &RequestHead,
+    max_header_size: usize,
+    websocket: Option<WebSocket>,
+) -> Result<String, ProxyError> {
     if head.fields.wire_size() > max_header_size {
         return Err(ProxyError::HeadersTooLarge(max_header_size));
     }
-    if head.method == Method::CONNECT {
+    if head.method == Method::CONNECT && websocket != Some(WebSocket::ExtendedConnect) {
         return Err(ProxyError::MethodNotAllowed);
     }
     if !head.target.starts_with('/') {
@@ -162,8 +228,9 @@ fn named_in_connection(fields: &Fields, name: &[u8]) -> bool {
 
 /// Writes the request head for the upstream: request line (with the base
 /// path), the client's end-to-end fields in their order, then `Host`,
-/// `X-Forwarded-*`, the client certificate's subject and the body's
-/// framing. `body` is how the proxy sends the body on.
+/// `X-Forwarded-*`, the client certificate's subject, a WebSocket
+/// upgrade's fields and the body's framing. `body` is how the proxy sends
+/// the body on.
 pub fn write_upstream_head(
     out: &mut Vec<u8>,
     head: &RequestHead,
@@ -171,14 +238,22 @@ pub fn write_upstream_head(
     forwarding: &Forwarding<'_>,
     body: Framing,
 ) {
+    let websocket_key = forwarding.websocket_key;
+    // An extended CONNECT goes on as the HTTP/1.1 upgrade, a GET.
+    let method = match websocket_key {
+        Some(_) => &Method::GET,
+        None => &head.method,
+    };
     let (lead, rest) = upstream_target(&head.target, forwarding.strip_prefix);
-    push_request_line(out, &head.method, &[forwarding.base_path, lead, rest]);
+    push_request_line(out, method, &[forwarding.base_path, lead, rest]);
     let has_connection = head.fields.contains("connection");
     let dropped = |name: &[u8]| {
         is_hop_by_hop(name)
             || is_set_by_proxy(name)
             || (!forwarding.keep_underscore_headers && name.contains(&b'_'))
             || (has_connection && named_in_connection(&head.fields, name))
+            // Written below, from the key the proxy checks the answer by.
+            || (websocket_key.is_some() && name.eq_ignore_ascii_case(b"sec-websocket-key"))
     };
     for (name, value) in head.fields.iter() {
         if !dropped(name) {
@@ -210,6 +285,15 @@ pub fn write_upstream_head(
     push_field(out, b"x-forwarded-host", host.as_bytes());
     if let Some(subject) = forwarding.client_subject {
         push_field(out, b"x-client-cert-subject", subject.as_bytes());
+    }
+    if let Some(key) = websocket_key {
+        push_field(out, b"connection", b"upgrade");
+        push_field(out, b"upgrade", b"websocket");
+        push_field(out, b"sec-websocket-key", key);
+        // HTTP/2 clients send it too (RFC 8441 §5); the one version there is.
+        if !head.fields.contains("sec-websocket-version") {
+            push_field(out, b"sec-websocket-version", b"13");
+        }
     }
     match body {
         Framing::Length(len) => {
@@ -317,6 +401,61 @@ pub fn filter_response(mut head: ResponseHead, method: &Method) -> FilteredRespo
     FilteredResponse { head, event_stream }
 }
 
+/// Checks the upstream's answer to a WebSocket upgrade sent with `key`.
+/// Ok(Some(head)): it switched, and `head` is what the client gets before
+/// the bytes flow: the `101` with `Upgrade: websocket` over HTTP/1.1, a
+/// `200` over HTTP/2 (without the HTTP/1.1 handshake's `Sec-WebSocket-
+/// Accept`); the upstream's end-to-end fields (`Sec-WebSocket-Protocol`,
+/// `-Extensions`, cookies) either way. Ok(None): it did not switch, and
+/// the answer is relayed as an ordinary response. An error (then 502): a
+/// `101` that is not a WebSocket's or has the wrong accept key, or a
+/// success other than `101` to an extended CONNECT, which the client would
+/// take for an open WebSocket.
+pub fn websocket_answer(
+    response: &ResponseHead,
+    websocket: WebSocket,
+    key: &[u8],
+) -> Result<Option<ResponseHead>, ProxyError> {
+    if response.status != StatusCode::SWITCHING_PROTOCOLS {
+        if websocket == WebSocket::ExtendedConnect && response.status.is_success() {
+            return Err(ProxyError::Upstream(format!(
+                "WebSocket upgrade answered with {} instead of 101",
+                response.status
+            )));
+        }
+        return Ok(None);
+    }
+    let upgrades_to_websocket = response
+        .fields
+        .get_all("upgrade")
+        .flat_map(list_elements)
+        .any(|protocol| protocol.eq_ignore_ascii_case(b"websocket"));
+    if !upgrades_to_websocket {
+        return Err(ProxyError::Upstream(
+            "101 Switching Protocols to a protocol other than websocket".into(),
+        ));
+    }
+    let accept = response.fields.get("sec-websocket-accept");
+    if accept.map(<[u8]>::trim_ascii) != Some(crate::websocket::accept_for(key).as_bytes()) {
+        return Err(ProxyError::Upstream(
+            "WebSocket upgrade with a wrong Sec-WebSocket-Accept".into(),
+        ));
+    }
+    let mut head = filter_response(response.clone(), &Method::GET).head;
+    match websocket {
+        WebSocket::Http1 => {
+            // The writer adds `Connection: upgrade`; it owns that field.
+            head.fields = head.fields.with(b"upgrade", b"websocket");
+        }
+        WebSocket::ExtendedConnect => {
+            head.status = StatusCode::OK;
+            head.fields
+                .retain(|name, _| !name.eq_ignore_ascii_case(b"sec-websocket-accept"));
+        }
+    }
+    Ok(Some(head))
+}
+
 /// Adds `Strict-Transport-Security` (if configured) unless the response
 /// has its own: an upstream's policy wins.
 pub fn add_hsts(head: &mut ResponseHead, hsts: Option<&[u8]>) {
@@ -362,12 +501,13 @@ mod tests {
             target: target.to_owned(),
             authority: None,
             version: http::Version::HTTP_11,
+            protocol: None,
             fields: fields(pairs),
         }
     }
 
     fn check_request_(head: &RequestHead) -> Result<String, ProxyError> {
-        check_request(head, 64 * 1024)
+        check_request(head, 64 * 1024, websocket_upgrade(head))
     }
 
     #[test]
@@ -377,9 +517,9 @@ mod tests {
             "/",
             &[("host", "a"), ("x-big", &"x".repeat(100))],
         );
-        assert!(check_request(&head, 200).is_ok());
+        assert!(check_request(&head, 200, None).is_ok());
         assert_eq!(
-            check_request(&head, 100).unwrap_err().status(),
+            check_request(&head, 100, None).unwrap_err().status(),
             StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE
         );
     }
@@ -434,12 +574,22 @@ mod tests {
     }
 
     fn upstream_head(head: &RequestHead, keep_underscore_headers: bool, body: Framing) -> String {
+        upstream_head_with_key(head, keep_underscore_headers, body, None)
+    }
+
+    fn upstream_head_with_key(
+        head: &RequestHead,
+        keep_underscore_headers: bool,
+        body: Framing,
+        websocket_key: Option<&[u8]>,
+    ) -> String {
         let forwarding = Forwarding {
             base_path: "/api",
             strip_prefix: "",
             client_ip: Some("10.0.0.7".parse().unwrap()),
             client_subject: Some("CN=alice"),
             keep_underscore_headers,
+            websocket_key,
         };
         let mut out = Vec::new();
         write_upstream_head(&mut out, head, "example.com", &forwarding, body);
@@ -504,6 +654,228 @@ mod tests {
         let out = upstream_head(&head, false, Framing::None);
         assert!(out.contains("x-forwarded-for: 10.0.0.7\r\n"), "{out}");
         assert!(out.ends_with("content-length: 0\r\n\r\n"), "{out}");
+    }
+
+    /// An HTTP/1.1 WebSocket handshake (RFC 6455 §1.3), plus `extra`.
+    fn websocket_request(extra: &[(&str, &str)]) -> RequestHead {
+        let mut pairs = vec![
+            ("Host", "example.com"),
+            ("Upgrade", "websocket"),
+            ("Connection", "Upgrade"),
+            ("Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ=="),
+            ("Sec-WebSocket-Version", "13"),
+        ];
+        pairs.extend_from_slice(extra);
+        request(Method::GET, "/chat", &pairs)
+    }
+
+    /// An HTTP/2 extended CONNECT with `:protocol` `protocol`.
+    fn extended_connect(protocol: Option<&str>) -> RequestHead {
+        RequestHead {
+            method: Method::CONNECT,
+            target: "/chat".into(),
+            authority: Some("example.com".into()),
+            version: http::Version::HTTP_2,
+            protocol: protocol.map(str::to_owned),
+            fields: fields(&[
+                ("sec-websocket-version", "13"),
+                ("sec-websocket-protocol", "chat"),
+                ("origin", "https://example.com"),
+            ]),
+        }
+    }
+
+    #[test]
+    fn websocket_upgrades_are_recognised_on_both_protocols_and_nothing_else_is() {
+        assert_eq!(
+            websocket_upgrade(&websocket_request(&[])),
+            Some(WebSocket::Http1)
+        );
+        let listed = websocket_request(&[("Connection", "keep-alive, upgrade")]);
+        assert_eq!(websocket_upgrade(&listed), Some(WebSocket::Http1));
+        assert_eq!(
+            websocket_upgrade(&extended_connect(Some("websocket"))),
+            Some(WebSocket::ExtendedConnect)
+        );
+        let not_upgrades = [
+            // Another protocol, or no Upgrade option in Connection.
+            request(
+                Method::GET,
+                "/",
+                &[
+                    ("Upgrade", "h2c"),
+                    ("Connection", "Upgrade, HTTP2-Settings"),
+                    ("Sec-WebSocket-Key", "x"),
+                ],
+            ),
+            request(
+                Method::GET,
+                "/",
+                &[
+                    ("Upgrade", "websocket"),
+                    ("Connection", "keep-alive"),
+                    ("Sec-WebSocket-Key", "x"),
+                ],
+            ),
+            // Not a GET, no key, or with a body.
+            RequestHead {
+                method: Method::POST,
+                ..websocket_request(&[])
+            },
+            request(
+                Method::GET,
+                "/",
+                &[("Upgrade", "websocket"), ("Connection", "upgrade")],
+            ),
+            websocket_request(&[("Content-Length", "5")]),
+            websocket_request(&[("Transfer-Encoding", "chunked")]),
+            // HTTP/1.0 has no upgrades.
+            RequestHead {
+                version: http::Version::HTTP_10,
+                ..websocket_request(&[])
+            },
+            // CONNECT without :protocol, or with another one.
+            extended_connect(None),
+            extended_connect(Some("connect-udp")),
+        ];
+        for head in not_upgrades {
+            assert_eq!(websocket_upgrade(&head), None, "{head:?}");
+        }
+        assert_eq!(
+            websocket_upgrade(&websocket_request(&[("Content-Length", "0")])),
+            Some(WebSocket::Http1)
+        );
+    }
+
+    #[test]
+    fn only_a_websockets_extended_connect_passes_the_check() {
+        let websocket = extended_connect(Some("websocket"));
+        assert_eq!(check_request_(&websocket).unwrap(), "example.com");
+        // With WebSockets switched off for the request: refused as before.
+        assert_eq!(
+            check_request(&websocket, 64 * 1024, None)
+                .unwrap_err()
+                .status(),
+            StatusCode::METHOD_NOT_ALLOWED
+        );
+        assert_eq!(
+            check_request_(&extended_connect(Some("connect-udp")))
+                .unwrap_err()
+                .status(),
+            StatusCode::METHOD_NOT_ALLOWED
+        );
+    }
+
+    #[test]
+    fn a_websocket_upgrade_goes_upstream_as_an_http1_get_with_its_own_fields() {
+        let head = websocket_request(&[("Sec-WebSocket-Protocol", "chat")]);
+        let out = upstream_head_with_key(
+            &head,
+            false,
+            Framing::None,
+            Some(b"dGhlIHNhbXBsZSBub25jZQ=="),
+        );
+        assert_eq!(
+            out,
+            "GET /api/chat HTTP/1.1\r\n\
+             Sec-WebSocket-Version: 13\r\n\
+             Sec-WebSocket-Protocol: chat\r\n\
+             host: example.com\r\n\
+             x-forwarded-for: 10.0.0.7\r\n\
+             x-forwarded-proto: https\r\n\
+             x-forwarded-host: example.com\r\n\
+             x-client-cert-subject: CN=alice\r\n\
+             connection: upgrade\r\n\
+             upgrade: websocket\r\n\
+             sec-websocket-key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+        );
+        // Without the key the same request loses its upgrade (hop-by-hop).
+        let plain = upstream_head(&head, false, Framing::None);
+        assert!(!plain.contains("pgrade"), "{plain}");
+
+        let connect = extended_connect(Some("websocket"));
+        let out = upstream_head_with_key(&connect, false, Framing::None, Some(b"a2V5"));
+        assert!(out.starts_with("GET /api/chat HTTP/1.1\r\n"), "{out}");
+        assert_eq!(out.matches("sec-websocket-version: 13\r\n").count(), 1);
+        assert!(out.contains("sec-websocket-protocol: chat\r\n"), "{out}");
+        assert!(out.contains("origin: https://example.com\r\n"), "{out}");
+        assert!(out.contains("sec-websocket-key: a2V5\r\n"), "{out}");
+        let bare = RequestHead {
+            fields: fields(&[]),
+            ..connect
+        };
+        let out = upstream_head_with_key(&bare, false, Framing::None, Some(b"a2V5"));
+        assert!(out.contains("sec-websocket-version: 13\r\n"), "{out}");
+    }
+
+    #[test]
+    fn a_websocket_answer_is_checked_and_becomes_the_clients_head() {
+        const KEY: &[u8] = b"dGhlIHNhbXBsZSBub25jZQ==";
+        let answer = |status: u16, pairs: &[(&str, &str)]| ResponseHead {
+            status: StatusCode::from_u16(status).unwrap(),
+            fields: fields(pairs),
+        };
+        let switched = answer(
+            101,
+            &[
+                ("Upgrade", "WebSocket"),
+                ("Connection", "Upgrade"),
+                ("Sec-WebSocket-Accept", "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="),
+                ("Sec-WebSocket-Protocol", "chat"),
+            ],
+        );
+        let h1 = websocket_answer(&switched, WebSocket::Http1, KEY)
+            .unwrap()
+            .unwrap();
+        assert_eq!(h1.status, StatusCode::SWITCHING_PROTOCOLS);
+        let names = |head: &ResponseHead| -> Vec<String> {
+            head.fields
+                .iter()
+                .map(|(n, _)| String::from_utf8_lossy(n).to_lowercase())
+                .collect()
+        };
+        assert_eq!(
+            names(&h1),
+            ["sec-websocket-accept", "sec-websocket-protocol", "upgrade"]
+        );
+        let h2 = websocket_answer(&switched, WebSocket::ExtendedConnect, KEY)
+            .unwrap()
+            .unwrap();
+        assert_eq!(h2.status, StatusCode::OK);
+        assert_eq!(names(&h2), ["sec-websocket-protocol"]);
+
+        // A wrong accept key, or another protocol: 502.
+        let wrong = answer(
+            101,
+            &[
+                ("Upgrade", "websocket"),
+                ("Sec-WebSocket-Accept", "bm9wZQ=="),
+            ],
+        );
+        let h2c = answer(
+            101,
+            &[
+                ("Upgrade", "h2c"),
+                ("Sec-WebSocket-Accept", "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="),
+            ],
+        );
+        for bad in [&wrong, &h2c] {
+            let err = websocket_answer(bad, WebSocket::Http1, KEY).unwrap_err();
+            assert_eq!(err.status(), StatusCode::BAD_GATEWAY);
+        }
+        // A refusal is relayed as it is; a 200 cannot be, to an extended
+        // CONNECT, where it would mean the WebSocket is open.
+        let refused = answer(403, &[]);
+        for websocket in [WebSocket::Http1, WebSocket::ExtendedConnect] {
+            assert!(websocket_answer(&refused, websocket, KEY)
+                .unwrap()
+                .is_none());
+        }
+        let ignored = answer(200, &[]);
+        assert!(websocket_answer(&ignored, WebSocket::Http1, KEY)
+            .unwrap()
+            .is_none());
+        assert!(websocket_answer(&ignored, WebSocket::ExtendedConnect, KEY).is_err());
     }
 
     #[test]

@@ -13,80 +13,19 @@
 mod common;
 
 use std::collections::HashMap;
-use std::process::Stdio;
 use std::time::Duration;
 
 use common::*;
 use http::Version;
-use tokio::process::{Child, Command};
-use tokio::sync::mpsc;
 
 /// Node starting, three apps and a proxy on two cores.
 const LIMIT: Duration = Duration::from_secs(30);
 /// EventSource clients in the test.
 const CLIENTS: usize = 6;
 
-/// A Node.js process whose stdout lines arrive on a channel; killed on drop.
-struct Node {
-    child: Child,
-    lines: mpsc::UnboundedReceiver<String>,
-    seen: Vec<String>,
-}
-
-impl Node {
-    fn spawn(script: &str, args: &[&str], env: &[(&str, String)]) -> Node {
-        let dir = repo_path("tests/express");
-        assert!(
-            dir.join("node_modules/express").is_dir(),
-            "tests/express has no node_modules: run `npm ci --prefix tests/express` (.ci/run does)"
-        );
-        let mut command = Command::new("node");
-        command
-            .arg(dir.join(script))
-            .args(args)
-            .current_dir(&dir)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .kill_on_drop(true);
-        for (name, value) in env {
-            command.env(name, value);
-        }
-        let mut child = command
-            .spawn()
-            .unwrap_or_else(|e| panic!("{}", missing_tool("node", "nodejs", &e)));
-        let lines = output_lines(child.stdout.take().expect("stdout piped"));
-        Node {
-            child,
-            lines,
-            seen: Vec::new(),
-        }
-    }
-
-    /// The next stdout line; fails the test after `LIMIT`.
-    async fn line(&mut self) -> String {
-        match tokio::time::timeout(LIMIT, self.lines.recv()).await {
-            Ok(Some(line)) => {
-                self.seen.push(line.clone());
-                line
-            }
-            other => panic!(
-                "no line from node within {LIMIT:?} ({other:?}); so far:\n{}",
-                self.seen.join("\n")
-            ),
-        }
-    }
-
-    /// SIGKILL, and reaped.
-    async fn kill(&mut self) {
-        self.child.start_kill().expect("SIGKILL");
-        let _ = self.child.wait().await;
-    }
-}
-
 /// `tests/express/app.js` named `name` on `port` (0: any), and its port.
-async fn express(name: &str, port: u16) -> (Node, u16) {
-    let mut app = Node::spawn(
+async fn express(name: &str, port: u16) -> (Script, u16) {
+    let mut app = Script::node(
         "app.js",
         &[],
         &[("NAME", name.to_owned()), ("PORT", port.to_string())],
@@ -104,7 +43,7 @@ type Received = HashMap<usize, Vec<(u64, String)>>;
 
 /// Reads client lines until `done` holds for what has been received.
 async fn receive_until(
-    clients: &mut Node,
+    clients: &mut Script,
     received: &mut Received,
     done: impl Fn(&Received) -> bool,
 ) {
@@ -150,7 +89,7 @@ async fn three_express_processes_survive_one_killed_and_get_it_back() {
     let mut proxy = SsegateProcess::start(&args, LIMIT).await;
 
     let url = format!("https://localhost:{}/events", proxy.addr.port());
-    let mut clients = Node::spawn(
+    let mut clients = Script::node(
         "clients.js",
         &[&url, &CLIENTS.to_string()],
         &[("NODE_EXTRA_CA_CERTS", cert.clone())],

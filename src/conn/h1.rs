@@ -30,6 +30,7 @@ use crate::http1::{Decoder, Framing};
 use crate::message::ResponseHead;
 use crate::proxy::{ConnInfo, Proxy, ProxyBody, ProxyResponse};
 use crate::upstream::NoBody;
+use crate::websocket::Tunnel;
 
 /// First read size for a request head; a browser's usually fits.
 const HEAD_READ_SIZE: usize = 2048;
@@ -78,12 +79,16 @@ pub fn serve<'a>(
                 return;
             };
             let Exchange {
-                response,
+                mut response,
                 no_body,
                 version,
                 mut close,
                 linger,
             } = *exchange;
+            if let Some(tunnel) = response.websocket.take() {
+                // The connection is the WebSocket's from here on.
+                return run_websocket(io, &mut buf, &response.head, *tunnel).await;
+            }
             close |= proxy.shutdown_token().is_cancelled();
             let written = write_response(io, &mut buf, response, no_body, version, close).await;
             match written {
@@ -99,6 +104,26 @@ pub fn serve<'a>(
             }
         }
     }
+}
+
+/// Writes the `101` and runs the WebSocket on the connection until it
+/// ends. Bytes the client sent behind its request head go upstream first.
+/// Boxed, as the other long-lived phases are.
+fn run_websocket<'a>(
+    io: &'a mut ClientIo,
+    buf: &mut BytesMut,
+    head: &ResponseHead,
+    tunnel: Tunnel,
+) -> Pin<Box<dyn Future<Output = ()> + Send + 'a>> {
+    let out = encode_head(head, Delimit::NoBody, false);
+    let client_ahead = buf.split().freeze();
+    Box::pin(async move {
+        if let Err(err) = write_flushed(io, &out).await {
+            tracing::debug!(error = %err, "writing the 101 failed");
+            return;
+        }
+        tunnel.run(io, client_ahead).await;
+    })
 }
 
 /// A response ready to write, and how.
@@ -568,7 +593,8 @@ fn add(
 }
 
 /// The status line and fields (filtered by `rules` already), `Date` if
-/// missing, the body's framing and `Connection: close` if closing.
+/// missing, the body's framing and `Connection: close` if closing, or
+/// `Connection: upgrade` for a `101`.
 fn encode_head(head: &ResponseHead, delimit: Delimit, close: bool) -> Vec<u8> {
     let mut out = Vec::with_capacity(256 + head.fields.len() * 48);
     push_status_line(&mut out, head.status);
@@ -596,7 +622,9 @@ fn encode_head(head: &ResponseHead, delimit: Delimit, close: bool) -> Vec<u8> {
         }
         Delimit::Chunked => push_field(&mut out, b"transfer-encoding", b"chunked"),
     }
-    if close {
+    if head.status == StatusCode::SWITCHING_PROTOCOLS {
+        push_field(&mut out, b"connection", b"upgrade");
+    } else if close {
         push_field(&mut out, b"connection", b"close");
     }
     out.extend_from_slice(b"\r\n");

@@ -9,9 +9,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 use http::header::{HeaderName, HeaderValue, COOKIE};
-use http::{Request, Response, Version};
+use http::{Method, Request, Response, Version};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper::server::conn::http2;
@@ -36,7 +36,10 @@ pub fn builder(max_header_size: usize) -> http2::Builder<TokioExecutor> {
         .max_header_list_size(u32::try_from(2 * max_header_size).unwrap_or(u32::MAX))
         // Pings find dead peers of idle connections and silent streams.
         .keep_alive_interval(KEEP_ALIVE_INTERVAL)
-        .keep_alive_timeout(KEEP_ALIVE_TIMEOUT);
+        .keep_alive_timeout(KEEP_ALIVE_TIMEOUT)
+        // SETTINGS_ENABLE_CONNECT_PROTOCOL (RFC 8441): browsers then open
+        // WebSockets as streams of this connection, not new HTTP/1.1 ones.
+        .enable_connect_protocol();
     h2
 }
 
@@ -97,13 +100,28 @@ pub fn serve(
 fn respond(
     proxy: Arc<Proxy>,
     conn: ConnInfo,
-    req: Request<Incoming>,
+    mut req: Request<Incoming>,
 ) -> Pin<Box<dyn Future<Output = Result<Response<ProxyBody>, Infallible>> + Send>> {
     Box::pin(async move {
+        // A CONNECT's stream becomes a byte stream once a 2xx is sent.
+        let on_upgrade = (req.method() == Method::CONNECT).then(|| hyper::upgrade::on(&mut req));
         let (parts, body) = req.into_parts();
         let head = request_head(parts);
         let body = body.map_err(|err| ProxyError::ClientBody(err.to_string()));
-        let response = proxy.handle(head, body, &conn).await;
+        let mut response = proxy.handle(head, body, &conn).await;
+        if let (Some(tunnel), Some(on_upgrade)) = (response.websocket.take(), on_upgrade) {
+            // hyper hands over the stream after the 200 below is sent. The
+            // task ends with the WebSocket; the connection, which carries
+            // the stream, waits for it when draining.
+            tokio::spawn(async move {
+                match on_upgrade.await {
+                    Ok(upgraded) => tunnel.run(TokioIo::new(upgraded), Bytes::new()).await,
+                    Err(err) => {
+                        tracing::debug!(error = %err, "extended CONNECT stream not upgraded");
+                    }
+                }
+            });
+        }
         Ok(into_response(response))
     })
 }
@@ -117,6 +135,10 @@ fn request_head(parts: http::request::Parts) -> RequestHead {
         .map(|pq| pq.as_str().to_owned())
         .unwrap_or_default();
     let authority = parts.uri.authority().map(|a| a.as_str().to_owned());
+    let protocol = parts
+        .extensions
+        .get::<hyper::ext::Protocol>()
+        .map(|protocol| protocol.as_str().to_owned());
     let mut fields = Fields::builder();
     let mut cookies = BytesMut::new();
     for (name, value) in &parts.headers {
@@ -137,6 +159,7 @@ fn request_head(parts: http::request::Parts) -> RequestHead {
         target,
         authority,
         version: Version::HTTP_2,
+        protocol,
         fields: fields.finish(),
     }
 }

@@ -42,6 +42,7 @@ pub fn parse_request(
         target,
         authority,
         version,
+        protocol: None,
         fields: Fields::from_spans(head, spans),
     }))
 }

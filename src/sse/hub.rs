@@ -382,6 +382,7 @@ impl Hub {
             target: stream.key.clone(),
             authority: None,
             version: Version::HTTP_11,
+            protocol: None,
             fields: fields.finish(),
         };
         let forwarding = Forwarding {
@@ -390,6 +391,7 @@ impl Hub {
             client_ip: None,
             client_subject: None,
             keep_underscore_headers: false,
+            websocket_key: None,
         };
         let mut out = Vec::with_capacity(256);
         rules::write_upstream_head(&mut out, &head, host, &forwarding, Framing::None);
@@ -409,6 +411,7 @@ impl Hub {
                 framing: Framing::None,
                 resendable: true,
                 response_timeout: self.settings.response_timeout,
+                upgrade: false,
             };
             stream
                 .stats

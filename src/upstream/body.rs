@@ -58,6 +58,20 @@ impl ResponseBody {
         self.open = Some(guard);
     }
 
+    /// The connection of a `101 Switching Protocols` to an upgrade request
+    /// (`UpstreamRequest::upgrade`), with the bytes the upstream sent right
+    /// behind the head. None if the connection is gone.
+    pub fn into_upgraded(mut self) -> Option<UpgradedConn> {
+        // Never pooled: the exchange marked it not reusable already.
+        self.recycle = None;
+        let stream = self.stream.take()?;
+        Some(UpgradedConn {
+            stream,
+            ahead: std::mem::take(&mut self.buf).freeze(),
+            _open: self.open.take(),
+        })
+    }
+
     /// Hands the connection back to its pool if the response was read to
     /// its end and nothing followed it.
     fn recycle(&mut self) {
@@ -68,6 +82,16 @@ impl ResponseBody {
             pool.put(stream);
         }
     }
+}
+
+/// An upstream connection that switched protocols: bytes both ways from
+/// here on. It still counts among its target's open ones (least-conn)
+/// while it lives.
+pub struct UpgradedConn {
+    pub stream: UpstreamStream,
+    /// Bytes the upstream sent right behind its `101` head.
+    pub ahead: Bytes,
+    _open: Option<OpenGuard>,
 }
 
 impl Drop for ResponseBody {

@@ -66,7 +66,13 @@ impl From<ExchangeError> for ProxyError {
 }
 
 /// Sends `head` and `body` (framed as `framing`) over `stream` and reads the
-/// final response head to a `method` request.
+/// final response head to a `method` request. With `upgrade` (the request
+/// asks to switch protocols), a `101` is a final answer: what follows its
+/// head in `buf` is no longer HTTP.
+#[allow(
+    clippy::too_many_arguments,
+    reason = "the parts of one request, passed as they are"
+)]
 pub async fn exchange<B: RequestBody>(
     mut stream: UpstreamStream,
     method: &Method,
@@ -74,19 +80,28 @@ pub async fn exchange<B: RequestBody>(
     body: Option<B>,
     framing: Framing,
     limits: Limits,
+    upgrade: bool,
 ) -> Result<Exchanged, ExchangeError> {
     let mut buf = BytesMut::new();
     let (sent, response) = {
         let (mut reader, mut writer) = stream.split();
         let send = pin!(send(&mut writer, &mut head, body, framing, limits));
-        let receive = pin!(receive_head(&mut reader, &mut buf, limits.max_header_size));
+        let receive = pin!(receive_head(
+            &mut reader,
+            &mut buf,
+            limits.max_header_size,
+            upgrade
+        ));
         race(send, receive, limits.request_timeout).await?
     };
     let response = response?;
     let (framing, force_close) =
         response_framing(method, response.head.status, &response.head.fields)
             .map_err(|err| ExchangeError::Failed(ProxyError::Upstream(err.to_string())))?;
+    // An upgrade's connection is not trusted for another request even when
+    // the upstream declined to switch.
     let reusable = sent
+        && !upgrade
         && !force_close
         && framing != Framing::UntilClose
         && response.version == http::Version::HTTP_11
@@ -233,11 +248,12 @@ async fn write(writer: &mut WriteHalf<'_>, bytes: &[u8], limits: Limits) -> std:
 }
 
 /// Reads the final response head; interim (1xx) responses are skipped, a
-/// `101` is an error (no upgrade was asked for).
+/// `101` is final if an upgrade was asked for and an error otherwise.
 async fn receive_head(
     reader: &mut ReadHalf<'_>,
     buf: &mut BytesMut,
     max_header_size: usize,
+    upgrade: bool,
 ) -> Result<ParsedResponse, ExchangeError> {
     let mut received_any = false;
     loop {
@@ -249,6 +265,9 @@ async fn receive_head(
         if let Some(response) = parsed {
             let status = response.head.status;
             if status == StatusCode::SWITCHING_PROTOCOLS {
+                if upgrade {
+                    return Ok(response);
+                }
                 return Err(ExchangeError::Failed(ProxyError::Upstream(
                     "unexpected 101 Switching Protocols".into(),
                 )));

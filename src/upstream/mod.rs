@@ -22,7 +22,7 @@ use http_body::Body;
 use tokio::net::{TcpStream, UnixStream};
 use tokio_rustls::TlsConnector;
 
-pub use body::ResponseBody;
+pub use body::{ResponseBody, UpgradedConn};
 pub use exchange::Limits;
 use exchange::{exchange, ExchangeError, Exchanged};
 pub use group::{Balance, Group, HealthCheck, Target};
@@ -76,6 +76,11 @@ pub struct UpstreamRequest<'a, B> {
     pub resendable: bool,
     /// How long to wait for the response head (the route's request timeout).
     pub response_timeout: Duration,
+    /// The request asks to switch protocols (a WebSocket upgrade): a `101`
+    /// answer is taken, and its connection comes back whole through
+    /// `ResponseBody::into_upgraded`. Such a connection never returns to
+    /// the pool, whatever the answer.
+    pub upgrade: bool,
 }
 
 impl Upstream {
@@ -141,7 +146,16 @@ impl Upstream {
             request_timeout: request.response_timeout,
             ..self.limits
         };
-        exchange(stream, request.method, head, body, request.framing, limits).await
+        exchange(
+            stream,
+            request.method,
+            head,
+            body,
+            request.framing,
+            limits,
+            request.upgrade,
+        )
+        .await
     }
 
     /// A health check: `head` (a bodiless GET) on a new connection, which
@@ -155,6 +169,7 @@ impl Upstream {
             None::<NoBody>,
             Framing::None,
             self.limits,
+            false,
         )
         .await?;
         Ok(exchanged.response.head.status)
@@ -330,6 +345,7 @@ mod tests {
             framing: Framing::None,
             resendable: true,
             response_timeout: Duration::from_secs(5),
+            upgrade: false,
         };
         let (head, mut body) = upstream.send(0, &mut request).await.unwrap();
         assert_eq!(head.status, http::StatusCode::OK);
@@ -376,6 +392,7 @@ mod tests {
             framing: Framing::None,
             resendable: true,
             response_timeout: Duration::from_secs(5),
+            upgrade: false,
         };
         let (_, body) = upstream.send(0, &mut get("/one")).await.unwrap();
         assert_eq!(body.collect().await.unwrap().to_bytes(), "one");

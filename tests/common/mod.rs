@@ -22,6 +22,7 @@ mod process;
 mod proxy;
 mod raw;
 mod readers;
+mod script;
 mod tempdir;
 mod tools;
 mod upstream;
@@ -41,6 +42,8 @@ pub use proxy::*;
 pub use raw::*;
 #[allow(unused_imports)]
 pub use readers::*;
+#[allow(unused_imports)]
+pub use script::*;
 #[allow(unused_imports)]
 pub use tempdir::*;
 #[allow(unused_imports)]
