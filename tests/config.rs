@@ -407,3 +407,185 @@ fn sighup(pid: u32) {
         .expect("run kill(1)");
     assert!(status.success());
 }
+
+/// Fails if a route's own settings leak to other routes or are ignored:
+/// `max_body`, `websocket = false` and `sse_shared` on one route each.
+#[tokio::test]
+async fn each_route_keeps_its_own_settings() {
+    let mut app = named("app").await;
+    app.on("/feed", Reply::event_stream());
+    let dir = TempDir::new("route-settings");
+    let file = write_config(
+        &dir,
+        &format!(
+            r#"
+[upstream.app]
+targets = ["http://{app}"]
+
+[[route]]
+path = "/upload/"
+max_body = "1k"
+
+[[route]]
+path = "/plain/"
+websocket = false
+
+[[route]]
+path = "/live/"
+strip_prefix = true
+sse_shared = true
+
+[[route]]
+path = "/"
+"#,
+            app = app.addr
+        ),
+    );
+    let proxy = spawn_proxy_with(load(&file)).await;
+    let big = vec![b'x'; 2048];
+    for version in [Version::HTTP_11, Version::HTTP_2] {
+        let mut client = Client::connect(proxy.addr, version).await;
+        let post = |path: &str| {
+            request(version, "POST", "localhost", path)
+                .header("content-length", big.len())
+                .body(full_body(big.clone()))
+                .unwrap()
+        };
+        assert_plain_error(client.send(post("/upload/file")).await, 413).await;
+        let mut client = Client::connect(proxy.addr, version).await;
+        let response = client.send(post("/other")).await;
+        assert_eq!(response.status(), 200, "{version:?}: max_body leaked");
+        assert_eq!(app.next_request().await.body.len(), big.len());
+    }
+
+    // An upgrade on a route without WebSockets goes on as a plain GET.
+    let upgrade = |path: &str| {
+        request(Version::HTTP_11, "GET", "localhost", path)
+            .header("connection", "upgrade")
+            .header("upgrade", "websocket")
+            .header("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ==")
+            .header("sec-websocket-version", "13")
+            .body(empty_body())
+            .unwrap()
+    };
+    let mut client = Client::connect(proxy.addr, Version::HTTP_11).await;
+    let response = client.send(upgrade("/plain/chat")).await;
+    assert_eq!(response.status(), 200);
+    let seen = app.next_request().await;
+    assert_eq!(
+        seen.header("upgrade"),
+        None,
+        "upgrade forwarded on a websocket = false route"
+    );
+    let mut client = Client::connect(proxy.addr, Version::HTTP_11).await;
+    let response = client.send(upgrade("/chat")).await;
+    assert_eq!(response.status(), 200, "the upstream's refusal is relayed");
+    let seen = app.next_request().await;
+    assert_eq!(seen.header("upgrade"), Some("websocket"));
+
+    // Two subscribers of the shared route, one upstream request.
+    let mut readers = Vec::new();
+    let mut clients = Vec::new();
+    for version in [Version::HTTP_11, Version::HTTP_2] {
+        let mut client = Client::connect(proxy.addr, version).await;
+        let response = client.get("/live/feed").await;
+        assert_eq!(response.status(), 200);
+        readers.push(EventReader::new(response.into_body()));
+        clients.push(client);
+    }
+    let stream = app.next_stream().await;
+    assert_eq!(stream.path_and_query(), "/feed");
+    assert!(stream.write_event(1, "tick", &["shared"]).await);
+    for reader in &mut readers {
+        let event = reader.next_event(WAIT_LIMIT).await.expect("shared event");
+        assert_eq!(event.text, event_text(1, "tick", "shared"));
+    }
+    assert!(
+        app.no_more_streams(),
+        "the shared route opened a second upstream stream"
+    );
+}
+
+/// Fails if a reload of the file leaves the old certificate in service.
+#[tokio::test]
+async fn a_reload_serves_the_certificate_the_file_now_names() {
+    let app = named("app").await;
+    let dir = TempDir::new("cert-reload");
+    let names = ["localhost".to_owned()];
+    let (first_cert, first_key) = ssegate::tls::generate_self_signed(&names, 30).unwrap();
+    let (second_cert, second_key) = ssegate::tls::generate_self_signed(&names, 30).unwrap();
+    let both = dir.write("both.pem", format!("{first_cert}{second_cert}"));
+    let pair = |cert: &str, key: &str, name: &str| {
+        let cert = dir.write(&format!("{name}.pem"), cert);
+        let key = dir.write(&format!("{name}-key.pem"), key);
+        format!(
+            "[[certificate]]\ncert = {:?}\nkey = {:?}\n\n[upstream.app]\ntargets = [\"http://{}\"]\n",
+            cert.display().to_string(),
+            key.display().to_string(),
+            app.addr
+        )
+    };
+    let file = dir.write("ssegate.toml", pair(&first_cert, &first_key, "first"));
+    let proxy = spawn_proxy_with(load(&file)).await;
+    let served = || async {
+        let tls = tls_connect_trusting(proxy.addr, &both).await;
+        let leaf = tls.get_ref().1.peer_certificates().expect("a certificate")[0].clone();
+        leaf.as_ref().to_vec()
+    };
+    let der = |pem: &str| {
+        use rustls::pki_types::pem::PemObject;
+        rustls::pki_types::CertificateDer::from_pem_slice(pem.as_bytes())
+            .unwrap()
+            .as_ref()
+            .to_vec()
+    };
+    assert_eq!(served().await, der(&first_cert));
+
+    dir.write("ssegate.toml", pair(&second_cert, &second_key, "second"));
+    let deadline = tokio::time::Instant::now() + WAIT_LIMIT;
+    while served().await != der(&second_cert) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the new certificate was never served"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A TLS connection to `addr` trusting the certificates in `ca`.
+async fn tls_connect_trusting(
+    addr: std::net::SocketAddr,
+    ca: &std::path::Path,
+) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
+    let config = client_tls_config_trusting(ca, &[b"http/1.1"]);
+    let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    tokio_rustls::TlsConnector::from(config)
+        .connect(name, tcp)
+        .await
+        .expect("handshake")
+}
+
+/// Fails if the README's example configuration no longer loads (its
+/// certificate paths replaced by the development certificate's).
+#[test]
+fn the_readme_example_configuration_checks_ok() {
+    let readme = std::fs::read_to_string(repo_path("README.md")).expect("README.md");
+    let start = readme
+        .find("```toml\nlisten = ")
+        .expect("the README has the example configuration")
+        + "```toml\n".len();
+    let end = start + readme[start..].find("```").expect("the block ends");
+    let example = readme[start..end]
+        .replace(
+            "/etc/ssl/example.com/fullchain.pem",
+            &dev_cert_path().display().to_string(),
+        )
+        .replace(
+            "/etc/ssl/example.com/privkey.pem",
+            &dev_key_path().display().to_string(),
+        );
+    let dir = TempDir::new("readme");
+    let file = dir.write("example.toml", example);
+    assert_eq!(check(&file), (true, "ok\n".to_owned()));
+}
