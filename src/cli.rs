@@ -181,6 +181,31 @@ pub struct ProxyArgs {
 
     #[command(flatten)]
     pub limits: LimitArgs,
+
+    #[command(flatten)]
+    pub admin: AdminArgs,
+}
+
+/// The admin listener: metrics, health and a live status page.
+#[derive(Debug, Args, Clone)]
+pub struct AdminArgs {
+    /// Serve plain HTTP here (127.0.0.1 or a private network: no TLS):
+    /// Prometheus metrics on /metrics, /healthz, /readyz (503 once
+    /// draining starts), and a live status page on /. Off by default.
+    #[arg(long, value_name = "ADDR", env = "SSEGATE_ADMIN")]
+    pub admin: Option<SocketAddr>,
+
+    /// Require `Authorization: Bearer TOKEN` on every admin path except
+    /// /healthz and /readyz (the status page and its /events stream also
+    /// take `?token=TOKEN`, as a browser cannot send the header).
+    #[arg(
+        long,
+        value_name = "TOKEN",
+        env = "SSEGATE_ADMIN_TOKEN",
+        hide_env_values = true,
+        requires = "admin"
+    )]
+    pub admin_token: Option<String>,
 }
 
 #[derive(Debug, Args, Clone)]

@@ -15,7 +15,7 @@ use http::uri::Scheme;
 use http::Uri;
 use rustls::pki_types::ServerName;
 
-use crate::cli::{Cli, ProxyArgs, SecurityArgs, StreamArgs, TimeoutArgs};
+use crate::cli::{AdminArgs, Cli, ProxyArgs, SecurityArgs, StreamArgs, TimeoutArgs};
 use crate::config_file::{ConfigFile, FileError, GroupSpec, RouteSpec};
 use crate::defaults;
 use crate::error::StartError;
@@ -318,6 +318,42 @@ pub struct Config {
     pub keep_underscore_headers: bool,
     /// Connection and stream limits, and the PROXY protocol (all off by default).
     pub limits: ConnectionLimits,
+    /// `--admin`: the metrics, health and status listener (off by default).
+    pub admin: Option<AdminSettings>,
+}
+
+/// The admin listener (`--admin`, `--admin-token`).
+#[derive(Clone, PartialEq, Eq)]
+pub struct AdminSettings {
+    pub listen: SocketAddr,
+    /// Bearer token required on every path but /healthz and /readyz.
+    pub token: Option<String>,
+}
+
+impl std::fmt::Debug for AdminSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AdminSettings")
+            .field("listen", &self.listen)
+            .field("token", &self.token.as_ref().map(|_| "<set>"))
+            .finish()
+    }
+}
+
+impl AdminSettings {
+    fn from_args(args: &AdminArgs) -> Result<Option<Self>, StartError> {
+        let Some(listen) = args.admin else {
+            return Ok(None);
+        };
+        let token = match &args.admin_token {
+            Some(token) if token.is_empty() || token.chars().any(|c| c.is_whitespace() || c.is_control()) => {
+                return Err(StartError::Config(
+                    "--admin-token must be non-empty, without spaces or control characters".into(),
+                ))
+            }
+            token => token.clone(),
+        };
+        Ok(Some(AdminSettings { listen, token }))
+    }
 }
 
 impl std::fmt::Debug for Config {
@@ -366,6 +402,7 @@ impl Config {
             max_body: None,
             keep_underscore_headers: false,
             limits: ConnectionLimits::default(),
+            admin: None,
         }
     }
 
@@ -421,6 +458,7 @@ impl Config {
         config.max_body = args.max_body.map(|size| size.0 as u64);
         config.keep_underscore_headers = args.keep_underscore_headers;
         config.limits = ConnectionLimits::from(&args.limits);
+        config.admin = AdminSettings::from_args(&args.admin)?;
         config.threads = args
             .threads
             .unwrap_or_else(|| std::thread::available_parallelism().unwrap_or(NonZeroUsize::MIN));

@@ -2,6 +2,7 @@
 //! event by event. The binary is a thin shell over this library so tests and
 //! benchmarks start the same proxy in-process.
 
+pub mod admin;
 pub mod cli;
 pub mod config;
 pub mod config_file;
@@ -13,6 +14,7 @@ pub mod http1;
 pub mod limits;
 pub mod listener;
 pub mod message;
+pub mod metrics;
 pub mod proxy;
 pub mod proxy_protocol;
 pub mod redirect;

@@ -25,6 +25,7 @@ use crate::error::{BoxError, ProxyError};
 use crate::http1::Framing;
 use crate::limits::{PerIpGuard, PerIpLimit};
 use crate::message::{Fields, RequestHead, ResponseHead};
+use crate::metrics::{self, Metrics, RequestMetrics, RouteMetrics};
 use crate::routes::RouteTable;
 use crate::rules::{self, Forwarding, WebSocket};
 use crate::sse::hub::{Hub, HubSettings};
@@ -68,6 +69,10 @@ pub struct Proxy {
     /// are of streams that outlive a reload.
     streams_per_ip: Option<Arc<PerIpLimit>>,
     shutdown: CancellationToken,
+    /// The registry every route's and group's handles come from (`--admin`).
+    metrics: Metrics,
+    /// Responses to requests no route took.
+    unrouted: RequestMetrics,
 }
 
 /// What one configuration decides about requests. Requests already under
@@ -91,6 +96,10 @@ type UpstreamSettingsKey = (UpstreamGroup, std::time::Duration, usize);
 /// One route and everything a request on it needs.
 struct Route {
     config: RouteConfig,
+    /// Its `route` label (`metrics::route_label`).
+    label: String,
+    /// Its counters, resolved when the route is built.
+    metrics: RouteMetrics,
     /// The group's base path, prefixed to every request path.
     base_path: String,
     group: Arc<Group>,
@@ -101,15 +110,23 @@ struct Route {
 }
 
 impl Proxy {
-    /// Builds the routing of `config`; starts its groups' health checks
-    /// (so it must run within the runtime that should run them).
-    pub fn new(config: &Config, shutdown: CancellationToken) -> Arc<Self> {
-        let routing = Routing::build(config, None, &shutdown);
+    /// Builds the routing of `config`, counting with `metrics`; starts its
+    /// groups' health checks (so it must run within the runtime that
+    /// should run them).
+    pub fn new(config: &Config, shutdown: CancellationToken, metrics: Metrics) -> Arc<Self> {
+        let routing = Routing::build(config, None, &shutdown, &metrics);
         Arc::new(Proxy {
             routing: ArcSwap::from_pointee(routing),
             streams_per_ip: config.limits.max_streams_per_ip.map(PerIpLimit::new),
             shutdown,
+            unrouted: metrics.unrouted(),
+            metrics,
         })
+    }
+
+    /// The registry the proxy counts with.
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
     }
 
     /// Serves new requests with `config`'s routes and groups from now on.
@@ -118,7 +135,12 @@ impl Proxy {
     /// they are; groups no longer configured stop their health checks.
     pub fn reload(&self, config: &Config) {
         let old = self.routing.load_full();
-        let new = Arc::new(Routing::build(config, Some(&old), &self.shutdown));
+        let new = Arc::new(Routing::build(
+            config,
+            Some(&old),
+            &self.shutdown,
+            &self.metrics,
+        ));
         for (_, group) in old.groups.values() {
             let kept = new.groups.values().any(|(_, g)| Arc::ptr_eq(g, group));
             if !kept {
@@ -133,6 +155,22 @@ impl Proxy {
         let routing = self.routing.load();
         let hub = routing.routes.iter().next().map(|route| route.hub.clone());
         hub
+    }
+
+    /// The routes being served, in the routing table's order, for the
+    /// admin page.
+    pub fn routes(&self) -> Vec<RouteStatus> {
+        let routing = self.routing.load();
+        routing
+            .routes
+            .iter()
+            .map(|route| RouteStatus {
+                label: route.label.clone(),
+                upstream: route.config.upstream.clone(),
+                metrics: route.metrics.clone(),
+                hub: route.hub.clone(),
+            })
+            .collect()
     }
 
     /// The upstream groups by name (for their counters).
@@ -173,12 +211,35 @@ impl Proxy {
         conn: &ConnInfo,
     ) -> ProxyResponse {
         let routing = self.routing.load_full();
-        let mut access = AccessLog::new(
+        let access = AccessLog::new(
             conn.peer,
             head.method.clone(),
             head.target.clone(),
             head.version,
         );
+        let started = access.started;
+        let mut route = None;
+        let response = self
+            .forward(&routing, head, body, conn, access, &mut route)
+            .await;
+        // Counted once the head is ready, whichever way the request took.
+        match route {
+            Some(route) => route.metrics.response(response.head.status, started),
+            None => self.unrouted.response(response.head.status, started),
+        }
+        response
+    }
+
+    /// `handle`'s request path; sets `taken` to the route once known.
+    async fn forward<'r, B: RequestBody>(
+        &self,
+        routing: &'r Routing,
+        head: RequestHead,
+        body: B,
+        conn: &ConnInfo,
+        mut access: AccessLog,
+        taken: &mut Option<&'r Route>,
+    ) -> ProxyResponse {
         // The one decision on WebSockets, for both protocols.
         let websocket = rules::websocket_upgrade(&head);
         let host = match rules::check_request(&head, routing.max_header_size, websocket) {
@@ -188,6 +249,7 @@ impl Proxy {
         let Some(route) = routing.routes.find(&host, head.path()) else {
             return routing.failed(ProxyError::NoRoute, access);
         };
+        *taken = Some(route);
         // A route with `websocket = false`: an upgrade goes on as a plain
         // request, an extended CONNECT is refused like any CONNECT.
         let websocket = match websocket {
@@ -274,16 +336,18 @@ impl Proxy {
             None => slot,
         };
         access.status = filtered.head.status;
-        let (kind, settings) = if filtered.event_stream {
-            (BodyKind::EventStream, &route.event_stream_relay)
+        let (kind, settings, counted) = if filtered.event_stream {
+            let counted = route.metrics.streams();
+            (BodyKind::EventStream, &route.event_stream_relay, counted)
         } else {
-            (BodyKind::Ordinary, &route.ordinary_relay)
+            (BodyKind::Ordinary, &route.ordinary_relay, None)
         };
         debug_assert_eq!(settings.kind, kind);
         let mut head = filtered.head;
         routing.finish_head(route, &mut head);
         let body = RelayBody::new(body, settings.clone(), &self.shutdown, access)
             .holding(slot)
+            .counted(counted)
             .boxed();
         ProxyResponse {
             head,
@@ -293,10 +357,24 @@ impl Proxy {
         }
     }
 
-    /// The short text response for `err` (not logged).
+    /// The short text response for `err` (not logged), to a request the
+    /// client's protocol refused before the proxy saw it (counted as
+    /// unrouted).
     pub fn error_response(&self, err: &ProxyError) -> ProxyResponse {
-        self.routing.load().error_response(err)
+        let response = self.routing.load().error_response(err);
+        self.unrouted
+            .response(response.head.status, std::time::Instant::now());
+        response
     }
+}
+
+/// A route as the admin page shows it.
+pub struct RouteStatus {
+    pub label: String,
+    /// Its group's name.
+    pub upstream: String,
+    pub metrics: RouteMetrics,
+    pub hub: Arc<Hub>,
 }
 
 impl Route {
@@ -313,7 +391,12 @@ impl Route {
 impl Routing {
     /// The routing of `config`, keeping from `old` the groups and hubs
     /// that did not change.
-    fn build(config: &Config, old: Option<&Routing>, shutdown: &CancellationToken) -> Routing {
+    fn build(
+        config: &Config,
+        old: Option<&Routing>,
+        shutdown: &CancellationToken,
+        metrics: &Metrics,
+    ) -> Routing {
         let settings = UpstreamSettings {
             connect_timeout: config.timeouts.connect,
             tls: config.upstream_tls.clone(),
@@ -339,7 +422,13 @@ impl Routing {
                 .filter(|(old_key, _)| *old_key == key && definition.first_tls_target().is_none())
                 .map(|(_, group)| group.clone());
             let group = kept.unwrap_or_else(|| {
-                let group = Arc::new(build_group(definition, &settings, config.threads.get()));
+                let group = Arc::new(build_group(
+                    name,
+                    definition,
+                    &settings,
+                    config.threads.get(),
+                    metrics,
+                ));
                 group.spawn_health_checks(definition.base_path(), shutdown);
                 group
             });
@@ -371,10 +460,15 @@ impl Routing {
                         })
                         .map(|r| r.hub.clone())
                 });
-                let hub = kept_hub
-                    .unwrap_or_else(|| Hub::new(hub_settings, group.clone(), shutdown.clone()));
+                let hub = kept_hub.unwrap_or_else(|| {
+                    Hub::new(hub_settings, group.clone(), shutdown.clone(), metrics.hub())
+                });
+                let host = route.host.as_ref().map(ToString::to_string);
+                let label = metrics::route_label(host.as_deref(), &route.path);
                 let relay = |kind| Arc::new(relay_settings(&route, kind));
                 let served = Route {
+                    metrics: metrics.route(&label),
+                    label,
                     base_path,
                     group: group.clone(),
                     hub,
@@ -422,7 +516,13 @@ impl Routing {
         };
         access.status = head.status;
         rules::add_hsts(&mut head, self.hsts.as_deref());
-        let tunnel = Tunnel::new(upstream, route.config.websocket_idle_timeout, access, slot);
+        let tunnel = Tunnel::new(
+            upstream,
+            route.config.websocket_idle_timeout,
+            access,
+            slot,
+            route.metrics.websocket_opened(),
+        );
         ProxyResponse {
             head,
             body: Empty::new().map_err(|never| match never {}).boxed(),
@@ -463,6 +563,7 @@ impl Routing {
                 let settings = route.subscriber_relay.clone();
                 let body = RelayBody::new(subscription, settings, &self.shutdown, access)
                     .holding(slot)
+                    .counted(route.metrics.streams())
                     .boxed();
                 let mut fields = Fields::builder();
                 fields
@@ -581,12 +682,22 @@ fn body_framing<B: RequestBody>(body: &B) -> Framing {
     }
 }
 
-/// Builds a group's targets, each with its connection pools.
-fn build_group(definition: &UpstreamGroup, settings: &UpstreamSettings, threads: usize) -> Group {
+/// Builds group `name`'s targets, each with its connection pools and its
+/// counters.
+fn build_group(
+    name: &str,
+    definition: &UpstreamGroup,
+    settings: &UpstreamSettings,
+    threads: usize,
+    metrics: &Metrics,
+) -> Group {
     let targets = definition
         .targets
         .iter()
-        .map(|url| Target::new(url.to_string(), url.endpoint.clone(), settings))
+        .map(|url| {
+            let counted = metrics.target(name, &url.to_string());
+            Target::new(url.to_string(), url.endpoint.clone(), settings).with_metrics(counted)
+        })
         .collect();
     Group::new(
         targets,

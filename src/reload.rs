@@ -40,6 +40,7 @@ struct FixedSettings {
     threads: std::num::NonZeroUsize,
     client_auth: bool,
     limits: crate::limits::ConnectionLimits,
+    admin: Option<crate::config::AdminSettings>,
 }
 
 impl FixedSettings {
@@ -50,6 +51,7 @@ impl FixedSettings {
             threads: config.threads,
             client_auth: config.client_auth,
             limits: config.limits.clone(),
+            admin: config.admin.clone(),
         }
     }
 }
@@ -123,23 +125,33 @@ impl Reloader {
     }
 
     fn reload(&mut self, trigger: &str) {
+        let metrics = self.proxy.metrics().clone();
         let Some(source) = &self.source else {
             match self.certs.reload() {
-                Ok(()) => tracing::info!(trigger, "certificates reloaded"),
-                Err(err) => tracing::warn!(
-                    trigger,
-                    "certificate reload failed, still serving the previous certificates: {err}"
-                ),
+                Ok(()) => {
+                    tracing::info!(trigger, "certificates reloaded");
+                    metrics.config_reload(true, format!("{trigger}: certificates reloaded"));
+                }
+                Err(err) => {
+                    tracing::warn!(
+                        trigger,
+                        "certificate reload failed, still serving the previous certificates: {err}"
+                    );
+                    metrics.config_reload(false, format!("{trigger}: {err}"));
+                }
             }
             return;
         };
         let config = match Config::load(&source.argv) {
             Ok(config) => config,
             Err(err) => {
-                for line in err.to_string().lines() {
+                let text = err.to_string();
+                for line in text.lines() {
                     tracing::warn!(trigger, "configuration reload failed: {line}");
                 }
                 tracing::warn!(trigger, "still serving the previous configuration");
+                let first = text.lines().next().unwrap_or_default();
+                metrics.config_reload(false, format!("{trigger}: {first}"));
                 return;
             }
         };
@@ -152,14 +164,15 @@ impl Reloader {
         if fixed != self.fixed {
             tracing::warn!(
                 trigger,
-                "listen, redirect_http, threads, client_ca, the connection and stream limits and proxy_protocol take effect only after a restart"
+                "listen, redirect_http, threads, client_ca, the connection and stream limits, proxy_protocol, admin and admin_token take effect only after a restart"
             );
         }
-        tracing::info!(
-            trigger,
-            routes = config.effective_routes().len(),
-            upstreams = config.upstreams.len(),
-            "configuration reloaded"
+        let routes = config.effective_routes().len();
+        let upstreams = config.upstreams.len();
+        tracing::info!(trigger, routes, upstreams, "configuration reloaded");
+        metrics.config_reload(
+            true,
+            format!("{trigger}: {routes} routes, {upstreams} upstream groups"),
         );
     }
 }

@@ -10,11 +10,13 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
+use crate::admin::AdminListener;
 use crate::config::Config;
 use crate::conn::{self, ClientIo, SendTimeout};
 use crate::error::StartError;
 use crate::limits::{PerIpGuard, PerIpLimit};
 use crate::listener::Listener;
+use crate::metrics::{Metrics, Protocol, TlsFailure, TlsHandshake};
 use crate::proxy::{ConnInfo, Proxy};
 use crate::proxy_protocol::ProxyHeader;
 use crate::workers::Workers;
@@ -31,6 +33,8 @@ pub struct Server {
     config: Config,
     proxy: Arc<Proxy>,
     workers: Workers,
+    /// `--admin`: bound with the proxy, served while it runs.
+    admin: Option<AdminListener>,
 }
 
 impl Server {
@@ -59,8 +63,17 @@ impl Server {
             ),
             None => None,
         };
+        let admin = match &config.admin {
+            Some(settings) => Some(AdminListener::bind(settings).await?),
+            None => None,
+        };
+        // Counted only when someone can read the counts.
+        let metrics = match admin {
+            Some(_) => Metrics::new(),
+            None => Metrics::disabled(),
+        };
         // The proxy's own token: cancelled by `run` when its caller's fires.
-        let proxy = Proxy::new(&config, CancellationToken::new());
+        let proxy = Proxy::new(&config, CancellationToken::new(), metrics);
         let workers = Workers::start(config.threads)
             .map_err(|e| StartError::Config(format!("cannot start serving threads: {e}")))?;
         Ok(Server {
@@ -70,7 +83,13 @@ impl Server {
             config,
             proxy,
             workers,
+            admin,
         })
+    }
+
+    /// The address of the `--admin` listener, if any.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin.as_ref().map(AdminListener::local_addr)
     }
 
     /// The address of the `--redirect-http` listener, if any.
@@ -106,6 +125,7 @@ impl Server {
             config,
             proxy,
             workers,
+            admin,
         } = self;
         if let Some(reloader) = crate::reload::Reloader::new(&config, proxy.clone()) {
             reloader.spawn(shutdown.clone());
@@ -121,8 +141,13 @@ impl Server {
                 shutdown.clone(),
             ));
         }
+        // Ready from here on (/readyz), until `shutdown` fires.
+        let admin = admin.map(|admin| {
+            let certs = config.cert_reloader.as_ref().map(|r| r.store.clone());
+            admin.serve(proxy.clone(), certs, shutdown.clone())
+        });
         let drain_timeout = config.timeouts.drain;
-        let connections = Arc::new(ConnectionSettings::new(&config));
+        let connections = Arc::new(ConnectionSettings::new(&config, proxy.metrics().clone()));
         // --max-connections: a permit per open connection, taken before
         // accepting, so beyond the limit connections wait in the backlog.
         let open_limit = config
@@ -183,9 +208,11 @@ impl Server {
                 // The protocol follows ALPN, as browsers negotiate it; without
                 // ALPN, HTTP/1.1 (HTTP/2 over TLS requires ALPN, RFC 9113 §3.2).
                 if io.get_ref().get_ref().1.alpn_protocol() == Some(b"h2") {
+                    let _counted = connections.metrics.connection(Protocol::Http2);
                     let first_request = connections.h1.header_read_timeout;
                     conn::h2::serve(io, proxy, conn, &connections.h2, first_request).await;
                 } else {
+                    let _counted = connections.metrics.connection(Protocol::Http1);
                     serve_h1(&mut io, &proxy, &conn, connections.h1).await;
                 }
             };
@@ -209,6 +236,10 @@ impl Server {
                 "drain timeout reached; closing remaining connections"
             );
             tasks.shutdown().await;
+        }
+        // Last: a load balancer saw /readyz fail while the streams drained.
+        if let Some(admin) = admin {
+            admin.close().await;
         }
     }
 }
@@ -245,10 +276,12 @@ struct ConnectionSettings {
     send_timeout: Duration,
     h1: conn::h1::Settings,
     h2: http2::Builder<TokioExecutor>,
+    /// Connections open by protocol, handshakes by result.
+    metrics: Metrics,
 }
 
 impl ConnectionSettings {
-    fn new(config: &Config) -> Self {
+    fn new(config: &Config, metrics: Metrics) -> Self {
         ConnectionSettings {
             tls: config.tls.clone(),
             tls_handshake_timeout: config.timeouts.tls_handshake,
@@ -260,6 +293,7 @@ impl ConnectionSettings {
                 max_header_size: config.max_header_size,
             },
             h2: conn::h2::builder(config.max_header_size),
+            metrics,
         }
     }
 
@@ -281,6 +315,7 @@ impl ConnectionSettings {
         let send_timeout = self.send_timeout;
         let proxy_protocol = self.proxy_protocol;
         let per_ip = self.per_ip.clone();
+        let metrics = self.metrics.clone();
         Box::pin(async move {
             let mut tcp = match TcpStream::from_std(tcp) {
                 Ok(tcp) => tcp,
@@ -291,6 +326,8 @@ impl ConnectionSettings {
             };
             // Known once the PROXY header is read; the TCP peer until then.
             let mut client = peer;
+            // Whether the TLS part began (the timeout counts as its failure).
+            let mut tls_started = false;
             let handshake = async {
                 if proxy_protocol {
                     match crate::proxy_protocol::read_header(&mut tcp).await {
@@ -317,22 +354,33 @@ impl ConnectionSettings {
                     },
                     None => None,
                 };
+                tls_started = true;
                 match crate::tls::accept::accept(tcp, config).await {
                     Ok(tls) => Some((tls, per_ip)),
                     Err(err) => {
+                        metrics.tls_handshake(TlsHandshake::Failed(err.failure()));
                         tracing::debug!(%client, error = %err, "TLS handshake failed");
                         None
                     }
                 }
             };
             match tokio::time::timeout(timeout, handshake).await {
-                Ok(Some((tls, per_ip))) => Some(Accepted {
+                Ok(Some((tls, per_ip))) => {
+                    metrics.tls_handshake(match tls.get_ref().1.protocol_version() {
+                        Some(rustls::ProtocolVersion::TLSv1_2) => TlsHandshake::Tls12,
+                        _ => TlsHandshake::Tls13,
+                    });
+                    Some(Accepted {
                     io: Box::new(SendTimeout::new(tls, send_timeout)),
                     client,
                     per_ip,
-                }),
+                    })
+                }
                 Ok(None) => None,
                 Err(_) => {
+                    if tls_started {
+                        metrics.tls_handshake(TlsHandshake::Failed(TlsFailure::Timeout));
+                    }
                     tracing::debug!(%client, ?timeout, "TLS handshake timed out");
                     None
                 }

@@ -20,6 +20,7 @@ use tokio::time::{Instant, Sleep};
 use crate::error::ProxyError;
 use crate::limits::PerIpGuard;
 use crate::message::RequestHead;
+use crate::metrics::OpenGuard;
 use crate::rules::WebSocket;
 use crate::sse::{AccessLog, Outcome};
 use crate::upstream::UpgradedConn;
@@ -77,6 +78,8 @@ pub struct Tunnel {
     idle_timeout: Duration,
     /// Written when the WebSocket ends (or is dropped unrun).
     access: AccessLog,
+    /// Counts it in `ssegate_websockets_open` until it ends.
+    open: OpenGuard,
 }
 
 impl Tunnel {
@@ -85,12 +88,14 @@ impl Tunnel {
         idle_timeout: Duration,
         access: AccessLog,
         slot: Option<PerIpGuard>,
+        open: OpenGuard,
     ) -> Self {
         Tunnel {
             slot,
             upstream,
             idle_timeout,
             access,
+            open,
         }
     }
 
@@ -106,6 +111,7 @@ impl Tunnel {
             mut upstream,
             idle_timeout,
             mut access,
+            open,
         } = self;
         let upstream_ahead = std::mem::take(&mut upstream.ahead);
         let relayed = relay(
@@ -119,6 +125,7 @@ impl Tunnel {
         access.bytes = relayed.to_client;
         // Released before the access line: the WebSocket is over.
         drop(slot);
+        drop(open);
         access.outcome = match relayed.end {
             End::Closed => Outcome::Complete,
             End::IdleTimeout => {

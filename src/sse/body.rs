@@ -21,8 +21,10 @@ use tokio::time::{Instant, Sleep};
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
 use super::framing::EventBoundary;
+use super::hub::SlowSubscriber;
 use crate::error::BoxError;
 use crate::limits::PerIpGuard;
+use crate::metrics::{StreamEnd, StreamMetrics};
 
 /// The comment written as a heartbeat: ignored by EventSource, but traffic for
 /// every idle timer between the proxy and the browser.
@@ -76,6 +78,17 @@ pub enum Outcome {
 }
 
 impl Outcome {
+    /// Why an event stream that ended this way ended, for its metrics.
+    fn stream_end(self, slow: bool) -> StreamEnd {
+        match self {
+            _ if slow => StreamEnd::Slow,
+            Outcome::ClientClosed => StreamEnd::Client,
+            Outcome::Complete | Outcome::UpstreamError | Outcome::ProxyError => StreamEnd::Upstream,
+            Outcome::IdleTimeout => StreamEnd::Idle,
+            Outcome::Shutdown => StreamEnd::Drain,
+        }
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Outcome::ClientClosed => "client closed",
@@ -124,6 +137,7 @@ impl Drop for AccessLog {
 }
 
 pin_project_lite::pin_project! {
+    #[project = RelayBodyProj]
     pub struct RelayBody<B = Incoming> {
         // Counts an event stream against --max-streams-per-ip; released
         // when the stream ends. First, so that a client that leaves frees
@@ -148,7 +162,19 @@ pin_project_lite::pin_project! {
         last_write: Instant,
         draining: bool,
         done: bool,
+        // A shared-stream subscriber dropped for falling behind.
+        slow: bool,
+        // The route's event-stream counters (`--admin`), while the stream
+        // counts as open; taken when its end is counted.
+        metrics: Option<Arc<StreamMetrics>>,
         access: AccessLog,
+    }
+
+    impl<B> PinnedDrop for RelayBody<B> {
+        fn drop(this: Pin<&mut Self>) {
+            // The client left before the stream ended.
+            this.project().count_end();
+        }
     }
 }
 
@@ -184,6 +210,8 @@ impl<B> RelayBody<B> {
             last_write: now,
             draining: false,
             done: false,
+            slow: false,
+            metrics: None,
             access,
         }
     }
@@ -195,6 +223,30 @@ impl<B> RelayBody<B> {
     pub fn holding(mut self, slot: Option<PerIpGuard>) -> Self {
         self.stream_slot = slot;
         self
+    }
+
+    /// Counts the body as an event stream of the route `metrics` belongs
+    /// to, from now until it ends or is dropped (ordinary bodies are not
+    /// counted).
+    pub fn counted(mut self, metrics: Option<Arc<StreamMetrics>>) -> Self {
+        if self.settings.kind == BodyKind::EventStream {
+            if let Some(metrics) = &metrics {
+                metrics.opened();
+            }
+            self.metrics = metrics;
+        }
+        self
+    }
+}
+
+impl<B> RelayBodyProj<'_, B> {
+    /// Counts the stream's end, once: when it ends, or when it is dropped
+    /// unended (the client left).
+    fn count_end(&mut self) {
+        if let Some(metrics) = self.metrics.take() {
+            let end = self.access.outcome.stream_end(*self.slow);
+            metrics.ended(end, self.access.started.elapsed());
+        }
     }
 }
 
@@ -227,8 +279,10 @@ where
         let frame = self.as_mut().relay(cx);
         // Released before the client sees the end, so that a stream it
         // opens next is not refused for this one.
-        if self.done && self.stream_slot.is_some() {
-            *self.as_mut().project().stream_slot = None;
+        if self.done && (self.stream_slot.is_some() || self.metrics.is_some()) {
+            let mut this = self.as_mut().project();
+            *this.stream_slot = None;
+            this.count_end();
         }
         frame
     }
@@ -276,20 +330,30 @@ where
                         *this.last_write = *this.last_frame;
                         this.access.bytes += data.len() as u64;
                         if this.settings.kind == BodyKind::EventStream {
-                            this.boundary.feed(data);
+                            let events = this.boundary.feed(data);
+                            if let (Some(metrics), 1..) = (this.metrics.as_ref(), events) {
+                                metrics.events(events);
+                            }
                         }
                     }
                     return Poll::Ready(Some(Ok(frame)));
                 }
                 Poll::Ready(Some(Err(err))) => {
                     *this.done = true;
+                    let err: BoxError = err.into();
+                    if err.is::<SlowSubscriber>() {
+                        // The hub has logged it; the client just reconnects.
+                        *this.slow = true;
+                        this.access.outcome = Outcome::Complete;
+                        return Poll::Ready(None);
+                    }
                     this.access.outcome = Outcome::UpstreamError;
                     tracing::warn!(path = %this.access.path, error = %err, "upstream body failed");
                     // An event stream ends cleanly so EventSource reconnects; an
                     // ordinary body is cut so the client sees it is incomplete.
                     return match this.settings.kind {
                         BodyKind::EventStream => Poll::Ready(None),
-                        BodyKind::Ordinary => Poll::Ready(Some(Err(err.into()))),
+                        BodyKind::Ordinary => Poll::Ready(Some(Err(err))),
                     };
                 }
                 Poll::Ready(None) => {
@@ -349,6 +413,9 @@ where
                     heartbeat.as_mut().reset(now + every);
                     let _ = heartbeat.as_mut().poll(cx);
                     this.access.bytes += HEARTBEAT.len() as u64;
+                    if let Some(metrics) = this.metrics.as_ref() {
+                        metrics.heartbeat();
+                    }
                     return Poll::Ready(Some(Ok(Frame::data(Bytes::from_static(HEARTBEAT)))));
                 }
                 // Mid-event: no heartbeat; look again one interval later.
@@ -440,5 +507,115 @@ mod tests {
         assert_eq!(limit.count(CLIENT), 1);
         drop(body);
         assert_eq!(held_at_drop.load(Ordering::SeqCst), 0);
+    }
+
+    /// An event stream counted in `metrics`' route `/`.
+    fn counted_stream<B>(inner: B, metrics: &crate::metrics::Metrics) -> RelayBody<B> {
+        let limit = PerIpLimit::new(NonZeroU32::MAX);
+        stream_of(inner, &limit).counted(metrics.route("/").streams())
+    }
+
+    fn ends(metrics: &crate::metrics::Metrics, reason: &str) -> f64 {
+        let text = metrics.encode(&[], &[]);
+        let series = format!("ssegate_sse_stream_ends_total{{route=\"/\",reason=\"{reason}\"}} ");
+        text.lines()
+            .find_map(|line| line.strip_prefix(&series))
+            .and_then(|value| value.parse().ok())
+            .unwrap_or_else(|| panic!("no {series} in {text}"))
+    }
+
+    #[tokio::test]
+    async fn an_event_stream_counts_as_open_until_it_ends_and_counts_its_events() {
+        let metrics = crate::metrics::Metrics::new();
+        let route = metrics.route("/");
+        let inner = Full::new(Bytes::from_static(b"data: a\n\n: ping\n\ndata: b\n\n"));
+        let mut body = counted_stream(inner, &metrics);
+        assert_eq!(route.streams_open(), 1);
+        assert!(body.frame().await.is_some());
+        assert_eq!(route.events_total(), 2, "two events, the comment is none");
+        assert!(body.frame().await.is_none());
+        assert_eq!(route.streams_open(), 0, "down as the stream ends");
+        drop(body);
+        assert_eq!(route.streams_open(), 0, "and not again when dropped");
+        assert_eq!(ends(&metrics, "upstream"), 1.0);
+    }
+
+    #[test]
+    fn an_event_stream_the_client_leaves_is_counted_as_ended_by_the_client() {
+        let metrics = crate::metrics::Metrics::new();
+        let route = metrics.route("/");
+        let limit = PerIpLimit::new(NonZeroU32::MIN);
+        let upstream = Upstream {
+            limit: limit.clone(),
+            held_at_drop: Arc::new(AtomicU32::new(0)),
+        };
+        let body = counted_stream(upstream, &metrics);
+        assert_eq!(route.streams_open(), 1);
+        drop(body);
+        assert_eq!(route.streams_open(), 0);
+        assert_eq!(ends(&metrics, "client"), 1.0);
+    }
+
+    #[tokio::test]
+    async fn a_drained_stream_and_a_slow_subscriber_have_their_own_reasons() {
+        let metrics = crate::metrics::Metrics::new();
+        let route = metrics.route("/");
+        let shutdown = CancellationToken::new();
+        let settings = Arc::new(RelaySettings {
+            kind: BodyKind::EventStream,
+            idle_timeout: None,
+            heartbeat: None,
+            drain_retry: None,
+        });
+        let access = || {
+            AccessLog::new(
+                SocketAddr::new(CLIENT, 40000),
+                Method::GET,
+                "/events".into(),
+                Version::HTTP_11,
+            )
+        };
+        let mut drained = RelayBody::new(Upstream {
+            limit: PerIpLimit::new(NonZeroU32::MIN),
+            held_at_drop: Arc::new(AtomicU32::new(0)),
+        }, settings.clone(), &shutdown, access())
+        .counted(route.streams());
+        shutdown.cancel();
+        assert!(drained.frame().await.is_none());
+        assert_eq!(ends(&metrics, "drain"), 1.0);
+
+        struct Slow;
+        impl Body for Slow {
+            type Data = Bytes;
+            type Error = crate::sse::hub::SlowSubscriber;
+            fn poll_frame(
+                self: Pin<&mut Self>,
+                _cx: &mut Context<'_>,
+            ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+                Poll::Ready(Some(Err(crate::sse::hub::SlowSubscriber)))
+            }
+        }
+        let mut slow = RelayBody::new(Slow, settings, &CancellationToken::new(), access())
+            .counted(route.streams());
+        assert!(slow.frame().await.is_none(), "ended cleanly, no error frame");
+        assert_eq!(ends(&metrics, "slow"), 1.0);
+        assert_eq!(route.streams_open(), 0);
+    }
+
+    /// What an idle stream holds for its metrics: one pointer (the route's
+    /// counters, shared) and a flag that fits beside the others. Printed
+    /// for the record (`cargo test --lib sizes -- --nocapture`).
+    #[test]
+    fn sizes_of_what_a_stream_holds() {
+        use std::mem::size_of;
+        let relay = size_of::<RelayBody<crate::upstream::ResponseBody>>();
+        let subscriber = size_of::<RelayBody<crate::sse::hub::Subscription>>();
+        eprintln!(
+            "RelayBody<ResponseBody> {relay} B, RelayBody<Subscription> {subscriber} B, EventBoundary {} B",
+            size_of::<EventBoundary>()
+        );
+        // 352 and 280 bytes before the metrics (measured on main).
+        assert!(relay <= 352 + 8, "{relay}");
+        assert!(subscriber <= 280 + 8, "{subscriber}");
     }
 }

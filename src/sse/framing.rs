@@ -14,6 +14,11 @@ pub struct EventBoundary {
     event_pending: bool,
     /// The previous byte was CR: a following LF belongs to the same line end.
     after_cr: bool,
+    /// The current line starts with `:` (a comment, such as a heartbeat).
+    line_is_comment: bool,
+    /// The pending event has a field line, not only comments: it counts
+    /// as an event when a blank line dispatches it.
+    event_has_field: bool,
 }
 
 impl EventBoundary {
@@ -27,17 +32,29 @@ impl EventBoundary {
         !self.line_has_bytes && !self.event_pending
     }
 
-    /// Observes the next relayed bytes.
-    pub fn feed(&mut self, bytes: &[u8]) {
+    /// Observes the next relayed bytes; returns how many events they
+    /// completed: blocks ended by a blank line that hold at least one
+    /// field line (a block of comments only, such as a heartbeat, is none).
+    pub fn feed(&mut self, bytes: &[u8]) -> u64 {
+        let mut events = 0;
         split_lines(&mut self.after_cr, bytes, |line, ended| {
+            if let (false, Some(&first)) = (self.line_has_bytes, line.first()) {
+                self.line_is_comment = first == b':';
+            }
             self.line_has_bytes |= !line.is_empty();
             if ended {
+                if self.line_has_bytes {
+                    self.event_has_field |= !self.line_is_comment;
+                } else if std::mem::take(&mut self.event_has_field) {
+                    events += 1;
+                }
                 // A non-empty line adds to the pending event, an empty one
                 // dispatches it.
                 self.event_pending = self.line_has_bytes;
                 self.line_has_bytes = false;
             }
         });
+        events
     }
 }
 
@@ -136,6 +153,29 @@ mod tests {
                     byte_by_byte(&stream[..end]),
                     "prefix {end} split at {split}"
                 );
+            }
+        }
+    }
+
+    fn events_in(chunks: &[&[u8]]) -> u64 {
+        let mut tracker = EventBoundary::new();
+        chunks.iter().map(|chunk| tracker.feed(chunk)).sum()
+    }
+
+    #[test]
+    fn events_are_counted_once_each_and_comments_are_not_events() {
+        assert_eq!(events_in(&[b"data: a\n\n"]), 1);
+        assert_eq!(events_in(&[b"id: 1\nevent: x\ndata: a\ndata: b\n\n"]), 1);
+        assert_eq!(events_in(&[b"data: a\r\n\r\ndata: b\r\r"]), 2);
+        assert_eq!(events_in(&[b":\n\n", b": keep-alive\n\n"]), 0);
+        assert_eq!(events_in(&[b": note\ndata: a\n\n"]), 1);
+        assert_eq!(events_in(&[b"data: a\n"]), 0, "not dispatched yet");
+        assert_eq!(events_in(&[b"\n\n\n"]), 0);
+        let stream: &[u8] = b"retry: 1000\n\nid: 1\r\nevent: date\r\ndata: x\r\n\r\n:\n\ndata: z\r\rdata: w\n";
+        for split in 0..=stream.len() {
+            for second in split..=stream.len() {
+                let chunks = [&stream[..split], &stream[split..second], &stream[second..]];
+                assert_eq!(events_in(&chunks), 3, "split at {split} and {second}");
             }
         }
     }

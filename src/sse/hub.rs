@@ -6,7 +6,6 @@
 //! hold the hub lock, so a stream is never removed under a new subscriber.
 
 use std::collections::{HashMap, VecDeque};
-use std::convert::Infallible;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -27,6 +26,7 @@ use super::parser::{EventParser, ParsedEvent};
 use crate::error::ProxyError;
 use crate::http1::Framing;
 use crate::message::{Fields, RequestHead};
+use crate::metrics::HubMetrics;
 use crate::rules::{self, Forwarding};
 use crate::upstream::{Group, NoBody, ResponseBody, UpstreamRequest};
 
@@ -130,9 +130,56 @@ pub struct SharedStream {
     status: watch::Sender<Status>,
     subscriber_left: Notify,
     stats: StreamStats,
+    /// Counts the stream as open while it exists, and its subscribers.
+    metrics: HubMetrics,
+}
+
+impl Drop for SharedStream {
+    fn drop(&mut self) {
+        self.metrics.stream_closed();
+    }
+}
+
+/// A shared stream as the admin page shows it.
+#[derive(Debug, Clone)]
+pub struct SharedStreamInfo {
+    /// The path and query it serves.
+    pub key: String,
+    pub subscribers: usize,
+    /// Events in its replay buffer.
+    pub replay: usize,
+    /// `connecting`, `live` or `failed`.
+    pub upstream: &'static str,
 }
 
 impl SharedStream {
+    fn new(key: String, lag_limit: usize, metrics: HubMetrics) -> Self {
+        metrics.stream_opened();
+        SharedStream {
+            key,
+            state: Mutex::new(StreamState::new(lag_limit)),
+            status: watch::Sender::new(Status::Connecting),
+            subscriber_left: Notify::new(),
+            stats: StreamStats::default(),
+            metrics,
+        }
+    }
+
+    fn info(&self) -> SharedStreamInfo {
+        let replay = self.state().replay.len();
+        let upstream = match &*self.status.borrow() {
+            Status::Connecting => "connecting",
+            Status::Live => "live",
+            Status::Failed(_) => "failed",
+        };
+        SharedStreamInfo {
+            key: self.key.clone(),
+            subscribers: self.stats.subscribers.load(Ordering::Relaxed),
+            replay,
+            upstream,
+        }
+    }
+
     fn state(&self) -> MutexGuard<'_, StreamState> {
         // A panic while holding the lock cannot leave the state half-updated
         // in a way that matters more than losing the stream, so keep serving.
@@ -154,11 +201,12 @@ impl SharedStream {
             initial.push_back(Bytes::from(format!("retry: {retry}\n\n")));
         }
         if let Some(id) = last_event_id {
-            if let Some(seen) = state
+            let seen = state
                 .replay
                 .iter()
-                .rposition(|e| e.last_id.as_deref() == Some(id))
-            {
+                .rposition(|e| e.last_id.as_deref() == Some(id));
+            self.metrics.replay(seen.is_some());
+            if let Some(seen) = seen {
                 initial.extend(state.replay.iter().skip(seen + 1).map(|e| e.raw.clone()));
             }
         }
@@ -232,6 +280,7 @@ pub struct Hub {
     upstream: Arc<Group>,
     shutdown: CancellationToken,
     streams: Mutex<HashMap<String, Arc<SharedStream>>>,
+    metrics: HubMetrics,
 }
 
 impl Hub {
@@ -239,13 +288,22 @@ impl Hub {
         settings: HubSettings,
         upstream: Arc<Group>,
         shutdown: CancellationToken,
+        metrics: HubMetrics,
     ) -> Arc<Self> {
         Arc::new(Hub {
             settings,
             upstream,
             shutdown,
             streams: Mutex::new(HashMap::new()),
+            metrics,
         })
+    }
+
+    /// Every open shared stream, for the admin page.
+    pub fn streams_info(&self) -> Vec<SharedStreamInfo> {
+        let streams: Vec<Arc<SharedStream>> = self.streams().values().cloned().collect();
+        // The hub lock is not held while each stream's is taken.
+        streams.iter().map(|s| s.info()).collect()
     }
 
     fn streams(&self) -> MutexGuard<'_, HashMap<String, Arc<SharedStream>>> {
@@ -297,13 +355,11 @@ impl Hub {
             let stream = match streams.get(path_and_query) {
                 Some(stream) => stream.clone(),
                 None => {
-                    let stream = Arc::new(SharedStream {
-                        key: path_and_query.to_owned(),
-                        state: Mutex::new(StreamState::new(self.settings.queue)),
-                        status: watch::Sender::new(Status::Connecting),
-                        subscriber_left: Notify::new(),
-                        stats: StreamStats::default(),
-                    });
+                    let stream = Arc::new(SharedStream::new(
+                        path_and_query.to_owned(),
+                        self.settings.queue,
+                        self.metrics.clone(),
+                    ));
                     streams.insert(path_and_query.to_owned(), stream.clone());
                     tokio::spawn(self.clone().run_upstream(stream.clone(), host, worker));
                     stream
@@ -526,6 +582,13 @@ fn backoff(retry: Duration, failures: u32) -> Duration {
 
 type Received = (Result<Bytes, RecvError>, broadcast::Receiver<Bytes>);
 
+/// How a subscription ends when its subscriber fell more than the live
+/// ring behind: `RelayBody` ends the client's stream cleanly, and counts
+/// it as dropped for being slow.
+#[derive(Debug, thiserror::Error)]
+#[error("slow subscriber dropped: fell too far behind")]
+pub struct SlowSubscriber;
+
 /// One subscriber's view of a shared stream: replayed events, then live ones.
 pub struct Subscription {
     initial: VecDeque<Bytes>,
@@ -544,6 +607,7 @@ impl Subscription {
         rx: broadcast::Receiver<Bytes>,
         stream: Arc<SharedStream>,
     ) -> Self {
+        stream.metrics.subscriber_joined();
         Subscription {
             initial,
             next: Some(ReusableBoxFuture::new(receive(rx))),
@@ -554,12 +618,12 @@ impl Subscription {
 
 impl Body for Subscription {
     type Data = Bytes;
-    type Error = Infallible;
+    type Error = SlowSubscriber;
 
     fn poll_frame(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, SlowSubscriber>>> {
         if let Some(bytes) = self.initial.pop_front() {
             return Poll::Ready(Some(Ok(Frame::data(bytes))));
         }
@@ -581,7 +645,7 @@ impl Body for Subscription {
                     .fetch_add(1, Ordering::Relaxed);
                 self.stream.subscriber_left.notify_one();
                 tracing::warn!(stream = %self.stream.key, missed, "slow subscriber dropped: fell too far behind");
-                Poll::Ready(None)
+                Poll::Ready(Some(Err(SlowSubscriber)))
             }
             Err(RecvError::Closed) => {
                 self.next = None;
@@ -596,6 +660,7 @@ impl Drop for Subscription {
         // The receiver goes first, so the hub counts one subscriber fewer.
         self.next = None;
         self.stream.subscriber_left.notify_one();
+        self.stream.metrics.subscriber_left();
     }
 }
 
@@ -622,13 +687,13 @@ mod tests {
     }
 
     fn stream() -> SharedStream {
-        SharedStream {
-            key: "/s".into(),
-            state: Mutex::new(StreamState::new(2)),
-            status: watch::Sender::new(Status::Live),
-            subscriber_left: Notify::new(),
-            stats: StreamStats::default(),
-        }
+        stream_counted(HubMetrics::default())
+    }
+
+    fn stream_counted(metrics: HubMetrics) -> SharedStream {
+        let stream = SharedStream::new("/s".into(), 2, metrics);
+        stream.status.send_replace(Status::Live);
+        stream
     }
 
     fn event(id: &str) -> ParsedEvent {
@@ -677,9 +742,31 @@ mod tests {
                 format!("id: {i}\ndata: {i}\n\n")
             );
         }
+        assert!(matches!(slow.frame().await, Some(Err(SlowSubscriber))));
         assert!(slow.frame().await.is_none());
         let stats = s.stats.snapshot();
         assert_eq!(stats.subscribers_dropped, 1);
         assert_eq!(s.prune(), 1);
+    }
+
+    #[test]
+    fn shared_stream_and_subscriber_gauges_return_to_zero() {
+        let metrics = crate::metrics::Metrics::new();
+        let s = Arc::new(stream_counted(metrics.hub()));
+        s.publish(event("1"), 10);
+        let subscribe = |last_id: Option<&str>| {
+            let (initial, rx) = s.add_subscriber(last_id);
+            Subscription::new(initial, rx, s.clone())
+        };
+        let (a, b) = (subscribe(Some("1")), subscribe(Some("gone")));
+        let summary = metrics.summary();
+        assert_eq!(summary.shared_streams, 1);
+        assert_eq!(summary.shared_subscribers, 2);
+        assert_eq!(summary.replay, [("hit", 1), ("miss", 1)]);
+        drop(a);
+        drop(b);
+        assert_eq!(metrics.summary().shared_subscribers, 0);
+        drop(s);
+        assert_eq!(metrics.summary().shared_streams, 0);
     }
 }

@@ -12,6 +12,7 @@ use tokio_rustls::server::TlsStream;
 use tokio_rustls::StartHandshake;
 
 use super::client_hello::{self, HelloParse, MAX_HELLO_LEN};
+use crate::metrics::TlsFailure;
 
 #[derive(Debug, thiserror::Error)]
 pub enum HandshakeError {
@@ -25,6 +26,38 @@ pub enum HandshakeError {
     Tls(rustls::Error),
     #[error("{0}")]
     Io(#[from] io::Error),
+}
+
+impl HandshakeError {
+    /// Why the handshake failed, as the metrics count it.
+    pub fn failure(&self) -> TlsFailure {
+        match self {
+            HandshakeError::InappropriateFallback => TlsFailure::FallbackScsv,
+            HandshakeError::ClosedEarly => TlsFailure::Closed,
+            HandshakeError::HelloTooLarge => TlsFailure::Protocol,
+            HandshakeError::Tls(err) => tls_failure(err),
+            // tokio-rustls reports rustls' errors as InvalidData.
+            HandshakeError::Io(err) => match err.get_ref().and_then(|e| e.downcast_ref()) {
+                Some(tls) => tls_failure(tls),
+                None => match err.kind() {
+                    io::ErrorKind::UnexpectedEof
+                    | io::ErrorKind::ConnectionReset
+                    | io::ErrorKind::ConnectionAborted
+                    | io::ErrorKind::BrokenPipe => TlsFailure::Closed,
+                    _ => TlsFailure::Io,
+                },
+            },
+        }
+    }
+}
+
+fn tls_failure(err: &rustls::Error) -> TlsFailure {
+    match err {
+        rustls::Error::NoCertificatesPresented => TlsFailure::NoCert,
+        rustls::Error::InvalidCertificate(_) => TlsFailure::BadCert,
+        rustls::Error::PeerIncompatible(_) => TlsFailure::Incompatible,
+        _ => TlsFailure::Protocol,
+    }
 }
 
 /// Reads the ClientHello, refuses downgrades signalled by TLS_FALLBACK_SCSV

@@ -162,6 +162,17 @@ pub fn subject(cert: &CertificateDer<'_>) -> Option<String> {
 struct CertSet {
     default: Arc<CertifiedKey>,
     by_name: Vec<(String, Arc<CertifiedKey>)>,
+    /// Every certificate, the default first.
+    all: Vec<Arc<CertifiedKey>>,
+}
+
+/// What the admin page and the metrics show of a certificate.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CertSummary {
+    /// Its DNS names, or its subject when it has none.
+    pub names: Vec<String>,
+    /// End of validity, in seconds since the Unix epoch.
+    pub not_after: i64,
 }
 
 impl CertSet {
@@ -182,7 +193,11 @@ impl CertSet {
                 names.into_iter().map(move |name| (name, key.clone()))
             })
             .collect();
-        CertSet { default, by_name }
+        CertSet {
+            default,
+            by_name,
+            all: keys,
+        }
     }
 
     /// Exact name first, then a wildcard covering one label; else the default,
@@ -259,6 +274,28 @@ impl CertStore {
     pub fn choose(&self, server_name: Option<&str>) -> Arc<CertifiedKey> {
         self.current().choose(server_name)
     }
+
+    /// The names and expiry of every certificate served now, the default
+    /// first.
+    pub fn summaries(&self) -> Vec<CertSummary> {
+        self.current()
+            .all
+            .iter()
+            .filter_map(|key| summary(key.cert.first()?))
+            .collect()
+    }
+}
+
+fn summary(leaf: &CertificateDer<'_>) -> Option<CertSummary> {
+    let (_, cert) = x509_parser::parse_x509_certificate(leaf).ok()?;
+    let mut names = dns_names(leaf);
+    if names.is_empty() {
+        names.push(cert.subject().to_string());
+    }
+    Some(CertSummary {
+        names,
+        not_after: cert.validity().not_after.timestamp(),
+    })
 }
 
 impl ResolvesServerCert for CertStore {

@@ -21,7 +21,7 @@ use rustls::{RootCertStore, ServerConfig};
 
 pub use certs::{
     certified_key_from_pem, load_cert_chain, load_certified_key, load_private_key, load_source,
-    CertPair, CertReloader, CertSource, CertStore,
+    CertPair, CertReloader, CertSource, CertStore, CertSummary,
 };
 pub use client::upstream_client_config;
 

@@ -27,6 +27,23 @@ use super::{
 };
 use crate::error::ProxyError;
 use crate::message::ResponseHead;
+use crate::metrics::{TargetMetrics, UpstreamResult};
+
+/// The `result` label of one attempt at a target.
+fn upstream_result<T>(sent: &Result<T, TargetError>) -> UpstreamResult {
+    match sent {
+        Ok(_) => UpstreamResult::Ok,
+        Err(TargetError::Unreachable(_)) => UpstreamResult::Unreachable,
+        Err(TargetError::Unanswered(_)) => UpstreamResult::Unanswered,
+        Err(TargetError::Failed(err)) => match err {
+            ProxyError::UpstreamTimeout(_) => UpstreamResult::Timeout,
+            ProxyError::ClientBody(_) | ProxyError::ClientTimeout(_) | ProxyError::BodyTooLarge(_) => {
+                UpstreamResult::Client
+            }
+            _ => UpstreamResult::Error,
+        },
+    }
+}
 
 /// A counter on a cache line of its own: counters of different serving
 /// threads must not share one, or each write would evict the other's.
@@ -78,12 +95,15 @@ pub struct Target {
     /// Left out by a passive failure until this time (ms since the group's
     /// start).
     out_until_ms: AtomicU64,
+    /// Requests sent to it, by result (`--admin`).
+    metrics: TargetMetrics,
 }
 
 impl Target {
     /// `url` for logs, `endpoint` to connect to.
     pub fn new(url: String, endpoint: Endpoint, settings: &UpstreamSettings) -> Self {
         Target {
+            metrics: TargetMetrics::default(),
             url,
             authority: endpoint.host_header().to_owned(),
             upstream: Upstream::new(endpoint, settings),
@@ -95,6 +115,16 @@ impl Target {
             failed: AtomicU32::new(0),
             out_until_ms: AtomicU64::new(0),
         }
+    }
+
+    /// Counts its requests with `metrics`.
+    pub fn with_metrics(mut self, metrics: TargetMetrics) -> Self {
+        self.metrics = metrics;
+        self
+    }
+
+    pub fn metrics(&self) -> &TargetMetrics {
+        &self.metrics
     }
 
     /// The URL as configured.
@@ -215,6 +245,18 @@ impl Group {
         &self.targets
     }
 
+    /// Whether `target` takes requests now: up by the health checks and
+    /// not left out after a failure.
+    pub fn is_available(&self, target: &Target) -> bool {
+        target.available(self.now_ms())
+    }
+
+    /// Whether requests and streams open on a target are counted (least
+    /// conn needs them only with several targets).
+    pub fn counts_open(&self) -> bool {
+        self.targets.len() > 1
+    }
+
     /// Sends `request` to a target chosen by the policy among the available
     /// ones. A target that cannot be reached, or (for a request that may be
     /// resent) closes a new connection before answering, is left out and
@@ -235,7 +277,9 @@ impl Group {
             }
             // One target: nothing to balance, nothing to count.
             let open = (count > 1).then(|| OpenGuard::new(target.open_on(worker)));
-            match target.upstream.send(worker, &mut request).await {
+            let sent = target.upstream.send(worker, &mut request).await;
+            target.metrics.record(upstream_result(&sent));
+            match sent {
                 Ok((head, mut body)) => {
                     if let Some(open) = open {
                         body.count_as_open(open);
