@@ -15,6 +15,7 @@ use std::time::Duration;
 
 use ssegate::tls::CertPair;
 
+mod browser;
 mod clients;
 mod fronts;
 mod paths;
@@ -28,6 +29,8 @@ mod tools;
 mod upstream;
 
 // A test file that uses nothing of a module would warn about its re-export.
+#[allow(unused_imports)]
+pub use browser::*;
 #[allow(unused_imports)]
 pub use clients::*;
 #[allow(unused_imports)]
