@@ -20,7 +20,7 @@
 use std::collections::VecDeque;
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
@@ -106,11 +106,9 @@ impl AdminListener {
             token: self.token,
             draining,
             snapshots: receiver,
+            history: Mutex::new(History::default()),
             close: close.clone(),
         });
-        // The first snapshot is there before anyone can ask for it.
-        let first = snapshot(&shared, &shared.proxy.metrics().summary(), &History::default());
-        snapshots.send_replace(Arc::from(first.to_string()));
         tracing::info!("admin listening on http://{}", self.local_addr);
         let mut tasks = JoinSet::new();
         tasks.spawn(sample(shared.clone(), snapshots));
@@ -141,8 +139,9 @@ struct Shared {
     token: Option<String>,
     /// The caller's shutdown: fires first on SIGTERM.
     draining: CancellationToken,
-    /// The latest snapshot (JSON).
+    /// The latest snapshot (JSON), built while someone watches.
     snapshots: watch::Receiver<Arc<str>>,
+    history: Mutex<History>,
     close: CancellationToken,
 }
 
@@ -387,23 +386,32 @@ fn page() -> Response<AdminBody> {
     response
 }
 
-/// `/events`: the latest snapshot at once, then each new one, until the
-/// listener closes.
+/// `/events`: a snapshot at once, then each new one, until the listener
+/// closes.
 fn events(shared: &Shared) -> Response<AdminBody> {
-    let state = (shared.snapshots.clone(), shared.close.clone(), true);
+    let first = {
+        let history = lock(&shared.history);
+        snapshot(shared, &shared.proxy.metrics().summary(), &history)
+    };
+    let first = format!("retry: 2000\ndata: {first}\n\n");
+    let mut rx = shared.snapshots.clone();
+    rx.mark_unchanged();
+    let state = (rx, shared.close.clone(), Some(first));
     let stream = futures_util::stream::unfold(state, |(mut rx, close, first)| async move {
-        if !first {
-            tokio::select! {
-                changed = rx.changed() => changed.ok()?,
-                () = close.cancelled() => return None,
+        let event = match first {
+            Some(first) => first,
+            None => {
+                tokio::select! {
+                    changed = rx.changed() => changed.ok()?,
+                    () = close.cancelled() => return None,
+                }
+                let snapshot = rx.borrow_and_update().clone();
+                format!("data: {snapshot}\n\n")
             }
-        }
-        let snapshot = rx.borrow_and_update().clone();
-        let retry = if first { "retry: 2000\n" } else { "" };
-        let event = format!("{retry}data: {snapshot}\n\n");
+        };
         Some((
             Ok::<_, Infallible>(Frame::data(Bytes::from(event))),
-            (rx, close, false),
+            (rx, close, None),
         ))
     });
     with_type(
@@ -412,9 +420,10 @@ fn events(shared: &Shared) -> Response<AdminBody> {
     )
 }
 
-/// Builds a snapshot every `SNAPSHOT_INTERVAL` and keeps the history.
+/// Adds to the history every `SNAPSHOT_INTERVAL`, and builds a snapshot
+/// for the `/events` streams when there are any (the `Shared` holds one
+/// receiver of its own).
 async fn sample(shared: Arc<Shared>, snapshots: watch::Sender<Arc<str>>) {
-    let mut history = History::default();
     let mut ticks = tokio::time::interval(SNAPSHOT_INTERVAL);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -423,9 +432,13 @@ async fn sample(shared: Arc<Shared>, snapshots: watch::Sender<Arc<str>>) {
             () = shared.close.cancelled() => return,
         }
         let summary = shared.proxy.metrics().summary();
+        let mut history = lock(&shared.history);
         history.push(summary.events, summary.requests);
-        let snapshot = snapshot(&shared, &summary, &history);
-        snapshots.send_replace(Arc::from(snapshot.to_string()));
+        if snapshots.receiver_count() > 1 {
+            let snapshot = snapshot(&shared, &summary, &history);
+            drop(history);
+            snapshots.send_replace(Arc::from(snapshot.to_string()));
+        }
     }
 }
 
@@ -452,6 +465,10 @@ fn push_bounded(values: &mut VecDeque<u64>, value: u64) {
         values.pop_front();
     }
     values.push_back(value);
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 fn unix_seconds(at: SystemTime) -> u64 {
