@@ -170,7 +170,11 @@ impl Shared {
     /// picks).
     fn certificate_expiry(&self) -> Vec<CertificateExpiry> {
         let mut seen = std::collections::BTreeSet::new();
-        let summaries = self.certs.as_ref().map(|c| c.summaries()).unwrap_or_default();
+        let summaries = self
+            .certs
+            .as_ref()
+            .map(|c| c.summaries())
+            .unwrap_or_default();
         let mut out = Vec::new();
         for summary in summaries {
             for name in summary.names {
@@ -243,9 +247,10 @@ enum TokenFrom {
 fn respond(shared: &Shared, request: &Request<Incoming>) -> Response<AdminBody> {
     if request.method() != Method::GET && request.method() != Method::HEAD {
         let mut response = text(StatusCode::METHOD_NOT_ALLOWED, "405 Method Not Allowed\n");
-        response
-            .headers_mut()
-            .insert(http::header::ALLOW, http::HeaderValue::from_static("GET, HEAD"));
+        response.headers_mut().insert(
+            http::header::ALLOW,
+            http::HeaderValue::from_static("GET, HEAD"),
+        );
         return response;
     }
     let token_from = match request.uri().path() {
@@ -268,10 +273,7 @@ fn respond(shared: &Shared, request: &Request<Incoming>) -> Response<AdminBody> 
         "/metrics" => {
             let metrics = shared.proxy.metrics();
             let body = metrics.encode(&shared.target_health(), &shared.certificate_expiry());
-            with_type(
-                Response::new(full(body)),
-                crate::metrics::CONTENT_TYPE,
-            )
+            with_type(Response::new(full(body)), crate::metrics::CONTENT_TYPE)
         }
         "/events" => events(shared),
         _ => page(),
@@ -378,7 +380,10 @@ fn page() -> Response<AdminBody> {
             "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; connect-src 'self'; img-src data:",
         ),
     );
-    headers.insert("referrer-policy", http::HeaderValue::from_static("no-referrer"));
+    headers.insert(
+        "referrer-policy",
+        http::HeaderValue::from_static("no-referrer"),
+    );
     headers.insert(
         "x-content-type-options",
         http::HeaderValue::from_static("nosniff"),
@@ -468,7 +473,9 @@ fn push_bounded(values: &mut VecDeque<u64>, value: u64) {
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 fn unix_seconds(at: SystemTime) -> u64 {
@@ -534,9 +541,11 @@ fn snapshot(shared: &Shared, summary: &Summary, history: &History) -> Value {
             "failed": tls.failed.iter().map(|(r, n)| json!({"reason": r, "count": n})).collect::<Vec<_>>(),
         })
     });
-    let reload = shared.proxy.metrics().last_reload().map(|r| {
-        json!({ "at": unix_seconds(r.at), "ok": r.ok, "message": r.message })
-    });
+    let reload = shared
+        .proxy
+        .metrics()
+        .last_reload()
+        .map(|r| json!({ "at": unix_seconds(r.at), "ok": r.ok, "message": r.message }));
     json!({
         "time": unix_seconds(SystemTime::now()),
         "version": env!("CARGO_PKG_VERSION"),

@@ -345,7 +345,10 @@ impl AdminSettings {
             return Ok(None);
         };
         let token = match &args.admin_token {
-            Some(token) if token.is_empty() || token.chars().any(|c| c.is_whitespace() || c.is_control()) => {
+            Some(token)
+                if token.is_empty()
+                    || token.chars().any(|c| c.is_whitespace() || c.is_control()) =>
+            {
                 return Err(StartError::Config(
                     "--admin-token must be non-empty, without spaces or control characters".into(),
                 ))

@@ -410,7 +410,9 @@ struct Registered {
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// The result of the last configuration (or certificate) reload.
@@ -454,10 +456,9 @@ impl Metrics {
             connections_family.clone(),
         );
         let connections = Protocol::ALL.map(|protocol| {
-            connections_family
-                .get_or_create_owned(&ProtocolLabel {
-                    protocol: protocol.as_str(),
-                })
+            connections_family.get_or_create_owned(&ProtocolLabel {
+                protocol: protocol.as_str(),
+            })
         });
         let tls = Family::<TlsLabels, Counter>::default();
         registry.register(
@@ -569,7 +570,8 @@ impl Metrics {
             "Configuration and certificate reloads, by result",
             reload_family.clone(),
         );
-        let reloads = ["ok", "failed"].map(|result| reload_family.get_or_create_owned(&ResultLabel { result }));
+        let reloads = ["ok", "failed"]
+            .map(|result| reload_family.get_or_create_owned(&ResultLabel { result }));
         let certificate_expiry = Family::<NameLabel, Gauge>::default();
         registry.register(
             "ssegate_certificate_expiry_timestamp_seconds",
@@ -716,7 +718,8 @@ impl Metrics {
         }
         let mut text = String::with_capacity(16 * 1024);
         // Writing into a String cannot fail.
-        let _ = prometheus_client::encoding::prometheus_text::encode(&mut text, &registered.registry);
+        let _ =
+            prometheus_client::encoding::prometheus_text::encode(&mut text, &registered.registry);
         text
     }
 
@@ -726,8 +729,8 @@ impl Metrics {
             return Summary::default();
         };
         let routes = lock(&registered.routes);
-        let requests = registered.unrouted.total()
-            + routes.values().map(|r| r.requests.total()).sum::<u64>();
+        let requests =
+            registered.unrouted.total() + routes.values().map(|r| r.requests.total()).sum::<u64>();
         let events = routes.values().map(|r| r.stream.events.get()).sum();
         drop(routes);
         let tls = TlsHandshakeCounts {
@@ -738,7 +741,8 @@ impl Metrics {
             failed: TlsFailure::ALL.map(|f| (f.as_str(), registered.tls_failed[f as usize].get())),
         };
         Summary {
-            connections: Protocol::ALL.map(|p| (p.as_str(), registered.connections[p as usize].get())),
+            connections: Protocol::ALL
+                .map(|p| (p.as_str(), registered.connections[p as usize].get())),
             tls: Some(tls),
             requests,
             events,
@@ -1059,7 +1063,10 @@ mod tests {
     fn route_labels_are_the_configured_host_and_path() {
         assert_eq!(route_label(None, "/"), "/");
         assert_eq!(route_label(None, "/live/"), "/live/");
-        assert_eq!(route_label(Some("api.example.com"), "/"), "api.example.com/");
+        assert_eq!(
+            route_label(Some("api.example.com"), "/"),
+            "api.example.com/"
+        );
         assert_eq!(
             route_label(Some("*.example.com"), "/live/"),
             "*.example.com/live/"
@@ -1088,7 +1095,11 @@ mod tests {
         assert_eq!(first.requests_total(), 3);
         let text = metrics.encode(&[], &[]);
         let ok = r#"route="api.example.com/",status="2xx""#;
-        assert_eq!(sample(&text, "ssegate_requests_total", ok), Some(2.0), "{text}");
+        assert_eq!(
+            sample(&text, "ssegate_requests_total", ok),
+            Some(2.0),
+            "{text}"
+        );
         let bad = r#"route="api.example.com/",status="5xx""#;
         assert_eq!(sample(&text, "ssegate_requests_total", bad), Some(1.0));
         let route = r#"route="api.example.com/""#;
@@ -1099,9 +1110,16 @@ mod tests {
         // Every series of the route exists from the start, at zero.
         assert_eq!(sample(&text, "ssegate_sse_streams_open", route), Some(0.0));
         let idle = r#"route="api.example.com/",reason="idle""#;
-        assert_eq!(sample(&text, "ssegate_sse_stream_ends_total", idle), Some(0.0));
         assert_eq!(
-            sample(&text, "ssegate_build_info", &format!("version=\"{}\"", env!("CARGO_PKG_VERSION"))),
+            sample(&text, "ssegate_sse_stream_ends_total", idle),
+            Some(0.0)
+        );
+        assert_eq!(
+            sample(
+                &text,
+                "ssegate_build_info",
+                &format!("version=\"{}\"", env!("CARGO_PKG_VERSION"))
+            ),
             Some(1.0)
         );
     }
@@ -1129,13 +1147,24 @@ mod tests {
         assert_eq!(metrics.summary().connections[1], ("h2", 0));
 
         let text = metrics.encode(&[], &[]);
-        assert_eq!(sample(&text, "ssegate_sse_streams_open", r#"route="/""#), Some(0.0));
         assert_eq!(
-            sample(&text, "ssegate_sse_stream_ends_total", r#"route="/",reason="drain""#),
+            sample(&text, "ssegate_sse_streams_open", r#"route="/""#),
+            Some(0.0)
+        );
+        assert_eq!(
+            sample(
+                &text,
+                "ssegate_sse_stream_ends_total",
+                r#"route="/",reason="drain""#
+            ),
             Some(1.0)
         );
         assert_eq!(
-            sample(&text, "ssegate_sse_stream_duration_seconds_sum", r#"route="/""#),
+            sample(
+                &text,
+                "ssegate_sse_stream_duration_seconds_sum",
+                r#"route="/""#
+            ),
             Some(5.0)
         );
         assert_eq!(
@@ -1175,10 +1204,16 @@ mod tests {
             target: "http://127.0.0.1:3000".into(),
             healthy: true,
         };
-        let text = metrics.encode(&[a.clone()], &[]);
+        let text = metrics.encode(std::slice::from_ref(&a), &[]);
         let labels = r#"upstream="app",target="http://127.0.0.1:3000""#;
         assert_eq!(sample(&text, "ssegate_upstream_healthy", labels), Some(1.0));
-        let text = metrics.encode(&[TargetHealth { healthy: false, ..a }], &[]);
+        let text = metrics.encode(
+            &[TargetHealth {
+                healthy: false,
+                ..a
+            }],
+            &[],
+        );
         assert_eq!(sample(&text, "ssegate_upstream_healthy", labels), Some(0.0));
         // The target left the configuration: its series goes.
         let text = metrics.encode(&[], &[]);

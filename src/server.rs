@@ -371,9 +371,9 @@ impl ConnectionSettings {
                         _ => TlsHandshake::Tls13,
                     });
                     Some(Accepted {
-                    io: Box::new(SendTimeout::new(tls, send_timeout)),
-                    client,
-                    per_ip,
+                        io: Box::new(SendTimeout::new(tls, send_timeout)),
+                        client,
+                        per_ip,
                     })
                 }
                 Ok(None) => None,

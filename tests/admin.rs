@@ -145,7 +145,12 @@ async fn plain_get(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> Pl
     plain_request(addr, "GET", path, headers).await
 }
 
-async fn plain_request(addr: SocketAddr, method: &str, path: &str, headers: &[(&str, &str)]) -> Plain {
+async fn plain_request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> Plain {
     let exchange = async {
         let tcp = TcpStream::connect(addr).await.expect("connect");
         let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
@@ -189,9 +194,14 @@ struct Scrape {
 impl Scrape {
     fn parse(text: String) -> Self {
         let mut samples = Vec::new();
-        for line in text.lines().filter(|l| !l.is_empty() && !l.starts_with('#')) {
+        for line in text
+            .lines()
+            .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        {
             let (series, value) = line.rsplit_once(' ').unwrap_or_else(|| panic!("{line:?}"));
-            let value: f64 = value.parse().unwrap_or_else(|_| panic!("value in {line:?}"));
+            let value: f64 = value
+                .parse()
+                .unwrap_or_else(|_| panic!("value in {line:?}"));
             let (name, labels) = match series.split_once('{') {
                 Some((name, rest)) => (name, parse_labels(rest.strip_suffix('}').expect("}"))),
                 None => (series, BTreeMap::new()),
@@ -305,11 +315,20 @@ async fn every_metric_of_the_contract_is_on_metrics_with_bounded_labels() {
     // and the certificate are there.
     let before = scrape(admin).await;
     for route in ["/", "/live/"] {
-        assert_eq!(before.value("ssegate_sse_streams_open", &[("route", route)]), 0.0);
-        assert_eq!(before.value("ssegate_websockets_open", &[("route", route)]), 0.0);
+        assert_eq!(
+            before.value("ssegate_sse_streams_open", &[("route", route)]),
+            0.0
+        );
+        assert_eq!(
+            before.value("ssegate_websockets_open", &[("route", route)]),
+            0.0
+        );
     }
     let version = env!("CARGO_PKG_VERSION");
-    assert_eq!(before.value("ssegate_build_info", &[("version", version)]), 1.0);
+    assert_eq!(
+        before.value("ssegate_build_info", &[("version", version)]),
+        1.0
+    );
     let expiry = before.value(
         "ssegate_certificate_expiry_timestamp_seconds",
         &[("name", "localhost")],
@@ -362,10 +381,22 @@ async fn every_metric_of_the_contract_is_on_metrics_with_bounded_labels() {
             && s.get("ssegate_connections_open", &[("protocol", "h1")]) == Some(1.0)
     })
     .await;
-    assert_eq!(scraped.value("ssegate_sse_streams_open", &[("route", "/")]), 2.0);
-    assert_eq!(scraped.value("ssegate_sse_events_total", &[("route", "/")]), 6.0);
-    assert_eq!(scraped.value("ssegate_connections_open", &[("protocol", "h1")]), 1.0);
-    assert_eq!(scraped.value("ssegate_connections_open", &[("protocol", "h2")]), 1.0);
+    assert_eq!(
+        scraped.value("ssegate_sse_streams_open", &[("route", "/")]),
+        2.0
+    );
+    assert_eq!(
+        scraped.value("ssegate_sse_events_total", &[("route", "/")]),
+        6.0
+    );
+    assert_eq!(
+        scraped.value("ssegate_connections_open", &[("protocol", "h1")]),
+        1.0
+    );
+    assert_eq!(
+        scraped.value("ssegate_connections_open", &[("protocol", "h2")]),
+        1.0
+    );
 
     // A shared stream on `/live/`: two subscribers, one resuming from an
     // id the replay buffer holds, one from an id it does not.
@@ -376,7 +407,9 @@ async fn every_metric_of_the_contract_is_on_metrics_with_bounded_labels() {
     assert!(live.write_event(7, "score", &["1-0"]).await);
     first.events(1, WAIT_LIMIT).await;
     let hit = h2.get_with("/live/scores", &[("last-event-id", "7")]).await;
-    let miss = h2.get_with("/live/scores", &[("last-event-id", "unknown")]).await;
+    let miss = h2
+        .get_with("/live/scores", &[("last-event-id", "unknown")])
+        .await;
     assert_eq!((hit.status().as_u16(), miss.status().as_u16()), (200, 200));
 
     // A WebSocket on `/`.
@@ -411,45 +444,102 @@ async fn every_metric_of_the_contract_is_on_metrics_with_bounded_labels() {
         "ssegate_tls_handshakes_total",
         &[("version", "TLSv1.3"), ("result", "ok")],
     );
-    assert!(ok13 >= 4.0, "h1, h2, the bad request and the WebSocket: {ok13}");
+    assert!(
+        ok13 >= 4.0,
+        "h1, h2, the bad request and the WebSocket: {ok13}"
+    );
     assert_eq!(
-        scraped.value("ssegate_tls_handshakes_total", &[("version", "TLSv1.2"), ("result", "ok")]),
+        scraped.value(
+            "ssegate_tls_handshakes_total",
+            &[("version", "TLSv1.2"), ("result", "ok")]
+        ),
         0.0
     );
     assert_eq!(scraped.value("ssegate_shared_streams_open", &[]), 1.0);
-    assert_eq!(scraped.value("ssegate_replay_total", &[("result", "hit")]), 1.0);
-    assert_eq!(scraped.value("ssegate_replay_total", &[("result", "miss")]), 1.0);
-    assert_eq!(scraped.value("ssegate_sse_streams_open", &[("route", "/live/")]), 3.0);
-    assert_eq!(scraped.value("ssegate_websockets_open", &[("route", "/")]), 1.0);
     assert_eq!(
-        scraped.value("ssegate_requests_total", &[("route", "unrouted"), ("status", "4xx")]),
+        scraped.value("ssegate_replay_total", &[("result", "hit")]),
+        1.0
+    );
+    assert_eq!(
+        scraped.value("ssegate_replay_total", &[("result", "miss")]),
+        1.0
+    );
+    assert_eq!(
+        scraped.value("ssegate_sse_streams_open", &[("route", "/live/")]),
+        3.0
+    );
+    assert_eq!(
+        scraped.value("ssegate_websockets_open", &[("route", "/")]),
+        1.0
+    );
+    assert_eq!(
+        scraped.value(
+            "ssegate_requests_total",
+            &[("route", "unrouted"), ("status", "4xx")]
+        ),
         1.0
     );
     // Two pages, two event streams, the 101 (routed), and three shared
     // subscriptions.
-    assert_eq!(scraped.value("ssegate_requests_total", &[("route", "/"), ("status", "2xx")]), 4.0);
-    assert_eq!(scraped.value("ssegate_requests_total", &[("route", "/"), ("status", "1xx")]), 1.0);
     assert_eq!(
-        scraped.value("ssegate_requests_total", &[("route", "/live/"), ("status", "2xx")]),
+        scraped.value(
+            "ssegate_requests_total",
+            &[("route", "/"), ("status", "2xx")]
+        ),
+        4.0
+    );
+    assert_eq!(
+        scraped.value(
+            "ssegate_requests_total",
+            &[("route", "/"), ("status", "1xx")]
+        ),
+        1.0
+    );
+    assert_eq!(
+        scraped.value(
+            "ssegate_requests_total",
+            &[("route", "/live/"), ("status", "2xx")]
+        ),
         3.0
     );
     assert_eq!(
         scraped.value("ssegate_request_duration_seconds_count", &[("route", "/")]),
         5.0
     );
-    let app_ok = [("upstream", "app"), ("target", app.as_str()), ("result", "ok")];
-    assert_eq!(scraped.value("ssegate_upstream_requests_total", &app_ok), 5.0);
+    let app_ok = [
+        ("upstream", "app"),
+        ("target", app.as_str()),
+        ("result", "ok"),
+    ];
     assert_eq!(
-        scraped.value("ssegate_upstream_healthy", &[("upstream", "app"), ("target", app.as_str())]),
+        scraped.value("ssegate_upstream_requests_total", &app_ok),
+        5.0
+    );
+    assert_eq!(
+        scraped.value(
+            "ssegate_upstream_healthy",
+            &[("upstream", "app"), ("target", app.as_str())]
+        ),
         1.0
     );
     // The shared stream's group: its dead target was tried and left out,
     // or not tried yet; either way the request found the live one.
-    let realtime_ok = [("upstream", "realtime"), ("target", app.as_str()), ("result", "ok")];
-    assert_eq!(scraped.value("ssegate_upstream_requests_total", &realtime_ok), 1.0);
+    let realtime_ok = [
+        ("upstream", "realtime"),
+        ("target", app.as_str()),
+        ("result", "ok"),
+    ];
+    assert_eq!(
+        scraped.value("ssegate_upstream_requests_total", &realtime_ok),
+        1.0
+    );
     let dead_tried = scraped.value(
         "ssegate_upstream_requests_total",
-        &[("upstream", "realtime"), ("target", dead_url.as_str()), ("result", "unreachable")],
+        &[
+            ("upstream", "realtime"),
+            ("target", dead_url.as_str()),
+            ("result", "unreachable"),
+        ],
     );
     let dead_healthy = scraped.value(
         "ssegate_upstream_healthy",
@@ -471,16 +561,25 @@ async fn every_metric_of_the_contract_is_on_metrics_with_bounded_labels() {
     })
     .await;
     let ends = |reason| {
-        scraped.value("ssegate_sse_stream_ends_total", &[("route", "/"), ("reason", reason)])
+        scraped.value(
+            "ssegate_sse_stream_ends_total",
+            &[("route", "/"), ("reason", reason)],
+        )
     };
     assert_eq!((ends("client"), ends("upstream")), (1.0, 1.0));
     assert_eq!((ends("idle"), ends("drain"), ends("slow")), (0.0, 0.0, 0.0));
     assert_eq!(
-        scraped.value("ssegate_sse_stream_duration_seconds_count", &[("route", "/")]),
+        scraped.value(
+            "ssegate_sse_stream_duration_seconds_count",
+            &[("route", "/")]
+        ),
         2.0
     );
     assert_eq!(
-        scraped.value("ssegate_sse_stream_ends_total", &[("route", "/live/"), ("reason", "client")]),
+        scraped.value(
+            "ssegate_sse_stream_ends_total",
+            &[("route", "/live/"), ("reason", "client")]
+        ),
         3.0
     );
     drop((h1, h2, readers));
@@ -496,8 +595,14 @@ async fn every_metric_of_the_contract_is_on_metrics_with_bounded_labels() {
         assert!(["/", "/live/", "unrouted"].contains(&route), "{labels:?}");
     }
     // Unchanged since start: no reload happened.
-    assert_eq!(scraped.value("ssegate_config_reloads_total", &[("result", "ok")]), 0.0);
-    assert_eq!(scraped.value("ssegate_config_reloads_total", &[("result", "failed")]), 0.0);
+    assert_eq!(
+        scraped.value("ssegate_config_reloads_total", &[("result", "ok")]),
+        0.0
+    );
+    assert_eq!(
+        scraped.value("ssegate_config_reloads_total", &[("result", "failed")]),
+        0.0
+    );
     started.proxy.shutdown_and_wait().await;
 }
 
@@ -515,7 +620,10 @@ async fn the_admin_token_is_required_except_for_health_checks() {
     for path in ["/metrics", "/", "/events"] {
         let none = plain_get(admin, path, &[]).await;
         assert_eq!(none.status, StatusCode::UNAUTHORIZED, "{path}");
-        assert_eq!(none.header("www-authenticate"), "Bearer realm=\"ssegate admin\"");
+        assert_eq!(
+            none.header("www-authenticate"),
+            "Bearer realm=\"ssegate admin\""
+        );
         let wrong = plain_get(admin, path, &[(name, "Bearer t0ken-for-testS")]).await;
         assert_eq!(wrong.status, StatusCode::UNAUTHORIZED, "{path}");
         let right = plain_get(admin, path, &[(name, &good)]).await;
@@ -523,7 +631,9 @@ async fn the_admin_token_is_required_except_for_health_checks() {
     }
     let query = format!("token={TOKEN}");
     assert_eq!(
-        plain_get(admin, &format!("/metrics?{query}"), &[]).await.status,
+        plain_get(admin, &format!("/metrics?{query}"), &[])
+            .await
+            .status,
         StatusCode::UNAUTHORIZED,
         "scrapers send the header"
     );
@@ -555,17 +665,27 @@ async fn the_admin_token_is_required_except_for_health_checks() {
         .iter()
         .filter_map(|r| r["route"].as_str())
         .collect();
-    assert!(routes.contains(&"/live/") && routes.contains(&"/"), "{routes:?}");
+    assert!(
+        routes.contains(&"/live/") && routes.contains(&"/"),
+        "{routes:?}"
+    );
 
     for path in ["/healthz", "/readyz"] {
-        assert_eq!(plain_get(admin, path, &[]).await.status, StatusCode::OK, "{path}");
+        assert_eq!(
+            plain_get(admin, path, &[]).await.status,
+            StatusCode::OK,
+            "{path}"
+        );
     }
     let unknown = plain_get(admin, "/nope", &[(name, &good)]).await;
     assert_eq!(unknown.status, StatusCode::NOT_FOUND);
     let post = plain_request(admin, "POST", "/metrics", &[(name, &good)]).await;
     assert_eq!(post.status, StatusCode::METHOD_NOT_ALLOWED);
     started.proxy.shutdown_and_wait().await;
-    assert!(refused(admin).await, "the admin listener closes with the proxy");
+    assert!(
+        refused(admin).await,
+        "the admin listener closes with the proxy"
+    );
 }
 
 /// The binary with `--admin` and `--drain-timeout`: on SIGTERM, `/readyz`
@@ -581,8 +701,16 @@ async fn readyz_fails_from_the_start_of_the_drain_while_streams_are_open() {
     let upstream_url = format!("http://{}", upstream.addr);
     let mut binary = SsegateProcess::start(
         &[
-            "--cert", &cert, "--key", &key, "--upstream", &upstream_url, "--admin",
-            "127.0.0.1:0", "--drain-timeout", "20s",
+            "--cert",
+            &cert,
+            "--key",
+            &key,
+            "--upstream",
+            &upstream_url,
+            "--admin",
+            "127.0.0.1:0",
+            "--drain-timeout",
+            "20s",
         ],
         LIMIT,
     )
@@ -595,7 +723,10 @@ async fn readyz_fails_from_the_start_of_the_drain_while_streams_are_open() {
         .and_then(|rest| rest.split_whitespace().next())
         .and_then(|addr| addr.parse().ok())
         .unwrap_or_else(|| panic!("no admin address in {log}"));
-    assert_eq!(plain_get(admin, "/readyz", &[]).await.status, StatusCode::OK);
+    assert_eq!(
+        plain_get(admin, "/readyz", &[]).await.status,
+        StatusCode::OK
+    );
 
     // A stream in the middle of an event: the drain waits for its end.
     let mut client = Client::connect(binary.addr, Version::HTTP_11).await;
@@ -610,7 +741,10 @@ async fn readyz_fails_from_the_start_of_the_drain_while_streams_are_open() {
     let ready = plain_get(admin, "/readyz", &[]).await;
     assert_eq!(ready.status, StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(ready.text().await, "draining\n");
-    assert_eq!(plain_get(admin, "/healthz", &[]).await.status, StatusCode::OK);
+    assert_eq!(
+        plain_get(admin, "/healthz", &[]).await.status,
+        StatusCode::OK
+    );
     assert!(stream.is_open(), "the stream is still being drained");
     assert!(binary.is_running());
 
@@ -645,17 +779,31 @@ async fn reloads_are_counted_by_result() {
     send_signal(binary.pid(), "-HUP");
     binary.wait_for_log("configuration reloaded").await;
     let scraped = scrape(admin).await;
-    assert_eq!(scraped.value("ssegate_config_reloads_total", &[("result", "ok")]), 1.0);
-    assert_eq!(scraped.value("ssegate_config_reloads_total", &[("result", "failed")]), 0.0);
+    assert_eq!(
+        scraped.value("ssegate_config_reloads_total", &[("result", "ok")]),
+        1.0
+    );
+    assert_eq!(
+        scraped.value("ssegate_config_reloads_total", &[("result", "failed")]),
+        0.0
+    );
 
-    std::fs::write(&file, text.replace("[upstream.app]", "[upstream.app]\nnot_a_key = 1"))
-        .expect("write");
+    std::fs::write(
+        &file,
+        text.replace("[upstream.app]", "[upstream.app]\nnot_a_key = 1"),
+    )
+    .expect("write");
     send_signal(binary.pid(), "-HUP");
-    binary.wait_for_log("still serving the previous configuration").await;
+    binary
+        .wait_for_log("still serving the previous configuration")
+        .await;
     let scraped = scrape(admin).await;
     // SIGHUP, and perhaps the file watcher too.
     assert!(scraped.value("ssegate_config_reloads_total", &[("result", "failed")]) >= 1.0);
-    assert_eq!(scraped.value("ssegate_config_reloads_total", &[("result", "ok")]), 1.0);
+    assert_eq!(
+        scraped.value("ssegate_config_reloads_total", &[("result", "ok")]),
+        1.0
+    );
 }
 
 fn send_signal(pid: u32, signal: &str) {
@@ -699,7 +847,10 @@ impl Prometheus {
             let addr = SocketAddr::from(([127, 0, 0, 1], port));
             let mut child = tokio::process::Command::new("prometheus")
                 .arg(format!("--config.file={}", config.display()))
-                .arg(format!("--storage.tsdb.path={}", dir.path("data").display()))
+                .arg(format!(
+                    "--storage.tsdb.path={}",
+                    dir.path("data").display()
+                ))
                 .arg(format!("--web.listen-address={addr}"))
                 .stdin(std::process::Stdio::null())
                 .stdout(std::process::Stdio::null())
@@ -750,7 +901,11 @@ impl Prometheus {
             .expect("a vector")
             .iter()
             .map(|sample| {
-                let value = sample["value"][1].as_str().expect("value").parse().expect("number");
+                let value = sample["value"][1]
+                    .as_str()
+                    .expect("value")
+                    .parse()
+                    .expect("number");
                 (sample["metric"].clone(), value)
             })
             .collect()
@@ -801,7 +956,9 @@ async fn prometheus_scrapes_streams_and_event_rates() {
         readers.push(EventReader::new(response.into_body()));
     }
     let open = prometheus
-        .until(r#"ssegate_sse_streams_open{route="/"}"#, |n| n == STREAMS as f64)
+        .until(r#"ssegate_sse_streams_open{route="/"}"#, |n| {
+            n == STREAMS as f64
+        })
         .await;
     assert_eq!(open, STREAMS as f64);
     for id in 1..=EVENTS {
@@ -810,7 +967,10 @@ async fn prometheus_scrapes_streams_and_event_rates() {
         }
     }
     for reader in &mut readers {
-        assert_eq!(reader.events(EVENTS as usize, WAIT_LIMIT).await.len(), EVENTS as usize);
+        assert_eq!(
+            reader.events(EVENTS as usize, WAIT_LIMIT).await.len(),
+            EVENTS as usize
+        );
     }
     let total = STREAMS as f64 * EVENTS as f64;
     prometheus
@@ -819,11 +979,16 @@ async fn prometheus_scrapes_streams_and_event_rates() {
     // increase() extrapolates to the window's end, so it may show a little
     // more than was sent, never less.
     let increase = prometheus
-        .until(r#"increase(ssegate_sse_events_total{route="/"}[1m])"#, |n| n >= total)
+        .until(
+            r#"increase(ssegate_sse_events_total{route="/"}[1m])"#,
+            |n| n >= total,
+        )
         .await;
     assert!(increase <= 3.0 * total, "{increase}");
     let rate = prometheus
-        .until(r#"rate(ssegate_sse_events_total{route="/"}[1m])"#, |n| n > 0.0)
+        .until(r#"rate(ssegate_sse_events_total{route="/"}[1m])"#, |n| {
+            n > 0.0
+        })
         .await;
     assert!(rate <= total, "{rate}");
 
@@ -873,7 +1038,12 @@ new Promise((resolve) => {{
 async fn the_status_page_shows_live_numbers_in_headless_chromium() {
     let mut upstream = upstream().await;
     let dead = dead_upstream_addr().await;
-    let started = start(&config_text(upstream.addr, dead, r#"sse_heartbeat = "15s""#)).await;
+    let started = start(&config_text(
+        upstream.addr,
+        dead,
+        r#"sse_heartbeat = "15s""#,
+    ))
+    .await;
     let proxy = started.proxy.addr;
 
     // Some traffic before the page opens, so nothing is empty.
@@ -901,7 +1071,12 @@ async fn the_status_page_shows_live_numbers_in_headless_chromium() {
     .expect("browser thread");
     let (mut browser, page, before) = report;
     let parts: Vec<&str> = before.split('|').collect();
-    assert_eq!(parts[0], "ok", "the page never showed the first stream: {before}\n{}", browser.diagnostics());
+    assert_eq!(
+        parts[0],
+        "ok",
+        "the page never showed the first stream: {before}\n{}",
+        browser.diagnostics()
+    );
     assert_eq!(parts[1], "live", "{before}");
     assert_eq!(parts[3], "1", "one HTTP/2 connection: {before}");
 
@@ -932,9 +1107,18 @@ async fn the_status_page_shows_live_numbers_in_headless_chromium() {
     .await
     .expect("browser thread");
     let parts: Vec<&str> = after.split('|').collect();
-    assert_eq!(parts[0], "ok", "the numbers did not follow: {after} (admin {admin_log})");
-    assert_eq!(parts[2], "6", "three streams and three subscribers: {after}");
-    assert_eq!(parts[5], "3", "one shared stream's three subscribers: {after}");
+    assert_eq!(
+        parts[0], "ok",
+        "the numbers did not follow: {after} (admin {admin_log})"
+    );
+    assert_eq!(
+        parts[2], "6",
+        "three streams and three subscribers: {after}"
+    );
+    assert_eq!(
+        parts[5], "3",
+        "one shared stream's three subscribers: {after}"
+    );
     assert_eq!(parts[6], "2", "two routes listed: {after}");
 
     // For the README's picture, a minute of varying traffic first, so
@@ -945,9 +1129,16 @@ async fn the_status_page_shows_live_numbers_in_headless_chromium() {
             let burst = 2 + (second * 7 % 11);
             for id in 0..burst {
                 for stream in &streams {
-                    assert!(stream.write_event(100 + second * 20 + id, "tick", &["x"]).await);
+                    assert!(
+                        stream
+                            .write_event(100 + second * 20 + id, "tick", &["x"])
+                            .await
+                    );
                 }
-                assert!(live.write_event(100 + second * 20 + id, "score", &["1-0"]).await);
+                assert!(
+                    live.write_event(100 + second * 20 + id, "score", &["1-0"])
+                        .await
+                );
             }
             for n in 0..(second % 5) * 3 {
                 let response = client.get(&format!("/page/{n}")).await;
@@ -968,7 +1159,11 @@ async fn the_status_page_shows_live_numbers_in_headless_chromium() {
     .await
     .expect("browser thread");
     assert!(png.starts_with(b"\x89PNG\r\n\x1a\n"), "a PNG");
-    assert!(png.len() > 20_000, "a page, not a blank: {} bytes", png.len());
+    assert!(
+        png.len() > 20_000,
+        "a page, not a blank: {} bytes",
+        png.len()
+    );
     std::fs::write(repo_path("target/admin-page.png"), &png).expect("write the screenshot");
     if update_screenshot {
         std::fs::write(repo_path("docs/admin.png"), &png).expect("write docs/admin.png");

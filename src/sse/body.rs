@@ -575,10 +575,15 @@ mod tests {
                 Version::HTTP_11,
             )
         };
-        let mut drained = RelayBody::new(Upstream {
-            limit: PerIpLimit::new(NonZeroU32::MIN),
-            held_at_drop: Arc::new(AtomicU32::new(0)),
-        }, settings.clone(), &shutdown, access())
+        let mut drained = RelayBody::new(
+            Upstream {
+                limit: PerIpLimit::new(NonZeroU32::MIN),
+                held_at_drop: Arc::new(AtomicU32::new(0)),
+            },
+            settings.clone(),
+            &shutdown,
+            access(),
+        )
         .counted(route.streams());
         shutdown.cancel();
         assert!(drained.frame().await.is_none());
@@ -597,7 +602,10 @@ mod tests {
         }
         let mut slow = RelayBody::new(Slow, settings, &CancellationToken::new(), access())
             .counted(route.streams());
-        assert!(slow.frame().await.is_none(), "ended cleanly, no error frame");
+        assert!(
+            slow.frame().await.is_none(),
+            "ended cleanly, no error frame"
+        );
         assert_eq!(ends(&metrics, "slow"), 1.0);
         assert_eq!(route.streams_open(), 0);
     }

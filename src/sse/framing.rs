@@ -171,7 +171,8 @@ mod tests {
         assert_eq!(events_in(&[b": note\ndata: a\n\n"]), 1);
         assert_eq!(events_in(&[b"data: a\n"]), 0, "not dispatched yet");
         assert_eq!(events_in(&[b"\n\n\n"]), 0);
-        let stream: &[u8] = b"retry: 1000\n\nid: 1\r\nevent: date\r\ndata: x\r\n\r\n:\n\ndata: z\r\rdata: w\n";
+        let stream: &[u8] =
+            b"retry: 1000\n\nid: 1\r\nevent: date\r\ndata: x\r\n\r\n:\n\ndata: z\r\rdata: w\n";
         for split in 0..=stream.len() {
             for second in split..=stream.len() {
                 let chunks = [&stream[..split], &stream[split..second], &stream[second..]];

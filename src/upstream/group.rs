@@ -37,9 +37,9 @@ fn upstream_result<T>(sent: &Result<T, TargetError>) -> UpstreamResult {
         Err(TargetError::Unanswered(_)) => UpstreamResult::Unanswered,
         Err(TargetError::Failed(err)) => match err {
             ProxyError::UpstreamTimeout(_) => UpstreamResult::Timeout,
-            ProxyError::ClientBody(_) | ProxyError::ClientTimeout(_) | ProxyError::BodyTooLarge(_) => {
-                UpstreamResult::Client
-            }
+            ProxyError::ClientBody(_)
+            | ProxyError::ClientTimeout(_)
+            | ProxyError::BodyTooLarge(_) => UpstreamResult::Client,
             _ => UpstreamResult::Error,
         },
     }

@@ -262,7 +262,6 @@ pub fn json_field(message: &str, key: &str) -> Option<String> {
     None
 }
 
-
 impl Browser {
     /// Opens `url` in a new page of `width` x `height` CSS pixels and
     /// waits for its load event; returns the page's session id.
