@@ -1171,3 +1171,34 @@ async fn the_status_page_shows_live_numbers_in_headless_chromium() {
     drop(readers);
     started.proxy.shutdown_and_wait().await;
 }
+
+/// `--admin-token` belongs to `--admin`, and an empty token is refused:
+/// one line and a non-zero exit, before anything listens. Catches: a
+/// token silently ignored (no admin listener), or an empty one that every
+/// request matches.
+#[test]
+fn an_admin_token_needs_the_admin_listener_and_must_not_be_empty() {
+    let cert = dev_cert_path().display().to_string();
+    let key = dev_key_path().display().to_string();
+    let base = [
+        "--cert",
+        &cert,
+        "--key",
+        &key,
+        "--upstream",
+        "http://127.0.0.1:9",
+    ];
+    let run = |extra: &[&str]| {
+        let output = ssegate_command()
+            .args(base)
+            .args(extra)
+            .output()
+            .expect("run ssegate");
+        assert!(!output.status.success(), "{extra:?} was accepted");
+        String::from_utf8_lossy(&output.stderr).into_owned()
+    };
+    let without = run(&["--admin-token", "x"]);
+    assert!(without.contains("--admin"), "{without}");
+    let empty = run(&["--admin", "127.0.0.1:0", "--admin-token", ""]);
+    assert!(empty.contains("--admin-token must be non-empty"), "{empty}");
+}
