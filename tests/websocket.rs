@@ -11,7 +11,6 @@
 mod common;
 
 use std::os::unix::process::CommandExt;
-use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -184,20 +183,6 @@ async fn python_websockets_client_echoes_text_and_binary_and_closes_through_the_
     let mut client = Script::python(&client_py, &[&url, &ca, "server-close"]);
     assert_eq!(client.line_after("closed ").await, "4001 server bye");
     client.line_after("done").await;
-}
-
-/// Where Chromium is; the test fails if it is not installed.
-fn chromium_path() -> PathBuf {
-    let candidates = ["/usr/bin/chromium", "/usr/bin/chromium-browser"];
-    candidates
-        .iter()
-        .map(PathBuf::from)
-        .find(|p| p.exists())
-        .unwrap_or_else(|| {
-            panic!(
-                "Chromium not found at {candidates:?}: this test needs the Debian package `chromium`"
-            )
-        })
 }
 
 /// Headless Chromium showing one page; its process group is killed on Drop.

@@ -201,7 +201,7 @@ impl<B> RelayBody<B> {
 /// Whether a lazily re-armed timer has really reached `deadline`. A timer
 /// that fires early (its deadline moved on since it was armed) is re-armed
 /// and registered again.
-fn fired(mut timer: Pin<&mut Sleep>, deadline: Instant, cx: &mut Context<'_>) -> bool {
+pub(crate) fn fired(mut timer: Pin<&mut Sleep>, deadline: Instant, cx: &mut Context<'_>) -> bool {
     if timer.as_mut().poll(cx).is_pending() {
         return false;
     }
