@@ -70,8 +70,10 @@ pub struct Proxy {
     shutdown: CancellationToken,
 }
 
-/// What one configuration decides about requests. Requests already under
-/// way keep the `Routing` they started with.
+/// What one configuration decides about requests. A request takes the
+/// current one when it starts; what it holds from it (its group's
+/// connection, its relay settings, its shared stream) lives on after a
+/// reload replaces it.
 pub struct Routing {
     routes: RouteTable<Route>,
     /// Groups by name, with the definition each was built from, so a
