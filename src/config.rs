@@ -738,10 +738,12 @@ pub struct RouteConfig {
 }
 
 /// A command line merged with its `--config` file's keys: every setting
-/// known, none checked yet (no certificate, key or upstream URL looked
-/// at, nothing logged). `main` starts logging in between, in the format
-/// this names, so the checks' own log lines (an expired certificate) come
-/// out in it too.
+/// known, the command line's not checked yet. `main` starts logging in
+/// between, in the format this names, so the checks' own log lines (an
+/// expired certificate) come out in it too. (Reading the file loads its
+/// `[[certificate]]` pairs to report their errors with a position; a
+/// warning that logs before logging starts is lost, and comes again from
+/// `check`.)
 #[derive(Debug)]
 pub struct ParsedConfig {
     argv: Vec<OsString>,

@@ -47,9 +47,9 @@ fn main() -> ExitCode {
     let result = match &cli.command {
         None => {
             // Serving logs in the format its settings name, known once the
-            // command line and the configuration file are read (which logs
-            // nothing); they are checked once logging has started, as
-            // checking logs (an expired certificate).
+            // command line and the configuration file are read; they are
+            // checked once logging has started, as checking logs (an
+            // expired certificate).
             let argv: Vec<OsString> = std::env::args_os().collect();
             let parsed = match Config::parse(&argv) {
                 Ok(parsed) => parsed,
