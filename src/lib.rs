@@ -12,6 +12,7 @@ pub mod error;
 pub mod http1;
 pub mod limits;
 pub mod listener;
+pub mod logging;
 pub mod message;
 pub mod proxy;
 pub mod proxy_protocol;

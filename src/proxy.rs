@@ -28,7 +28,7 @@ use crate::message::{Fields, RequestHead, ResponseHead};
 use crate::routes::RouteTable;
 use crate::rules::{self, Forwarding, WebSocket};
 use crate::sse::hub::{Hub, HubSettings};
-use crate::sse::{AccessLog, BodyKind, Outcome, RelayBody, RelaySettings};
+use crate::sse::{AccessLog, BodyKind, Outcome, RelayBody, RelaySettings, RouteLabel};
 use crate::upstream::{
     Group, Limits, RequestBody, ResponseBody, Target, UpstreamRequest, UpstreamSettings,
 };
@@ -93,6 +93,8 @@ type UpstreamSettingsKey = (UpstreamGroup, std::time::Duration, usize);
 /// One route and everything a request on it needs.
 struct Route {
     config: RouteConfig,
+    /// Its label and group's name, for the access lines of its requests.
+    label: Arc<RouteLabel>,
     /// The group's base path, prefixed to every request path.
     base_path: String,
     group: Arc<Group>,
@@ -190,6 +192,7 @@ impl Proxy {
         let Some(route) = routing.routes.find(&host, head.path()) else {
             return routing.failed(ProxyError::NoRoute, access);
         };
+        access.route = Some(route.label.clone());
         // A route with `websocket = false`: an upgrade goes on as a plain
         // request, an extended CONNECT is refused like any CONNECT.
         let websocket = match websocket {
@@ -256,7 +259,10 @@ impl Proxy {
             .send(conn.worker, Some(conn.peer.ip()), request)
             .await;
         let (response, body) = match sent {
-            Ok(exchanged) => exchanged,
+            Ok(answer) => {
+                access.target = Some(answer.target);
+                (answer.head, answer.body)
+            }
             Err(err) => return routing.failed(err, access),
         };
         if let (Some(websocket), Some(key)) = (websocket, &websocket_key) {
@@ -377,6 +383,11 @@ impl Routing {
                     .unwrap_or_else(|| Hub::new(hub_settings, group.clone(), shutdown.clone()));
                 let relay = |kind| Arc::new(relay_settings(&route, kind));
                 let served = Route {
+                    label: Arc::new(RouteLabel::new(
+                        route.host.as_ref(),
+                        &route.path,
+                        &route.upstream,
+                    )),
                     base_path,
                     group: group.clone(),
                     hub,
@@ -460,8 +471,9 @@ impl Routing {
             .subscribe(&target, host, last_event_id, worker)
             .await
         {
-            Ok(subscription) => {
+            Ok((subscription, upstream_target)) => {
                 access.status = StatusCode::OK;
+                access.target = Some(upstream_target);
                 let settings = route.subscriber_relay.clone();
                 let body = RelayBody::new(subscription, settings, &self.shutdown, access)
                     .holding(slot)

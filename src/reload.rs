@@ -40,6 +40,8 @@ struct FixedSettings {
     threads: std::num::NonZeroUsize,
     client_auth: bool,
     limits: crate::limits::ConnectionLimits,
+    /// The subscriber is built once, at start-up.
+    log_format: crate::logging::LogFormat,
 }
 
 impl FixedSettings {
@@ -50,6 +52,7 @@ impl FixedSettings {
             threads: config.threads,
             client_auth: config.client_auth,
             limits: config.limits.clone(),
+            log_format: config.log_format,
         }
     }
 }
@@ -152,7 +155,7 @@ impl Reloader {
         if fixed != self.fixed {
             tracing::warn!(
                 trigger,
-                "listen, redirect_http, threads, client_ca, the connection and stream limits and proxy_protocol take effect only after a restart"
+                "listen, redirect_http, threads, client_ca, the connection and stream limits, proxy_protocol and log_format take effect only after a restart"
             );
         }
         tracing::info!(

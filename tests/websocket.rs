@@ -327,7 +327,7 @@ async fn chromium_opens_a_websocket_over_http2_extended_connect() {
         .lines()
         .find(|line| line.contains("path=/echo"))
         .unwrap_or_default();
-    for part in ["method=CONNECT", "version=HTTP/2.0", "status=200"] {
+    for part in ["method=CONNECT", "protocol=HTTP/2", "status=200"] {
         assert!(
             line.contains(part),
             "the WebSocket did not come as an HTTP/2 extended CONNECT ({part}): {line}\n{log}"
