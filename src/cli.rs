@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand};
 
 use crate::defaults;
+use crate::logging::LogFormat;
 use crate::upstream::Balance;
 
 /// A clap default from a `defaults` duration.
@@ -169,6 +170,17 @@ pub struct ProxyArgs {
     /// could forge headers the proxy sets.
     #[arg(long, env = "SSEGATE_KEEP_UNDERSCORE_HEADERS")]
     pub keep_underscore_headers: bool,
+
+    /// How log lines are written to stderr: text for people, or json (one
+    /// JSON object per line, every field a key) for log collectors.
+    #[arg(
+        long,
+        value_name = "FORMAT",
+        env = "SSEGATE_LOG_FORMAT",
+        value_enum,
+        default_value_t = LogFormat::Text
+    )]
+    pub log_format: LogFormat,
 
     #[command(flatten)]
     pub timeouts: TimeoutArgs,

@@ -20,6 +20,7 @@ use crate::config_file::{ConfigFile, FileError, GroupSpec, RouteSpec};
 use crate::defaults;
 use crate::error::StartError;
 use crate::limits::ConnectionLimits;
+use crate::logging::LogFormat;
 use crate::routes::HostPattern;
 use crate::tls::{self, CertPair, CertReloader, CertSource, CertStore, ClientAuth};
 use crate::upstream::{Balance, Endpoint, HealthCheck};
@@ -320,6 +321,9 @@ pub struct Config {
     pub limits: ConnectionLimits,
     /// `--admin`: the metrics, health and status listener (off by default).
     pub admin: Option<AdminSettings>,
+    /// How log lines are written (`main` starts logging with it; a reload
+    /// cannot change it).
+    pub log_format: LogFormat,
 }
 
 /// The admin listener (`--admin`, `--admin-token`).
@@ -406,6 +410,7 @@ impl Config {
             keep_underscore_headers: false,
             limits: ConnectionLimits::default(),
             admin: None,
+            log_format: LogFormat::Text,
         }
     }
 
@@ -462,6 +467,7 @@ impl Config {
         config.keep_underscore_headers = args.keep_underscore_headers;
         config.limits = ConnectionLimits::from(&args.limits);
         config.admin = AdminSettings::from_args(&args.admin)?;
+        config.log_format = args.log_format;
         config.threads = args
             .threads
             .unwrap_or_else(|| std::thread::available_parallelism().unwrap_or(NonZeroUsize::MIN));
@@ -470,6 +476,12 @@ impl Config {
     /// Loads the configuration the command line `argv` describes: its
     /// flags, and the `--config` file's keys for what the flags leave out.
     pub fn load(argv: &[OsString]) -> Result<Config, LoadError> {
+        Config::parse(argv)?.check()
+    }
+
+    /// The first half of `load`: the command line and its `--config` file
+    /// read and merged, nothing checked yet.
+    pub fn parse(argv: &[OsString]) -> Result<ParsedConfig, LoadError> {
         let cmd = Cli::command();
         let matches = cmd
             .clone()
@@ -477,11 +489,11 @@ impl Config {
             .map_err(LoadError::Usage)?;
         let args = proxy_args(&matches)?;
         let Some(path) = args.config.clone() else {
-            let config = Config::from_args(&args)?;
-            if config.upstreams.is_empty() {
-                return Err(StartError::Config("--upstream is required".into()).into());
-            }
-            return Ok(config);
+            return Ok(ParsedConfig {
+                argv: argv.to_vec(),
+                args,
+                file: None,
+            });
         };
         let given_elsewhere = |id: &str| {
             matches!(
@@ -501,14 +513,11 @@ impl Config {
         let matches = cmd
             .try_get_matches_from(&merged)
             .map_err(LoadError::Usage)?;
-        let mut config = Config::from_args(&proxy_args(&matches)?)?;
-        config.add_file_sections(&file).map_err(LoadError::File)?;
-        config.ensure_upstream_tls()?;
-        config.source = Some(ConfigSource {
+        Ok(ParsedConfig {
             argv: argv.to_vec(),
-            file: path,
-        });
-        Ok(config)
+            args: proxy_args(&matches)?,
+            file: Some(file),
+        })
     }
 
     /// Adds the file's upstream groups and routes, resolved against the
@@ -767,6 +776,46 @@ pub struct RouteConfig {
     pub websocket_idle_timeout: Duration,
     /// Lower-case names; an empty value removes the field.
     pub response_headers: Vec<(String, String)>,
+}
+
+/// A command line merged with its `--config` file's keys: every setting
+/// known, the command line's not checked yet. `main` starts logging in
+/// between, in the format this names, so the checks' own log lines (an
+/// expired certificate) come out in it too. (Reading the file loads its
+/// `[[certificate]]` pairs to report their errors with a position; a
+/// warning that logs before logging starts is lost, and comes again from
+/// `check`.)
+#[derive(Debug)]
+pub struct ParsedConfig {
+    argv: Vec<OsString>,
+    args: ProxyArgs,
+    file: Option<ConfigFile>,
+}
+
+impl ParsedConfig {
+    /// `--log-format`, from the command line, the environment or the file.
+    pub fn log_format(&self) -> LogFormat {
+        self.args.log_format
+    }
+
+    /// The second half of `Config::load`: checks the settings and loads
+    /// every file they name.
+    pub fn check(self) -> Result<Config, LoadError> {
+        let mut config = Config::from_args(&self.args)?;
+        let Some(file) = self.file else {
+            if config.upstreams.is_empty() {
+                return Err(StartError::Config("--upstream is required".into()).into());
+            }
+            return Ok(config);
+        };
+        config.add_file_sections(&file).map_err(LoadError::File)?;
+        config.ensure_upstream_tls()?;
+        config.source = Some(ConfigSource {
+            argv: self.argv,
+            file: file.path,
+        });
+        Ok(config)
+    }
 }
 
 /// Why a configuration could not be loaded.

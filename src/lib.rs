@@ -13,6 +13,7 @@ pub mod error;
 pub mod http1;
 pub mod limits;
 pub mod listener;
+pub mod logging;
 pub mod message;
 pub mod metrics;
 pub mod proxy;

@@ -1,22 +1,17 @@
 use std::ffi::OsString;
-use std::io::IsTerminal;
 use std::process::ExitCode;
 
 use clap::{CommandFactory, FromArgMatches};
 use ssegate::cli::{CertArgs, Cli, Command};
 use ssegate::config::LoadError;
+use ssegate::logging::{self, LogFormat};
 use ssegate::{CancellationToken, Config, StartError};
-use tracing_subscriber::EnvFilter;
 
 // mimalloc's per-thread free lists cost less CPU per request and handshake
 // than glibc's malloc, and it keeps less memory per idle connection
 // (measured with `cargo bench --bench compare`, see the README).
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
-/// What the log thread gathers before a write(2) when lines queue faster
-/// than it drains them.
-const LOG_BUFFER_BYTES: usize = 64 * 1024;
 
 /// mimalloc asks for transparent huge pages for its arenas, so resident
 /// memory grows in 2 MiB steps: measured with the holding scenario of
@@ -45,48 +40,82 @@ fn main() -> ExitCode {
         Ok(cli) => cli,
         Err(err) => err.exit(),
     };
-    // Log lines are written by a background thread, so a request does not wait
-    // for stderr (only if 128k lines are queued); the guard flushes what is
-    // queued when main returns. The thread flushes its buffer whenever the
-    // queue runs empty, so under load many access lines share one write(2)
-    // and no line waits for more to come.
-    let (log_writer, _log_guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
-        .lossy(false)
-        .finish(std::io::BufWriter::with_capacity(
-            LOG_BUFFER_BYTES,
-            std::io::stderr(),
-        ));
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
-        )
-        .with_writer(log_writer)
-        .with_ansi(std::io::stderr().is_terminal())
-        .init();
-    #[cfg(target_os = "linux")]
+    #[cfg(not(target_os = "linux"))]
+    let huge_pages = Ok(());
+    // Logging starts in each branch, for the rest of main: the guard
+    // writes out the queued lines when it is dropped.
+    let result = match &cli.command {
+        None => {
+            // Serving logs in the format its settings name, known once the
+            // command line and the configuration file are read; they are
+            // checked once logging has started, as checking logs (an
+            // expired certificate).
+            let argv: Vec<OsString> = std::env::args_os().collect();
+            let parsed = match Config::parse(&argv) {
+                Ok(parsed) => parsed,
+                Err(LoadError::Usage(err)) => err.exit(),
+                Err(err) => return failure(&err),
+            };
+            let _log_guard = start_logging(parsed.log_format(), huge_pages);
+            serve(|shutdown| async move {
+                let config = match parsed.check() {
+                    Ok(config) => config,
+                    Err(LoadError::Usage(err)) => err.exit(),
+                    Err(err) => return Err(anyhow::Error::new(err)),
+                };
+                Ok(ssegate::run(config, shutdown).await?)
+            })
+        }
+        // The other commands log text.
+        Some(Command::Demo(args)) => {
+            let _log_guard = start_logging(LogFormat::Text, huge_pages);
+            serve(|shutdown| async move { Ok(ssegate::demo::run(args, shutdown).await?) })
+        }
+        Some(Command::Cert(args)) => {
+            let _log_guard = start_logging(LogFormat::Text, huge_pages);
+            write_dev_cert(args)
+        }
+        Some(Command::Check(args)) => {
+            let _log_guard = start_logging(LogFormat::Text, huge_pages);
+            return check(&args.config);
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => failure(&err),
+    }
+}
+
+/// Starts logging in `format`; says (at debug) if transparent huge pages
+/// could not be disabled.
+fn start_logging(
+    format: LogFormat,
+    huge_pages: std::io::Result<()>,
+) -> tracing_appender::non_blocking::WorkerGuard {
+    let guard = logging::init(format);
     if let Err(err) = huge_pages {
         // Memory use is then only higher, not wrong.
         tracing::debug!(error = %err, "cannot disable transparent huge pages");
     }
-
-    let result = match &cli.command {
-        Some(Command::Cert(args)) => write_dev_cert(args),
-        Some(Command::Check(args)) => return check(&args.config),
-        _ => serve(cli),
-    };
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(err) => {
-            // A configuration file's errors come one per line.
-            for line in err.to_string().lines() {
-                eprintln!("ssegate: {line}");
-            }
-            ExitCode::FAILURE
-        }
-    }
+    guard
 }
 
-fn serve(cli: Cli) -> anyhow::Result<()> {
+/// Prints `err` as start-up errors are printed (a configuration file's
+/// come one per line) and fails.
+fn failure(err: &dyn std::fmt::Display) -> ExitCode {
+    for line in err.to_string().lines() {
+        eprintln!("ssegate: {line}");
+    }
+    ExitCode::FAILURE
+}
+
+/// Runs `serving` until it returns, with SIGINT and SIGTERM draining it
+/// through the shutdown token it is given.
+fn serve<F, Fut>(serving: F) -> anyhow::Result<()>
+where
+    F: FnOnce(CancellationToken) -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<()>>,
+{
     // This thread runs the accept loop and the first serving event loop; the
     // server starts the others (`--threads`).
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -97,21 +126,8 @@ fn serve(cli: Cli) -> anyhow::Result<()> {
         let signals = ShutdownSignals::install()
             .map_err(|e| StartError::Config(format!("cannot install signal handlers: {e}")))?;
         tokio::spawn(cancel_on_signal(signals, shutdown.clone()));
-        match &cli.command {
-            Some(Command::Demo(args)) => ssegate::demo::run(args, shutdown).await?,
-            _ => {
-                let argv: Vec<OsString> = std::env::args_os().collect();
-                let config = match Config::load(&argv) {
-                    Ok(config) => config,
-                    Err(LoadError::Usage(err)) => err.exit(),
-                    Err(err) => return Err(anyhow::Error::new(err)),
-                };
-                ssegate::run(config, shutdown).await?
-            }
-        }
-        Ok::<(), anyhow::Error>(())
-    })?;
-    Ok(())
+        serving(shutdown).await
+    })
 }
 
 /// `ssegate check --config PATH`: loads the configuration as a start

@@ -39,7 +39,8 @@ use prometheus_client::registry::Registry;
 pub const CONTENT_TYPE: &str = prometheus_client::encoding::prometheus_text::CONTENT_TYPE;
 
 /// The `route` label of requests no route took (bad requests, 404): no
-/// route label has this form, as every route's path starts with `/`.
+/// route label (`sse::RouteLabel`: the route's host and path as
+/// configured) has this form, as every route's path starts with `/`.
 pub const UNROUTED: &str = "unrouted";
 
 /// Upper bounds of `ssegate_request_duration_seconds`, in microseconds.
@@ -63,16 +64,6 @@ const STREAM_BUCKETS_US: [u64; 12] = [
     21_600_000_000,
     86_400_000_000,
 ];
-
-/// The `route` label of a route: its host pattern and path as configured,
-/// `api.example.com/`, `*.example.com/live/`, or the path alone (`/live/`;
-/// the implicit catch-all route is `/`).
-pub fn route_label(host: Option<&str>, path: &str) -> String {
-    match host {
-        Some(host) => format!("{host}{path}"),
-        None => path.to_owned(),
-    }
-}
 
 /// The `status` label: the status class, `2xx` and so on.
 pub fn status_class(status: StatusCode) -> &'static str {
@@ -1057,20 +1048,6 @@ mod tests {
         text.lines()
             .find_map(|line| line.strip_prefix(&prefix))
             .and_then(|value| value.trim().parse().ok())
-    }
-
-    #[test]
-    fn route_labels_are_the_configured_host_and_path() {
-        assert_eq!(route_label(None, "/"), "/");
-        assert_eq!(route_label(None, "/live/"), "/live/");
-        assert_eq!(
-            route_label(Some("api.example.com"), "/"),
-            "api.example.com/"
-        );
-        assert_eq!(
-            route_label(Some("*.example.com"), "/live/"),
-            "*.example.com/live/"
-        );
     }
 
     #[test]

@@ -25,11 +25,11 @@ use crate::error::{BoxError, ProxyError};
 use crate::http1::Framing;
 use crate::limits::{PerIpGuard, PerIpLimit};
 use crate::message::{Fields, RequestHead, ResponseHead};
-use crate::metrics::{self, Metrics, RequestMetrics, RouteMetrics};
+use crate::metrics::{Metrics, RequestMetrics, RouteMetrics};
 use crate::routes::RouteTable;
 use crate::rules::{self, Forwarding, WebSocket};
 use crate::sse::hub::{Hub, HubSettings};
-use crate::sse::{AccessLog, BodyKind, Outcome, RelayBody, RelaySettings};
+use crate::sse::{AccessLog, BodyKind, Outcome, RelayBody, RelaySettings, RouteLabel};
 use crate::upstream::{
     Group, Limits, RequestBody, ResponseBody, Target, UpstreamRequest, UpstreamSettings,
 };
@@ -75,8 +75,10 @@ pub struct Proxy {
     unrouted: RequestMetrics,
 }
 
-/// What one configuration decides about requests. Requests already under
-/// way keep the `Routing` they started with.
+/// What one configuration decides about requests. A request takes the
+/// current one when it starts; what it holds from it (its group's
+/// connection, its relay settings, its shared stream) lives on after a
+/// reload replaces it.
 pub struct Routing {
     routes: RouteTable<Route>,
     /// Groups by name, with the definition each was built from, so a
@@ -96,8 +98,8 @@ type UpstreamSettingsKey = (UpstreamGroup, std::time::Duration, usize);
 /// One route and everything a request on it needs.
 struct Route {
     config: RouteConfig,
-    /// Its `route` label (`metrics::route_label`).
-    label: String,
+    /// Its label and group's name, for the access lines of its requests.
+    label: Arc<RouteLabel>,
     /// Its counters, resolved when the route is built.
     metrics: RouteMetrics,
     /// The group's base path, prefixed to every request path.
@@ -165,7 +167,7 @@ impl Proxy {
             .routes
             .iter()
             .map(|route| RouteStatus {
-                label: route.label.clone(),
+                label: route.label.route.to_string(),
                 upstream: route.config.upstream.clone(),
                 metrics: route.metrics.clone(),
                 hub: route.hub.clone(),
@@ -250,6 +252,7 @@ impl Proxy {
             return routing.failed(ProxyError::NoRoute, access);
         };
         *taken = Some(route);
+        access.route = Some(route.label.clone());
         // A route with `websocket = false`: an upgrade goes on as a plain
         // request, an extended CONNECT is refused like any CONNECT.
         let websocket = match websocket {
@@ -316,7 +319,10 @@ impl Proxy {
             .send(conn.worker, Some(conn.peer.ip()), request)
             .await;
         let (response, body) = match sent {
-            Ok(exchanged) => exchanged,
+            Ok(answer) => {
+                access.target = Some(answer.target);
+                (answer.head, answer.body)
+            }
             Err(err) => return routing.failed(err, access),
         };
         if let (Some(websocket), Some(key)) = (websocket, &websocket_key) {
@@ -463,11 +469,14 @@ impl Routing {
                 let hub = kept_hub.unwrap_or_else(|| {
                     Hub::new(hub_settings, group.clone(), shutdown.clone(), metrics.hub())
                 });
-                let host = route.host.as_ref().map(ToString::to_string);
-                let label = metrics::route_label(host.as_deref(), &route.path);
+                let label = Arc::new(RouteLabel::new(
+                    route.host.as_ref(),
+                    &route.path,
+                    &route.upstream,
+                ));
                 let relay = |kind| Arc::new(relay_settings(&route, kind));
                 let served = Route {
-                    metrics: metrics.route(&label),
+                    metrics: metrics.route(&label.route),
                     label,
                     base_path,
                     group: group.clone(),
@@ -558,8 +567,9 @@ impl Routing {
             .subscribe(&target, host, last_event_id, worker)
             .await
         {
-            Ok(subscription) => {
+            Ok((subscription, upstream_target)) => {
                 access.status = StatusCode::OK;
+                access.target = Some(upstream_target);
                 let settings = route.subscriber_relay.clone();
                 let body = RelayBody::new(subscription, settings, &self.shutdown, access)
                     .holding(slot)

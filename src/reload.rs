@@ -41,6 +41,8 @@ struct FixedSettings {
     client_auth: bool,
     limits: crate::limits::ConnectionLimits,
     admin: Option<crate::config::AdminSettings>,
+    /// The subscriber is built once, at start-up.
+    log_format: crate::logging::LogFormat,
 }
 
 impl FixedSettings {
@@ -52,6 +54,7 @@ impl FixedSettings {
             client_auth: config.client_auth,
             limits: config.limits.clone(),
             admin: config.admin.clone(),
+            log_format: config.log_format,
         }
     }
 }
@@ -164,7 +167,7 @@ impl Reloader {
         if fixed != self.fixed {
             tracing::warn!(
                 trigger,
-                "listen, redirect_http, threads, client_ca, the connection and stream limits, proxy_protocol, admin and admin_token take effect only after a restart"
+                "listen, redirect_http, threads, client_ca, the connection and stream limits, proxy_protocol, log_format, admin and admin_token take effect only after a restart"
             );
         }
         let routes = config.effective_routes().len();

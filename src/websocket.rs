@@ -5,7 +5,7 @@
 //! connection after its `101`, an HTTP/2 extended-CONNECT stream after its
 //! `200`). Frames are not parsed: a WebSocket is bytes both ways.
 
-use std::future::{poll_fn, Future};
+use std::future::poll_fn;
 use std::io;
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};
@@ -15,13 +15,14 @@ use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine;
 use bytes::{Buf, Bytes};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::time::{Instant, Sleep};
+use tokio::time::Instant;
 
 use crate::error::ProxyError;
 use crate::limits::PerIpGuard;
 use crate::message::RequestHead;
 use crate::metrics::OpenGuard;
 use crate::rules::WebSocket;
+use crate::sse::body::fired;
 use crate::sse::{AccessLog, Outcome};
 use crate::upstream::UpgradedConn;
 
@@ -246,19 +247,6 @@ where
         to_client: down.bytes,
         to_upstream: up.bytes,
     }
-}
-
-/// Whether a lazily re-armed timer has really reached `deadline`; one that
-/// fires early is moved to the deadline and registered again.
-fn fired(mut timer: Pin<&mut Sleep>, deadline: Instant, cx: &mut Context<'_>) -> bool {
-    if timer.as_mut().poll(cx).is_pending() {
-        return false;
-    }
-    if Instant::now() >= deadline {
-        return true;
-    }
-    timer.as_mut().reset(deadline);
-    timer.as_mut().poll(cx).is_ready()
 }
 
 enum PipeError {

@@ -151,7 +151,7 @@ fn help_lists_every_flag_with_its_env_var_and_default() {
     assert!(status.success(), "{status}: {stderr:?}");
     let help = stdout.join("\n");
     let blocks = option_blocks(&help);
-    let expected: [(&str, &str, Option<&str>); 16] = [
+    let expected: [(&str, &str, Option<&str>); 17] = [
         ("--listen", "SSEGATE_LISTEN", Some("0.0.0.0:8443")),
         ("--cert", "SSEGATE_CERT", None),
         ("--key", "SSEGATE_KEY", None),
@@ -168,6 +168,7 @@ fn help_lists_every_flag_with_its_env_var_and_default() {
             "SSEGATE_KEEP_UNDERSCORE_HEADERS",
             None,
         ),
+        ("--log-format", "SSEGATE_LOG_FORMAT", Some("text")),
         ("--sse-idle-timeout", "SSEGATE_SSE_IDLE_TIMEOUT", Some("1h")),
         ("--connect-timeout", "SSEGATE_CONNECT_TIMEOUT", Some("5s")),
         (
@@ -422,6 +423,19 @@ fn unparseable_listen_address_is_a_usage_error() {
         "{all}"
     );
     assert!(!all.contains("multiple times"), "{all}");
+    assert!(!all.contains("panicked"), "{all}");
+}
+
+#[test]
+fn unknown_log_format_is_a_usage_error() {
+    let mut cmd = proxy_cmd(&dev_cert_path(), &dev_key_path(), "http://127.0.0.1:9");
+    cmd.args(["--log-format", "yaml"]);
+    let (status, _stdout, stderr) = run_to_exit(cmd);
+    let all = stderr.join("\n");
+    assert_eq!(status.code(), Some(2), "{all}");
+    for part in ["--log-format", "'yaml'", "[possible values: text, json]"] {
+        assert!(all.contains(part), "{part:?} not in:\n{all}");
+    }
     assert!(!all.contains("panicked"), "{all}");
 }
 

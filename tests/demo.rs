@@ -16,7 +16,6 @@ mod common;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::process::CommandExt;
-use std::path::PathBuf;
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
 use std::sync::{Arc, Mutex};
@@ -206,20 +205,6 @@ fn demo_stream_resumes_after_last_event_id() {
 }
 
 // ---------------------------------------------------------------- Chromium
-
-/// Where the Chromium binary is; the test fails if it is not installed.
-fn chromium_path() -> PathBuf {
-    let candidates = ["/usr/bin/chromium", "/usr/bin/chromium-browser"];
-    candidates
-        .iter()
-        .map(PathBuf::from)
-        .find(|p| p.exists())
-        .unwrap_or_else(|| {
-            panic!(
-                "Chromium not found at {candidates:?}: this test needs the Debian package `chromium`"
-            )
-        })
-}
 
 /// A headless Chromium driven over the DevTools pipe. The browser runs in
 /// its own process group, which is killed on Drop (renderers included).

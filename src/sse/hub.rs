@@ -87,7 +87,8 @@ impl StreamStats {
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Status {
     Connecting,
-    Live,
+    /// Relaying the response of the target at this URL.
+    Live(Arc<str>),
     Failed(String),
 }
 
@@ -169,7 +170,7 @@ impl SharedStream {
         let replay = self.state().replay.len();
         let upstream = match &*self.status.borrow() {
             Status::Connecting => "connecting",
-            Status::Live => "live",
+            Status::Live(_) => "live",
             Status::Failed(_) => "failed",
         };
         SharedStreamInfo {
@@ -342,14 +343,15 @@ impl Hub {
     /// Joins (or opens) the shared stream for `path_and_query`, asked for
     /// under `host`, from serving thread `worker` (whose upstream pool a new
     /// stream uses). Waits for the upstream's response headers when the
-    /// stream is new.
+    /// stream is new. Also returns the URL of the target whose response
+    /// the stream relays (for the access log).
     pub async fn subscribe(
         self: &Arc<Self>,
         path_and_query: &str,
         host: String,
         last_event_id: Option<&str>,
         worker: usize,
-    ) -> Result<Subscription, ProxyError> {
+    ) -> Result<(Subscription, Arc<str>), ProxyError> {
         let (stream, initial, rx) = {
             let mut streams = self.streams();
             let stream = match streams.get(path_and_query) {
@@ -371,18 +373,17 @@ impl Hub {
 
         let mut status = stream.status.subscribe();
         let wait = status.wait_for(|s| *s != Status::Connecting);
-        let failed = match tokio::time::timeout(self.settings.response_timeout, wait).await {
+        let live = match tokio::time::timeout(self.settings.response_timeout, wait).await {
             Ok(Ok(s)) => match &*s {
-                Status::Failed(reason) => Some(ProxyError::Upstream(reason.clone())),
-                _ => None,
+                Status::Live(target) => Ok(target.clone()),
+                Status::Failed(reason) => Err(ProxyError::Upstream(reason.clone())),
+                Status::Connecting => Err(ProxyError::Upstream("shared stream closed".to_owned())),
             },
-            Ok(Err(_)) => Some(ProxyError::Upstream("shared stream closed".to_owned())),
-            Err(_) => Some(ProxyError::UpstreamTimeout(self.settings.response_timeout)),
+            Ok(Err(_)) => Err(ProxyError::Upstream("shared stream closed".to_owned())),
+            Err(_) => Err(ProxyError::UpstreamTimeout(self.settings.response_timeout)),
         };
-        if let Some(err) = failed {
-            return Err(err);
-        }
-        Ok(Subscription::new(initial, rx, stream))
+        let target = live?;
+        Ok((Subscription::new(initial, rx, stream), target))
     }
 
     /// Removes `stream` if it has no subscribers; true if it was removed.
@@ -478,12 +479,12 @@ impl Hub {
                 () = self.shutdown.cancelled() => return self.remove(&stream),
             };
             let outcome = match response {
-                Ok((head, body)) => {
-                    let filtered = rules::filter_response(head, &Method::GET);
+                Ok(answer) => {
+                    let filtered = rules::filter_response(answer.head, &Method::GET);
                     if filtered.head.status == StatusCode::OK && filtered.event_stream {
                         failures = 0;
-                        stream.status.send_replace(Status::Live);
-                        self.relay(&stream, body).await
+                        stream.status.send_replace(Status::Live(answer.target));
+                        self.relay(&stream, answer.body).await
                     } else {
                         // The backend does not (or no longer) serve this stream.
                         let reason = format!(
@@ -692,7 +693,9 @@ mod tests {
 
     fn stream_counted(metrics: HubMetrics) -> SharedStream {
         let stream = SharedStream::new("/s".into(), 2, metrics);
-        stream.status.send_replace(Status::Live);
+        stream
+            .status
+            .send_replace(Status::Live("http://127.0.0.1:1".into()));
         stream
     }
 

@@ -5,5 +5,5 @@ pub mod framing;
 pub mod hub;
 pub mod parser;
 
-pub use body::{AccessLog, BodyKind, Outcome, RelayBody, RelaySettings};
+pub use body::{AccessLog, BodyKind, Outcome, RelayBody, RelaySettings, RouteLabel};
 pub use framing::EventBoundary;

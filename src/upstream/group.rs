@@ -81,8 +81,9 @@ pub struct HealthCheck {
 /// One target of a group.
 #[derive(Debug)]
 pub struct Target {
-    /// The URL as configured, for logs.
-    url: String,
+    /// The URL as configured, for logs (each access line holds a pointer
+    /// to it).
+    url: Arc<str>,
     /// Host header of health checks.
     authority: String,
     upstream: Upstream,
@@ -104,7 +105,7 @@ impl Target {
     pub fn new(url: String, endpoint: Endpoint, settings: &UpstreamSettings) -> Self {
         Target {
             metrics: TargetMetrics::default(),
-            url,
+            url: url.into(),
             authority: endpoint.host_header().to_owned(),
             upstream: Upstream::new(endpoint, settings),
             open: (0..settings.threads.max(1))
@@ -199,6 +200,14 @@ impl Drop for OpenGuard {
     }
 }
 
+/// A target's answer to a request.
+pub struct Answer {
+    pub head: ResponseHead,
+    pub body: ResponseBody,
+    /// The URL of the target that answered, as configured.
+    pub target: Arc<str>,
+}
+
 /// The targets requests go to.
 #[derive(Debug)]
 pub struct Group {
@@ -260,13 +269,14 @@ impl Group {
     /// Sends `request` to a target chosen by the policy among the available
     /// ones. A target that cannot be reached, or (for a request that may be
     /// resent) closes a new connection before answering, is left out and
-    /// the request goes to the next available target.
+    /// the request goes to the next available target. The answer says
+    /// which target gave it.
     pub async fn send<B: RequestBody>(
         &self,
         worker: usize,
         client_ip: Option<IpAddr>,
         mut request: UpstreamRequest<'_, B>,
-    ) -> Result<(ResponseHead, ResponseBody), ProxyError> {
+    ) -> Result<Answer, ProxyError> {
         let count = self.targets.len();
         let first = self.pick(worker, client_ip);
         let mut last_error = None;
@@ -284,7 +294,11 @@ impl Group {
                     if let Some(open) = open {
                         body.count_as_open(open);
                     }
-                    return Ok((head, body));
+                    return Ok(Answer {
+                        head,
+                        body,
+                        target: target.url.clone(),
+                    });
                 }
                 Err(TargetError::Unreachable(err)) => {
                     self.leave_out(target, &err);

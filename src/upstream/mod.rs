@@ -25,7 +25,7 @@ use tokio_rustls::TlsConnector;
 pub use body::{ResponseBody, UpgradedConn};
 pub use exchange::Limits;
 use exchange::{exchange, ExchangeError, Exchanged};
-pub use group::{Balance, Group, HealthCheck, Target};
+pub use group::{Answer, Balance, Group, HealthCheck, Target};
 pub use pool::Pool;
 pub use stream::{Endpoint, UpstreamStream};
 

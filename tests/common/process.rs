@@ -32,13 +32,17 @@ pub fn missing_tool(program: &str, package: &str, err: &std::io::Error) -> Strin
     format!("cannot run `{program}` ({err}): this test needs the Debian package `{package}`")
 }
 
-/// Parses `listening on https://127.0.0.1:PORT` out of ssegate's log line.
+/// Parses `listening on https://127.0.0.1:PORT` out of ssegate's log line
+/// (text or JSON).
 pub fn listening_addr(line: &str) -> SocketAddr {
     let rest = line
         .split("listening on https://")
         .nth(1)
         .unwrap_or_else(|| panic!("no address in {line:?}"));
-    let addr = rest.split_whitespace().next().unwrap_or_default();
+    let end = rest
+        .find(|c: char| !(c.is_ascii_hexdigit() || matches!(c, '.' | ':' | '[' | ']')))
+        .unwrap_or(rest.len());
+    let addr = &rest[..end];
     addr.parse()
         .unwrap_or_else(|e| panic!("bad address {addr:?} in {line:?}: {e}"))
 }
@@ -284,12 +288,19 @@ impl SsegateProcess {
 
     /// Waits up to the start-up limit for a log line containing `needle`.
     pub async fn wait_for_log(&mut self, needle: &str) {
-        let found = tokio::time::timeout(self.limit, self.log.wait_for(|l| l.contains(needle)))
+        self.wait_for_log_that(&format!("{needle:?}"), |log| log.contains(needle))
+            .await;
+    }
+
+    /// Waits up to the start-up limit until `done` holds for everything
+    /// logged so far; `what` names the wait in the failure message.
+    pub async fn wait_for_log_that(&mut self, what: &str, done: impl Fn(&str) -> bool) {
+        let found = tokio::time::timeout(self.limit, self.log.wait_for(|l| done(l)))
             .await
             .is_ok_and(|r| r.is_ok());
         assert!(
             found,
-            "ssegate never logged {needle:?} within {:?}:\n{}",
+            "ssegate never logged {what} within {:?}:\n{}",
             self.limit,
             self.log()
         );

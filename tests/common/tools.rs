@@ -64,3 +64,17 @@ pub fn curl_command(port: u16, ca: &Path, max_time_secs: u32) -> Command {
         .args(["--resolve", &format!("localhost:{port}:127.0.0.1")]);
     cmd
 }
+
+/// Where Chromium is; a test that needs it fails if it is not installed.
+pub fn chromium_path() -> std::path::PathBuf {
+    let candidates = ["/usr/bin/chromium", "/usr/bin/chromium-browser"];
+    candidates
+        .iter()
+        .map(std::path::PathBuf::from)
+        .find(|p| p.exists())
+        .unwrap_or_else(|| {
+            panic!(
+                "Chromium not found at {candidates:?}: this test needs the Debian package `chromium`"
+            )
+        })
+}
