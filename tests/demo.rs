@@ -232,47 +232,8 @@ fn demo_page_shows_events_in_headless_chromium() {
     let demo = Demo::start();
     let mut browser = Browser::launch();
 
-    let created = browser.call(
-        "Target.createTarget",
-        r#"{"url":"about:blank"}"#,
-        None,
-        deadline,
-    );
-    let target =
-        json_field(&created, "targetId").unwrap_or_else(|| panic!("no targetId in {created}"));
-    let attached = browser.call(
-        "Target.attachToTarget",
-        &format!(r#"{{"targetId":{},"flatten":true}}"#, json_string(&target)),
-        None,
-        deadline,
-    );
-    let session =
-        json_field(&attached, "sessionId").unwrap_or_else(|| panic!("no sessionId in {attached}"));
-    let session = Some(session.as_str());
-    browser.call("Page.enable", "{}", session, deadline);
-    let navigated = browser.call(
-        "Page.navigate",
-        &format!(r#"{{"url":{}}}"#, json_string(&demo.url("/"))),
-        session,
-        deadline,
-    );
-    assert!(
-        json_field(&navigated, "errorText").is_none(),
-        "navigation failed: {navigated}"
-    );
-    browser.wait_event("Page.loadEventFired", session, deadline);
-
-    let evaluated = browser.call(
-        "Runtime.evaluate",
-        &format!(
-            r#"{{"expression":{},"awaitPromise":true,"returnByValue":true}}"#,
-            json_string(WATCH_EVENTS_JS)
-        ),
-        session,
-        deadline,
-    );
-    let value =
-        json_field(&evaluated, "value").unwrap_or_else(|| panic!("no value in {evaluated}"));
+    let session = browser.open_page(&demo.url("/"), 1280, 800, deadline);
+    let value = browser.evaluate(&session, WATCH_EVENTS_JS, deadline);
     let parts: Vec<&str> = value.split('|').collect();
     let [why, status, protocol, ids, newest] = parts[..] else {
         panic!("unexpected report {value:?}");

@@ -196,21 +196,7 @@ impl Chromium {
         let profile = TempDir::new("chromium-profile");
         let stderr = std::fs::File::create(profile.path("stderr.log")).expect("stderr log");
         let child = Command::new(chromium_path())
-            .args([
-                "--headless",
-                "--no-sandbox",
-                "--disable-gpu",
-                "--disable-quic",
-                "--disable-dev-shm-usage",
-                "--no-first-run",
-                "--no-default-browser-check",
-                "--disable-background-networking",
-                "--disable-component-update",
-                "--disable-sync",
-                "--disable-extensions",
-                "--ignore-certificate-errors",
-                "--host-resolver-rules=MAP localhost 127.0.0.1",
-            ])
+            .args(HEADLESS_FLAGS)
             .arg(format!("--user-data-dir={}", profile.root().display()))
             .arg(url)
             .env_remove("DISPLAY")
@@ -230,13 +216,7 @@ impl Chromium {
 
 impl Drop for Chromium {
     fn drop(&mut self) {
-        // The whole group: the browser and its zygote and renderers.
-        let _ = Command::new("kill")
-            .args(["-KILL", "--", &format!("-{}", self.child.id())])
-            .stderr(Stdio::null())
-            .status();
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        kill_browser_group(&mut self.child);
     }
 }
 

@@ -16,6 +16,38 @@ use std::time::Instant;
 
 use super::{chromium_path, TempDir};
 
+/// How every test starts Chromium: headless, no sandbox (root), no
+/// background traffic (the machine has no network), the test's self-signed
+/// certificates accepted, and `localhost` on loopback.
+pub const HEADLESS_FLAGS: [&str; 13] = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--disable-dev-shm-usage",
+    "--no-first-run",
+    "--no-default-browser-check",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--disable-extensions",
+    "--ignore-certificate-errors",
+    "--host-resolver-rules=MAP localhost 127.0.0.1",
+];
+
+/// Kills a browser started with `process_group(0)` and its whole group
+/// (zygote and renderers included), and reaps it.
+pub fn kill_browser_group(child: &mut Child) {
+    let _ = Command::new("kill")
+        .arg("-KILL")
+        .arg("--")
+        .arg(format!("-{}", child.id()))
+        .stderr(Stdio::null())
+        .status();
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
 /// A headless Chromium driven over the DevTools pipe. The browser runs in
 /// its own process group, which is killed on Drop (renderers included).
 pub struct Browser {
@@ -39,22 +71,8 @@ impl Browser {
         cmd.arg("-c")
             .arg(r#"exec "$0" "$@" 3<&0 4>&1 0</dev/null 1>&2"#)
             .arg(&chromium)
-            .args([
-                "--headless",
-                "--no-sandbox",
-                "--disable-gpu",
-                "--disable-quic",
-                "--disable-dev-shm-usage",
-                "--no-first-run",
-                "--no-default-browser-check",
-                "--disable-background-networking",
-                "--disable-component-update",
-                "--disable-sync",
-                "--disable-extensions",
-                "--ignore-certificate-errors",
-                "--host-resolver-rules=MAP localhost 127.0.0.1",
-                "--remote-debugging-pipe",
-            ])
+            .args(HEADLESS_FLAGS)
+            .arg("--remote-debugging-pipe")
             .arg(format!("--user-data-dir={}", profile.root().display()))
             .env_remove("DISPLAY")
             .process_group(0)
@@ -194,15 +212,7 @@ impl Browser {
 impl Drop for Browser {
     fn drop(&mut self) {
         if let Ok(None) = self.child.try_wait() {
-            // The whole group: the browser and its zygote/renderer children.
-            let _ = Command::new("kill")
-                .arg("-KILL")
-                .arg("--")
-                .arg(format!("-{}", self.child.id()))
-                .stderr(Stdio::null())
-                .status();
-            let _ = self.child.kill();
-            let _ = self.child.wait();
+            kill_browser_group(&mut self.child);
         }
     }
 }
