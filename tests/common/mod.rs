@@ -23,6 +23,7 @@ mod process;
 mod proxy;
 mod raw;
 mod readers;
+mod redis_server;
 mod script;
 mod tempdir;
 mod tools;
@@ -45,6 +46,8 @@ pub use proxy::*;
 pub use raw::*;
 #[allow(unused_imports)]
 pub use readers::*;
+#[allow(unused_imports)]
+pub use redis_server::*;
 #[allow(unused_imports)]
 pub use script::*;
 #[allow(unused_imports)]
