@@ -255,7 +255,17 @@ fn respond(shared: &Shared, request: &Request<Incoming>) -> Response<AdminBody> 
     }
     let token_from = match request.uri().path() {
         "/healthz" => return text(StatusCode::OK, "ok\n"),
-        "/readyz" if shared.ready() => return text(StatusCode::OK, "ready\n"),
+        "/readyz" if shared.ready() => {
+            // Ready without Redis too: streams are then read per instance.
+            let body = match shared.proxy.cluster().map(|c| c.is_up()) {
+                None => "ready\n",
+                Some(true) => "ready\ncluster: redis up\n",
+                Some(false) => {
+                    "ready\ncluster: redis unavailable; shared streams are read per instance\n"
+                }
+            };
+            return text(StatusCode::OK, body);
+        }
         "/readyz" => return text(StatusCode::SERVICE_UNAVAILABLE, "draining\n"),
         "/metrics" => TokenFrom::Header,
         "/" | "/events" => TokenFrom::HeaderOrQuery,

@@ -196,6 +196,43 @@ pub struct ProxyArgs {
 
     #[command(flatten)]
     pub admin: AdminArgs,
+
+    #[command(flatten)]
+    pub cluster: ClusterArgs,
+}
+
+/// Several instances sharing their shared streams through Redis.
+#[derive(Debug, Args, Clone)]
+pub struct ClusterArgs {
+    /// Share the shared streams' upstream reading and history with the
+    /// other instances using this Redis (redis://HOST:PORT/DB, rediss://
+    /// for TLS): one instance reads each stream's upstream into a Redis
+    /// Stream, every instance serves its clients from it, and a client
+    /// reconnecting to any instance gets its missed events. Config file:
+    /// `[cluster] redis = "..."`.
+    #[arg(long, value_name = "URL", env = "SSEGATE_CLUSTER", hide_env_values = true)]
+    pub cluster: Option<String>,
+
+    /// Prefix of every Redis key ssegate uses.
+    #[arg(
+        long,
+        value_name = "PREFIX",
+        env = "SSEGATE_CLUSTER_KEY_PREFIX",
+        default_value = defaults::CLUSTER_KEY_PREFIX,
+        requires = "cluster"
+    )]
+    pub cluster_key_prefix: String,
+
+    /// How long a shared stream's reader holds its lease without renewing
+    /// it: how soon another instance takes over when the reader dies.
+    #[arg(
+        long,
+        value_name = "DUR",
+        env = "SSEGATE_CLUSTER_LEASE",
+        default_value_t = dur(defaults::CLUSTER_LEASE),
+        requires = "cluster"
+    )]
+    pub cluster_lease: humantime::Duration,
 }
 
 /// The admin listener: metrics, health and a live status page.
@@ -269,6 +306,18 @@ pub struct StreamArgs {
         value_delimiter = ','
     )]
     pub sse_shared: Vec<String>,
+
+    /// Serve GET requests under this path prefix from Redis (needs
+    /// --cluster): GET /events/orders streams the Redis Stream
+    /// `<prefix>events:orders` (entries with fields data, event, id) and
+    /// what is PUBLISHed on the channel of that name. Repeatable.
+    #[arg(
+        long = "sse-redis",
+        env = "SSEGATE_SSE_REDIS",
+        value_name = "PATH-PREFIX",
+        value_delimiter = ','
+    )]
+    pub sse_redis: Vec<String>,
 
     /// Events kept per shared stream for clients that reconnect with Last-Event-ID.
     #[arg(long, value_name = "N", env = "SSEGATE_SSE_REPLAY", default_value_t = defaults::SSE_REPLAY)]

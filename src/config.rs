@@ -15,7 +15,8 @@ use http::uri::Scheme;
 use http::Uri;
 use rustls::pki_types::ServerName;
 
-use crate::cli::{AdminArgs, Cli, ProxyArgs, SecurityArgs, StreamArgs, TimeoutArgs};
+use crate::cli::{AdminArgs, Cli, ClusterArgs, ProxyArgs, SecurityArgs, StreamArgs, TimeoutArgs};
+use crate::cluster::ClusterSettings;
 use crate::config_file::{ConfigFile, FileError, GroupSpec, RouteSpec};
 use crate::defaults;
 use crate::error::StartError;
@@ -215,6 +216,8 @@ pub struct StreamSettings {
     pub drain_retry: Option<Duration>,
     /// Path prefixes served as shared streams.
     pub shared_prefixes: Vec<String>,
+    /// Path prefixes served from Redis Streams (`--sse-redis`).
+    pub redis_prefixes: Vec<String>,
     /// Replay buffer length per shared stream.
     pub replay: usize,
     /// Events a shared-stream subscriber may fall behind before it is dropped.
@@ -229,6 +232,7 @@ impl Default for StreamSettings {
             heartbeat: None,
             drain_retry: None,
             shared_prefixes: Vec::new(),
+            redis_prefixes: Vec::new(),
             replay: defaults::SSE_REPLAY,
             subscriber_queue: defaults::SSE_SUBSCRIBER_QUEUE,
             linger: defaults::SSE_LINGER,
@@ -238,10 +242,11 @@ impl Default for StreamSettings {
 
 impl StreamSettings {
     fn from_args(args: &StreamArgs) -> Result<Self, StartError> {
-        for prefix in &args.sse_shared {
-            if !prefix.starts_with('/') {
+        let prefixes = [("--sse-shared", &args.sse_shared), ("--sse-redis", &args.sse_redis)];
+        for (flag, list) in prefixes {
+            if let Some(prefix) = list.iter().find(|p| !p.starts_with('/')) {
                 return Err(StartError::Config(format!(
-                    "--sse-shared {prefix:?}: a path prefix must start with /"
+                    "{flag} {prefix:?}: a path prefix must start with /"
                 )));
             }
         }
@@ -254,6 +259,7 @@ impl StreamSettings {
             heartbeat: args.sse_heartbeat.map(Into::into),
             drain_retry: args.drain_retry.map(Into::into),
             shared_prefixes: args.sse_shared.clone(),
+            redis_prefixes: args.sse_redis.clone(),
             replay: args.sse_replay,
             ..StreamSettings::default()
         })
@@ -321,9 +327,30 @@ pub struct Config {
     pub limits: ConnectionLimits,
     /// `--admin`: the metrics, health and status listener (off by default).
     pub admin: Option<AdminSettings>,
+    /// `--cluster`: shared streams through Redis (off by default).
+    pub cluster: Option<ClusterSettings>,
     /// How log lines are written (`main` starts logging with it; a reload
     /// cannot change it).
     pub log_format: LogFormat,
+}
+
+/// `--cluster`, `--cluster-key-prefix`, `--cluster-lease`.
+fn cluster_settings(args: &ClusterArgs) -> Result<Option<ClusterSettings>, StartError> {
+    let Some(redis) = &args.cluster else {
+        return Ok(None);
+    };
+    crate::cluster::parse_url(redis).map_err(|e| StartError::Config(format!("--cluster {e}")))?;
+    let lease: Duration = args.cluster_lease.into();
+    if lease < Duration::from_millis(300) {
+        return Err(StartError::Config(
+            "--cluster-lease must be at least 300ms".into(),
+        ));
+    }
+    Ok(Some(ClusterSettings {
+        redis: redis.clone(),
+        key_prefix: args.cluster_key_prefix.clone(),
+        lease,
+    }))
 }
 
 /// The admin listener (`--admin`, `--admin-token`).
@@ -410,6 +437,7 @@ impl Config {
             keep_underscore_headers: false,
             limits: ConnectionLimits::default(),
             admin: None,
+            cluster: None,
             log_format: LogFormat::Text,
         }
     }
@@ -467,6 +495,12 @@ impl Config {
         config.keep_underscore_headers = args.keep_underscore_headers;
         config.limits = ConnectionLimits::from(&args.limits);
         config.admin = AdminSettings::from_args(&args.admin)?;
+        config.cluster = cluster_settings(&args.cluster)?;
+        if config.cluster.is_none() && !config.streams.redis_prefixes.is_empty() {
+            return Err(StartError::Config(
+                "--sse-redis needs --cluster (the Redis to read from)".into(),
+            ));
+        }
         config.log_format = args.log_format;
         config.threads = args
             .threads
@@ -676,6 +710,19 @@ impl Config {
             response_headers.push((name.clone(), value.clone()));
         }
         let mut streams = self.streams.clone();
+        if let Some(redis) = spec.sse_redis {
+            if redis && self.cluster.is_none() {
+                return Err((
+                    path.span.clone(),
+                    "[[route]]: `sse_redis` needs `[cluster] redis` (or --cluster)".to_owned(),
+                ));
+            }
+            streams.redis_prefixes = if redis {
+                vec![path.value.clone()]
+            } else {
+                Vec::new()
+            };
+        }
         if let Some(shared) = spec.sse_shared {
             streams.shared_prefixes = if shared {
                 vec![path.value.clone()]

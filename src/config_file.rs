@@ -84,6 +84,7 @@ pub struct RouteSpec {
     pub sse_idle_timeout: Option<Duration>,
     pub sse_heartbeat: Option<Duration>,
     pub sse_shared: Option<bool>,
+    pub sse_redis: Option<bool>,
     pub sse_replay: Option<usize>,
     pub drain_retry: Option<Duration>,
 }
@@ -206,6 +207,9 @@ impl Reader {
                 }
                 "upstream" if matches!(value.get_ref(), DeValue::Table(_)) => self.groups(value),
                 "route" => self.routes(value),
+                "cluster" if matches!(value.get_ref(), DeValue::Table(_)) => {
+                    self.cluster(value, cmd, given_elsewhere)
+                }
                 _ => match cmd.get_arguments().find(|arg| {
                     arg.get_id() == name && !arg.is_positional() && !NOT_IN_FILE.contains(&name)
                 }) {
@@ -261,6 +265,28 @@ impl Reader {
         }
         if !skip {
             self.flags.extend(flags);
+        }
+    }
+
+    /// `[cluster]`: `redis`, `key_prefix`, `lease`, read as the options
+    /// `--cluster`, `--cluster-key-prefix`, `--cluster-lease`.
+    fn cluster(&mut self, value: &Value<'_>, cmd: &Command, given_elsewhere: &impl Fn(&str) -> bool) {
+        let DeValue::Table(table) = value.get_ref() else {
+            return;
+        };
+        for (key, value) in table.iter() {
+            let id = match key.get_ref().as_ref() {
+                "redis" => "cluster",
+                "key_prefix" => "cluster_key_prefix",
+                "lease" => "cluster_lease",
+                other => {
+                    self.error(key.span(), unknown_key(other, "in [cluster]"));
+                    continue;
+                }
+            };
+            if let Some(arg) = cmd.get_arguments().find(|arg| arg.get_id() == id) {
+                self.option(arg, value, given_elsewhere(id));
+            }
         }
     }
 
@@ -363,6 +389,7 @@ impl Reader {
                 sse_idle_timeout: keys.duration("sse_idle_timeout"),
                 sse_heartbeat: keys.duration("sse_heartbeat"),
                 sse_shared: keys.bool("sse_shared"),
+                sse_redis: keys.bool("sse_redis"),
                 sse_replay: keys.parsed("sse_replay", |text| {
                     text.parse::<usize>()
                         .map_err(|_| "expected a number of events".to_owned())
@@ -409,6 +436,7 @@ const ROUTE_KEYS: &[&str] = &[
     "sse_idle_timeout",
     "sse_heartbeat",
     "sse_shared",
+    "sse_redis",
     "sse_replay",
     "drain_retry",
 ];

@@ -56,3 +56,8 @@ pub const SSE_REPLAY: usize = 1000;
 pub const SSE_SUBSCRIBER_QUEUE: usize = 1024;
 /// How long a shared stream's upstream stays open without subscribers.
 pub const SSE_LINGER: Duration = Duration::from_secs(5);
+
+/// Prefix of the Redis keys of `--cluster`.
+pub const CLUSTER_KEY_PREFIX: &str = "ssegate:";
+/// How long a shared stream's reader holds its lease in cluster mode.
+pub const CLUSTER_LEASE: Duration = Duration::from_secs(3);

@@ -386,6 +386,7 @@ struct Registered {
     stream_ends: Family<RouteReason, Counter>,
     heartbeats: Counter,
     hub: Arc<HubCounters>,
+    cluster: Arc<ClusterCounters>,
     websockets: Family<RouteLabel, Gauge>,
     upstream_requests: Family<TargetResult, Counter>,
     upstream_healthy: Family<TargetLabels, Gauge>,
@@ -537,6 +538,29 @@ impl Metrics {
             replay_hit: replay.get_or_create_owned(&ResultLabel { result: "hit" }),
             replay_miss: replay.get_or_create_owned(&ResultLabel { result: "miss" }),
         });
+        let redis_up = Gauge::default();
+        registry.register(
+            "ssegate_cluster_redis_up",
+            "Whether Redis answered the last ping (--cluster): 1 up, 0 down (streams are read per instance)",
+            redis_up.clone(),
+        );
+        let leases_held = Gauge::default();
+        registry.register(
+            "ssegate_cluster_leases_held",
+            "Shared streams whose upstream this instance reads for the cluster",
+            leases_held.clone(),
+        );
+        let appends_refused = Counter::default();
+        registry.register(
+            "ssegate_cluster_appends_refused",
+            "Events a reader could not append to a shared log because its lease had passed to another instance",
+            appends_refused.clone(),
+        );
+        let cluster = Arc::new(ClusterCounters {
+            redis_up,
+            leases_held,
+            appends_refused,
+        });
         let websockets = Family::<RouteLabel, Gauge>::default();
         registry.register(
             "ssegate_websockets_open",
@@ -592,6 +616,7 @@ impl Metrics {
             stream_ends,
             heartbeats,
             hub,
+            cluster,
             websockets,
             upstream_requests,
             upstream_healthy,
@@ -647,6 +672,10 @@ impl Metrics {
     /// The handles of the shared-stream hubs.
     pub fn hub(&self) -> HubMetrics {
         HubMetrics(self.0.as_ref().map(|r| r.hub.clone()))
+    }
+
+    pub fn cluster(&self) -> ClusterMetrics {
+        ClusterMetrics(self.0.as_ref().map(|r| r.cluster.clone()))
     }
 
     /// Counts a connection of `protocol` as open until the guard is dropped.
@@ -980,6 +1009,44 @@ impl TargetMetrics {
 }
 
 // ---------------------------------------------------------------- shared streams
+
+#[derive(Debug)]
+struct ClusterCounters {
+    redis_up: Gauge,
+    leases_held: Gauge,
+    appends_refused: Counter,
+}
+
+/// Cluster mode's gauges and counter (`--cluster`).
+#[derive(Debug, Clone, Default)]
+pub struct ClusterMetrics(Option<Arc<ClusterCounters>>);
+
+impl ClusterMetrics {
+    pub fn set_redis_up(&self, up: bool) {
+        if let Some(c) = &self.0 {
+            c.redis_up.set(i64::from(up));
+        }
+    }
+
+    /// This instance took a stream's lease; pair with one [`ClusterMetrics::lease_lost`].
+    pub fn lease_taken(&self) {
+        if let Some(c) = &self.0 {
+            c.leases_held.inc();
+        }
+    }
+
+    pub fn lease_lost(&self) {
+        if let Some(c) = &self.0 {
+            c.leases_held.dec();
+        }
+    }
+
+    pub fn append_refused(&self) {
+        if let Some(c) = &self.0 {
+            c.appends_refused.inc();
+        }
+    }
+}
 
 #[derive(Debug)]
 struct HubCounters {

@@ -28,6 +28,7 @@ use crate::message::{Fields, RequestHead, ResponseHead};
 use crate::metrics::{Metrics, RequestMetrics, RouteMetrics};
 use crate::routes::RouteTable;
 use crate::rules::{self, Forwarding, WebSocket};
+use crate::cluster::Cluster;
 use crate::sse::hub::{Hub, HubSettings};
 use crate::sse::{AccessLog, BodyKind, Outcome, RelayBody, RelaySettings, RouteLabel};
 use crate::upstream::{
@@ -73,6 +74,8 @@ pub struct Proxy {
     metrics: Metrics,
     /// Responses to requests no route took.
     unrouted: RequestMetrics,
+    /// `--cluster`: Redis, shared by every route's hub. Not reloaded.
+    cluster: Option<Arc<Cluster>>,
 }
 
 /// What one configuration decides about requests. A request takes the
@@ -116,14 +119,33 @@ impl Proxy {
     /// groups' health checks (so it must run within the runtime that
     /// should run them).
     pub fn new(config: &Config, shutdown: CancellationToken, metrics: Metrics) -> Arc<Self> {
-        let routing = Routing::build(config, None, &shutdown, &metrics);
+        // The URL was checked with the configuration.
+        let cluster = config.cluster.clone().and_then(|settings| {
+            match Cluster::new(settings, metrics.cluster()) {
+                Ok(cluster) => Some(Arc::new(cluster)),
+                Err(err) => {
+                    tracing::error!("cluster mode off: {err}");
+                    None
+                }
+            }
+        });
+        if let Some(cluster) = &cluster {
+            cluster.spawn_monitor(shutdown.clone());
+        }
+        let routing = Routing::build(config, None, &shutdown, &metrics, cluster.as_ref());
         Arc::new(Proxy {
+            cluster,
             routing: ArcSwap::from_pointee(routing),
             streams_per_ip: config.limits.max_streams_per_ip.map(PerIpLimit::new),
             shutdown,
             unrouted: metrics.unrouted(),
             metrics,
         })
+    }
+
+    /// `--cluster`'s Redis, if configured.
+    pub fn cluster(&self) -> Option<&Cluster> {
+        self.cluster.as_deref()
     }
 
     /// The registry the proxy counts with.
@@ -142,6 +164,7 @@ impl Proxy {
             Some(&old),
             &self.shutdown,
             &self.metrics,
+            self.cluster.as_ref(),
         ));
         for (_, group) in old.groups.values() {
             let kept = new.groups.values().any(|(_, g)| Arc::ptr_eq(g, group));
@@ -402,6 +425,7 @@ impl Routing {
         old: Option<&Routing>,
         shutdown: &CancellationToken,
         metrics: &Metrics,
+        cluster: Option<&Arc<Cluster>>,
     ) -> Routing {
         let settings = UpstreamSettings {
             connect_timeout: config.timeouts.connect,
@@ -454,6 +478,8 @@ impl Routing {
                     response_timeout: route.request_timeout,
                     idle_timeout: route.sse_idle_timeout,
                     base_path: base_path.clone(),
+                    redis_prefixes: route.streams.redis_prefixes.clone(),
+                    route: RouteLabel::new(route.host.as_ref(), &route.path, "").route.into(),
                 };
                 let kept_hub = old.and_then(|old| {
                     old.routes
@@ -467,7 +493,13 @@ impl Routing {
                         .map(|r| r.hub.clone())
                 });
                 let hub = kept_hub.unwrap_or_else(|| {
-                    Hub::new(hub_settings, group.clone(), shutdown.clone(), metrics.hub())
+                    Hub::new(
+                        hub_settings,
+                        group.clone(),
+                        shutdown.clone(),
+                        metrics.hub(),
+                        cluster.cloned(),
+                    )
                 });
                 let label = Arc::new(RouteLabel::new(
                     route.host.as_ref(),

@@ -4,9 +4,17 @@
 //! Locking: `Hub::streams`, then `SharedStream::state`, always in that order,
 //! and never across an await. Subscribing and removing an unused stream both
 //! hold the hub lock, so a stream is never removed under a new subscriber.
+//!
+//! A stream's events come from its own upstream request, or with
+//! `--cluster` from a log in Redis that one instance of the cluster writes
+//! (`cluster`), or from a Redis Stream an application writes
+//! (`--sse-redis`). Subscribers see the same thing either way.
+
+mod cluster;
 
 use std::collections::{HashMap, VecDeque};
 use std::pin::Pin;
+use std::future::Future;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{ready, Context, Poll};
@@ -23,6 +31,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::sync::ReusableBoxFuture;
 
 use super::parser::{EventParser, ParsedEvent};
+use crate::cluster::{Cluster, ClusterError, LogEvent, StreamKeys};
 use crate::error::ProxyError;
 use crate::http1::Framing;
 use crate::message::{Fields, RequestHead};
@@ -51,6 +60,11 @@ pub struct HubSettings {
     pub idle_timeout: Duration,
     /// The `--upstream` URL's path, prefixed to every request path.
     pub base_path: String,
+    /// Path prefixes whose GET requests are served from Redis Streams
+    /// (`--sse-redis`; needs `--cluster`).
+    pub redis_prefixes: Vec<String>,
+    /// The route's name (host and path), which cluster keys include.
+    pub route: String,
 }
 
 /// Counters per shared stream, for tests now and metrics later.
@@ -108,6 +122,10 @@ struct StreamState {
     lag_limit: usize,
     retry: Option<u64>,
     last_id: Option<String>,
+    /// The upstream's last event ID: what a new upstream request resumes
+    /// from. The same as `last_id`, except for events whose ID the
+    /// cluster's log gave them.
+    resume_id: Option<String>,
 }
 
 impl StreamState {
@@ -119,7 +137,36 @@ impl StreamState {
             lag_limit,
             retry: None,
             last_id: None,
+            resume_id: None,
         }
+    }
+
+    /// Keeps `event` for replay and as the stream's state (retry, last ID).
+    fn record(&mut self, event: &ParsedEvent, replay_capacity: usize) {
+        if let Some(retry) = event.retry {
+            self.retry = Some(retry);
+        }
+        if let Some(id) = &event.id {
+            self.last_id = (!id.is_empty()).then(|| id.clone());
+        }
+        if (event.has_data || event.id.is_some()) && replay_capacity > 0 {
+            if self.replay.len() == replay_capacity {
+                self.replay.pop_front();
+            }
+            let last_id = self.last_id.clone();
+            self.replay.push_back(ReplayEntry {
+                last_id,
+                raw: event.raw.clone(),
+            });
+        }
+    }
+
+    /// Whether an event with this ID is in the replay buffer.
+    fn holds(&self, id: &str) -> bool {
+        self.replay
+            .iter()
+            .rev()
+            .any(|e| e.last_id.as_deref() == Some(id))
     }
 }
 
@@ -130,6 +177,9 @@ pub struct SharedStream {
     state: Mutex<StreamState>,
     status: watch::Sender<Status>,
     subscriber_left: Notify,
+    /// Subscribers waiting to join until the stream is live (see
+    /// `Hub::subscribe`); they keep it from being removed as unused.
+    waiting: AtomicUsize,
     stats: StreamStats,
     /// Counts the stream as open while it exists, and its subscribers.
     metrics: HubMetrics,
@@ -161,6 +211,7 @@ impl SharedStream {
             state: Mutex::new(StreamState::new(lag_limit)),
             status: watch::Sender::new(Status::Connecting),
             subscriber_left: Notify::new(),
+            waiting: AtomicUsize::new(0),
             stats: StreamStats::default(),
             metrics,
         }
@@ -223,22 +274,59 @@ impl SharedStream {
     /// so it never slows the rest.
     fn publish(&self, event: ParsedEvent, replay_capacity: usize) {
         let mut state = self.state();
-        if let Some(retry) = event.retry {
-            state.retry = Some(retry);
-        }
         if let Some(id) = &event.id {
-            state.last_id = (!id.is_empty()).then(|| id.clone());
+            state.resume_id = (!id.is_empty()).then(|| id.clone());
         }
-        if (event.has_data || event.id.is_some()) && replay_capacity > 0 {
-            if state.replay.len() == replay_capacity {
-                state.replay.pop_front();
+        self.send(state, event, replay_capacity);
+    }
+
+    /// Publishes an event read from a Redis log, unless an event with its
+    /// ID was sent already (this instance read it from the upstream itself
+    /// while Redis was away). False if skipped.
+    fn publish_logged(&self, logged: LogEvent, replay_capacity: usize) -> bool {
+        let mut state = self.state();
+        if logged.event.id.as_deref().is_some_and(|id| state.holds(id)) {
+            return false;
+        }
+        if logged.resume.is_some() {
+            state.resume_id = logged.resume;
+        }
+        self.send(state, logged.event, replay_capacity);
+        true
+    }
+
+    /// Loads a log's newest events (oldest first) and returns the newest
+    /// one's entry ID. The first time, they are history: kept for replay,
+    /// not sent, since the subscribers here start live. After Redis was
+    /// away, the events after the newest one this instance also has are
+    /// sent: its subscribers have not seen them.
+    fn load_history(&self, events: Vec<LogEvent>, replay_capacity: usize) -> Option<String> {
+        let newest = events.last().map(|e| e.entry.clone());
+        let mut state = self.state();
+        if state.replay.is_empty() && state.last_id.is_none() {
+            for logged in events {
+                state.record(&logged.event, replay_capacity);
+                if logged.resume.is_some() {
+                    state.resume_id = logged.resume;
+                }
             }
-            let last_id = state.last_id.clone();
-            state.replay.push_back(ReplayEntry {
-                last_id,
-                raw: event.raw.clone(),
-            });
+            return newest;
         }
+        let common = events
+            .iter()
+            .rposition(|e| e.event.id.as_deref().is_some_and(|id| state.holds(id)));
+        drop(state);
+        if let Some(common) = common {
+            for logged in events.into_iter().skip(common + 1) {
+                self.publish_logged(logged, replay_capacity);
+            }
+        }
+        newest
+    }
+
+    /// Records `event` and sends it to every subscriber.
+    fn send(&self, mut state: MutexGuard<'_, StreamState>, event: ParsedEvent, replay_capacity: usize) {
+        state.record(&event, replay_capacity);
         self.stats.events_in.fetch_add(1, Ordering::Relaxed);
         // Err only when nobody listens.
         let delivered = state.live.send(event.raw).unwrap_or(0);
@@ -248,15 +336,16 @@ impl SharedStream {
         self.stats.subscribers.store(delivered, Ordering::Relaxed);
     }
 
-    /// Forgets subscribers that went away; returns how many remain.
+    /// Forgets subscribers that went away; returns how many remain,
+    /// counting those waiting to join.
     fn prune(&self) -> usize {
         let count = self.state().live.receiver_count();
         self.stats.subscribers.store(count, Ordering::Relaxed);
-        count
+        count + self.waiting.load(Ordering::Relaxed)
     }
 
-    fn last_id(&self) -> Option<String> {
-        self.state().last_id.clone()
+    fn resume_id(&self) -> Option<String> {
+        self.state().resume_id.clone()
     }
 
     fn retry_delay(&self) -> Duration {
@@ -282,7 +371,52 @@ pub struct Hub {
     shutdown: CancellationToken,
     streams: Mutex<HashMap<String, Arc<SharedStream>>>,
     metrics: HubMetrics,
+    /// `--cluster`: shared streams go through Redis.
+    cluster: Option<Arc<Cluster>>,
 }
+
+/// Where a shared stream's events come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Source {
+    /// This instance's own upstream request.
+    Upstream,
+    /// The cluster's log in Redis, which the instance holding the
+    /// stream's lease writes from its upstream request.
+    Cluster,
+    /// A Redis Stream (and Pub/Sub channel) an application writes.
+    Redis,
+}
+
+/// Covers every path that `prefix` covers by whole segments: `/live`
+/// covers `/live` and `/live/x`, not `/lively`.
+fn covers(prefix: &str, path: &str) -> bool {
+    let prefix = prefix.trim_end_matches('/');
+    prefix.is_empty()
+        || path == prefix
+        || (path.starts_with(prefix) && path.as_bytes().get(prefix.len()) == Some(&b'/'))
+}
+
+/// A subscriber waiting for a stream to go live: counted as one, so the
+/// stream is not removed as unused meanwhile.
+struct Waiting(Arc<SharedStream>);
+
+impl Waiting {
+    /// Under the hub lock.
+    fn new(stream: &Arc<SharedStream>) -> Self {
+        stream.waiting.fetch_add(1, Ordering::Relaxed);
+        Waiting(stream.clone())
+    }
+}
+
+impl Drop for Waiting {
+    fn drop(&mut self) {
+        self.0.waiting.fetch_sub(1, Ordering::Relaxed);
+        self.0.subscriber_left.notify_one();
+    }
+}
+
+/// Resolves once a stream has had no subscriber for the linger time.
+type UntilUnused<'a> = Pin<Box<dyn Future<Output = ()> + Send + 'a>>;
 
 impl Hub {
     pub fn new(
@@ -290,6 +424,7 @@ impl Hub {
         upstream: Arc<Group>,
         shutdown: CancellationToken,
         metrics: HubMetrics,
+        cluster: Option<Arc<Cluster>>,
     ) -> Arc<Self> {
         Arc::new(Hub {
             settings,
@@ -297,6 +432,7 @@ impl Hub {
             shutdown,
             streams: Mutex::new(HashMap::new()),
             metrics,
+            cluster,
         })
     }
 
@@ -317,15 +453,22 @@ impl Hub {
         &self.settings
     }
 
-    /// Whether `path` lies under one of the shared prefixes (whole segments:
-    /// `/live` covers `/live` and `/live/x`, not `/lively`).
+    /// Whether `path` lies under one of the shared prefixes, or is served
+    /// from Redis.
     pub fn is_shared(&self, path: &str) -> bool {
-        self.settings.prefixes.iter().any(|prefix| {
-            let prefix = prefix.trim_end_matches('/');
-            prefix.is_empty()
-                || path == prefix
-                || (path.starts_with(prefix) && path.as_bytes().get(prefix.len()) == Some(&b'/'))
-        })
+        self.settings
+            .prefixes
+            .iter()
+            .chain(&self.settings.redis_prefixes)
+            .any(|prefix| covers(prefix, path))
+    }
+
+    fn source(&self, path: &str) -> Source {
+        match &self.cluster {
+            Some(_) if self.settings.redis_prefixes.iter().any(|p| covers(p, path)) => Source::Redis,
+            Some(_) => Source::Cluster,
+            None => Source::Upstream,
+        }
     }
 
     /// Counters of the stream for `path_and_query`, while it exists.
@@ -352,23 +495,42 @@ impl Hub {
         last_event_id: Option<&str>,
         worker: usize,
     ) -> Result<(Subscription, Arc<str>), ProxyError> {
-        let (stream, initial, rx) = {
+        let path = path_and_query.split('?').next().unwrap_or_default();
+        let source = self.source(path);
+        // A Redis Stream is named by the path alone.
+        let key = match source {
+            Source::Redis => path,
+            Source::Upstream | Source::Cluster => path_and_query,
+        };
+        let (stream, joined, waiting) = {
             let mut streams = self.streams();
-            let stream = match streams.get(path_and_query) {
+            let stream = match streams.get(key) {
                 Some(stream) => stream.clone(),
                 None => {
                     let stream = Arc::new(SharedStream::new(
-                        path_and_query.to_owned(),
+                        key.to_owned(),
                         self.settings.queue,
                         self.metrics.clone(),
                     ));
-                    streams.insert(path_and_query.to_owned(), stream.clone());
-                    tokio::spawn(self.clone().run_upstream(stream.clone(), host, worker));
+                    streams.insert(key.to_owned(), stream.clone());
+                    self.spawn_source(source, &stream, host, worker);
                     stream
                 }
             };
-            let (initial, rx) = stream.add_subscriber(last_event_id);
-            (stream, initial, rx)
+            // A stream fed from Redis loads the log's history before it is
+            // live: a subscriber with a Last-Event-ID joins then, so its
+            // replay can come from that history. Everyone else joins now
+            // and misses nothing from the first event on.
+            let join_when_live = source != Source::Upstream
+                && last_event_id.is_some()
+                && *stream.status.borrow() == Status::Connecting;
+            if join_when_live {
+                let waiting = Waiting::new(&stream);
+                (stream, None, Some(waiting))
+            } else {
+                let joined = stream.add_subscriber(last_event_id);
+                (stream, Some(joined), None)
+            }
         };
 
         let mut status = stream.status.subscribe();
@@ -383,7 +545,29 @@ impl Hub {
             Err(_) => Err(ProxyError::UpstreamTimeout(self.settings.response_timeout)),
         };
         let target = live?;
+        let (initial, rx) = match joined {
+            Some(joined) => joined,
+            None => stream.add_subscriber(last_event_id),
+        };
+        // Joined: no longer waiting.
+        drop(waiting);
         Ok((Subscription::new(initial, rx, stream), target))
+    }
+
+    /// Starts the task that feeds a new stream.
+    fn spawn_source(self: &Arc<Self>, source: Source, stream: &Arc<SharedStream>, host: String, worker: usize) {
+        let stream = stream.clone();
+        match (source, self.cluster.clone()) {
+            (Source::Cluster, Some(cluster)) => {
+                tokio::spawn(self.clone().run_cluster(cluster, stream, host, worker));
+            }
+            (Source::Redis, Some(cluster)) => {
+                tokio::spawn(self.clone().run_redis(cluster, stream));
+            }
+            _ => {
+                tokio::spawn(self.clone().run_local(stream, host, worker));
+            }
+        }
     }
 
     /// Removes `stream` if it has no subscribers; true if it was removed.
@@ -399,6 +583,22 @@ impl Hub {
             streams.remove(&stream.key);
         }
         true
+    }
+
+    /// Resolves once `stream` has had no subscriber for the linger time,
+    /// having removed it from the hub.
+    fn until_unused<'a>(&'a self, stream: &'a Arc<SharedStream>) -> UntilUnused<'a> {
+        Box::pin(async move {
+            loop {
+                if stream.prune() == 0 {
+                    tokio::time::sleep(self.settings.linger).await;
+                    if self.remove_if_unused(stream) {
+                        return;
+                    }
+                }
+                stream.subscriber_left.notified().await;
+            }
+        })
     }
 
     fn remove(&self, stream: &Arc<SharedStream>) {
@@ -425,13 +625,12 @@ impl Hub {
     /// The stream's upstream request head: a fresh one, by the same rules
     /// as any request. Nothing of any one client, and never its
     /// Authorization or Cookie, reaches a stream that everyone shares.
-    fn upstream_head(&self, stream: &SharedStream, host: &str) -> Vec<u8> {
-        let last_id = stream.last_id();
+    fn upstream_head(&self, stream: &SharedStream, host: &str, resume_id: Option<&str>) -> Vec<u8> {
         let mut fields = Fields::builder();
         fields
             .push(b"accept", b"text/event-stream")
             .push(b"cache-control", b"no-cache");
-        if let Some(id) = &last_id {
+        if let Some(id) = resume_id {
             fields.push(b"last-event-id", id.as_bytes());
         }
         let head = RequestHead {
@@ -455,15 +654,42 @@ impl Hub {
         out
     }
 
-    /// The stream's upstream side: connect, relay events into the hub,
-    /// reconnect with `Last-Event-ID` when the upstream ends, and stop after
-    /// the last subscriber has gone.
-    async fn run_upstream(self: Arc<Self>, stream: Arc<SharedStream>, host: String, worker: usize) {
+    /// A stream of this instance alone: its upstream request, until the
+    /// last subscriber has gone.
+    async fn run_local(self: Arc<Self>, stream: Arc<SharedStream>, host: String, worker: usize) {
+        let end = tokio::select! {
+            end = self.read_upstream(&stream, &host, worker, Sink::Local) => end,
+            () = self.until_unused(&stream) => ReadEnd::Unused,
+        };
+        self.finish(&stream, end);
+    }
+
+    /// Ends `stream`: its subscribers' responses end (and reconnect);
+    /// those still waiting for it get the reason as an error.
+    fn finish(&self, stream: &Arc<SharedStream>, end: ReadEnd) {
+        match end {
+            ReadEnd::Failed(reason) => self.fail(stream, reason),
+            ReadEnd::Unused | ReadEnd::Shutdown | ReadEnd::Sink(_) => self.remove(stream),
+        }
+    }
+
+    /// The stream's upstream side: connect, relay events into `sink`,
+    /// reconnect with `Last-Event-ID` when the upstream ends, until the
+    /// upstream fails for good, the sink refuses, the stream is unused,
+    /// or shutdown.
+    async fn read_upstream(
+        &self,
+        stream: &Arc<SharedStream>,
+        host: &str,
+        worker: usize,
+        mut sink: Sink<'_>,
+    ) -> ReadEnd {
         let mut failures: u32 = 0;
         loop {
+            let resume_id = sink.resume_id(stream);
             let request = UpstreamRequest::<NoBody> {
                 method: &Method::GET,
-                head: self.upstream_head(&stream, &host),
+                head: self.upstream_head(stream, host, resume_id.as_deref()),
                 body: None,
                 framing: Framing::None,
                 resendable: true,
@@ -476,7 +702,7 @@ impl Hub {
                 .fetch_add(1, Ordering::Relaxed);
             let response = tokio::select! {
                 r = self.upstream.send(worker, None, request) => r,
-                () = self.shutdown.cancelled() => return self.remove(&stream),
+                () = self.shutdown.cancelled() => return ReadEnd::Shutdown,
             };
             let outcome = match response {
                 Ok(answer) => {
@@ -484,24 +710,22 @@ impl Hub {
                     if filtered.head.status == StatusCode::OK && filtered.event_stream {
                         failures = 0;
                         stream.status.send_replace(Status::Live(answer.target));
-                        self.relay(&stream, answer.body).await
+                        self.relay(stream, answer.body, &mut sink).await
                     } else {
                         // The backend does not (or no longer) serve this stream.
-                        let reason = format!(
+                        return ReadEnd::Failed(format!(
                             "upstream answered {} without an event stream",
                             filtered.head.status
-                        );
-                        self.fail(&stream, reason);
-                        return;
+                        ));
                     }
                 }
                 Err(err) => RelayEnd::Failed(err.to_string()),
             };
             match outcome {
-                RelayEnd::Unused | RelayEnd::Shutdown => return self.remove(&stream),
+                RelayEnd::Shutdown => return ReadEnd::Shutdown,
+                RelayEnd::Sink(err) => return ReadEnd::Sink(err),
                 RelayEnd::Failed(reason) if *stream.status.borrow() == Status::Connecting => {
-                    self.fail(&stream, reason);
-                    return;
+                    return ReadEnd::Failed(reason);
                 }
                 RelayEnd::Failed(reason) => {
                     failures += 1;
@@ -511,13 +735,13 @@ impl Hub {
                     tracing::info!(stream = %stream.key, "shared stream upstream ended; reconnecting");
                 }
             }
-            if self.remove_if_unused(&stream) {
-                return stream.close_subscribers();
+            if self.remove_if_unused(stream) {
+                return ReadEnd::Unused;
             }
             let delay = backoff(stream.retry_delay(), failures);
             tokio::select! {
                 () = tokio::time::sleep(delay) => {}
-                () = self.shutdown.cancelled() => return self.remove(&stream),
+                () = self.shutdown.cancelled() => return ReadEnd::Shutdown,
             }
         }
     }
@@ -528,12 +752,11 @@ impl Hub {
         self.remove(stream);
     }
 
-    /// Relays one upstream response into the stream until it ends.
-    async fn relay(&self, stream: &Arc<SharedStream>, mut body: ResponseBody) -> RelayEnd {
+    /// Relays one upstream response into `sink` until it ends.
+    async fn relay(&self, stream: &Arc<SharedStream>, mut body: ResponseBody, sink: &mut Sink<'_>) -> RelayEnd {
         let mut parser = EventParser::new();
         let idle = tokio::time::sleep(self.settings.idle_timeout);
         tokio::pin!(idle);
-        let mut linger: Option<Pin<Box<tokio::time::Sleep>>> = None;
         loop {
             tokio::select! {
                 frame = body.frame() => match frame {
@@ -541,7 +764,9 @@ impl Hub {
                         idle.as_mut().reset(Instant::now() + self.settings.idle_timeout);
                         if let Some(data) = frame.data_ref() {
                             for event in parser.feed(data) {
-                                stream.publish(event, self.settings.replay);
+                                if let Err(err) = sink.accept(stream, event, self.settings.replay).await {
+                                    return RelayEnd::Sink(err);
+                                }
                             }
                         }
                     }
@@ -549,27 +774,97 @@ impl Hub {
                     None => return RelayEnd::Ended,
                 },
                 () = &mut idle => return RelayEnd::Failed(format!("upstream silent for {:?}", self.settings.idle_timeout)),
-                () = stream.subscriber_left.notified() => {
-                    if stream.prune() == 0 && linger.is_none() {
-                        linger = Some(Box::pin(tokio::time::sleep(self.settings.linger)));
-                    }
-                }
-                () = async { if let Some(l) = linger.as_mut() { l.await } else { std::future::pending().await } } => {
-                    if self.remove_if_unused(stream) {
-                        return RelayEnd::Unused;
-                    }
-                    linger = None;
-                }
                 () = self.shutdown.cancelled() => return RelayEnd::Shutdown,
             }
         }
     }
 }
 
+/// Where a stream's upstream events go.
+enum Sink<'a> {
+    /// Straight to this instance's subscribers.
+    Local,
+    /// Into the cluster's log, under the stream's lease.
+    Log(LogWriter<'a>),
+}
+
+/// Appends a reader's events to a shared stream's log.
+struct LogWriter<'a> {
+    cluster: &'a Cluster,
+    keys: &'a StreamKeys,
+    token: String,
+    /// The upstream's last event ID so far.
+    resume: Option<String>,
+}
+
+#[derive(Debug)]
+enum SinkError {
+    /// Another instance holds the lease now: nothing was written.
+    LeaseLost,
+    Redis(ClusterError),
+}
+
+impl Sink<'_> {
+    fn resume_id(&self, stream: &SharedStream) -> Option<String> {
+        match self {
+            Sink::Local => stream.resume_id(),
+            Sink::Log(writer) => writer.resume.clone(),
+        }
+    }
+
+    async fn accept(
+        &mut self,
+        stream: &SharedStream,
+        event: ParsedEvent,
+        replay_capacity: usize,
+    ) -> Result<(), SinkError> {
+        let writer = match self {
+            Sink::Local => {
+                stream.publish(event, replay_capacity);
+                return Ok(());
+            }
+            Sink::Log(writer) => writer,
+        };
+        // A comment (the upstream's heartbeat) is not an event to keep;
+        // each instance writes its own heartbeats.
+        if !event.has_data && event.id.is_none() && event.retry.is_none() {
+            return Ok(());
+        }
+        if let Some(id) = &event.id {
+            writer.resume = (!id.is_empty()).then(|| id.clone());
+        }
+        let appended = writer
+            .cluster
+            .append(
+                writer.keys,
+                &writer.token,
+                replay_capacity,
+                &event,
+                writer.resume.as_deref(),
+            )
+            .await;
+        match appended {
+            Ok(true) => Ok(()),
+            Ok(false) => Err(SinkError::LeaseLost),
+            Err(err) => Err(SinkError::Redis(err)),
+        }
+    }
+}
+
+/// How reading a stream's upstream ended.
+#[derive(Debug)]
+enum ReadEnd {
+    /// It cannot be served: its subscribers get this reason.
+    Failed(String),
+    Sink(SinkError),
+    Unused,
+    Shutdown,
+}
+
 enum RelayEnd {
     Ended,
     Failed(String),
-    Unused,
+    Sink(SinkError),
     Shutdown,
 }
 
