@@ -556,7 +556,7 @@ impl StreamProgress {
 }
 
 /// One stream's account of its events.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub struct StreamOutcome {
     pub connected: bool,
     pub error: Option<String>,
@@ -570,7 +570,13 @@ pub struct StreamOutcome {
     pub first_receive_ns: Option<u64>,
     pub last_receive_ns: Option<u64>,
     pub tls: Option<TlsInfo>,
+    /// The first `MISSING_SAMPLE` sequence numbers of the plan this stream
+    /// did not receive (filled when the stream was read to its end).
+    pub missing: Vec<u64>,
 }
+
+/// How many missing sequence numbers a stream names.
+const MISSING_SAMPLE: usize = 16;
 
 /// Tallies events by sequence number so losses and duplicates show.
 struct EventTally<'a> {
@@ -746,6 +752,15 @@ impl<'a> StreamReader<'a> {
             self.progress.complete.fetch_add(1, Ordering::Relaxed);
         }
     }
+
+    /// Names the first sequence numbers the stream did not receive.
+    fn note_missing(&self, outcome: &mut StreamOutcome) {
+        let seen = &self.tally.seen;
+        outcome.missing = (0..self.tally.plan.expected)
+            .filter(|seq| seen[(seq / 64) as usize] & (1u64 << (seq % 64)) == 0)
+            .take(MISSING_SAMPLE)
+            .collect();
+    }
 }
 
 /// Records that a stream got its response head; Err unless it was a 200.
@@ -806,6 +821,7 @@ async fn run_event_stream_h1(
             None => return Err("stream ended by the server".into()),
         }
     }
+    reader.note_missing(outcome);
     drop(http);
     Ok(())
 }
@@ -858,6 +874,7 @@ async fn run_event_stream_h2(
             },
         }
     }
+    reader.note_missing(outcome);
     Ok(())
 }
 
@@ -876,11 +893,32 @@ pub struct BatchOutcome {
     /// From the first to the last event received, over all streams.
     pub receive_span: Duration,
     pub tls: Option<TlsInfo>,
+    /// Sequence numbers streams did not receive, with how many streams
+    /// missed each (from each stream's first few).
+    pub missing: std::collections::BTreeMap<u64, u64>,
 }
 
 impl BatchOutcome {
     pub fn lost(&self) -> u64 {
         self.expected.saturating_sub(self.received)
+    }
+
+    /// "seq 0 (30 streams), seq 7 (1 stream)": the first few sequence
+    /// numbers missed, for a failure message; empty when none was.
+    pub fn missing_summary(&self) -> String {
+        let mut parts: Vec<String> = self
+            .missing
+            .iter()
+            .take(8)
+            .map(|(seq, streams)| {
+                let plural = if *streams == 1 { "" } else { "s" };
+                format!("seq {seq} ({streams} stream{plural})")
+            })
+            .collect();
+        if self.missing.len() > 8 {
+            parts.push("...".into());
+        }
+        parts.join(", ")
     }
 
     pub fn merge(plan: &StreamPlan, outcomes: Vec<StreamOutcome>) -> BatchOutcome {
@@ -896,6 +934,7 @@ impl BatchOutcome {
             latency_us: new_histogram(),
             receive_span: Duration::ZERO,
             tls: None,
+            missing: Default::default(),
         };
         let mut first_ns = u64::MAX;
         let mut last_ns = 0;
@@ -906,6 +945,9 @@ impl BatchOutcome {
                 batch.first_error.get_or_insert(err);
             }
             batch.received += outcome.received;
+            for seq in outcome.missing {
+                *batch.missing.entry(seq).or_default() += 1;
+            }
             batch.duplicates += outcome.duplicates;
             batch.unexpected += outcome.unexpected;
             for latency in outcome.latencies_us {

@@ -1,8 +1,10 @@
 //! `cargo bench --bench compare`: ssegate side by side with nginx, HAProxy,
 //! Caddy and the direct path, on fan-out latency, idle-stream memory,
 //! single-stream throughput and request/response rates, each over HTTP/1.1
-//! and over HTTP/2 (the browser's path). Writes target/bench-report/report.md
-//! (+ SVG plots and results.json).
+//! and over HTTP/2 (the browser's path); and ssegate's fan-out over three
+//! instances sharing one upstream reader through Redis against one instance
+//! (`cluster-fanout`, needs redis-server). Writes
+//! target/bench-report/report.md (+ SVG plots and results.json).
 //!
 //! `cargo bench --bench compare -- --smoke` runs tiny sizes (CI) and exits
 //! non-zero when any scenario loses events or a peer fails to start.
@@ -86,9 +88,14 @@ struct Options {
     #[arg(long)]
     h2_streams: Option<usize>,
 
-    /// Rounds of fan-out and request/response, overriding the mode's.
+    /// Rounds of fan-out, request/response and cluster fan-out, overriding the mode's.
     #[arg(long)]
     rounds: Option<usize>,
+
+    /// Cluster fan-out subscribers, spread over the instances, overriding
+    /// the mode's (full: 300, smoke: 30).
+    #[arg(long)]
+    cluster_subscribers: Option<usize>,
 
     /// Holding stream counts, overriding the mode's (e.g. 1000,5000,15000).
     #[arg(long, value_delimiter = ',')]
@@ -327,6 +334,10 @@ async fn run(options: Options) -> Result<bool, String> {
     }
     if let Some(rounds) = options.rounds {
         sizes.rounds = rounds.max(1);
+        sizes.cluster_rounds = rounds.max(1);
+    }
+    if let Some(n) = options.cluster_subscribers {
+        sizes.cluster_subscribers = n.max(1);
     }
     if let Some(n) = &options.holding_streams {
         sizes.holding_streams = n.clone();
@@ -367,7 +378,14 @@ async fn run(options: Options) -> Result<bool, String> {
                 .into(),
         );
     }
-    peers::check_installed(&peer_kinds)?;
+    // The cluster fan-out starts its own ssegate instances, whatever --peers says.
+    let with_peers = scenarios.iter().any(|s| *s != ScenarioKind::ClusterFanout);
+    if with_peers {
+        peers::check_installed(&peer_kinds)?;
+    }
+    if scenarios.contains(&ScenarioKind::ClusterFanout) {
+        peers::check_redis_installed()?;
+    }
 
     let open_file_limit =
         sys::raise_open_file_limit().map_err(|e| format!("RLIMIT_NOFILE: {e}"))?;
@@ -421,7 +439,7 @@ async fn run(options: Options) -> Result<bool, String> {
             options.ssegate_targets
         ));
     }
-    if peer_kinds.contains(&PeerKind::Direct) && protocols.contains(&Protocol::H2) {
+    if with_peers && peer_kinds.contains(&PeerKind::Direct) && protocols.contains(&Protocol::H2) {
         results.notes.push(
             "direct: measured over HTTP/1.1 only: it is plain HTTP to the upstream, with no TLS to negotiate h2 on"
                 .into(),
@@ -431,11 +449,12 @@ async fn run(options: Options) -> Result<bool, String> {
     // Holding and throughput run peer by peer on one process each; fan-out
     // and request/response follow, in rounds that take the peers in turn
     // (see `run_in_rounds`).
+    // The cluster fan-out comes last, on instances of its own.
     let in_rounds = [ScenarioKind::Fanout, ScenarioKind::Reqresp];
     let per_peer: Vec<ScenarioKind> = scenarios
         .iter()
         .copied()
-        .filter(|s| !in_rounds.contains(s))
+        .filter(|s| !in_rounds.contains(s) && *s != ScenarioKind::ClusterFanout)
         .collect();
     let mut failed_to_start = Vec::new();
     let mut peer_failed = false;
@@ -487,6 +506,9 @@ async fn run(options: Options) -> Result<bool, String> {
         .collect();
     for scenario in in_rounds.into_iter().filter(|s| scenarios.contains(s)) {
         peer_failed |= !run_in_rounds(&bench, scenario, &started_units, &setup, &mut results).await;
+    }
+    if scenarios.contains(&ScenarioKind::ClusterFanout) {
+        peer_failed |= !bench.cluster_fanout(&setup, &protocols, &mut results).await;
     }
     let Bench { upstream, .. } = bench;
     upstream.stop().await;

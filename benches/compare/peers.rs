@@ -206,6 +206,11 @@ impl RunningPeer {
         log_tail(&self.log)
     }
 
+    /// Everything the peer has written to its stdout and stderr so far.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
     /// Graceful stop (SIGTERM to its process group), then kill after a few seconds.
     pub async fn stop(mut self) {
         let Some(mut child) = self.child.take() else {
@@ -270,11 +275,48 @@ pub async fn start(
         });
     }
     let port = free_port()?;
-    let addr = SocketAddr::from(([127, 0, 0, 1], port));
     let dir = setup.workdir.join(kind.name());
     std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-    let log = dir.join("output.log");
+    let command = command_for(kind, setup, &dir, port)?;
+    spawn_and_probe(kind, protocol, setup, &dir, port, command).await
+}
+
+/// One ssegate instance of a group that shares the upstream (the cluster
+/// fan-out): ssegate with `--sse-shared /sse` as [`PeerKind::SsegateShared`]
+/// is started, plus `extra` arguments and environment, in its own directory
+/// `name` of the work directory.
+pub async fn start_instance(
+    protocol: Protocol,
+    setup: &PeerSetup,
+    name: &str,
+    extra: &[String],
+    env: &[(&str, &str)],
+) -> Result<RunningPeer, String> {
+    let kind = PeerKind::SsegateShared;
+    let port = free_port()?;
+    let dir = setup.workdir.join(name);
+    std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
     let mut command = command_for(kind, setup, &dir, port)?;
+    command.args(extra);
+    for (key, value) in env {
+        command.env(key, value);
+    }
+    spawn_and_probe(kind, protocol, setup, &dir, port, command).await
+}
+
+/// Starts `command` (the peer `kind` listening on `port`), its output going
+/// to `dir`/output.log, and waits until it proxies a request over TLS with
+/// `protocol`.
+async fn spawn_and_probe(
+    kind: PeerKind,
+    protocol: Protocol,
+    setup: &PeerSetup,
+    dir: &Path,
+    port: u16,
+    mut command: Command,
+) -> Result<RunningPeer, String> {
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let log = dir.join("output.log");
     let log_file = std::fs::File::create(&log).map_err(|e| format!("{}: {e}", log.display()))?;
     let log_err = log_file
         .try_clone()
@@ -590,4 +632,147 @@ https://localhost:{port} {{
         key = setup.key.display(),
         upstream = setup.upstream,
     )
+}
+
+// -------------------------------------------------------------------- Redis
+
+/// The Debian package that provides `redis-server`.
+const REDIS_PACKAGE: &str = "redis-server";
+
+/// Fails with the package to install when `redis-server` is missing (the
+/// cluster fan-out cannot run without it, and is not skipped).
+pub fn check_redis_installed() -> Result<PathBuf, String> {
+    find_program("redis-server").ok_or_else(|| {
+        format!(
+            "redis-server not found: the cluster-fanout scenario starts a real Redis. Install it with \
+             `apt-get install -y {REDIS_PACKAGE}`, or leave the scenario out with --only."
+        )
+    })
+}
+
+/// `redis-server --version`'s line, e.g. "Redis server v=7.0.15 sha=... bits=64 ...".
+pub fn redis_version() -> String {
+    let Ok(program) = check_redis_installed() else {
+        return "not installed".into();
+    };
+    match std::process::Command::new(program)
+        .arg("--version")
+        .output()
+    {
+        Ok(output) => String::from_utf8_lossy(&output.stdout)
+            .lines()
+            .next()
+            .unwrap_or("")
+            .trim()
+            .to_owned(),
+        Err(err) => format!("unknown ({err})"),
+    }
+}
+
+/// A real `redis-server` on a free loopback port, without persistence, for
+/// the cluster fan-out. Killed on drop.
+pub struct RedisServer {
+    pub port: u16,
+    child: Child,
+    log: PathBuf,
+}
+
+impl RedisServer {
+    /// Starts `redis-server` in `dir` and waits until it answers PING.
+    pub async fn start(dir: &Path) -> Result<Self, String> {
+        let program = check_redis_installed()?;
+        std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        // redis-server cannot be told to take port 0: bind, release, pass it on.
+        let port = free_port()?;
+        let log = dir.join("redis.log");
+        let mut command = Command::new(program);
+        command
+            .args(["--bind", "127.0.0.1", "--port", &port.to_string()])
+            .args(["--save", "", "--appendonly", "no", "--protected-mode", "no"])
+            .arg("--dir")
+            .arg(dir)
+            .arg("--logfile")
+            .arg(&log)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .process_group(0)
+            .kill_on_drop(true);
+        // SAFETY: die_with_parent only calls prctl, which is async-signal-safe.
+        unsafe {
+            command.pre_exec(sys::die_with_parent);
+        }
+        let child = command
+            .spawn()
+            .map_err(|e| format!("redis-server: cannot start: {e}"))?;
+        let mut server = RedisServer { port, child, log };
+        let deadline = Instant::now() + START_TIMEOUT;
+        loop {
+            match server.command(&["PING"]).await {
+                Ok(pong) if pong == "PONG" => return Ok(server),
+                Ok(_) | Err(_) if Instant::now() < deadline => {}
+                Ok(other) => return Err(format!("redis-server answered PING with {other:?}")),
+                Err(err) => {
+                    return Err(format!(
+                        "redis-server did not answer PING within {START_TIMEOUT:?} ({err}); its log:\n{}",
+                        log_tail(&server.log)
+                    ))
+                }
+            }
+            if let Ok(Some(status)) = server.child.try_wait() {
+                return Err(format!(
+                    "redis-server exited during start-up ({status}); its log:\n{}",
+                    log_tail(&server.log)
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// `redis://127.0.0.1:PORT/0`.
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/0", self.port)
+    }
+
+    /// Memory and CPU of the server process.
+    pub fn usage(&self) -> Option<sys::Usage> {
+        sys::tree_usage(self.child.id()?).ok()
+    }
+
+    /// One command on a new connection; the answer as text (integers too).
+    pub async fn command(&self, args: &[&str]) -> Result<String, String> {
+        let exchange = async {
+            let client = redis::Client::open(self.url())?;
+            let mut connection = client.get_multiplexed_async_connection().await?;
+            let mut command = redis::cmd(args.first().copied().unwrap_or("PING"));
+            for arg in args.iter().skip(1) {
+                command.arg(*arg);
+            }
+            let value: redis::Value = command.query_async(&mut connection).await?;
+            Ok::<_, redis::RedisError>(value)
+        };
+        let value = tokio::time::timeout(Duration::from_secs(5), exchange)
+            .await
+            .map_err(|_| format!("redis {args:?}: no answer within 5 s"))?
+            .map_err(|e| format!("redis {args:?}: {e}"))?;
+        Ok(match value {
+            redis::Value::SimpleString(s) => s,
+            redis::Value::BulkString(bytes) => String::from_utf8_lossy(&bytes).into_owned(),
+            redis::Value::Int(n) => n.to_string(),
+            redis::Value::Okay => "OK".into(),
+            other => format!("{other:?}"),
+        })
+    }
+
+    pub async fn stop(mut self) {
+        if let Some(pid) = self.child.id() {
+            sys::signal_group(pid, libc::SIGTERM);
+        }
+        if tokio::time::timeout(STOP_TIMEOUT, self.child.wait())
+            .await
+            .is_err()
+        {
+            let _ = self.child.kill().await;
+        }
+    }
 }

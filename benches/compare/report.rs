@@ -17,8 +17,8 @@ use serde_json::{json, Value};
 use crate::loadgen::Protocol;
 use crate::peers::PeerKind;
 use crate::scenarios::{
-    quantile_ms, FanoutResult, HoldingResult, LoadPhase, Negotiated, ReqRespResult, Results, Sizes,
-    ThroughputResult, THROUGHPUT_P99_LIMIT,
+    quantile_ms, ClusterLayout, ClusterResult, FanoutResult, HoldingResult, LoadPhase, Negotiated,
+    ReqRespResult, Results, Sizes, ThroughputResult, THROUGHPUT_P99_LIMIT,
 };
 
 /// Where the report was written.
@@ -126,6 +126,11 @@ pub fn write(dir: &Path, info: &RunInfo, results: &Results) -> Result<Written, S
     // (d) request/response
     if !results.reqresp.is_empty() {
         reqresp_table(&mut md, results, info);
+    }
+
+    // (e) cluster fan-out
+    if !results.cluster.is_empty() {
+        cluster_table(&mut md, results, info);
     }
 
     failures_and_notes(&mut md, results, &plot_errors);
@@ -867,6 +872,197 @@ fn throughput_table(md: &mut String, results: &Results, info: &RunInfo) {
 }
 
 /// The lowest failing step of a throughput ladder, and why it failed.
+/// One layout's cluster fan-out rounds over one protocol, and its round
+/// with the median p99.
+struct ClusterSummary<'a> {
+    median: &'a ClusterResult,
+    rounds: Vec<&'a ClusterResult>,
+}
+
+fn cluster_summary(
+    results: &Results,
+    layout: ClusterLayout,
+    protocol: Protocol,
+) -> Option<ClusterSummary<'_>> {
+    let mut rounds: Vec<&ClusterResult> = results
+        .cluster
+        .iter()
+        .filter(|r| r.layout == layout && r.protocol == protocol)
+        .collect();
+    if rounds.is_empty() {
+        return None;
+    }
+    rounds.sort_by_key(|r| r.round);
+    Some(ClusterSummary {
+        median: median(&rounds, cluster_p99_ms),
+        rounds,
+    })
+}
+
+fn cluster_p99_ms(r: &ClusterResult) -> f64 {
+    quantile_ms(&r.events.latency_us, 0.99)
+}
+
+/// "instance 2", "instance 1 (2 times), instance 3", or "none".
+fn readers_cell(r: &ClusterResult) -> String {
+    if r.layout != ClusterLayout::Cluster {
+        return "-".into();
+    }
+    if r.readers.is_empty() {
+        return "none".into();
+    }
+    r.readers
+        .iter()
+        .map(|&(i, n)| match n {
+            1 => format!("instance {i}"),
+            n => format!("instance {i} ({n} times)"),
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn cluster_table(md: &mut String, results: &Results, info: &RunInfo) {
+    let sizes = &info.sizes;
+    let rounds = results.cluster.iter().map(|r| r.round).max().unwrap_or(0);
+    md.push_str("\n## (e) Fan-out across instances: one upstream reader through Redis\n\n");
+    let _ = writeln!(
+        md,
+        "{n} subscribers of `/sse/events` (each one event stream on its own TLS connection, over HTTP/1.1 or \
+         HTTP/2), {events} events of {size} B at {rate}/s, in three layouts, each on fresh ssegate processes \
+         with `--sse-shared /sse` and `--threads 2`: **{single}** (all {n} subscribers on it); **{separate}** \
+         (subscriber i on instance i mod 3; each instance reads the upstream itself, as several instances do \
+         without `--cluster`); **{cluster}** (the same spread, each instance with `--cluster \
+         redis://127.0.0.1:PORT/0` to one real redis-server ({redis}, no persistence, a key prefix of its own \
+         per run) and the default `--cluster-lease 3s`: the instance that takes the lease reads the upstream \
+         into the Redis Stream, and every instance, that one included, tails the stream and serves its own \
+         subscribers). Latency as in (a): from the upstream's timestamp to the load generator parsing the \
+         event. Every subscriber must receive every event of the run (ids 0 to {last}): \"lost\" counts the \
+         (subscriber, event) pairs missing when no event had arrived for {drain:?}, \"dup\" those received \
+         twice. \"upstream requests\" counts the `GET /sse/events` requests the upstream answered from the \
+         instances' start to their stop (right: 1 for one instance and for the cluster, 3 without Redis); \
+         \"reader\" is the instance that logged `cluster: reading the upstream`. CPU is utime+stime during \
+         the run, per delivered event, of all the instances together and of redis-server. Everything (the \
+         instances, redis-server, the upstream and the load generator) shares the machine's 2 cores. This \
+         ran in {rounds} round{plural}, each taking every layout over every protocol in turn; each cell is the \
+         layout's round with the median p99 (\"by round\" lists every round; \"lost, all rounds\" sums \
+         them).\n",
+        n = sizes.cluster_subscribers,
+        events = sizes.cluster_events,
+        size = sizes.fanout_event_size,
+        rate = sizes.cluster_rate,
+        single = ClusterLayout::Single.label(),
+        separate = ClusterLayout::Separate.label(),
+        cluster = ClusterLayout::Cluster.label(),
+        redis = results.redis_version.as_deref().unwrap_or("version unknown"),
+        last = sizes.cluster_events.saturating_sub(1),
+        drain = sizes.drain,
+        plural = if rounds == 1 { "" } else { "s" },
+    );
+    let protocols = &info.protocols;
+    let summaries: Vec<(ClusterLayout, Protocol, ClusterSummary)> = ClusterLayout::ALL
+        .iter()
+        .flat_map(|&layout| {
+            protocols.iter().filter_map(move |&protocol| {
+                cluster_summary(results, layout, protocol).map(|s| (layout, protocol, s))
+            })
+        })
+        .collect();
+    let find = |layout: ClusterLayout, protocol: Protocol| {
+        summaries
+            .iter()
+            .find(|(l, p, _)| *l == layout && *p == protocol)
+            .map(|(_, _, s)| s)
+    };
+    let single_p99 = |protocol: Protocol| {
+        find(ClusterLayout::Single, protocol).map(|s| cluster_p99_ms(s.median))
+    };
+    let rows: Vec<(Vec<String>, ClusterLayout)> = ClusterLayout::ALL
+        .iter()
+        .filter(|&&l| protocols.iter().any(|&p| find(l, p).is_some()))
+        .map(|&l| (vec![l.label().to_string()], l))
+        .collect();
+    let h = |s: &ClusterSummary| s.median.events.latency_us.clone();
+    side_by_side(
+        md,
+        protocols,
+        &["layout"],
+        &rows,
+        |&layout, protocol| find(layout, protocol),
+        &[
+            ("streams ok", &|s: &ClusterSummary| {
+                let e = &s.median.events;
+                format!("{}/{}", e.streams - e.failed, e.streams)
+            }),
+            ("delivered / expected", &|s: &ClusterSummary| {
+                format!("{}/{}", s.median.events.received, s.median.events.expected)
+            }),
+            ("lost", &|s: &ClusterSummary| {
+                s.median.events.lost().to_string()
+            }),
+            ("lost, all rounds", &|s: &ClusterSummary| {
+                s.rounds
+                    .iter()
+                    .map(|r| r.events.lost())
+                    .sum::<u64>()
+                    .to_string()
+            }),
+            ("dup", &|s: &ClusterSummary| {
+                s.median.events.duplicates.to_string()
+            }),
+            ("upstream requests by round", &|s: &ClusterSummary| {
+                by_round(&s.rounds, |r| {
+                    r.upstream_requests.map_or("?".into(), |n| n.to_string())
+                })
+            }),
+            ("reader", &|s: &ClusterSummary| readers_cell(s.median)),
+            ("p50 ms", &|s: &ClusterSummary| {
+                format!("{:.2}", quantile_ms(&h(s), 0.5))
+            }),
+            ("p99 ms", &|s: &ClusterSummary| {
+                format!("{:.2}", quantile_ms(&h(s), 0.99))
+            }),
+            ("p99 ms by round", &|s: &ClusterSummary| {
+                by_round(&s.rounds, |r| format!("{:.2}", cluster_p99_ms(r)))
+            }),
+            ("p99.9 ms", &|s: &ClusterSummary| {
+                format!("{:.2}", quantile_ms(&h(s), 0.999))
+            }),
+            ("max ms", &|s: &ClusterSummary| {
+                format!("{:.2}", s.median.events.latency_us.max() as f64 / 1000.0)
+            }),
+            ("p99 ms by instance", &|s: &ClusterSummary| {
+                let reader = |i: usize| s.median.readers.iter().any(|&(r, _)| r == i);
+                s.median
+                    .by_instance
+                    .iter()
+                    .enumerate()
+                    .map(|(i, b)| {
+                        let p99 = format!("{:.2}", quantile_ms(&b.latency_us, 0.99));
+                        if reader(i + 1) {
+                            format!("{p99} (reader)")
+                        } else {
+                            p99
+                        }
+                    })
+                    .collect::<Vec<_>>()
+                    .join(" / ")
+            }),
+            ("instances' CPU us/event", &|s: &ClusterSummary| {
+                opt(s.median.proxy_cpu_us_per_event(), 2)
+            }),
+            ("redis CPU us/event", &|s: &ClusterSummary| {
+                opt(s.median.redis_cpu_us_per_event(), 2)
+            }),
+            ("p99 ÷ 1 instance", &|s: &ClusterSummary| {
+                ratio(
+                    Some(cluster_p99_ms(s.median)),
+                    single_p99(s.median.protocol),
+                )
+            }),
+        ],
+    );
+}
+
 fn first_failure(r: &ThroughputResult) -> String {
     r.steps
         .iter()
@@ -1479,6 +1675,27 @@ fn to_json(info: &RunInfo, results: &Results) -> Value {
             "handshakes_cpu_seconds": r.handshakes.cpu_seconds,
             "handshakes_harness_cpu_seconds": r.handshakes.harness_cpu_seconds,
         })).collect::<Vec<_>>(),
+        "cluster": results.cluster.iter().map(|r| json!({
+            "layout": r.layout.name(),
+            "instances": r.layout.instances(),
+            "protocol": r.protocol.name(),
+            "round": r.round,
+            "subscribers": r.events.streams,
+            "expected": r.events.expected,
+            "received": r.events.received,
+            "lost": r.events.lost(),
+            "duplicates": r.events.duplicates,
+            "streams_failed": r.events.failed,
+            "upstream_requests": r.upstream_requests,
+            "readers": r.readers.iter().map(|&(i, n)| json!({"instance": i, "times": n})).collect::<Vec<_>>(),
+            "latency": latency(&r.events.latency_us),
+            "latency_by_instance": r.by_instance.iter().map(|b| latency(&b.latency_us)).collect::<Vec<_>>(),
+            "instances_cpu_seconds": r.proxy_cpu_seconds,
+            "instances_cpu_us_per_event": r.proxy_cpu_us_per_event(),
+            "redis_cpu_seconds": r.redis_cpu_seconds,
+            "redis_cpu_us_per_event": r.redis_cpu_us_per_event(),
+        })).collect::<Vec<_>>(),
+        "redis_version": results.redis_version,
         "failures": results.failures,
         "notes": results.notes,
     })

@@ -8,7 +8,12 @@
 //!   in full with p99 under 10 ms, for 64 B and 1 KiB events;
 //! - reqresp: requests/s over TLS keep-alive (HTTP/2: `h2_streams` requests
 //!   in flight per connection), and full handshakes/s with a new connection
-//!   per request, against the static upstream.
+//!   per request, against the static upstream;
+//! - cluster-fanout: N subscribers of one shared stream spread over three
+//!   ssegate instances that share one upstream reader through a real
+//!   `redis-server` (`--cluster`), against the same N on one instance and on
+//!   three instances without Redis; delivery latency, losses, upstream
+//!   requests. It starts its own instances rather than taking a peer.
 //!
 //! Every scenario records what it measured in `Results`; failures (lost
 //! events, streams that could not open) are recorded there too.
@@ -26,7 +31,7 @@ use crate::loadgen::{
     self, BatchOutcome, ClientTls, ConnectionUse, Protocol, RequestOutcome, StreamOutcome,
     StreamPlan, StreamProgress, Target, TlsInfo,
 };
-use crate::peers::{PeerKind, RunningPeer};
+use crate::peers::{self, PeerKind, PeerSetup, RedisServer, RunningPeer};
 use crate::sys::{self, Usage};
 use crate::upstream::{UpstreamProcess, EVENTS_PATH, IDLE_PATH, STATIC_PATH};
 
@@ -53,16 +58,21 @@ pub enum ScenarioKind {
     Throughput,
     /// Requests/s over TLS keep-alive, and full TLS handshakes/s.
     Reqresp,
+    /// N subscribers over 3 ssegate instances sharing one upstream reader
+    /// through Redis (--cluster), against 1 instance: latency, losses,
+    /// upstream requests. Needs redis-server.
+    ClusterFanout,
 }
 
 impl ScenarioKind {
     /// Holding runs first on a fresh peer so memory growth is not hidden by
     /// memory freed from earlier scenarios.
-    pub const ALL: [ScenarioKind; 4] = [
+    pub const ALL: [ScenarioKind; 5] = [
         ScenarioKind::Holding,
         ScenarioKind::Fanout,
         ScenarioKind::Throughput,
         ScenarioKind::Reqresp,
+        ScenarioKind::ClusterFanout,
     ];
 }
 
@@ -104,6 +114,13 @@ pub struct Sizes {
     /// How long a peer may take to close the connections of departed
     /// clients (before it is restarted for the next scenario).
     pub release_timeout: Duration,
+    /// Cluster fan-out: subscribers, spread evenly over the instances.
+    pub cluster_subscribers: usize,
+    /// Cluster fan-out: events per second, and events per run.
+    pub cluster_rate: u64,
+    pub cluster_events: u64,
+    /// Cluster fan-out: rounds, each taking every layout over every protocol in turn.
+    pub cluster_rounds: usize,
 }
 
 impl Sizes {
@@ -135,6 +152,11 @@ impl Sizes {
             rounds: 5,
             drain: Duration::from_secs(3),
             release_timeout: Duration::from_secs(5),
+            // 6000 deliveries/s for 10 s: 100 subscribers per instance.
+            cluster_subscribers: 300,
+            cluster_rate: 20,
+            cluster_events: 200,
+            cluster_rounds: 5,
         }
     }
 
@@ -163,6 +185,10 @@ impl Sizes {
             rounds: 2,
             drain: Duration::from_secs(2),
             release_timeout: Duration::from_secs(2),
+            cluster_subscribers: 30,
+            cluster_rate: 20,
+            cluster_events: 10,
+            cluster_rounds: 1,
         }
     }
 
@@ -293,6 +319,99 @@ pub struct LoadPhase {
     pub harness_cpu_seconds: Option<f64>,
 }
 
+/// How the cluster fan-out's subscribers are served.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum ClusterLayout {
+    /// One ssegate with `--sse-shared /sse`: the single-instance baseline.
+    Single,
+    /// Three ssegate instances with `--sse-shared /sse` and no Redis: each
+    /// reads the upstream itself (what several instances do without --cluster).
+    Separate,
+    /// Three ssegate instances with `--sse-shared /sse --cluster redis://...`:
+    /// one reads the upstream into the Redis log, all three tail it.
+    Cluster,
+}
+
+impl ClusterLayout {
+    pub const ALL: [ClusterLayout; 3] = [
+        ClusterLayout::Single,
+        ClusterLayout::Separate,
+        ClusterLayout::Cluster,
+    ];
+
+    pub fn instances(self) -> usize {
+        match self {
+            ClusterLayout::Single => 1,
+            ClusterLayout::Separate | ClusterLayout::Cluster => 3,
+        }
+    }
+
+    /// Upstream requests a correct run makes: one per stream per reader.
+    pub fn expected_upstream_requests(self) -> u64 {
+        match self {
+            ClusterLayout::Single | ClusterLayout::Cluster => 1,
+            ClusterLayout::Separate => 3,
+        }
+    }
+
+    /// How the report names it.
+    pub fn label(self) -> &'static str {
+        match self {
+            ClusterLayout::Single => "1 instance",
+            ClusterLayout::Separate => "3 instances, no Redis",
+            ClusterLayout::Cluster => "3 instances, --cluster (Redis)",
+        }
+    }
+
+    /// Machine-readable name (results.json, work directories).
+    pub fn name(self) -> &'static str {
+        match self {
+            ClusterLayout::Single => "single",
+            ClusterLayout::Separate => "separate",
+            ClusterLayout::Cluster => "cluster",
+        }
+    }
+}
+
+/// One cluster fan-out run: one layout over one protocol in one round.
+#[derive(Debug)]
+pub struct ClusterResult {
+    pub layout: ClusterLayout,
+    pub protocol: Protocol,
+    /// Which round of `Sizes::cluster_rounds`, from 1.
+    pub round: usize,
+    /// Every subscriber's events, all instances together.
+    pub events: BatchOutcome,
+    /// The same per instance (subscriber i went to instance i mod instances).
+    pub by_instance: Vec<BatchOutcome>,
+    /// `GET /sse/events` requests the upstream got from the instances, from
+    /// their start to their stop.
+    pub upstream_requests: Option<u64>,
+    /// Instances that logged "cluster: reading the upstream", with how many
+    /// times (a lease taken again shows as more than one).
+    pub readers: Vec<(usize, usize)>,
+    /// CPU of all instances during the run.
+    pub proxy_cpu_seconds: Option<f64>,
+    /// CPU of redis-server during the run (cluster layout only).
+    pub redis_cpu_seconds: Option<f64>,
+}
+
+impl ClusterResult {
+    /// CPU per delivered event, microseconds.
+    fn per_event(&self, seconds: Option<f64>) -> Option<f64> {
+        let cpu = seconds?;
+        (self.events.received > 0).then(|| cpu * 1e6 / self.events.received as f64)
+    }
+
+    pub fn proxy_cpu_us_per_event(&self) -> Option<f64> {
+        self.per_event(self.proxy_cpu_seconds)
+    }
+
+    pub fn redis_cpu_us_per_event(&self) -> Option<f64> {
+        self.per_event(self.redis_cpu_seconds)
+    }
+}
+
 /// Everything one harness run measured, plus what went wrong.
 #[derive(Debug, Default)]
 pub struct Results {
@@ -300,6 +419,9 @@ pub struct Results {
     pub holding: Vec<HoldingResult>,
     pub throughput: Vec<ThroughputResult>,
     pub reqresp: Vec<ReqRespResult>,
+    pub cluster: Vec<ClusterResult>,
+    /// `redis-server --version`, when the cluster fan-out ran.
+    pub redis_version: Option<String>,
     /// Lost events, streams that failed, peers that did not start: a failed run.
     pub failures: Vec<String>,
     /// Things the reader should know (skipped sizes, caveats).
@@ -399,6 +521,10 @@ impl Bench {
                 }
             }
             ScenarioKind::Reqresp => self.reqresp(peer, round, results).await,
+            // It starts its own instances: see `cluster_fanout`.
+            ScenarioKind::ClusterFanout => {
+                unreachable!("the cluster fan-out takes no peer; run it with Bench::cluster_fanout")
+            }
         }
     }
 
@@ -511,7 +637,7 @@ impl Bench {
         }
         if events.lost() > 0 || events.failed > 0 || events.duplicates > 0 {
             results.failures.push(format!(
-                "{label}: lost {} of {} events, {} duplicates, {} of {} streams failed{}",
+                "{label}: lost {} of {} events, {} duplicates, {} of {} streams failed{}{}",
                 events.lost(),
                 events.expected,
                 events.duplicates,
@@ -521,7 +647,11 @@ impl Bench {
                     .first_error
                     .as_deref()
                     .map(|e| format!(" (first error: {e})"))
-                    .unwrap_or_default()
+                    .unwrap_or_default(),
+                match events.missing_summary() {
+                    m if m.is_empty() => String::new(),
+                    m => format!("; missing: {m}"),
+                }
             ));
         }
         println!(
@@ -871,6 +1001,272 @@ impl Bench {
             harness_cpu_seconds: spent(harness_before, self.harness_cpu_seconds()),
         }
     }
+
+    // ------------------------------------------------------- cluster fan-out
+
+    /// The cluster fan-out: a real `redis-server`, then in each round every
+    /// protocol and every layout in turn (one instance; three without Redis;
+    /// three with --cluster), each on fresh instances. Every layout gets the
+    /// same subscribers and events. False if Redis or an instance did not
+    /// start: a missing redis-server fails the run rather than skipping it.
+    pub async fn cluster_fanout(
+        &self,
+        setup: &PeerSetup,
+        protocols: &[Protocol],
+        results: &mut Results,
+    ) -> bool {
+        results.redis_version = Some(peers::redis_version());
+        let redis = match RedisServer::start(&setup.workdir.join("redis")).await {
+            Ok(redis) => redis,
+            Err(err) => {
+                eprintln!("cluster-fanout: {err}");
+                results.failures.push(format!("cluster-fanout: {err}"));
+                return false;
+            }
+        };
+        println!("cluster-fanout: redis-server on {}", redis.url());
+        let mut all_started = true;
+        let rounds = self.sizes.cluster_rounds;
+        for round in 1..=rounds {
+            println!("ClusterFanout: round {round} of {rounds}");
+            for &protocol in protocols {
+                for layout in ClusterLayout::ALL {
+                    all_started &= self
+                        .cluster_run(setup, &redis, layout, protocol, round, results)
+                        .await;
+                }
+            }
+        }
+        redis.stop().await;
+        all_started
+    }
+
+    /// One layout over one protocol: start its instances, spread the
+    /// subscribers over them, publish, count, stop. False if an instance
+    /// did not start.
+    async fn cluster_run(
+        &self,
+        setup: &PeerSetup,
+        redis: &RedisServer,
+        layout: ClusterLayout,
+        protocol: Protocol,
+        round: usize,
+        results: &mut Results,
+    ) -> bool {
+        let sizes = &self.sizes;
+        let run = self.next_run();
+        let label = format!(
+            "cluster-fanout {} {protocol} N={} (round {round})",
+            layout.name(),
+            sizes.cluster_subscribers
+        );
+        // A key prefix of its own per run: no lease or log of an earlier
+        // run (whose lease may not have expired yet) is in the way.
+        let mut extra: Vec<String> = Vec::new();
+        let mut env: Vec<(&str, &str)> = Vec::new();
+        if layout == ClusterLayout::Cluster {
+            extra.extend([
+                "--cluster".to_string(),
+                redis.url(),
+                "--cluster-key-prefix".to_string(),
+                format!("ssegate-bench-{run}:"),
+            ]);
+            // "cluster: reading the upstream ..." says which instance reads it.
+            env.push(("RUST_LOG", "warn,ssegate::cluster=info"));
+        }
+        let requests_before = self.upstream.event_requests().await;
+        let mut instances: Vec<RunningPeer> = Vec::new();
+        for i in 0..layout.instances() {
+            let name = format!("cluster-{}-{protocol}-{}", layout.name(), i + 1);
+            println!("{label}: starting instance {}", i + 1);
+            match peers::start_instance(protocol, setup, &name, &extra, &env).await {
+                Ok(instance) => {
+                    record_instance(results, &setup.ssegate_bin, &instance);
+                    instances.push(instance);
+                }
+                Err(err) => {
+                    eprintln!("{label}: instance {} FAILED TO START: {err}", i + 1);
+                    results.failures.push(format!(
+                        "{label}: instance {} failed to start: {err}",
+                        i + 1
+                    ));
+                    for instance in instances {
+                        instance.stop().await;
+                    }
+                    let _ = self.upstream_released().await;
+                    return false;
+                }
+            }
+        }
+        let targets: Vec<Target> = instances.iter().map(|i| i.target.clone()).collect();
+        let plan = Arc::new(StreamPlan {
+            path: EVENTS_PATH.into(),
+            run,
+            expected: sizes.cluster_events,
+        });
+        let batch = StreamBatch::open_spread(&targets, plan.clone(), sizes.cluster_subscribers);
+        if let Err(err) = batch.wait_connected(Duration::from_secs(60)).await {
+            results.failures.push(format!("{label}: {err}"));
+        }
+        if let Err(err) = batch.warm_up(&self.upstream, sizes.fanout_event_size).await {
+            results.failures.push(format!("{label}: {err}"));
+        }
+        let cpu = |instances: &[RunningPeer]| -> Option<f64> {
+            instances
+                .iter()
+                .map(|i| i.usage().map(|u| u.cpu_seconds))
+                .sum()
+        };
+        let proxy_before = cpu(&instances);
+        let redis_before = redis.usage();
+        let published = self
+            .upstream
+            .publish(
+                run,
+                sizes.cluster_events,
+                sizes.cluster_rate,
+                sizes.fanout_event_size,
+            )
+            .await;
+        if let Err(err) = &published {
+            results.failures.push(format!("{label}: publisher: {err}"));
+        }
+        batch.wait_complete(sizes.drain).await;
+        let proxy_after = cpu(&instances);
+        let redis_after = redis.usage();
+        let (events, by_instance) = batch.finish_by_target().await;
+        // The instances notice that a client left when they next write to it.
+        for _ in 0..2 {
+            let _ = self.upstream.warmup(64).await;
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let mut readers = Vec::new();
+        for (i, instance) in instances.iter().enumerate() {
+            let log = instance.log_text();
+            let reads = log.matches("cluster: reading the upstream").count();
+            if reads > 0 {
+                readers.push((i + 1, reads));
+            }
+            if log.contains("redis unavailable") {
+                results.notes.push(format!(
+                    "{label}: instance {} logged \"redis unavailable\" (it read the upstream itself meanwhile)",
+                    i + 1
+                ));
+            }
+            if instance.usage().is_none() {
+                results.failures.push(format!(
+                    "{label}: instance {} exited during the run; its output:\n{}",
+                    i + 1,
+                    instance.log_tail()
+                ));
+            }
+        }
+        for instance in instances {
+            instance.stop().await;
+        }
+        if let Err(held) = self.upstream_released().await {
+            results.notes.push(format!("{label}: {held}"));
+        }
+        let upstream_requests = match (requests_before, self.upstream.event_requests().await) {
+            (Ok(before), Ok(after)) => Some(after.saturating_sub(before)),
+            (Err(err), _) | (_, Err(err)) => {
+                results.failures.push(format!("{label}: {err}"));
+                None
+            }
+        };
+        if events.lost() > 0 || events.failed > 0 || events.duplicates > 0 {
+            results.failures.push(format!(
+                "{label}: lost {} of {} events, {} duplicates, {} of {} streams failed{}{}",
+                events.lost(),
+                events.expected,
+                events.duplicates,
+                events.failed,
+                events.streams,
+                events
+                    .first_error
+                    .as_deref()
+                    .map(|e| format!(" (first error: {e})"))
+                    .unwrap_or_default(),
+                match events.missing_summary() {
+                    m if m.is_empty() => String::new(),
+                    m => format!("; missing: {m}"),
+                }
+            ));
+        }
+        let expected_requests = layout.expected_upstream_requests();
+        if upstream_requests.is_some_and(|n| n != expected_requests) {
+            results.failures.push(format!(
+                "{label}: the upstream got {} requests for the stream (expected {expected_requests})",
+                upstream_requests.unwrap_or(0)
+            ));
+        }
+        if layout == ClusterLayout::Cluster && readers.iter().map(|(_, n)| n).sum::<usize>() != 1 {
+            results.failures.push(format!(
+                "{label}: expected one \"cluster: reading the upstream\" log line over all instances, found {}",
+                if readers.is_empty() {
+                    "none".to_string()
+                } else {
+                    readers
+                        .iter()
+                        .map(|(i, n)| format!("{n} on instance {i}"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                }
+            ));
+        }
+        println!(
+            "  {label}: delivered {}/{} p50 {} us p99 {} us max {} us, upstream requests {}, readers {:?}",
+            events.received,
+            events.expected,
+            events.latency_us.value_at_quantile(0.5),
+            events.latency_us.value_at_quantile(0.99),
+            events.latency_us.max(),
+            upstream_requests.map_or("?".into(), |n| n.to_string()),
+            readers
+        );
+        results.cluster.push(ClusterResult {
+            layout,
+            protocol,
+            round,
+            events,
+            by_instance,
+            upstream_requests,
+            readers,
+            proxy_cpu_seconds: spent(proxy_before, proxy_after),
+            redis_cpu_seconds: (layout == ClusterLayout::Cluster)
+                .then(|| {
+                    spent(
+                        redis_before.map(|u| u.cpu_seconds),
+                        redis_after.map(|u| u.cpu_seconds),
+                    )
+                })
+                .flatten(),
+        });
+        true
+    }
+}
+
+/// Records the cluster fan-out's ssegate (as ssegate-shared, which it is
+/// but for its flags) in the report's peer table the first time an
+/// instance starts over a protocol.
+fn record_instance(results: &mut Results, ssegate_bin: &std::path::Path, instance: &RunningPeer) {
+    let kind = PeerKind::SsegateShared;
+    if !results.peers.iter().any(|r| r.kind == kind) {
+        results.peers.push(PeerRecord {
+            kind,
+            version: peers::version(kind, ssegate_bin),
+            negotiated: Vec::new(),
+        });
+    }
+    if let Some(record) = results.peers.iter_mut().find(|r| r.kind == kind) {
+        if !record.tried(instance.protocol) {
+            let negotiated = match &instance.tls {
+                Some(tls) => Negotiated::Tls(tls.clone()),
+                None => Negotiated::Plain,
+            };
+            record.negotiated.push((instance.protocol, negotiated));
+        }
+    }
 }
 
 /// CPU seconds between two readings, when both were taken.
@@ -878,9 +1274,10 @@ fn spent(before: Option<f64>, after: Option<f64>) -> Option<f64> {
     Some((after? - before?).max(0.0))
 }
 
-/// A set of event streams opened together, with their shared progress counters.
+/// A set of event streams opened together, with their shared progress
+/// counters; stream i goes to target i mod targets.
 struct StreamBatch {
-    target: Target,
+    targets: Vec<Target>,
     plan: Arc<StreamPlan>,
     progress: Arc<StreamProgress>,
     slots: Arc<Semaphore>,
@@ -890,8 +1287,13 @@ struct StreamBatch {
 
 impl StreamBatch {
     fn open(target: &Target, plan: Arc<StreamPlan>, streams: usize) -> Self {
+        Self::open_spread(std::slice::from_ref(target), plan, streams)
+    }
+
+    /// Streams spread evenly over `targets` (not empty).
+    fn open_spread(targets: &[Target], plan: Arc<StreamPlan>, streams: usize) -> Self {
         let mut batch = StreamBatch {
-            target: target.clone(),
+            targets: targets.to_vec(),
             plan,
             progress: Arc::new(StreamProgress::default()),
             slots: Arc::new(Semaphore::new(CONNECT_CONCURRENCY)),
@@ -906,7 +1308,7 @@ impl StreamBatch {
     fn grow(&mut self, streams: usize) {
         for index in self.tasks.len()..streams {
             self.tasks.push(tokio::spawn(loadgen::event_stream(
-                self.target.clone(),
+                self.targets[index % self.targets.len()].clone(),
                 index,
                 self.plan.clone(),
                 self.progress.clone(),
@@ -986,6 +1388,28 @@ impl StreamBatch {
 
     /// Closes every stream and merges what they counted.
     async fn finish(self) -> BatchOutcome {
+        let plan = self.plan.clone();
+        BatchOutcome::merge(&plan, self.close().await)
+    }
+
+    /// Closes every stream; what they counted, all together and per target.
+    async fn finish_by_target(self) -> (BatchOutcome, Vec<BatchOutcome>) {
+        let plan = self.plan.clone();
+        let targets = self.targets.len();
+        let outcomes = self.close().await;
+        let mut groups: Vec<Vec<StreamOutcome>> = vec![Vec::new(); targets];
+        for (index, outcome) in outcomes.iter().enumerate() {
+            groups[index % targets].push(outcome.clone());
+        }
+        let parts = groups
+            .into_iter()
+            .map(|group| BatchOutcome::merge(&plan, group))
+            .collect();
+        (BatchOutcome::merge(&plan, outcomes), parts)
+    }
+
+    /// Closes every stream; each stream's outcome, in index order.
+    async fn close(self) -> Vec<StreamOutcome> {
         self.stop.cancel();
         let mut outcomes = Vec::with_capacity(self.tasks.len());
         for task in self.tasks {
@@ -997,7 +1421,7 @@ impl StreamBatch {
                 }),
             }
         }
-        BatchOutcome::merge(&self.plan, outcomes)
+        outcomes
     }
 }
 

@@ -12,16 +12,20 @@
 //! a response's HEADERS frame until the first body bytes, so a stream that
 //! sent only its head would never open through it.
 //! - `GET /static`: a fixed 1 KiB document (request/response tests).
-//! - `POST /control/...`: the harness drives the publisher through these.
+//! - `POST /control/...`: the harness drives the publisher through these;
+//!   `GET /control/requests` counts the `GET /sse/events` requests made
+//!   since the upstream started (how many upstream readers a cluster had).
 //!
 //! Every event is `id: SEQ\ndata: RUN SEQ TIMESTAMP_NS PADDING\n\n`, padded to
 //! the requested size. The timestamp is CLOCK_MONOTONIC when the event was
-//! published; run 0 is reserved for warm-up events.
+//! published; run 0 is reserved for warm-up events, which carry no `id:`
+//! (see [`warmup_bytes`]).
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::process::Stdio;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -65,6 +69,17 @@ pub fn event_bytes(run: u32, seq: u64, timestamp_ns: u64, size: usize) -> Bytes 
     event.resize(event.len() + padding, b'x');
     event.extend_from_slice(b"\n\n");
     Bytes::from(event)
+}
+
+/// A warm-up event: `data: 0 0 TS PADDING\n\n`, without an `id:` line. A
+/// warm-up sent `id: 0` before a run's first event (also `id: 0`) would
+/// make the run's event a repeat of an ID the stream just had, and an
+/// ssegate `--cluster` instance drops a log entry whose ID is still in its
+/// replay buffer: every subscriber lost event 0 (found by the cluster
+/// fan-out). IDs within a run stay unique.
+pub fn warmup_bytes(timestamp_ns: u64, size: usize) -> Bytes {
+    let event = event_bytes(WARMUP_RUN, 0, timestamp_ns, size + "id: 0\n".len());
+    event.slice("id: 0\n".len()..)
 }
 
 /// The broadcast publisher's list of connected clients.
@@ -145,6 +160,8 @@ impl Body for SilentStream {
 struct Upstream {
     broadcast: Broadcast,
     static_body: Bytes,
+    /// `GET /sse/events` requests made since start.
+    event_requests: AtomicU64,
 }
 
 /// Entry point of the `--role upstream` child: binds, prints `listening ADDR`
@@ -169,6 +186,7 @@ async fn serve(listen: SocketAddr) -> Result<(), String> {
     let upstream = Arc::new(Upstream {
         broadcast: Broadcast::default(),
         static_body: Bytes::from(vec![b's'; STATIC_BODY_LEN]),
+        event_requests: AtomicU64::new(0),
     });
     let accept_loop = async {
         loop {
@@ -212,9 +230,12 @@ impl Upstream {
         let path = req.uri().path();
         let query = req.uri().query().unwrap_or("");
         let response = match (req.method(), path) {
-            (&Method::GET, EVENTS_PATH) => event_stream(ClientStream {
-                events: self.broadcast.subscribe(),
-            }),
+            (&Method::GET, EVENTS_PATH) => {
+                self.event_requests.fetch_add(1, Ordering::Relaxed);
+                event_stream(ClientStream {
+                    events: self.broadcast.subscribe(),
+                })
+            }
             (&Method::GET, IDLE_PATH) => event_stream(SilentStream {
                 prelude_sent: false,
             }),
@@ -230,13 +251,17 @@ impl Upstream {
             }
             (&Method::POST, "/control/warmup") => {
                 let size = query_value(query, "size").unwrap_or(64) as usize;
-                let event = event_bytes(WARMUP_RUN, 0, sys::monotonic_ns(), size);
+                let event = warmup_bytes(sys::monotonic_ns(), size);
                 let clients = self.broadcast.publish(&event);
                 text_response(format!("clients={clients}"))
             }
             (&Method::GET, "/control/clients") => {
                 text_response(format!("clients={}", self.broadcast.client_count()))
             }
+            (&Method::GET, "/control/requests") => text_response(format!(
+                "requests={}",
+                self.event_requests.load(Ordering::Relaxed)
+            )),
             _ => Response::builder()
                 .status(StatusCode::NOT_FOUND)
                 .body(Full::new(Bytes::from_static(b"not found\n")).boxed()),
@@ -415,6 +440,15 @@ impl UpstreamProcess {
     pub async fn clients(&self) -> Result<usize, String> {
         let text = self.control("GET /control/clients").await?;
         Self::clients_field(&text)
+    }
+
+    /// `GET /sse/events` requests the upstream has answered since it started.
+    pub async fn event_requests(&self) -> Result<u64, String> {
+        let text = self.control("GET /control/requests").await?;
+        text.trim()
+            .strip_prefix("requests=")
+            .and_then(|n| n.parse().ok())
+            .ok_or_else(|| format!("unexpected upstream answer {text:?}"))
     }
 
     fn clients_field(text: &str) -> Result<usize, String> {
