@@ -43,6 +43,8 @@ struct FixedSettings {
     admin: Option<crate::config::AdminSettings>,
     /// The subscriber is built once, at start-up.
     log_format: crate::logging::LogFormat,
+    /// One connection to Redis, made at start-up.
+    cluster: Option<crate::cluster::ClusterSettings>,
 }
 
 impl FixedSettings {
@@ -55,6 +57,7 @@ impl FixedSettings {
             limits: config.limits.clone(),
             admin: config.admin.clone(),
             log_format: config.log_format,
+            cluster: config.cluster.clone(),
         }
     }
 }
@@ -167,7 +170,7 @@ impl Reloader {
         if fixed != self.fixed {
             tracing::warn!(
                 trigger,
-                "listen, redirect_http, threads, client_ca, the connection and stream limits, proxy_protocol, log_format, admin and admin_token take effect only after a restart"
+                "listen, redirect_http, threads, client_ca, the connection and stream limits, proxy_protocol, log_format, admin, admin_token and [cluster] take effect only after a restart"
             );
         }
         let routes = config.effective_routes().len();

@@ -112,6 +112,18 @@ async fn reading(reader: &mut Option<UntilRead<'_>>) -> ReadEnd {
 
 type UntilRead<'a> = std::pin::Pin<Box<dyn std::future::Future<Output = ReadEnd> + Send + 'a>>;
 
+/// Where a new reader resumes the upstream: where the log ends, unless
+/// this instance read further while Redis was away (its own events go on
+/// from the log's last one) or the log is empty (Redis restarted).
+fn resume_point(stream: &SharedStream, logged: Option<String>) -> Option<String> {
+    let local = stream.resume_id();
+    match logged {
+        Some(logged) if local.as_ref().is_some_and(|l| *l != logged) && stream.state().holds(&logged) => local,
+        Some(logged) => Some(logged),
+        None => local,
+    }
+}
+
 impl Hub {
     /// A shared stream in cluster mode, from its first subscriber here
     /// until its last one has gone.
@@ -203,13 +215,11 @@ impl Hub {
                     match cluster.acquire(keys, lease.token.as_deref()).await {
                         Ok(Lease::Held(token)) => {
                             if reader.is_none() {
-                                // Resume where the log ends; an empty log
-                                // (Redis restarted) where this instance is.
-                                let resume = match cluster.history(&keys.log, 1).await {
+                                let logged = match cluster.history(&keys.log, 1).await {
                                     Ok(last) => last.into_iter().next_back().and_then(|e| e.resume),
                                     Err(err) => return Session::RedisDown(err),
-                                }
-                                .or_else(|| stream.resume_id());
+                                };
+                                let resume = resume_point(stream, logged);
                                 tracing::info!(
                                     target: "ssegate::cluster",
                                     stream = %stream.key,
