@@ -240,10 +240,11 @@ async fn reader_among(instances: &mut [SsegateProcess], among: &[usize]) -> usiz
     reader
 }
 
-fn sigkill(pid: u32) {
-    // SAFETY: kill(2) on a child this test started and has not reaped.
-    let killed = unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
-    assert_eq!(killed, 0, "kill -KILL {pid}");
+/// Sends `signal` to `pid`, a child this test started and has not reaped.
+fn signal(pid: u32, signal: libc::c_int) {
+    // SAFETY: kill(2) has no memory-safety preconditions.
+    let sent = unsafe { libc::kill(pid as libc::pid_t, signal) };
+    assert_eq!(sent, 0, "kill -{signal} {pid}");
 }
 
 /// Fails unless every instance is still running.
@@ -614,7 +615,7 @@ async fn one_reader_for_three_instances_and_a_failover(lease: Option<&str>, leas
     upstream.assert_no_more_requests();
 
     let killed_at = Instant::now();
-    sigkill(instances[reader].pid());
+    signal(instances[reader].pid(), libc::SIGKILL);
     let survivors: Vec<usize> = (0..3).filter(|&i| i != reader).collect();
 
     // Another instance takes the lease and asks the upstream for the events
@@ -749,15 +750,17 @@ async fn the_failover_with_the_default_lease() {
 // ---------------------------------------------------------------- b. replay on another instance
 
 /// Fails if a subscriber that reconnects to another instance with
-/// Last-Event-ID misses or repeats an event, in either direction (from the
-/// reader's instance to another, and back).
+/// Last-Event-ID misses or repeats an event: from the reader's instance to
+/// another, back, and to an instance that has no subscriber to the stream
+/// yet (it opens the stream for this one, from the log).
 #[tokio::test]
 async fn a_subscriber_that_moves_to_another_instance_gets_the_events_it_missed() {
     let redis = RedisServer::start().await;
     let mut upstream = PacedUpstream::start().await;
-    let instances = start_instances(2, &redis, upstream.addr, &[]).await;
-    // A witness on each instance keeps the stream open there.
-    let mut witnesses = subscribe_all(&instances, 2, SHARED).await;
+    let instances = start_instances(3, &redis, upstream.addr, &[]).await;
+    // A witness on instances 0 and 1 keeps the stream open there; instance 2
+    // has none.
+    let mut witnesses = subscribe_all(&instances[..2], 2, SHARED).await;
     for witness in &mut witnesses {
         witness
             .wait_until("an event", LIMIT, |r| !r.events.is_empty())
@@ -765,7 +768,7 @@ async fn a_subscriber_that_moves_to_another_instance_gets_the_events_it_missed()
     }
     upstream.next_request(LIMIT).await;
 
-    for (from, to) in [(0, 1), (1, 0)] {
+    for (from, to) in [(0, 1), (1, 0), (0, 2)] {
         let name = format!("a subscriber moving from instance {from} to {to}");
         let mut mover = Subscriber::open(
             name.clone(),
@@ -808,6 +811,75 @@ async fn a_subscriber_that_moves_to_another_instance_gets_the_events_it_missed()
         }
     }
     upstream.assert_no_more_requests();
+}
+
+// ---------------------------------------------------------------- fencing
+
+/// Fails if a reader that stalls (SIGSTOP) past its lease, while another
+/// instance took over, still gets events into the log or to anyone's
+/// subscribers when it wakes up, or keeps reading the upstream.
+#[tokio::test]
+async fn a_reader_that_stalls_past_its_lease_cannot_write_to_the_log_when_it_wakes() {
+    let redis = RedisServer::start().await;
+    let mut upstream = PacedUpstream::start().await;
+    let mut instances =
+        start_instances(2, &redis, upstream.addr, &["--cluster-lease", SHORT_LEASE]).await;
+    let mut subscribers = subscribe_all(&instances, 8, SHARED).await;
+    for subscriber in &mut subscribers {
+        subscriber
+            .wait_until("3 events", LIMIT, |r| r.events.len() >= 3)
+            .await;
+    }
+    upstream.next_request(LIMIT).await;
+    let reader = reader_among(&mut instances, &[0, 1]).await;
+    let other = 1 - reader;
+
+    signal(instances[reader].pid(), libc::SIGSTOP);
+    let second = upstream
+        .next_request(Duration::from_secs(1) + FAILOVER_SLACK)
+        .await;
+    let last_logged: u64 = second
+        .last_event_id
+        .as_deref()
+        .and_then(|id| id.parse().ok())
+        .unwrap_or_else(|| panic!("no numeric Last-Event-ID: {second:?}"));
+    // The other instance's subscribers go on while the old reader sleeps;
+    // the upstream still writes to the old reader's connection meanwhile
+    // (into its socket buffers), as it would to a reader stuck in a pause.
+    for subscriber in subscribers.iter_mut().filter(|s| s.instance == other) {
+        subscriber.wait_for_id(last_logged + 20, LIMIT).await;
+    }
+    signal(instances[reader].pid(), libc::SIGCONT);
+
+    // Every subscriber, on both instances, gets each event once: the first
+    // request's up to the last logged one, then the second's.
+    let until = highest(&subscribers) + 20;
+    for subscriber in &mut subscribers {
+        subscriber.wait_for_id(until, LIMIT).await;
+    }
+    for subscriber in &subscribers {
+        let received = subscriber.snapshot();
+        assert_consecutive(&subscriber.name, &received);
+        for event in &received.events {
+            let n = if event.num() <= last_logged { 1 } else { 2 };
+            assert_eq!(event.text, tick(event.num(), n), "{}", subscriber.name);
+        }
+    }
+    // Nor did anything of the old reader's reach the log after it woke.
+    let logs = logs_under(&redis, "ssegate:").await;
+    let log = logs.values().next().expect("a log");
+    for (i, entry) in log.iter().enumerate() {
+        let id: u64 = entry.id.parse().unwrap_or_else(|_| panic!("{entry:?}"));
+        let n = if id <= last_logged { 1 } else { 2 };
+        assert_eq!(entry.text, format!("{}\n\n", tick(id, n)), "the log");
+        if i > 0 {
+            assert_eq!(log[i - 1].id, (id - 1).to_string(), "the log: {log:?}");
+        }
+    }
+    // The old reader let go of its upstream request: one is left.
+    upstream.open_streams_become(1, LIMIT).await;
+    upstream.assert_no_more_requests();
+    assert_all_running(&mut instances);
 }
 
 // ---------------------------------------------------------------- c. Redis restarted, paused
