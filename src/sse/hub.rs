@@ -13,8 +13,8 @@
 mod cluster;
 
 use std::collections::{HashMap, VecDeque};
-use std::pin::Pin;
 use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{ready, Context, Poll};
@@ -325,7 +325,12 @@ impl SharedStream {
     }
 
     /// Records `event` and sends it to every subscriber.
-    fn send(&self, mut state: MutexGuard<'_, StreamState>, event: ParsedEvent, replay_capacity: usize) {
+    fn send(
+        &self,
+        mut state: MutexGuard<'_, StreamState>,
+        event: ParsedEvent,
+        replay_capacity: usize,
+    ) {
         state.record(&event, replay_capacity);
         self.stats.events_in.fetch_add(1, Ordering::Relaxed);
         // Err only when nobody listens.
@@ -465,7 +470,9 @@ impl Hub {
 
     fn source(&self, path: &str) -> Source {
         match &self.cluster {
-            Some(_) if self.settings.redis_prefixes.iter().any(|p| covers(p, path)) => Source::Redis,
+            Some(_) if self.settings.redis_prefixes.iter().any(|p| covers(p, path)) => {
+                Source::Redis
+            }
             Some(_) => Source::Cluster,
             None => Source::Upstream,
         }
@@ -555,7 +562,13 @@ impl Hub {
     }
 
     /// Starts the task that feeds a new stream.
-    fn spawn_source(self: &Arc<Self>, source: Source, stream: &Arc<SharedStream>, host: String, worker: usize) {
+    fn spawn_source(
+        self: &Arc<Self>,
+        source: Source,
+        stream: &Arc<SharedStream>,
+        host: String,
+        worker: usize,
+    ) {
         let stream = stream.clone();
         match (source, self.cluster.clone()) {
             (Source::Cluster, Some(cluster)) => {
@@ -753,7 +766,12 @@ impl Hub {
     }
 
     /// Relays one upstream response into `sink` until it ends.
-    async fn relay(&self, stream: &Arc<SharedStream>, mut body: ResponseBody, sink: &mut Sink<'_>) -> RelayEnd {
+    async fn relay(
+        &self,
+        stream: &Arc<SharedStream>,
+        mut body: ResponseBody,
+        sink: &mut Sink<'_>,
+    ) -> RelayEnd {
         let mut parser = EventParser::new();
         let idle = tokio::time::sleep(self.settings.idle_timeout);
         tokio::pin!(idle);

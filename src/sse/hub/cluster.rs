@@ -66,7 +66,11 @@ struct Tail {
 }
 
 impl Tail {
-    async fn start(cluster: Arc<Cluster>, key: String, after: String) -> Result<Tail, ClusterError> {
+    async fn start(
+        cluster: Arc<Cluster>,
+        key: String,
+        after: String,
+    ) -> Result<Tail, ClusterError> {
         let mut conn = cluster.tail_connection().await?;
         let (tx, batches) = mpsc::channel(TAIL_QUEUE);
         let task = tokio::spawn(async move {
@@ -118,7 +122,11 @@ type UntilRead<'a> = std::pin::Pin<Box<dyn std::future::Future<Output = ReadEnd>
 fn resume_point(stream: &SharedStream, logged: Option<String>) -> Option<String> {
     let local = stream.resume_id();
     match logged {
-        Some(logged) if local.as_ref().is_some_and(|l| *l != logged) && stream.state().holds(&logged) => local,
+        Some(logged)
+            if local.as_ref().is_some_and(|l| *l != logged) && stream.state().holds(&logged) =>
+        {
+            local
+        }
         Some(logged) => Some(logged),
         None => local,
     }
@@ -142,7 +150,15 @@ impl Hub {
         };
         loop {
             let session = self
-                .cluster_session(&cluster, &keys, &stream, &host, worker, &mut lease, &mut unused)
+                .cluster_session(
+                    &cluster,
+                    &keys,
+                    &stream,
+                    &host,
+                    worker,
+                    &mut lease,
+                    &mut unused,
+                )
                 .await;
             let err = match session {
                 Session::Done(end) => {
@@ -274,11 +290,18 @@ impl Hub {
 
     /// A stream served from the Redis Stream of its path (`--sse-redis`),
     /// plus what is published on the channel of the same name.
-    pub(super) async fn run_redis(self: Arc<Self>, cluster: Arc<Cluster>, stream: Arc<SharedStream>) {
+    pub(super) async fn run_redis(
+        self: Arc<Self>,
+        cluster: Arc<Cluster>,
+        stream: Arc<SharedStream>,
+    ) {
         let key = cluster.source_key(&stream.key);
         let mut unused = self.until_unused(&stream);
         loop {
-            let err = match self.redis_session(&cluster, &key, &stream, &mut unused).await {
+            let err = match self
+                .redis_session(&cluster, &key, &stream, &mut unused)
+                .await
+            {
                 Ok(end) => return self.finish(&stream, end),
                 Err(err) => err,
             };
