@@ -210,7 +210,12 @@ pub struct ClusterArgs {
     /// Stream, every instance serves its clients from it, and a client
     /// reconnecting to any instance gets its missed events. Config file:
     /// `[cluster] redis = "..."`.
-    #[arg(long, value_name = "URL", env = "SSEGATE_CLUSTER", hide_env_values = true)]
+    #[arg(
+        long,
+        value_name = "URL",
+        env = "SSEGATE_CLUSTER",
+        hide_env_values = true
+    )]
     pub cluster: Option<String>,
 
     /// Prefix of every Redis key ssegate uses.

@@ -154,14 +154,12 @@ pub fn parse_url(url: &str) -> std::result::Result<redis::Client, String> {
 
 impl Cluster {
     /// No connection is made here: Redis may be down when ssegate starts.
-    pub fn new(settings: ClusterSettings, metrics: ClusterMetrics) -> std::result::Result<Self, String> {
+    pub fn new(
+        settings: ClusterSettings,
+        metrics: ClusterMetrics,
+    ) -> std::result::Result<Self, String> {
         let client = parse_url(&settings.redis)?;
-        let instance = format!(
-            "{}-{}-{:08x}",
-            hostname(),
-            std::process::id(),
-            rand_u32()
-        );
+        let instance = format!("{}-{}-{:08x}", hostname(), std::process::id(), rand_u32());
         Ok(Cluster {
             settings,
             client,
@@ -322,8 +320,13 @@ impl Cluster {
         let Ok(mut conn) = self.commands().await else {
             return;
         };
-        let released: Result<i64> =
-            timed(self.release.key(&keys.lease).arg(token).invoke_async(&mut conn)).await;
+        let released: Result<i64> = timed(
+            self.release
+                .key(&keys.lease)
+                .arg(token)
+                .invoke_async(&mut conn),
+        )
+        .await;
         if let Err(err) = released {
             tracing::debug!(target: "ssegate::cluster", error = %err, "cluster: lease not released; it expires");
         }
@@ -409,9 +412,7 @@ impl Cluster {
 }
 
 /// Runs a Redis command with the command timeout.
-async fn timed<T>(
-    command: impl std::future::Future<Output = redis::RedisResult<T>>,
-) -> Result<T> {
+async fn timed<T>(command: impl std::future::Future<Output = redis::RedisResult<T>>) -> Result<T> {
     match tokio::time::timeout(COMMAND_TIMEOUT, command).await {
         Ok(result) => Ok(result?),
         Err(_) => Err(ClusterError::Timeout(COMMAND_TIMEOUT)),
@@ -470,7 +471,10 @@ pub fn decode(entry: &StreamId) -> Option<LogEvent> {
     out.extend_from_slice(b"\n");
     if let Some(event) = field(entry, "event").filter(|e| !e.is_empty()) {
         // One line: a line break would start a field of its own.
-        let event = event.split(|b| *b == b'\n' || *b == b'\r').next().unwrap_or_default();
+        let event = event
+            .split(|b| *b == b'\n' || *b == b'\r')
+            .next()
+            .unwrap_or_default();
         out.extend_from_slice(b"event: ");
         out.extend_from_slice(event);
         out.extend_from_slice(b"\n");
@@ -552,7 +556,11 @@ mod tests {
 
     #[test]
     fn an_upstream_event_keeps_its_bytes_and_id() {
-        let e = decode(&entry("1-0", &[("raw", "id: 7\ndata: x\n\n"), ("sid", "7"), ("resume", "7")])).unwrap();
+        let e = decode(&entry(
+            "1-0",
+            &[("raw", "id: 7\ndata: x\n\n"), ("sid", "7"), ("resume", "7")],
+        ))
+        .unwrap();
         assert_eq!(e.event.raw, "id: 7\ndata: x\n\n");
         assert_eq!(e.event.id.as_deref(), Some("7"));
         assert_eq!(e.resume.as_deref(), Some("7"));
@@ -592,7 +600,10 @@ mod tests {
             ClusterMetrics::default(),
         )
         .unwrap();
-        assert_eq!(cluster.source_key("/events/orders"), "ssegate:events:orders");
+        assert_eq!(
+            cluster.source_key("/events/orders"),
+            "ssegate:events:orders"
+        );
         let keys = cluster.stream_keys("/", "/live?x=1");
         assert_eq!(keys.log, "ssegate:shared:{/|/live?x=1}:log");
     }

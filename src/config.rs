@@ -242,7 +242,10 @@ impl Default for StreamSettings {
 
 impl StreamSettings {
     fn from_args(args: &StreamArgs) -> Result<Self, StartError> {
-        let prefixes = [("--sse-shared", &args.sse_shared), ("--sse-redis", &args.sse_redis)];
+        let prefixes = [
+            ("--sse-shared", &args.sse_shared),
+            ("--sse-redis", &args.sse_redis),
+        ];
         for (flag, list) in prefixes {
             if let Some(prefix) = list.iter().find(|p| !p.starts_with('/')) {
                 return Err(StartError::Config(format!(

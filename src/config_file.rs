@@ -270,7 +270,12 @@ impl Reader {
 
     /// `[cluster]`: `redis`, `key_prefix`, `lease`, read as the options
     /// `--cluster`, `--cluster-key-prefix`, `--cluster-lease`.
-    fn cluster(&mut self, value: &Value<'_>, cmd: &Command, given_elsewhere: &impl Fn(&str) -> bool) {
+    fn cluster(
+        &mut self,
+        value: &Value<'_>,
+        cmd: &Command,
+        given_elsewhere: &impl Fn(&str) -> bool,
+    ) {
         let DeValue::Table(table) = value.get_ref() else {
             return;
         };

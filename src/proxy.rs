@@ -20,6 +20,7 @@ use tokio_util::sync::CancellationToken;
 
 use arc_swap::ArcSwap;
 
+use crate::cluster::Cluster;
 use crate::config::{Config, RouteConfig, UpstreamGroup};
 use crate::error::{BoxError, ProxyError};
 use crate::http1::Framing;
@@ -28,7 +29,6 @@ use crate::message::{Fields, RequestHead, ResponseHead};
 use crate::metrics::{Metrics, RequestMetrics, RouteMetrics};
 use crate::routes::RouteTable;
 use crate::rules::{self, Forwarding, WebSocket};
-use crate::cluster::Cluster;
 use crate::sse::hub::{Hub, HubSettings};
 use crate::sse::{AccessLog, BodyKind, Outcome, RelayBody, RelaySettings, RouteLabel};
 use crate::upstream::{
@@ -479,7 +479,9 @@ impl Routing {
                     idle_timeout: route.sse_idle_timeout,
                     base_path: base_path.clone(),
                     redis_prefixes: route.streams.redis_prefixes.clone(),
-                    route: RouteLabel::new(route.host.as_ref(), &route.path, "").route.into(),
+                    route: RouteLabel::new(route.host.as_ref(), &route.path, "")
+                        .route
+                        .into(),
                 };
                 let kept_hub = old.and_then(|old| {
                     old.routes

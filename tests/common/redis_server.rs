@@ -45,7 +45,8 @@ impl RedisServer {
         let deadline = tokio::time::Instant::now() + WAIT_LIMIT;
         loop {
             if let Ok(mut conn) = self.try_connection().await {
-                let pong: redis::RedisResult<String> = redis::cmd("PING").query_async(&mut conn).await;
+                let pong: redis::RedisResult<String> =
+                    redis::cmd("PING").query_async(&mut conn).await;
                 if pong.is_ok() {
                     return;
                 }
@@ -67,7 +68,9 @@ impl RedisServer {
 
     /// A new connection to the server.
     pub async fn connection(&self) -> redis::aio::MultiplexedConnection {
-        self.try_connection().await.expect("connect to redis-server")
+        self.try_connection()
+            .await
+            .expect("connect to redis-server")
     }
 
     /// Kills the server (SIGKILL: what it held is gone).

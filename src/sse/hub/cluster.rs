@@ -66,7 +66,11 @@ struct Tail {
 }
 
 impl Tail {
-    async fn start(cluster: Arc<Cluster>, key: String, after: String) -> Result<Tail, ClusterError> {
+    async fn start(
+        cluster: Arc<Cluster>,
+        key: String,
+        after: String,
+    ) -> Result<Tail, ClusterError> {
         let mut conn = cluster.tail_connection().await?;
         let (tx, batches) = mpsc::channel(TAIL_QUEUE);
         let task = tokio::spawn(async move {
@@ -118,7 +122,11 @@ type UntilRead<'a> = std::pin::Pin<Box<dyn std::future::Future<Output = ReadEnd>
 fn resume_point(stream: &SharedStream, logged: Option<String>) -> Option<String> {
     let local = stream.resume_id();
     match logged {
-        Some(logged) if local.as_ref().is_some_and(|l| *l != logged) && stream.state().holds(&logged) => local,
+        Some(logged)
+            if local.as_ref().is_some_and(|l| *l != logged) && stream.state().holds(&logged) =>
+        {
+            local
+        }
         Some(logged) => Some(logged),
         None => local,
     }
@@ -142,7 +150,15 @@ impl Hub {
         };
         loop {
             let session = self
-                .cluster_session(&cluster, &keys, &stream, &host, worker, &mut lease, &mut unused)
+                .cluster_session(
+                    &cluster,
+                    &keys,
+                    &stream,
+                    &host,
+                    worker,
+                    &mut lease,
+                    &mut unused,
+                )
                 .await;
             let err = match session {
                 Session::Done(end) => {
@@ -274,11 +290,18 @@ impl Hub {
 
     /// A stream served from the Redis Stream of its path (`--sse-redis`),
     /// plus what is published on the channel of the same name.
-    pub(super) async fn run_redis(self: Arc<Self>, cluster: Arc<Cluster>, stream: Arc<SharedStream>) {
+    pub(super) async fn run_redis(
+        self: Arc<Self>,
+        cluster: Arc<Cluster>,
+        stream: Arc<SharedStream>,
+    ) {
         let key = cluster.source_key(&stream.key);
         let mut unused = self.until_unused(&stream);
         loop {
-            let err = match self.redis_session(&cluster, &key, &stream, &mut unused).await {
+            let err = match self
+                .redis_session(&cluster, &key, &stream, &mut unused)
+                .await
+            {
                 Ok(end) => return self.finish(&stream, end),
                 Err(err) => err,
             };
@@ -333,5 +356,43 @@ impl Hub {
                 () = self.shutdown.cancelled() => return Ok(ReadEnd::Shutdown),
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::metrics::HubMetrics;
+    use crate::sse::parser::ParsedEvent;
+
+    fn publish(stream: &SharedStream, id: &str) {
+        let event = ParsedEvent {
+            raw: bytes::Bytes::from(format!("id: {id}\ndata: {id}\n\n")),
+            id: Some(id.to_owned()),
+            retry: None,
+            has_data: true,
+        };
+        stream.publish(event, 10);
+    }
+
+    #[test]
+    fn a_new_reader_resumes_where_the_log_ends_unless_it_read_further() {
+        let stream = SharedStream::new("/s".into(), 4, HubMetrics::default());
+        // Nothing here, nothing logged: from the start.
+        assert_eq!(resume_point(&stream, None), None);
+        publish(&stream, "1");
+        publish(&stream, "2");
+        // The log is empty (Redis restarted): where this instance is.
+        assert_eq!(resume_point(&stream, None).as_deref(), Some("2"));
+        // The log ends at 1, which this instance has, and it read 2 on its own.
+        assert_eq!(
+            resume_point(&stream, Some("1".into())).as_deref(),
+            Some("2")
+        );
+        // The log ends at 9, which this instance has not seen: the log's.
+        assert_eq!(
+            resume_point(&stream, Some("9".into())).as_deref(),
+            Some("9")
+        );
     }
 }
