@@ -921,6 +921,21 @@ fn readers_cell(r: &ClusterResult) -> String {
         .join(", ")
 }
 
+/// "evalsha 1.00, xread 3.01": the commands redis-server ran per
+/// published event (the warm-up's few events included), most called first;
+/// "-" for layouts without Redis.
+fn redis_calls_cell(r: &ClusterResult, events: u64) -> String {
+    if r.redis_calls.is_empty() {
+        return "-".into();
+    }
+    r.redis_calls
+        .iter()
+        .take(6)
+        .map(|(name, calls)| format!("{name} {:.2}", *calls as f64 / events.max(1) as f64))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 fn cluster_table(md: &mut String, results: &Results, info: &RunInfo) {
     let sizes = &info.sizes;
     let rounds = results.cluster.iter().map(|r| r.round).max().unwrap_or(0);
@@ -941,7 +956,9 @@ fn cluster_table(md: &mut String, results: &Results, info: &RunInfo) {
          twice. \"upstream requests\" counts the `GET /sse/events` requests the upstream answered from the \
          instances' start to their stop (right: 1 for one instance and for the cluster, 3 without Redis); \
          \"reader\" is the instance that logged `cluster: reading the upstream`. CPU is utime+stime during \
-         the run, per delivered event, of all the instances together and of redis-server. Everything (the \
+         the run, per delivered event, of all the instances together and of redis-server; \"redis commands \
+         per event\" divides the commands redis-server ran from `CONFIG RESETSTAT` before the run's first \
+         event to its last delivery (`INFO commandstats`) by the events published. Everything (the \
          instances, redis-server, the upstream and the load generator) shares the machine's 2 cores. This \
          ran in {rounds} round{plural}, each taking every layout over every protocol in turn; each cell is the \
          layout's round with the median p99 (\"by round\" lists every round; \"lost, all rounds\" sums \
@@ -982,6 +999,7 @@ fn cluster_table(md: &mut String, results: &Results, info: &RunInfo) {
         .map(|&l| (vec![l.label().to_string()], l))
         .collect();
     let h = |s: &ClusterSummary| s.median.events.latency_us.clone();
+    let events = sizes.cluster_events;
     side_by_side(
         md,
         protocols,
@@ -1052,6 +1070,9 @@ fn cluster_table(md: &mut String, results: &Results, info: &RunInfo) {
             }),
             ("redis CPU us/event", &|s: &ClusterSummary| {
                 opt(s.median.redis_cpu_us_per_event(), 2)
+            }),
+            ("redis commands per event", &|s: &ClusterSummary| {
+                redis_calls_cell(s.median, events)
             }),
             ("p99 ÷ 1 instance", &|s: &ClusterSummary| {
                 ratio(
@@ -1694,6 +1715,7 @@ fn to_json(info: &RunInfo, results: &Results) -> Value {
             "instances_cpu_us_per_event": r.proxy_cpu_us_per_event(),
             "redis_cpu_seconds": r.redis_cpu_seconds,
             "redis_cpu_us_per_event": r.redis_cpu_us_per_event(),
+            "redis_calls": r.redis_calls.iter().map(|(name, calls)| json!({"command": name, "calls": calls})).collect::<Vec<_>>(),
         })).collect::<Vec<_>>(),
         "redis_version": results.redis_version,
         "failures": results.failures,

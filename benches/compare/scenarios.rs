@@ -394,6 +394,10 @@ pub struct ClusterResult {
     pub proxy_cpu_seconds: Option<f64>,
     /// CPU of redis-server during the run (cluster layout only).
     pub redis_cpu_seconds: Option<f64>,
+    /// Commands redis-server ran while the events were published and
+    /// delivered (`INFO commandstats` after `CONFIG RESETSTAT`), most
+    /// called first (cluster layout only).
+    pub redis_calls: Vec<(String, u64)>,
 }
 
 impl ClusterResult {
@@ -1117,6 +1121,12 @@ impl Bench {
                 .map(|i| i.usage().map(|u| u.cpu_seconds))
                 .sum()
         };
+        let cluster = layout == ClusterLayout::Cluster;
+        if cluster {
+            if let Err(err) = redis.command(&["CONFIG", "RESETSTAT"]).await {
+                results.notes.push(format!("{label}: {err}"));
+            }
+        }
         let proxy_before = cpu(&instances);
         let redis_before = redis.usage();
         let published = self
@@ -1134,6 +1144,17 @@ impl Bench {
         batch.wait_complete(sizes.drain).await;
         let proxy_after = cpu(&instances);
         let redis_after = redis.usage();
+        let redis_calls = if cluster {
+            match redis.command(&["INFO", "commandstats"]).await {
+                Ok(info) => command_calls(&info),
+                Err(err) => {
+                    results.notes.push(format!("{label}: {err}"));
+                    Vec::new()
+                }
+            }
+        } else {
+            Vec::new()
+        };
         let (events, by_instance) = batch.finish_by_target().await;
         // The instances notice that a client left when they next write to it.
         for _ in 0..2 {
@@ -1224,6 +1245,9 @@ impl Bench {
             upstream_requests.map_or("?".into(), |n| n.to_string()),
             readers
         );
+        if !redis_calls.is_empty() {
+            println!("  {label}: redis commands {redis_calls:?}");
+        }
         results.cluster.push(ClusterResult {
             layout,
             protocol,
@@ -1233,7 +1257,8 @@ impl Bench {
             upstream_requests,
             readers,
             proxy_cpu_seconds: spent(proxy_before, proxy_after),
-            redis_cpu_seconds: (layout == ClusterLayout::Cluster)
+            redis_calls,
+            redis_cpu_seconds: cluster
                 .then(|| {
                     spent(
                         redis_before.map(|u| u.cpu_seconds),
@@ -1244,6 +1269,25 @@ impl Bench {
         });
         true
     }
+}
+
+/// `cmdstat_xadd:calls=200,usec=...` lines of `INFO commandstats` as
+/// (command, calls), most called first.
+fn command_calls(info: &str) -> Vec<(String, u64)> {
+    let mut calls: Vec<(String, u64)> = info
+        .lines()
+        .filter_map(|line| {
+            let (name, stats) = line.trim().strip_prefix("cmdstat_")?.split_once(':')?;
+            let calls = stats
+                .split(',')
+                .find_map(|kv| kv.strip_prefix("calls="))?
+                .parse()
+                .ok()?;
+            Some((name.to_owned(), calls))
+        })
+        .collect();
+    calls.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+    calls
 }
 
 /// Records the cluster fan-out's ssegate (as ssegate-shared, which it is
