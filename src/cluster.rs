@@ -384,6 +384,33 @@ impl Cluster {
         Ok(events)
     }
 
+    /// The entries of `key` after entry ID `after` up to `up_to` (both
+    /// entry IDs), at most `count`, oldest first. An `after` that is not
+    /// an entry ID (`<ms>-<seq>`) has nothing after it here.
+    pub async fn range(
+        &self,
+        key: &str,
+        after: &str,
+        up_to: &str,
+        count: usize,
+    ) -> Result<Vec<LogEvent>> {
+        if !is_entry_id(after) {
+            return Ok(Vec::new());
+        }
+        let mut conn = self.commands().await?;
+        let reply: redis::streams::StreamRangeReply = timed(
+            redis::cmd("XRANGE")
+                .arg(key)
+                .arg(format!("({after}"))
+                .arg(up_to)
+                .arg("COUNT")
+                .arg(count)
+                .query_async(&mut conn),
+        )
+        .await?;
+        Ok(reply.ids.iter().filter_map(decode).collect())
+    }
+
     /// The entries of `log` after entry `after`, waiting up to a few
     /// seconds for one (an empty batch then).
     pub async fn read_after(
@@ -409,6 +436,18 @@ impl Cluster {
             .filter_map(|entry| decode(&entry))
             .collect())
     }
+}
+
+/// Whether `id` is a full Redis Stream entry ID, `<ms>-<seq>` (a bare
+/// number is more likely an application's own ID).
+fn is_entry_id(id: &str) -> bool {
+    let mut parts = id.split('-');
+    let mut number = || {
+        parts
+            .next()
+            .is_some_and(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
+    };
+    number() && number() && parts.next().is_none()
 }
 
 /// Runs a Redis command with the command timeout.
@@ -582,6 +621,15 @@ mod tests {
         assert_eq!(e.event.id.as_deref(), Some("42"));
         // Neither raw nor data: not an event.
         assert!(decode(&entry("9-2", &[("other", "x")])).is_none());
+    }
+
+    #[test]
+    fn only_full_entry_ids_are_read_as_positions() {
+        assert!(is_entry_id("1733500000000-0"));
+        assert!(!is_entry_id("42"));
+        assert!(!is_entry_id("1-2-3"));
+        assert!(!is_entry_id("a-1"));
+        assert!(!is_entry_id("-1"));
     }
 
     #[test]

@@ -126,6 +126,9 @@ struct StreamState {
     /// from. The same as `last_id`, except for events whose ID the
     /// cluster's log gave them.
     resume_id: Option<String>,
+    /// The Redis entry ID of the newest logged event, for a stream fed
+    /// from Redis.
+    newest_entry: Option<String>,
 }
 
 impl StreamState {
@@ -138,6 +141,7 @@ impl StreamState {
             retry: None,
             last_id: None,
             resume_id: None,
+            newest_entry: None,
         }
     }
 
@@ -243,12 +247,14 @@ impl SharedStream {
     /// Registers a subscriber: the `retry:` line, missed events from the
     /// replay buffer, then live events. Under the state lock, so no event
     /// falls between replay and live or arrives twice.
-    fn add_subscriber(
-        &self,
-        last_event_id: Option<&str>,
-    ) -> (VecDeque<Bytes>, broadcast::Receiver<Bytes>) {
+    ///
+    /// Also returns, when the ID was not in the buffer, the entry ID of the
+    /// newest event from a Redis log so far: the events between the two
+    /// may still be in Redis.
+    fn add_subscriber(&self, last_event_id: Option<&str>) -> Joined {
         let state = self.state();
         let mut initial = VecDeque::new();
+        let mut missed_up_to = None;
         if let Some(retry) = state.retry {
             initial.push_back(Bytes::from(format!("retry: {retry}\n\n")));
         }
@@ -258,15 +264,22 @@ impl SharedStream {
                 .iter()
                 .rposition(|e| e.last_id.as_deref() == Some(id));
             self.metrics.replay(seen.is_some());
-            if let Some(seen) = seen {
-                initial.extend(state.replay.iter().skip(seen + 1).map(|e| e.raw.clone()));
+            match seen {
+                Some(seen) => {
+                    initial.extend(state.replay.iter().skip(seen + 1).map(|e| e.raw.clone()))
+                }
+                None => missed_up_to = state.newest_entry.clone(),
             }
         }
         let rx = state.live.subscribe();
         self.stats
             .subscribers
             .store(state.live.receiver_count(), Ordering::Relaxed);
-        (initial, rx)
+        Joined {
+            initial,
+            rx,
+            missed_up_to,
+        }
     }
 
     /// Records an upstream event and publishes it to every subscriber. A
@@ -291,6 +304,7 @@ impl SharedStream {
         if logged.resume.is_some() {
             state.resume_id = logged.resume;
         }
+        state.newest_entry = Some(logged.entry);
         self.send(state, logged.event, replay_capacity);
         true
     }
@@ -310,6 +324,7 @@ impl SharedStream {
                     state.resume_id = logged.resume;
                 }
             }
+            state.newest_entry.clone_from(&newest);
             return newest;
         }
         let common = events
@@ -368,6 +383,18 @@ impl SharedStream {
         self.stats.subscribers.store(0, Ordering::Relaxed);
     }
 }
+
+/// A new subscriber's start (see `SharedStream::add_subscriber`).
+struct Joined {
+    initial: VecDeque<Bytes>,
+    rx: broadcast::Receiver<Bytes>,
+    missed_up_to: Option<String>,
+}
+
+/// Most events a subscriber to a Redis-sourced stream is sent from Redis
+/// at once when its Last-Event-ID is older than the replay buffer: its
+/// response ends after them and the browser reconnects for the next page.
+const REDIS_REPLAY_PAGE: usize = 10_000;
 
 /// All shared streams of one proxy.
 pub struct Hub {
@@ -552,13 +579,37 @@ impl Hub {
             Err(_) => Err(ProxyError::UpstreamTimeout(self.settings.response_timeout)),
         };
         let target = live?;
-        let (initial, rx) = match joined {
+        let Joined {
+            mut initial,
+            rx,
+            missed_up_to,
+        } = match joined {
             Some(joined) => joined,
             None => stream.add_subscriber(last_event_id),
         };
         // Joined: no longer waiting.
         drop(waiting);
-        Ok((Subscription::new(initial, rx, stream), target))
+        let mut subscription_ends = false;
+        if let (Source::Redis, Some(after), Some(up_to), Some(cluster)) =
+            (source, last_event_id, missed_up_to, &self.cluster)
+        {
+            // Older than the replay buffer: the rest may be in Redis.
+            let key = cluster.source_key(&stream.key);
+            match cluster.range(&key, after, &up_to, REDIS_REPLAY_PAGE).await {
+                Ok(events) => {
+                    subscription_ends = events.len() == REDIS_REPLAY_PAGE;
+                    initial.extend(events.into_iter().map(|e| e.event.raw));
+                }
+                Err(err) => {
+                    tracing::warn!(stream = %stream.key, error = %err, "replay from redis failed; the subscriber starts live");
+                }
+            }
+        }
+        let mut subscription = Subscription::new(initial, rx, stream);
+        if subscription_ends {
+            subscription.end_after_initial();
+        }
+        Ok((subscription, target))
     }
 
     /// Starts the task that feeds a new stream.
@@ -916,6 +967,14 @@ async fn receive(mut rx: broadcast::Receiver<Bytes>) -> Received {
 }
 
 impl Subscription {
+    /// Sends what it has to replay, then ends (the client reconnects
+    /// with the last ID it got).
+    fn end_after_initial(&mut self) {
+        if self.next.take().is_some() {
+            self.stream.subscriber_left.notify_one();
+        }
+    }
+
     fn new(
         initial: VecDeque<Bytes>,
         rx: broadcast::Receiver<Bytes>,
@@ -1027,7 +1086,9 @@ mod tests {
         for i in 1..=5 {
             s.publish(event(&i.to_string()), 3);
         }
-        let (initial, _rx) = s.add_subscriber(Some("3"));
+        let Joined {
+            initial, rx: _rx, ..
+        } = s.add_subscriber(Some("3"));
         assert_eq!(
             initial,
             vec![
@@ -1036,7 +1097,9 @@ mod tests {
             ]
         );
         // "1" fell out of the 3-event buffer: start live.
-        let (initial, _rx) = s.add_subscriber(Some("1"));
+        let Joined {
+            initial, rx: _rx, ..
+        } = s.add_subscriber(Some("1"));
         assert!(initial.is_empty());
     }
 
@@ -1045,7 +1108,7 @@ mod tests {
         use http_body_util::BodyExt;
         let s = Arc::new(stream());
         let subscribe = || {
-            let (initial, rx) = s.add_subscriber(None);
+            let Joined { initial, rx, .. } = s.add_subscriber(None);
             Subscription::new(initial, rx, s.clone())
         };
         let (mut fast, mut slow) = (subscribe(), subscribe());
@@ -1089,11 +1152,15 @@ mod tests {
     #[test]
     fn a_first_history_is_kept_for_replay_without_being_sent() {
         let s = stream();
-        let (_, mut live) = s.add_subscriber(None);
+        let Joined {
+            initial: _,
+            rx: mut live,
+            ..
+        } = s.add_subscriber(None);
         let newest = s.load_history(vec![logged("1-0", "1"), logged("2-0", "2")], 10);
         assert_eq!(newest.as_deref(), Some("2-0"));
         assert!(live.try_recv().is_err(), "history is not sent live");
-        let (initial, _) = s.add_subscriber(Some("1"));
+        let Joined { initial, rx: _, .. } = s.add_subscriber(Some("1"));
         assert_eq!(ids(&initial), ["id: 2"]);
         assert_eq!(s.resume_id().as_deref(), Some("2"));
     }
@@ -1104,7 +1171,11 @@ mod tests {
         // Read from the upstream while Redis was away.
         s.publish(event("1"), 10);
         s.publish(event("2"), 10);
-        let (_, mut live) = s.add_subscriber(None);
+        let Joined {
+            initial: _,
+            rx: mut live,
+            ..
+        } = s.add_subscriber(None);
         // Rejoining: the log has 1 and 2 from another reader, then 3.
         s.load_history(
             vec![logged("1-0", "1"), logged("2-0", "2"), logged("3-0", "3")],
@@ -1122,7 +1193,11 @@ mod tests {
     fn a_rejoin_without_a_common_event_sends_nothing_old() {
         let s = stream();
         s.publish(event("a"), 10);
-        let (_, mut live) = s.add_subscriber(None);
+        let Joined {
+            initial: _,
+            rx: mut live,
+            ..
+        } = s.add_subscriber(None);
         s.load_history(vec![logged("1-0", "x"), logged("2-0", "y")], 10);
         assert!(live.try_recv().is_err());
     }
@@ -1133,7 +1208,7 @@ mod tests {
         let s = Arc::new(stream_counted(metrics.hub()));
         s.publish(event("1"), 10);
         let subscribe = |last_id: Option<&str>| {
-            let (initial, rx) = s.add_subscriber(last_id);
+            let Joined { initial, rx, .. } = s.add_subscriber(last_id);
             Subscription::new(initial, rx, s.clone())
         };
         let (a, b) = (subscribe(Some("1")), subscribe(Some("gone")));
