@@ -123,6 +123,24 @@ pub struct LogEvent {
     pub resume: Option<String>,
 }
 
+/// Entries read from a Redis Stream: the events among them, and the ID of
+/// the last entry read, event or not (where the next read starts).
+#[derive(Debug, Default)]
+pub struct Batch {
+    pub events: Vec<LogEvent>,
+    pub last_entry: Option<String>,
+}
+
+impl Batch {
+    /// Entries in stream order.
+    fn of(entries: Vec<StreamId>) -> Batch {
+        Batch {
+            last_entry: entries.last().map(|e| e.id.clone()),
+            events: entries.iter().filter_map(decode).collect(),
+        }
+    }
+}
+
 pub struct Cluster {
     settings: ClusterSettings,
     client: redis::Client,
@@ -367,7 +385,7 @@ impl Cluster {
     }
 
     /// The newest `count` entries of `log`, oldest first.
-    pub async fn history(&self, log: &str, count: usize) -> Result<Vec<LogEvent>> {
+    pub async fn history(&self, log: &str, count: usize) -> Result<Batch> {
         let mut conn = self.commands().await?;
         let reply: redis::streams::StreamRangeReply = timed(
             redis::cmd("XREVRANGE")
@@ -379,9 +397,9 @@ impl Cluster {
                 .query_async(&mut conn),
         )
         .await?;
-        let mut events: Vec<LogEvent> = reply.ids.iter().filter_map(decode).collect();
-        events.reverse();
-        Ok(events)
+        let mut entries = reply.ids;
+        entries.reverse();
+        Ok(Batch::of(entries))
     }
 
     /// The entries of `key` after entry ID `after` up to `up_to` (both
@@ -418,7 +436,7 @@ impl Cluster {
         conn: &mut MultiplexedConnection,
         log: &str,
         after: &str,
-    ) -> Result<Vec<LogEvent>> {
+    ) -> Result<Batch> {
         let reply: Option<redis::streams::StreamReadReply> = redis::cmd("XREAD")
             .arg("COUNT")
             .arg(TAIL_BATCH)
@@ -429,12 +447,13 @@ impl Cluster {
             .arg(after)
             .query_async(conn)
             .await?;
-        Ok(reply
-            .into_iter()
-            .flat_map(|reply| reply.keys)
-            .flat_map(|key| key.ids)
-            .filter_map(|entry| decode(&entry))
-            .collect())
+        Ok(Batch::of(
+            reply
+                .into_iter()
+                .flat_map(|reply| reply.keys)
+                .flat_map(|key| key.ids)
+                .collect(),
+        ))
     }
 }
 

@@ -31,7 +31,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::sync::ReusableBoxFuture;
 
 use super::parser::{EventParser, ParsedEvent};
-use crate::cluster::{Cluster, ClusterError, LogEvent, StreamKeys};
+use crate::cluster::{Batch, Cluster, ClusterError, LogEvent, StreamKeys};
 use crate::error::ProxyError;
 use crate::http1::Framing;
 use crate::message::{Fields, RequestHead};
@@ -293,12 +293,14 @@ impl SharedStream {
         self.send(state, event, replay_capacity);
     }
 
-    /// Publishes an event read from a Redis log, unless an event with its
-    /// ID was sent already (this instance read it from the upstream itself
-    /// while Redis was away). False if skipped.
-    fn publish_logged(&self, logged: LogEvent, replay_capacity: usize) -> bool {
+    /// Publishes an event read from a Redis Stream. With `skip_sent` (a
+    /// cluster's log), not if an event with its ID was sent already: this
+    /// instance read it from the upstream itself while Redis was away.
+    /// False if skipped.
+    fn publish_logged(&self, logged: LogEvent, replay_capacity: usize, skip_sent: bool) -> bool {
         let mut state = self.state();
-        if logged.event.id.as_deref().is_some_and(|id| state.holds(id)) {
+        if skip_sent && logged.event.id.as_deref().is_some_and(|id| state.holds(id)) {
+            state.newest_entry = Some(logged.entry);
             return false;
         }
         if logged.resume.is_some() {
@@ -309,34 +311,39 @@ impl SharedStream {
         true
     }
 
-    /// Loads a log's newest events (oldest first) and returns the newest
-    /// one's entry ID. The first time, they are history: kept for replay,
-    /// not sent, since the subscribers here start live. After Redis was
-    /// away, the events after the newest one this instance also has are
-    /// sent: its subscribers have not seen them.
-    fn load_history(&self, events: Vec<LogEvent>, replay_capacity: usize) -> Option<String> {
-        let newest = events.last().map(|e| e.entry.clone());
+    /// The entry ID of the newest event read from a Redis Stream, if any:
+    /// where reading goes on after Redis was away.
+    fn newest_entry(&self) -> Option<String> {
+        self.state().newest_entry.clone()
+    }
+
+    /// Loads a log's newest events, the first time the stream reads it.
+    /// A stream that has sent nothing yet keeps them as history: for
+    /// replay, not sent, since its subscribers start live. One that read
+    /// its upstream on its own while Redis was away sends what follows the
+    /// newest event it has too, or (none in common) every event it has not
+    /// sent.
+    fn load_history(&self, history: Batch, replay_capacity: usize) {
         let mut state = self.state();
+        state.newest_entry.clone_from(&history.last_entry);
         if state.replay.is_empty() && state.last_id.is_none() {
-            for logged in events {
+            for logged in history.events {
                 state.record(&logged.event, replay_capacity);
                 if logged.resume.is_some() {
                     state.resume_id = logged.resume;
                 }
             }
-            state.newest_entry.clone_from(&newest);
-            return newest;
+            return;
         }
-        let common = events
+        let common = history
+            .events
             .iter()
             .rposition(|e| e.event.id.as_deref().is_some_and(|id| state.holds(id)));
         drop(state);
-        if let Some(common) = common {
-            for logged in events.into_iter().skip(common + 1) {
-                self.publish_logged(logged, replay_capacity);
-            }
+        let start = common.map_or(0, |common| common + 1);
+        for logged in history.events.into_iter().skip(start) {
+            self.publish_logged(logged, replay_capacity, true);
         }
-        newest
     }
 
     /// Records `event` and sends it to every subscriber.
@@ -1136,6 +1143,13 @@ mod tests {
         }
     }
 
+    fn batch(events: Vec<LogEvent>) -> Batch {
+        Batch {
+            last_entry: events.last().map(|e| e.entry.clone()),
+            events,
+        }
+    }
+
     fn ids(initial: &VecDeque<Bytes>) -> Vec<String> {
         initial
             .iter()
@@ -1157,8 +1171,8 @@ mod tests {
             rx: mut live,
             ..
         } = s.add_subscriber(None);
-        let newest = s.load_history(vec![logged("1-0", "1"), logged("2-0", "2")], 10);
-        assert_eq!(newest.as_deref(), Some("2-0"));
+        s.load_history(batch(vec![logged("1-0", "1"), logged("2-0", "2")]), 10);
+        assert_eq!(s.newest_entry().as_deref(), Some("2-0"));
         assert!(live.try_recv().is_err(), "history is not sent live");
         let Joined { initial, rx: _, .. } = s.add_subscriber(Some("1"));
         assert_eq!(ids(&initial), ["id: 2"]);
@@ -1178,19 +1192,28 @@ mod tests {
         } = s.add_subscriber(None);
         // Rejoining: the log has 1 and 2 from another reader, then 3.
         s.load_history(
-            vec![logged("1-0", "1"), logged("2-0", "2"), logged("3-0", "3")],
+            batch(vec![
+                logged("1-0", "1"),
+                logged("2-0", "2"),
+                logged("3-0", "3"),
+            ]),
             10,
         );
         assert_eq!(live.try_recv().unwrap(), Bytes::from("id: 3\ndata: 3\n\n"));
         assert!(live.try_recv().is_err());
         // And from the tail: 3 again is skipped, 4 is sent.
-        assert!(!s.publish_logged(logged("3-0", "3"), 10));
-        assert!(s.publish_logged(logged("4-0", "4"), 10));
+        assert!(!s.publish_logged(logged("3-0", "3"), 10, true));
+        assert!(s.publish_logged(logged("4-0", "4"), 10, true));
         assert_eq!(live.try_recv().unwrap(), Bytes::from("id: 4\ndata: 4\n\n"));
+        // An application's Redis Stream may repeat an ID: every entry is sent.
+        assert!(s.publish_logged(logged("5-0", "4"), 10, false));
+        assert_eq!(s.newest_entry().as_deref(), Some("5-0"));
     }
 
     #[test]
-    fn a_rejoin_without_a_common_event_sends_nothing_old() {
+    fn a_log_with_nothing_in_common_is_sent_whole() {
+        // This instance read "a" on its own; the log has what another
+        // reader wrote meanwhile (after a Redis restart, say).
         let s = stream();
         s.publish(event("a"), 10);
         let Joined {
@@ -1198,7 +1221,9 @@ mod tests {
             rx: mut live,
             ..
         } = s.add_subscriber(None);
-        s.load_history(vec![logged("1-0", "x"), logged("2-0", "y")], 10);
+        s.load_history(batch(vec![logged("1-0", "x"), logged("2-0", "y")]), 10);
+        assert_eq!(live.try_recv().unwrap(), Bytes::from("id: x\ndata: x\n\n"));
+        assert_eq!(live.try_recv().unwrap(), Bytes::from("id: y\ndata: y\n\n"));
         assert!(live.try_recv().is_err());
     }
 
