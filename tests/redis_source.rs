@@ -159,8 +159,8 @@ impl EventClient {
         } else if let Some(message) = line.strip_prefix("error") {
             Line::Error(message.trim().to_owned())
         } else if let Some(json) = line.strip_prefix("event ") {
-            let value: serde_json::Value = serde_json::from_str(json)
-                .unwrap_or_else(|e| panic!("client line {line:?}: {e}"));
+            let value: serde_json::Value =
+                serde_json::from_str(json).unwrap_or_else(|e| panic!("client line {line:?}: {e}"));
             let field = |name: &str| value[name].as_str().expect(name).to_owned();
             Line::Event(Event {
                 id: field("id"),
@@ -301,7 +301,12 @@ async fn xadd_reaches_eventsource_clients_through_each_of_three_instances() {
     )
     .await;
     // Another stream: for /events/other only.
-    xadd(&mut conn, "ssegate:events:other", &[("data", "not for orders")]).await;
+    xadd(
+        &mut conn,
+        "ssegate:events:other",
+        &[("data", "not for orders")],
+    )
+    .await;
 
     let expected = [
         event(&first, "order", r#"{"order":1}"#),
@@ -340,7 +345,12 @@ async fn entries_are_written_as_sse_fields_over_http1_and_http2() {
 
         // Not this stream: the default prefix, and the path without its
         // last segment.
-        xadd(&mut conn, "ssegate:events:eu:orders", &[("data", "wrong prefix")]).await;
+        xadd(
+            &mut conn,
+            "ssegate:events:eu:orders",
+            &[("data", "wrong prefix")],
+        )
+        .await;
         xadd(&mut conn, "shop:events:eu", &[("data", "wrong path")]).await;
         let id = xadd(
             &mut conn,
@@ -417,7 +427,10 @@ async fn entries_without_data_are_skipped_and_do_not_stall_the_stream() {
             .arg("order")
             .ignore();
     }
-    let () = pipe.query_async(&mut conn).await.expect("XADD without data");
+    let () = pipe
+        .query_async(&mut conn)
+        .await
+        .expect("XADD without data");
     let two = xadd(&mut conn, ORDERS, &[("data", "2")]).await;
     expect_exactly(
         &mut [&mut client],
@@ -587,7 +600,13 @@ async fn publish_is_delivered_live_as_data_without_id_or_replay() {
 
     // Reconnecting after entry one: entry two, never the published ones.
     let mut again = EventClient::open(url(&proxy, "/events/orders"), Some(&one)).await;
-    expect_exactly(&mut [&mut again], &mut conn, ORDERS, &[event(&two, "message", "2")]).await;
+    expect_exactly(
+        &mut [&mut again],
+        &mut conn,
+        ORDERS,
+        &[event(&two, "message", "2")],
+    )
+    .await;
 }
 
 // ---------------------------------------------------------------- the example
@@ -774,8 +793,10 @@ async fn heartbeats_and_the_stream_limit_apply_to_redis_streams() {
         .await;
     let text = reader.text();
     assert!(
-        text.lines()
-            .all(|l| l.is_empty() || l.starts_with(':') || l.starts_with("id: ") || l.starts_with("data: ")),
+        text.lines().all(|l| l.is_empty()
+            || l.starts_with(':')
+            || l.starts_with("id: ")
+            || l.starts_with("data: ")),
         "{text:?}"
     );
 }
@@ -825,7 +846,11 @@ fn check(file: &std::path::Path) -> (bool, String) {
     cmd.arg("check").arg("--config").arg(file);
     let mut running = Running::spawn(cmd);
     let status = running.wait_exit(LIMIT);
-    let output = format!("{}\n{}", running.stdout.join("\n"), running.stderr.join("\n"));
+    let output = format!(
+        "{}\n{}",
+        running.stdout.join("\n"),
+        running.stderr.join("\n")
+    );
     (status.success(), output)
 }
 
@@ -879,14 +904,26 @@ async fn a_config_file_with_cluster_and_sse_redis_routes_works() {
 
     let top_level = dir.write(
         "top-level.toml",
-        format!("sse_redis = [\"/events\"]\n\n[cluster]\nredis = {:?}\n", redis.url()),
+        format!(
+            "sse_redis = [\"/events\"]\n\n[cluster]\nredis = {:?}\n",
+            redis.url()
+        ),
     );
     let cert = dev_cert_path().display().to_string();
     let key = dev_key_path().display().to_string();
     let upstream = upstream_url(&up);
     let top = top_level.display().to_string();
     let proxy = SsegateProcess::start(
-        &["--cert", &cert, "--key", &key, "--upstream", &upstream, "--config", &top],
+        &[
+            "--cert",
+            &cert,
+            "--key",
+            &key,
+            "--upstream",
+            &upstream,
+            "--config",
+            &top,
+        ],
         LIMIT,
     )
     .await;
@@ -903,6 +940,34 @@ async fn a_config_file_with_cluster_and_sse_redis_routes_works() {
         ),
     );
     let (ok, output) = check(&without_cluster);
-    assert!(!ok, "sse_redis without [cluster] passes the check:\n{output}");
+    assert!(
+        !ok,
+        "sse_redis without [cluster] passes the check:\n{output}"
+    );
     assert!(output.contains("cluster"), "{output}");
+}
+
+/// Fails unless the configuration of the README's "Scale out" section
+/// passes `ssegate check` (with the dev certificate for its paths).
+#[test]
+fn the_readme_scale_out_configuration_checks_ok() {
+    let readme = std::fs::read_to_string(repo_path("README.md")).expect("README.md");
+    let section = &readme[readme
+        .find("\n## Scale out\n")
+        .expect("a Scale out section")..];
+    let start = section.find("```toml\n").expect("a configuration in it") + "```toml\n".len();
+    let end = start + section[start..].find("```").expect("the block ends");
+    let example = section[start..end]
+        .replace(
+            "/etc/ssl/example.com/fullchain.pem",
+            &dev_cert_path().display().to_string(),
+        )
+        .replace(
+            "/etc/ssl/example.com/privkey.pem",
+            &dev_key_path().display().to_string(),
+        );
+    let dir = TempDir::new("readme-scale-out");
+    let file = dir.write("scale-out.toml", example);
+    let (ok, output) = check(&file);
+    assert!(ok, "{output}");
 }
