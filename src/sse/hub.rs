@@ -1065,6 +1065,68 @@ mod tests {
         assert_eq!(s.prune(), 1);
     }
 
+    fn logged(entry: &str, id: &str) -> LogEvent {
+        LogEvent {
+            entry: entry.to_owned(),
+            event: event(id),
+            resume: Some(id.to_owned()),
+        }
+    }
+
+    fn ids(initial: &VecDeque<Bytes>) -> Vec<String> {
+        initial
+            .iter()
+            .map(|raw| {
+                String::from_utf8_lossy(raw)
+                    .lines()
+                    .next()
+                    .unwrap_or_default()
+                    .to_owned()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_first_history_is_kept_for_replay_without_being_sent() {
+        let s = stream();
+        let (_, mut live) = s.add_subscriber(None);
+        let newest = s.load_history(vec![logged("1-0", "1"), logged("2-0", "2")], 10);
+        assert_eq!(newest.as_deref(), Some("2-0"));
+        assert!(live.try_recv().is_err(), "history is not sent live");
+        let (initial, _) = s.add_subscriber(Some("1"));
+        assert_eq!(ids(&initial), ["id: 2"]);
+        assert_eq!(s.resume_id().as_deref(), Some("2"));
+    }
+
+    #[test]
+    fn an_event_already_sent_is_not_sent_again_from_the_log() {
+        let s = stream();
+        // Read from the upstream while Redis was away.
+        s.publish(event("1"), 10);
+        s.publish(event("2"), 10);
+        let (_, mut live) = s.add_subscriber(None);
+        // Rejoining: the log has 1 and 2 from another reader, then 3.
+        s.load_history(
+            vec![logged("1-0", "1"), logged("2-0", "2"), logged("3-0", "3")],
+            10,
+        );
+        assert_eq!(live.try_recv().unwrap(), Bytes::from("id: 3\ndata: 3\n\n"));
+        assert!(live.try_recv().is_err());
+        // And from the tail: 3 again is skipped, 4 is sent.
+        assert!(!s.publish_logged(logged("3-0", "3"), 10));
+        assert!(s.publish_logged(logged("4-0", "4"), 10));
+        assert_eq!(live.try_recv().unwrap(), Bytes::from("id: 4\ndata: 4\n\n"));
+    }
+
+    #[test]
+    fn a_rejoin_without_a_common_event_sends_nothing_old() {
+        let s = stream();
+        s.publish(event("a"), 10);
+        let (_, mut live) = s.add_subscriber(None);
+        s.load_history(vec![logged("1-0", "x"), logged("2-0", "y")], 10);
+        assert!(live.try_recv().is_err());
+    }
+
     #[test]
     fn shared_stream_and_subscriber_gauges_return_to_zero() {
         let metrics = crate::metrics::Metrics::new();

@@ -542,6 +542,13 @@ impl TestUpstream {
         stream
     }
 
+    /// The next streamed request, however long it takes; None once the
+    /// upstream has stopped. For a task that answers every streamed request
+    /// for the whole test (the test bounds its own waits).
+    pub async fn next_stream_unbounded(&mut self) -> Option<UpstreamStream> {
+        self.streams.recv().await
+    }
+
     /// True if no streamed request arrived that the test has not taken yet.
     pub fn no_more_streams(&mut self) -> bool {
         self.streams.try_recv().is_err()

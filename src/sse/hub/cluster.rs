@@ -358,3 +358,41 @@ impl Hub {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::metrics::HubMetrics;
+    use crate::sse::parser::ParsedEvent;
+
+    fn publish(stream: &SharedStream, id: &str) {
+        let event = ParsedEvent {
+            raw: bytes::Bytes::from(format!("id: {id}\ndata: {id}\n\n")),
+            id: Some(id.to_owned()),
+            retry: None,
+            has_data: true,
+        };
+        stream.publish(event, 10);
+    }
+
+    #[test]
+    fn a_new_reader_resumes_where_the_log_ends_unless_it_read_further() {
+        let stream = SharedStream::new("/s".into(), 4, HubMetrics::default());
+        // Nothing here, nothing logged: from the start.
+        assert_eq!(resume_point(&stream, None), None);
+        publish(&stream, "1");
+        publish(&stream, "2");
+        // The log is empty (Redis restarted): where this instance is.
+        assert_eq!(resume_point(&stream, None).as_deref(), Some("2"));
+        // The log ends at 1, which this instance has, and it read 2 on its own.
+        assert_eq!(
+            resume_point(&stream, Some("1".into())).as_deref(),
+            Some("2")
+        );
+        // The log ends at 9, which this instance has not seen: the log's.
+        assert_eq!(
+            resume_point(&stream, Some("9".into())).as_deref(),
+            Some("9")
+        );
+    }
+}
