@@ -500,6 +500,40 @@ async fn last_event_id_replays_the_entries_after_it_on_any_instance_then_live() 
     .await;
 }
 
+/// Fails if a `Last-Event-ID` older than the replay buffer (`--sse-replay 3`)
+/// is not replayed from the Redis Stream itself: all entries after it, and
+/// past 10 000 of them a page at a time (the response ends after a page and
+/// EventSource reconnects with the last id it got), with nothing lost or
+/// repeated, then live entries.
+#[tokio::test]
+async fn an_old_last_event_id_is_replayed_from_the_redis_stream_page_by_page() {
+    let redis = RedisServer::start().await;
+    let up = upstream().await;
+    let a = instance(&redis, &upstream_url(&up), &["--sse-replay", "3"]).await;
+
+    // 10 005 entries in one pipeline: the first is the client's last seen.
+    let mut conn = redis.connection().await;
+    const ENTRIES: usize = 10_005;
+    let mut pipe = redis::pipe();
+    for n in 1..=ENTRIES {
+        pipe.cmd("XADD").arg(ORDERS).arg("*").arg("data").arg(n);
+    }
+    let ids: Vec<String> = pipe.query_async(&mut conn).await.expect("XADD pipeline");
+
+    let mut client = EventClient::open(url(&a, "/events/orders"), Some(&ids[0])).await;
+    let replayed = client.events(ENTRIES - 1).await;
+    for (n, event) in replayed.iter().enumerate() {
+        let expected = n + 2;
+        assert_eq!(
+            (event.id.as_str(), event.data.as_str()),
+            (ids[expected - 1].as_str(), expected.to_string().as_str()),
+            "replayed event {n}"
+        );
+    }
+    let live = xadd(&mut conn, ORDERS, &[("data", "live")]).await;
+    assert_eq!(client.event().await, event(&live, "message", "live"));
+}
+
 /// Fails if a client whose instance dies does not get, on the instance it
 /// reconnects to (with the `Last-Event-ID` EventSource sends: here an `id`
 /// field), the entry written while its instance was frozen, exactly once,
