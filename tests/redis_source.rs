@@ -905,6 +905,7 @@ async fn a_config_file_with_cluster_and_sse_redis_routes_works() {
             "[cluster]\nredis = {:?}\nkey_prefix = \"app:\"\nlease = \"2s\"\n\n\
              [upstream.app]\ntargets = [{:?}]\n\n\
              [[route]]\npath = \"/feed/\"\nupstream = \"app\"\nsse_redis = true\n\n\
+             [[route]]\npath = \"/stripped/\"\nupstream = \"app\"\nsse_redis = true\nstrip_prefix = true\n\n\
              [[route]]\npath = \"/\"\nupstream = \"app\"\n",
             redis.url(),
             upstream_url(&up)
@@ -923,6 +924,11 @@ async fn a_config_file_with_cluster_and_sse_redis_routes_works() {
     )
     .await;
     assert_eq!(client.event().await, event(&id, "order", "from the route"));
+    // The Redis Stream is named by the request's path, whatever the
+    // route strips before the upstream.
+    let mut stripped = EventClient::open(url(&proxy, "/stripped/orders"), None).await;
+    let id = xadd(&mut conn, "app:stripped:orders", &[("data", "stripped")]).await;
+    assert_eq!(stripped.event().await, event(&id, "message", "stripped"));
     let mut other = Client::connect(proxy.addr, Version::HTTP_2).await;
     let response = other.send(get("/feed", Version::HTTP_2)).await;
     assert_eq!(response.status(), 200);

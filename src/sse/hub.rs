@@ -524,23 +524,24 @@ impl Hub {
         self.streams().len()
     }
 
-    /// Joins (or opens) the shared stream for `path_and_query`, asked for
-    /// under `host`, from serving thread `worker` (whose upstream pool a new
-    /// stream uses). Waits for the upstream's response headers when the
-    /// stream is new. Also returns the URL of the target whose response
-    /// the stream relays (for the access log).
+    /// Joins (or opens) the shared stream of a GET for `request_path`,
+    /// whose upstream target is `path_and_query`, asked for under `host`,
+    /// from serving thread `worker` (whose upstream pool a new stream
+    /// uses). Waits for the upstream's response headers when the stream is
+    /// new. Also returns the URL of the target whose response the stream
+    /// relays (for the access log).
     pub async fn subscribe(
         self: &Arc<Self>,
+        request_path: &str,
         path_and_query: &str,
         host: String,
         last_event_id: Option<&str>,
         worker: usize,
     ) -> Result<(Subscription, Arc<str>), ProxyError> {
-        let path = path_and_query.split('?').next().unwrap_or_default();
-        let source = self.source(path);
-        // A Redis Stream is named by the path alone.
+        let source = self.source(request_path);
+        // A Redis Stream is named by the request's path alone.
         let key = match source {
-            Source::Redis => path,
+            Source::Redis => request_path,
             Source::Upstream | Source::Cluster => path_and_query,
         };
         let (stream, joined, waiting) = {
