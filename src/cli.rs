@@ -205,8 +205,8 @@ pub struct ProxyArgs {
 #[derive(Debug, Args, Clone)]
 pub struct ClusterArgs {
     /// Share the shared streams' upstream reading and history with the
-    /// other instances using this Redis (redis://HOST:PORT/DB, rediss://
-    /// for TLS): one instance reads each stream's upstream into a Redis
+    /// other instances using this Redis (redis://[:PASSWORD@]HOST:PORT/DB,
+    /// or redis+unix:///path/to.sock): one instance reads each stream's upstream into a Redis
     /// Stream, every instance serves its clients from it, and a client
     /// reconnecting to any instance gets its missed events. Config file:
     /// `[cluster] redis = "..."`.

@@ -123,6 +123,24 @@ pub struct LogEvent {
     pub resume: Option<String>,
 }
 
+/// Entries read from a Redis Stream: the events among them, and the ID of
+/// the last entry read, event or not (where the next read starts).
+#[derive(Debug, Default)]
+pub struct Batch {
+    pub events: Vec<LogEvent>,
+    pub last_entry: Option<String>,
+}
+
+impl Batch {
+    /// Entries in stream order.
+    fn of(entries: Vec<StreamId>) -> Batch {
+        Batch {
+            last_entry: entries.last().map(|e| e.id.clone()),
+            events: entries.iter().filter_map(decode).collect(),
+        }
+    }
+}
+
 pub struct Cluster {
     settings: ClusterSettings,
     client: redis::Client,
@@ -367,7 +385,7 @@ impl Cluster {
     }
 
     /// The newest `count` entries of `log`, oldest first.
-    pub async fn history(&self, log: &str, count: usize) -> Result<Vec<LogEvent>> {
+    pub async fn history(&self, log: &str, count: usize) -> Result<Batch> {
         let mut conn = self.commands().await?;
         let reply: redis::streams::StreamRangeReply = timed(
             redis::cmd("XREVRANGE")
@@ -379,9 +397,36 @@ impl Cluster {
                 .query_async(&mut conn),
         )
         .await?;
-        let mut events: Vec<LogEvent> = reply.ids.iter().filter_map(decode).collect();
-        events.reverse();
-        Ok(events)
+        let mut entries = reply.ids;
+        entries.reverse();
+        Ok(Batch::of(entries))
+    }
+
+    /// The entries of `key` after entry ID `after` up to `up_to` (both
+    /// entry IDs), at most `count`, oldest first. An `after` that is not
+    /// an entry ID (`<ms>-<seq>`) has nothing after it here.
+    pub async fn range(
+        &self,
+        key: &str,
+        after: &str,
+        up_to: &str,
+        count: usize,
+    ) -> Result<Vec<LogEvent>> {
+        if !is_entry_id(after) {
+            return Ok(Vec::new());
+        }
+        let mut conn = self.commands().await?;
+        let reply: redis::streams::StreamRangeReply = timed(
+            redis::cmd("XRANGE")
+                .arg(key)
+                .arg(format!("({after}"))
+                .arg(up_to)
+                .arg("COUNT")
+                .arg(count)
+                .query_async(&mut conn),
+        )
+        .await?;
+        Ok(reply.ids.iter().filter_map(decode).collect())
     }
 
     /// The entries of `log` after entry `after`, waiting up to a few
@@ -391,7 +436,7 @@ impl Cluster {
         conn: &mut MultiplexedConnection,
         log: &str,
         after: &str,
-    ) -> Result<Vec<LogEvent>> {
+    ) -> Result<Batch> {
         let reply: Option<redis::streams::StreamReadReply> = redis::cmd("XREAD")
             .arg("COUNT")
             .arg(TAIL_BATCH)
@@ -402,13 +447,26 @@ impl Cluster {
             .arg(after)
             .query_async(conn)
             .await?;
-        Ok(reply
-            .into_iter()
-            .flat_map(|reply| reply.keys)
-            .flat_map(|key| key.ids)
-            .filter_map(|entry| decode(&entry))
-            .collect())
+        Ok(Batch::of(
+            reply
+                .into_iter()
+                .flat_map(|reply| reply.keys)
+                .flat_map(|key| key.ids)
+                .collect(),
+        ))
     }
+}
+
+/// Whether `id` is a full Redis Stream entry ID, `<ms>-<seq>` (a bare
+/// number is more likely an application's own ID).
+fn is_entry_id(id: &str) -> bool {
+    let mut parts = id.split('-');
+    let mut number = || {
+        parts
+            .next()
+            .is_some_and(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
+    };
+    number() && number() && parts.next().is_none()
 }
 
 /// Runs a Redis command with the command timeout.
@@ -582,6 +640,15 @@ mod tests {
         assert_eq!(e.event.id.as_deref(), Some("42"));
         // Neither raw nor data: not an event.
         assert!(decode(&entry("9-2", &[("other", "x")])).is_none());
+    }
+
+    #[test]
+    fn only_full_entry_ids_are_read_as_positions() {
+        assert!(is_entry_id("1733500000000-0"));
+        assert!(!is_entry_id("42"));
+        assert!(!is_entry_id("1-2-3"));
+        assert!(!is_entry_id("a-1"));
+        assert!(!is_entry_id("-1"));
     }
 
     #[test]

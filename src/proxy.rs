@@ -598,7 +598,7 @@ impl Routing {
         let target = format!("{lead}{rest}");
         match route
             .hub
-            .subscribe(&target, host, last_event_id, worker)
+            .subscribe(head.path(), &target, host, last_event_id, worker)
             .await
         {
             Ok((subscription, upstream_target)) => {

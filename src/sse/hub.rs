@@ -31,7 +31,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::sync::ReusableBoxFuture;
 
 use super::parser::{EventParser, ParsedEvent};
-use crate::cluster::{Cluster, ClusterError, LogEvent, StreamKeys};
+use crate::cluster::{Batch, Cluster, ClusterError, LogEvent, StreamKeys};
 use crate::error::ProxyError;
 use crate::http1::Framing;
 use crate::message::{Fields, RequestHead};
@@ -126,6 +126,9 @@ struct StreamState {
     /// from. The same as `last_id`, except for events whose ID the
     /// cluster's log gave them.
     resume_id: Option<String>,
+    /// The Redis entry ID of the newest logged event, for a stream fed
+    /// from Redis.
+    newest_entry: Option<String>,
 }
 
 impl StreamState {
@@ -138,6 +141,7 @@ impl StreamState {
             retry: None,
             last_id: None,
             resume_id: None,
+            newest_entry: None,
         }
     }
 
@@ -243,12 +247,14 @@ impl SharedStream {
     /// Registers a subscriber: the `retry:` line, missed events from the
     /// replay buffer, then live events. Under the state lock, so no event
     /// falls between replay and live or arrives twice.
-    fn add_subscriber(
-        &self,
-        last_event_id: Option<&str>,
-    ) -> (VecDeque<Bytes>, broadcast::Receiver<Bytes>) {
+    ///
+    /// Also returns, when the ID was not in the buffer, the entry ID of the
+    /// newest event from a Redis log so far: the events between the two
+    /// may still be in Redis.
+    fn add_subscriber(&self, last_event_id: Option<&str>) -> Joined {
         let state = self.state();
         let mut initial = VecDeque::new();
+        let mut missed_up_to = None;
         if let Some(retry) = state.retry {
             initial.push_back(Bytes::from(format!("retry: {retry}\n\n")));
         }
@@ -258,15 +264,22 @@ impl SharedStream {
                 .iter()
                 .rposition(|e| e.last_id.as_deref() == Some(id));
             self.metrics.replay(seen.is_some());
-            if let Some(seen) = seen {
-                initial.extend(state.replay.iter().skip(seen + 1).map(|e| e.raw.clone()));
+            match seen {
+                Some(seen) => {
+                    initial.extend(state.replay.iter().skip(seen + 1).map(|e| e.raw.clone()))
+                }
+                None => missed_up_to = state.newest_entry.clone(),
             }
         }
         let rx = state.live.subscribe();
         self.stats
             .subscribers
             .store(state.live.receiver_count(), Ordering::Relaxed);
-        (initial, rx)
+        Joined {
+            initial,
+            rx,
+            missed_up_to,
+        }
     }
 
     /// Records an upstream event and publishes it to every subscriber. A
@@ -280,48 +293,57 @@ impl SharedStream {
         self.send(state, event, replay_capacity);
     }
 
-    /// Publishes an event read from a Redis log, unless an event with its
-    /// ID was sent already (this instance read it from the upstream itself
-    /// while Redis was away). False if skipped.
-    fn publish_logged(&self, logged: LogEvent, replay_capacity: usize) -> bool {
+    /// Publishes an event read from a Redis Stream. With `skip_sent` (a
+    /// cluster's log), not if an event with its ID was sent already: this
+    /// instance read it from the upstream itself while Redis was away.
+    /// False if skipped.
+    fn publish_logged(&self, logged: LogEvent, replay_capacity: usize, skip_sent: bool) -> bool {
         let mut state = self.state();
-        if logged.event.id.as_deref().is_some_and(|id| state.holds(id)) {
+        if skip_sent && logged.event.id.as_deref().is_some_and(|id| state.holds(id)) {
+            state.newest_entry = Some(logged.entry);
             return false;
         }
         if logged.resume.is_some() {
             state.resume_id = logged.resume;
         }
+        state.newest_entry = Some(logged.entry);
         self.send(state, logged.event, replay_capacity);
         true
     }
 
-    /// Loads a log's newest events (oldest first) and returns the newest
-    /// one's entry ID. The first time, they are history: kept for replay,
-    /// not sent, since the subscribers here start live. After Redis was
-    /// away, the events after the newest one this instance also has are
-    /// sent: its subscribers have not seen them.
-    fn load_history(&self, events: Vec<LogEvent>, replay_capacity: usize) -> Option<String> {
-        let newest = events.last().map(|e| e.entry.clone());
+    /// The entry ID of the newest event read from a Redis Stream, if any:
+    /// where reading goes on after Redis was away.
+    fn newest_entry(&self) -> Option<String> {
+        self.state().newest_entry.clone()
+    }
+
+    /// Loads a log's newest events, the first time the stream reads it.
+    /// A stream that has sent nothing yet keeps them as history: for
+    /// replay, not sent, since its subscribers start live. One that read
+    /// its upstream on its own while Redis was away sends what follows the
+    /// newest event it has too, or (none in common) every event it has not
+    /// sent.
+    fn load_history(&self, history: Batch, replay_capacity: usize) {
         let mut state = self.state();
+        state.newest_entry.clone_from(&history.last_entry);
         if state.replay.is_empty() && state.last_id.is_none() {
-            for logged in events {
+            for logged in history.events {
                 state.record(&logged.event, replay_capacity);
                 if logged.resume.is_some() {
                     state.resume_id = logged.resume;
                 }
             }
-            return newest;
+            return;
         }
-        let common = events
+        let common = history
+            .events
             .iter()
             .rposition(|e| e.event.id.as_deref().is_some_and(|id| state.holds(id)));
         drop(state);
-        if let Some(common) = common {
-            for logged in events.into_iter().skip(common + 1) {
-                self.publish_logged(logged, replay_capacity);
-            }
+        let start = common.map_or(0, |common| common + 1);
+        for logged in history.events.into_iter().skip(start) {
+            self.publish_logged(logged, replay_capacity, true);
         }
-        newest
     }
 
     /// Records `event` and sends it to every subscriber.
@@ -368,6 +390,18 @@ impl SharedStream {
         self.stats.subscribers.store(0, Ordering::Relaxed);
     }
 }
+
+/// A new subscriber's start (see `SharedStream::add_subscriber`).
+struct Joined {
+    initial: VecDeque<Bytes>,
+    rx: broadcast::Receiver<Bytes>,
+    missed_up_to: Option<String>,
+}
+
+/// Most events a subscriber to a Redis-sourced stream is sent from Redis
+/// at once when its Last-Event-ID is older than the replay buffer: its
+/// response ends after them and the browser reconnects for the next page.
+const REDIS_REPLAY_PAGE: usize = 10_000;
 
 /// All shared streams of one proxy.
 pub struct Hub {
@@ -490,23 +524,24 @@ impl Hub {
         self.streams().len()
     }
 
-    /// Joins (or opens) the shared stream for `path_and_query`, asked for
-    /// under `host`, from serving thread `worker` (whose upstream pool a new
-    /// stream uses). Waits for the upstream's response headers when the
-    /// stream is new. Also returns the URL of the target whose response
-    /// the stream relays (for the access log).
+    /// Joins (or opens) the shared stream of a GET for `request_path`,
+    /// whose upstream target is `path_and_query`, asked for under `host`,
+    /// from serving thread `worker` (whose upstream pool a new stream
+    /// uses). Waits for the upstream's response headers when the stream is
+    /// new. Also returns the URL of the target whose response the stream
+    /// relays (for the access log).
     pub async fn subscribe(
         self: &Arc<Self>,
+        request_path: &str,
         path_and_query: &str,
         host: String,
         last_event_id: Option<&str>,
         worker: usize,
     ) -> Result<(Subscription, Arc<str>), ProxyError> {
-        let path = path_and_query.split('?').next().unwrap_or_default();
-        let source = self.source(path);
-        // A Redis Stream is named by the path alone.
+        let source = self.source(request_path);
+        // A Redis Stream is named by the request's path alone.
         let key = match source {
-            Source::Redis => path,
+            Source::Redis => request_path,
             Source::Upstream | Source::Cluster => path_and_query,
         };
         let (stream, joined, waiting) = {
@@ -552,13 +587,37 @@ impl Hub {
             Err(_) => Err(ProxyError::UpstreamTimeout(self.settings.response_timeout)),
         };
         let target = live?;
-        let (initial, rx) = match joined {
+        let Joined {
+            mut initial,
+            rx,
+            missed_up_to,
+        } = match joined {
             Some(joined) => joined,
             None => stream.add_subscriber(last_event_id),
         };
         // Joined: no longer waiting.
         drop(waiting);
-        Ok((Subscription::new(initial, rx, stream), target))
+        let mut subscription_ends = false;
+        if let (Source::Redis, Some(after), Some(up_to), Some(cluster)) =
+            (source, last_event_id, missed_up_to, &self.cluster)
+        {
+            // Older than the replay buffer: the rest may be in Redis.
+            let key = cluster.source_key(&stream.key);
+            match cluster.range(&key, after, &up_to, REDIS_REPLAY_PAGE).await {
+                Ok(events) => {
+                    subscription_ends = events.len() == REDIS_REPLAY_PAGE;
+                    initial.extend(events.into_iter().map(|e| e.event.raw));
+                }
+                Err(err) => {
+                    tracing::warn!(stream = %stream.key, error = %err, "replay from redis failed; the subscriber starts live");
+                }
+            }
+        }
+        let mut subscription = Subscription::new(initial, rx, stream);
+        if subscription_ends {
+            subscription.end_after_initial();
+        }
+        Ok((subscription, target))
     }
 
     /// Starts the task that feeds a new stream.
@@ -916,6 +975,14 @@ async fn receive(mut rx: broadcast::Receiver<Bytes>) -> Received {
 }
 
 impl Subscription {
+    /// Sends what it has to replay, then ends (the client reconnects
+    /// with the last ID it got).
+    fn end_after_initial(&mut self) {
+        if self.next.take().is_some() {
+            self.stream.subscriber_left.notify_one();
+        }
+    }
+
     fn new(
         initial: VecDeque<Bytes>,
         rx: broadcast::Receiver<Bytes>,
@@ -1027,7 +1094,9 @@ mod tests {
         for i in 1..=5 {
             s.publish(event(&i.to_string()), 3);
         }
-        let (initial, _rx) = s.add_subscriber(Some("3"));
+        let Joined {
+            initial, rx: _rx, ..
+        } = s.add_subscriber(Some("3"));
         assert_eq!(
             initial,
             vec![
@@ -1036,7 +1105,9 @@ mod tests {
             ]
         );
         // "1" fell out of the 3-event buffer: start live.
-        let (initial, _rx) = s.add_subscriber(Some("1"));
+        let Joined {
+            initial, rx: _rx, ..
+        } = s.add_subscriber(Some("1"));
         assert!(initial.is_empty());
     }
 
@@ -1045,7 +1116,7 @@ mod tests {
         use http_body_util::BodyExt;
         let s = Arc::new(stream());
         let subscribe = || {
-            let (initial, rx) = s.add_subscriber(None);
+            let Joined { initial, rx, .. } = s.add_subscriber(None);
             Subscription::new(initial, rx, s.clone())
         };
         let (mut fast, mut slow) = (subscribe(), subscribe());
@@ -1073,6 +1144,13 @@ mod tests {
         }
     }
 
+    fn batch(events: Vec<LogEvent>) -> Batch {
+        Batch {
+            last_entry: events.last().map(|e| e.entry.clone()),
+            events,
+        }
+    }
+
     fn ids(initial: &VecDeque<Bytes>) -> Vec<String> {
         initial
             .iter()
@@ -1089,11 +1167,15 @@ mod tests {
     #[test]
     fn a_first_history_is_kept_for_replay_without_being_sent() {
         let s = stream();
-        let (_, mut live) = s.add_subscriber(None);
-        let newest = s.load_history(vec![logged("1-0", "1"), logged("2-0", "2")], 10);
-        assert_eq!(newest.as_deref(), Some("2-0"));
+        let Joined {
+            initial: _,
+            rx: mut live,
+            ..
+        } = s.add_subscriber(None);
+        s.load_history(batch(vec![logged("1-0", "1"), logged("2-0", "2")]), 10);
+        assert_eq!(s.newest_entry().as_deref(), Some("2-0"));
         assert!(live.try_recv().is_err(), "history is not sent live");
-        let (initial, _) = s.add_subscriber(Some("1"));
+        let Joined { initial, rx: _, .. } = s.add_subscriber(Some("1"));
         assert_eq!(ids(&initial), ["id: 2"]);
         assert_eq!(s.resume_id().as_deref(), Some("2"));
     }
@@ -1104,26 +1186,45 @@ mod tests {
         // Read from the upstream while Redis was away.
         s.publish(event("1"), 10);
         s.publish(event("2"), 10);
-        let (_, mut live) = s.add_subscriber(None);
+        let Joined {
+            initial: _,
+            rx: mut live,
+            ..
+        } = s.add_subscriber(None);
         // Rejoining: the log has 1 and 2 from another reader, then 3.
         s.load_history(
-            vec![logged("1-0", "1"), logged("2-0", "2"), logged("3-0", "3")],
+            batch(vec![
+                logged("1-0", "1"),
+                logged("2-0", "2"),
+                logged("3-0", "3"),
+            ]),
             10,
         );
         assert_eq!(live.try_recv().unwrap(), Bytes::from("id: 3\ndata: 3\n\n"));
         assert!(live.try_recv().is_err());
         // And from the tail: 3 again is skipped, 4 is sent.
-        assert!(!s.publish_logged(logged("3-0", "3"), 10));
-        assert!(s.publish_logged(logged("4-0", "4"), 10));
+        assert!(!s.publish_logged(logged("3-0", "3"), 10, true));
+        assert!(s.publish_logged(logged("4-0", "4"), 10, true));
         assert_eq!(live.try_recv().unwrap(), Bytes::from("id: 4\ndata: 4\n\n"));
+        // An application's Redis Stream may repeat an ID: every entry is sent.
+        assert!(s.publish_logged(logged("5-0", "4"), 10, false));
+        assert_eq!(s.newest_entry().as_deref(), Some("5-0"));
     }
 
     #[test]
-    fn a_rejoin_without_a_common_event_sends_nothing_old() {
+    fn a_log_with_nothing_in_common_is_sent_whole() {
+        // This instance read "a" on its own; the log has what another
+        // reader wrote meanwhile (after a Redis restart, say).
         let s = stream();
         s.publish(event("a"), 10);
-        let (_, mut live) = s.add_subscriber(None);
-        s.load_history(vec![logged("1-0", "x"), logged("2-0", "y")], 10);
+        let Joined {
+            initial: _,
+            rx: mut live,
+            ..
+        } = s.add_subscriber(None);
+        s.load_history(batch(vec![logged("1-0", "x"), logged("2-0", "y")]), 10);
+        assert_eq!(live.try_recv().unwrap(), Bytes::from("id: x\ndata: x\n\n"));
+        assert_eq!(live.try_recv().unwrap(), Bytes::from("id: y\ndata: y\n\n"));
         assert!(live.try_recv().is_err());
     }
 
@@ -1133,7 +1234,7 @@ mod tests {
         let s = Arc::new(stream_counted(metrics.hub()));
         s.publish(event("1"), 10);
         let subscribe = |last_id: Option<&str>| {
-            let (initial, rx) = s.add_subscriber(last_id);
+            let Joined { initial, rx, .. } = s.add_subscriber(last_id);
             Subscription::new(initial, rx, s.clone())
         };
         let (a, b) = (subscribe(Some("1")), subscribe(Some("gone")));

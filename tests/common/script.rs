@@ -38,6 +38,22 @@ impl Script {
         Script::start(command, "node", "nodejs")
     }
 
+    /// `node <dir>/<script>` run in `dir` (a path in the repository with
+    /// its own `package.json`, such as an example), with `env` added.
+    pub fn node_in(dir: &str, script: &str, env: &[(&str, String)]) -> Script {
+        let path = repo_path(dir);
+        assert!(
+            path.join("node_modules").is_dir(),
+            "{dir} has no node_modules: run `npm ci --prefix {dir}` (.ci/run does)"
+        );
+        let mut command = Command::new("node");
+        command.arg(path.join(script)).current_dir(&path);
+        for (name, value) in env {
+            command.env(name, value);
+        }
+        Script::start(command, "node", "nodejs")
+    }
+
     /// `python3 <script> <args>`.
     pub fn python(script: &Path, args: &[&str]) -> Script {
         let mut command = Command::new("python3");

@@ -6,8 +6,8 @@
 //! upstream's events. For a shared stream, the instances with subscribers
 //! also compete for its lease; the holder reads the upstream into the log.
 //! When Redis fails, a shared stream reads its upstream on this instance
-//! until Redis answers again, then rejoins the log (`load_history` sends
-//! what its subscribers missed; events it sent already are skipped by ID).
+//! until Redis answers again, then rejoins the log after the last entry it
+//! read (events it sent already are skipped by ID).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,7 +17,7 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use super::{Hub, LogWriter, ReadEnd, SharedStream, Sink, SinkError, Status, UntilUnused};
-use crate::cluster::{Cluster, ClusterError, Lease, LogEvent, StreamKeys};
+use crate::cluster::{Batch, Cluster, ClusterError, Lease, StreamKeys};
 
 /// Batches of log entries read ahead of the stream.
 const TAIL_QUEUE: usize = 4;
@@ -61,7 +61,7 @@ impl HeldLease<'_> {
 /// task whose reads are never cut short (a cancelled `XREAD BLOCK` would
 /// delay the next one on the same connection). Stops when dropped.
 struct Tail {
-    batches: mpsc::Receiver<Result<Vec<LogEvent>, ClusterError>>,
+    batches: mpsc::Receiver<Result<Batch, ClusterError>>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -78,10 +78,9 @@ impl Tail {
             loop {
                 let batch = cluster.read_after(&mut conn, &key, &after).await;
                 let failed = batch.is_err();
-                if let Ok(events) = &batch {
-                    if let Some(last) = events.last() {
-                        after = last.entry.clone();
-                    }
+                // Past entries that are not events too.
+                if let Some(last) = batch.as_ref().ok().and_then(|b| b.last_entry.as_ref()) {
+                    after.clone_from(last);
                 }
                 if tx.send(batch).await.is_err() || failed {
                     return;
@@ -92,7 +91,7 @@ impl Tail {
     }
 
     /// The next batch; an error ends the tail.
-    async fn next(&mut self) -> Result<Vec<LogEvent>, ClusterError> {
+    async fn next(&mut self) -> Result<Batch, ClusterError> {
         match self.batches.recv().await {
             Some(batch) => batch,
             None => Err(ClusterError::Closed),
@@ -204,13 +203,10 @@ impl Hub {
         unused: &mut UntilUnused<'_>,
     ) -> Session {
         let replay = self.settings.replay;
-        let history = match cluster.history(&keys.log, replay).await {
-            Ok(history) => history,
+        let after = match self.start_of_tail(cluster, &keys.log, stream).await {
+            Ok(after) => after,
             Err(err) => return Session::RedisDown(err),
         };
-        let after = stream
-            .load_history(history, replay)
-            .unwrap_or_else(|| "0-0".to_owned());
         let mut tail = match Tail::start(cluster.clone(), keys.log.clone(), after).await {
             Ok(tail) => tail,
             Err(err) => return Session::RedisDown(err),
@@ -220,9 +216,9 @@ impl Hub {
         loop {
             tokio::select! {
                 batch = tail.next() => match batch {
-                    Ok(events) => {
-                        for event in events {
-                            stream.publish_logged(event, replay);
+                    Ok(batch) => {
+                        for event in batch.events {
+                            stream.publish_logged(event, replay, true);
                         }
                     }
                     Err(err) => return Session::RedisDown(err),
@@ -232,7 +228,7 @@ impl Hub {
                         Ok(Lease::Held(token)) => {
                             if reader.is_none() {
                                 let logged = match cluster.history(&keys.log, 1).await {
-                                    Ok(last) => last.into_iter().next_back().and_then(|e| e.resume),
+                                    Ok(last) => last.events.into_iter().next_back().and_then(|e| e.resume),
                                     Err(err) => return Session::RedisDown(err),
                                 };
                                 let resume = resume_point(stream, logged);
@@ -288,6 +284,28 @@ impl Hub {
         }
     }
 
+    /// Where a stream starts reading the Redis Stream `key`: after the last
+    /// entry it read, when Redis was away (that also finds what was
+    /// written since Redis restarted empty); the first time, after the
+    /// newest entry, with the history loaded.
+    async fn start_of_tail(
+        &self,
+        cluster: &Cluster,
+        key: &str,
+        stream: &SharedStream,
+    ) -> Result<String, ClusterError> {
+        if let Some(entry) = stream.newest_entry() {
+            return Ok(entry);
+        }
+        let history = cluster.history(key, self.settings.replay).await?;
+        let after = history
+            .last_entry
+            .clone()
+            .unwrap_or_else(|| "0-0".to_owned());
+        stream.load_history(history, self.settings.replay);
+        Ok(after)
+    }
+
     /// A stream served from the Redis Stream of its path (`--sse-redis`),
     /// plus what is published on the channel of the same name.
     pub(super) async fn run_redis(
@@ -329,10 +347,7 @@ impl Hub {
         let replay = self.settings.replay;
         // Subscribed before the history is read: nothing falls in between.
         let mut published = cluster.subscribe(key).await?.into_on_message();
-        let history = cluster.history(key, replay).await?;
-        let after = stream
-            .load_history(history, replay)
-            .unwrap_or_else(|| "0-0".to_owned());
+        let after = self.start_of_tail(cluster, key, stream).await?;
         let mut tail = Tail::start(cluster.clone(), key.to_owned(), after).await?;
         stream.status.send_if_modified(|status| {
             let connecting = *status == Status::Connecting;
@@ -344,8 +359,10 @@ impl Hub {
         loop {
             tokio::select! {
                 batch = tail.next() => {
-                    for event in batch? {
-                        stream.publish_logged(event, replay);
+                    // An application may use one `id` for several entries:
+                    // every entry is sent.
+                    for event in batch?.events {
+                        stream.publish_logged(event, replay, false);
                     }
                 }
                 message = published.next() => match message {
