@@ -129,6 +129,10 @@ struct StreamState {
     /// The Redis entry ID of the newest logged event, for a stream fed
     /// from Redis.
     newest_entry: Option<String>,
+    /// Back on a cluster's log after reading the upstream on its own: the
+    /// log's events this instance sent already are skipped (by ID) until
+    /// the first one it has not.
+    catching_up: bool,
 }
 
 impl StreamState {
@@ -142,6 +146,7 @@ impl StreamState {
             last_id: None,
             resume_id: None,
             newest_entry: None,
+            catching_up: false,
         }
     }
 
@@ -293,15 +298,19 @@ impl SharedStream {
         self.send(state, event, replay_capacity);
     }
 
-    /// Publishes an event read from a Redis Stream. With `skip_sent` (a
-    /// cluster's log), not if an event with its ID was sent already: this
-    /// instance read it from the upstream itself while Redis was away.
-    /// False if skipped.
-    fn publish_logged(&self, logged: LogEvent, replay_capacity: usize, skip_sent: bool) -> bool {
+    /// Publishes an event read from a Redis Stream; while catching up,
+    /// not if an event with its ID was sent already (this instance read it
+    /// from the upstream itself while Redis was away). False if skipped.
+    fn publish_logged(&self, logged: LogEvent, replay_capacity: usize) -> bool {
         let mut state = self.state();
-        if skip_sent && logged.event.id.as_deref().is_some_and(|id| state.holds(id)) {
-            state.newest_entry = Some(logged.entry);
-            return false;
+        if state.catching_up {
+            if logged.event.id.as_deref().is_some_and(|id| state.holds(id)) {
+                state.newest_entry = Some(logged.entry);
+                return false;
+            }
+            // Past what this instance read on its own: from here on, an
+            // upstream that repeats an ID means another event.
+            state.catching_up = false;
         }
         if logged.resume.is_some() {
             state.resume_id = logged.resume;
@@ -309,6 +318,11 @@ impl SharedStream {
         state.newest_entry = Some(logged.entry);
         self.send(state, logged.event, replay_capacity);
         true
+    }
+
+    /// Back on a cluster's log after reading the upstream on its own.
+    fn catch_up(&self) {
+        self.state().catching_up = true;
     }
 
     /// The entry ID of the newest event read from a Redis Stream, if any:
@@ -339,10 +353,11 @@ impl SharedStream {
             .events
             .iter()
             .rposition(|e| e.event.id.as_deref().is_some_and(|id| state.holds(id)));
+        state.catching_up = true;
         drop(state);
         let start = common.map_or(0, |common| common + 1);
         for logged in history.events.into_iter().skip(start) {
-            self.publish_logged(logged, replay_capacity, true);
+            self.publish_logged(logged, replay_capacity);
         }
     }
 
@@ -1192,6 +1207,7 @@ mod tests {
             ..
         } = s.add_subscriber(None);
         // Rejoining: the log has 1 and 2 from another reader, then 3.
+        s.catch_up();
         s.load_history(
             batch(vec![
                 logged("1-0", "1"),
@@ -1203,11 +1219,13 @@ mod tests {
         assert_eq!(live.try_recv().unwrap(), Bytes::from("id: 3\ndata: 3\n\n"));
         assert!(live.try_recv().is_err());
         // And from the tail: 3 again is skipped, 4 is sent.
-        assert!(!s.publish_logged(logged("3-0", "3"), 10, true));
-        assert!(s.publish_logged(logged("4-0", "4"), 10, true));
+        s.catch_up();
+        assert!(!s.publish_logged(logged("3-0", "3"), 10));
+        assert!(s.publish_logged(logged("4-0", "4"), 10));
         assert_eq!(live.try_recv().unwrap(), Bytes::from("id: 4\ndata: 4\n\n"));
-        // An application's Redis Stream may repeat an ID: every entry is sent.
-        assert!(s.publish_logged(logged("5-0", "4"), 10, false));
+        // Caught up: an upstream (or application) that repeats an ID
+        // means another event.
+        assert!(s.publish_logged(logged("5-0", "4"), 10));
         assert_eq!(s.newest_entry().as_deref(), Some("5-0"));
     }
 

@@ -7,7 +7,8 @@
 //! also compete for its lease; the holder reads the upstream into the log.
 //! When Redis fails, a shared stream reads its upstream on this instance
 //! until Redis answers again, then rejoins the log after the last entry it
-//! read (events it sent already are skipped by ID).
+//! read (the events it sent already are skipped by ID until it is past
+//! them).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -185,6 +186,7 @@ impl Hub {
                 lease.take();
                 return self.finish(&stream, end);
             }
+            stream.catch_up();
             tracing::info!(target: "ssegate::cluster", stream = %stream.key, "cluster: back on the shared log");
         }
     }
@@ -218,7 +220,7 @@ impl Hub {
                 batch = tail.next() => match batch {
                     Ok(batch) => {
                         for event in batch.events {
-                            stream.publish_logged(event, replay, true);
+                            stream.publish_logged(event, replay);
                         }
                     }
                     Err(err) => return Session::RedisDown(err),
@@ -359,10 +361,8 @@ impl Hub {
         loop {
             tokio::select! {
                 batch = tail.next() => {
-                    // An application may use one `id` for several entries:
-                    // every entry is sent.
                     for event in batch?.events {
-                        stream.publish_logged(event, replay, false);
+                        stream.publish_logged(event, replay);
                     }
                 }
                 message = published.next() => match message {
