@@ -16,15 +16,6 @@ use common::*;
 use http::Version;
 use ssegate::config::Config;
 
-/// The `[[certificate]]` every test file starts with: the dev certificate.
-fn certificate_section() -> String {
-    format!(
-        "[[certificate]]\ncert = {:?}\nkey = {:?}\n\n",
-        dev_cert_path().display().to_string(),
-        dev_key_path().display().to_string()
-    )
-}
-
 /// A target answering `/events` with an event stream the test feeds, and
 /// anything else with "NAME TARGET".
 async fn named(name: &'static str) -> TestUpstream {
@@ -184,19 +175,6 @@ async fn a_request_no_route_takes_gets_404() {
     );
 }
 
-/// Runs `ssegate check --config FILE`: its exit success and what it printed.
-fn check(file: &std::path::Path) -> (bool, String) {
-    let output = ssegate_command()
-        .args(["check", "--config"])
-        .arg(file)
-        .output()
-        .expect("run ssegate check");
-    (
-        output.status.success(),
-        String::from_utf8_lossy(&output.stdout).into_owned(),
-    )
-}
-
 /// Fails if `check` stops at the first error, reports one without its
 /// position, misses an unknown key, an undefined upstream or a key that
 /// does not belong to its certificate, or fails a good file.
@@ -207,7 +185,7 @@ fn check_prints_every_error_with_its_line_and_column() {
         &dir,
         "[upstream.app]\ntargets = [\"http://127.0.0.1:3000\", \"http://127.0.0.1:3001\"]\nhealth_check = \"/healthz\"\n\n[[route]]\npath = \"/\"\nupstream = \"app\"\nmax_body = \"1m\"\n",
     );
-    assert_eq!(check(&good), (true, "ok\n".to_owned()));
+    assert_eq!(ssegate_check(&good), (true, "ok\n".to_owned()));
 
     let bad = dir.write(
         "bad.toml",
@@ -216,7 +194,7 @@ fn check_prints_every_error_with_its_line_and_column() {
             certificate_section()
         ),
     );
-    let (ok, printed) = check(&bad);
+    let (ok, printed) = ssegate_check(&bad);
     assert!(!ok, "{printed}");
     let lines: Vec<&str> = printed.lines().collect();
     let name = bad.display().to_string();
@@ -243,7 +221,7 @@ fn check_prints_every_error_with_its_line_and_column() {
             certificate_section()
         ),
     );
-    let (ok, printed) = check(&unresolved);
+    let (ok, printed) = ssegate_check(&unresolved);
     let name = unresolved.display().to_string();
     assert!(!ok);
     assert!(
@@ -268,7 +246,7 @@ fn check_prints_every_error_with_its_line_and_column() {
             other_key.display().to_string()
         ),
     );
-    let (ok, printed) = check(&mismatched);
+    let (ok, printed) = ssegate_check(&mismatched);
     assert!(!ok);
     assert!(
         printed.starts_with(&format!("{}:2:8: ", mismatched.display())),
@@ -570,22 +548,7 @@ async fn tls_connect_trusting(
 /// certificate paths replaced by the development certificate's).
 #[test]
 fn the_readme_example_configuration_checks_ok() {
-    let readme = std::fs::read_to_string(repo_path("README.md")).expect("README.md");
-    let start = readme
-        .find("```toml\nlisten = ")
-        .expect("the README has the example configuration")
-        + "```toml\n".len();
-    let end = start + readme[start..].find("```").expect("the block ends");
-    let example = readme[start..end]
-        .replace(
-            "/etc/ssl/example.com/fullchain.pem",
-            &dev_cert_path().display().to_string(),
-        )
-        .replace(
-            "/etc/ssl/example.com/privkey.pem",
-            &dev_key_path().display().to_string(),
-        );
     let dir = TempDir::new("readme");
-    let file = dir.write("example.toml", example);
-    assert_eq!(check(&file), (true, "ok\n".to_owned()));
+    let file = dir.write("example.toml", readme_toml("Front a whole app"));
+    assert_eq!(ssegate_check(&file), (true, "ok\n".to_owned()));
 }

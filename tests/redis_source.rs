@@ -864,28 +864,7 @@ fn sse_redis_without_cluster_is_a_one_line_start_error() {
 /// Writes the dev certificate's section, then `sections`, as `name` in
 /// `dir`.
 fn write_config(dir: &TempDir, name: &str, sections: &str) -> std::path::PathBuf {
-    dir.write(
-        name,
-        format!(
-            "[[certificate]]\ncert = {:?}\nkey = {:?}\n\n{sections}",
-            dev_cert_path().display().to_string(),
-            dev_key_path().display().to_string()
-        ),
-    )
-}
-
-/// `ssegate check --config FILE`: whether it passed, and its output.
-fn check(file: &std::path::Path) -> (bool, String) {
-    let mut cmd = ssegate_command();
-    cmd.arg("check").arg("--config").arg(file);
-    let mut running = Running::spawn(cmd);
-    let status = running.wait_exit(LIMIT);
-    let output = format!(
-        "{}\n{}",
-        running.stdout.join("\n"),
-        running.stderr.join("\n")
-    );
-    (status.success(), output)
+    dir.write(name, format!("{}{sections}", certificate_section()))
 }
 
 /// Fails unless `[cluster]` (with `key_prefix` and `lease`) and a route with
@@ -911,7 +890,7 @@ async fn a_config_file_with_cluster_and_sse_redis_routes_works() {
             upstream_url(&up)
         ),
     );
-    let (ok, output) = check(&with_route);
+    let (ok, output) = ssegate_check(&with_route);
     assert!(ok, "{output}");
     let path = with_route.display().to_string();
     let proxy = SsegateProcess::start(&["--config", &path], LIMIT).await;
@@ -979,7 +958,7 @@ async fn a_config_file_with_cluster_and_sse_redis_routes_works() {
              [[route]]\npath = \"/feed/\"\nsse_redis = true\n"
         ),
     );
-    let (ok, output) = check(&without_cluster);
+    let (ok, output) = ssegate_check(&without_cluster);
     assert!(
         !ok,
         "sse_redis without [cluster] passes the check:\n{output}"
@@ -991,23 +970,8 @@ async fn a_config_file_with_cluster_and_sse_redis_routes_works() {
 /// passes `ssegate check` (with the dev certificate for its paths).
 #[test]
 fn the_readme_scale_out_configuration_checks_ok() {
-    let readme = std::fs::read_to_string(repo_path("README.md")).expect("README.md");
-    let section = &readme[readme
-        .find("\n## Scale out\n")
-        .expect("a Scale out section")..];
-    let start = section.find("```toml\n").expect("a configuration in it") + "```toml\n".len();
-    let end = start + section[start..].find("```").expect("the block ends");
-    let example = section[start..end]
-        .replace(
-            "/etc/ssl/example.com/fullchain.pem",
-            &dev_cert_path().display().to_string(),
-        )
-        .replace(
-            "/etc/ssl/example.com/privkey.pem",
-            &dev_key_path().display().to_string(),
-        );
     let dir = TempDir::new("readme-scale-out");
-    let file = dir.write("scale-out.toml", example);
-    let (ok, output) = check(&file);
+    let file = dir.write("scale-out.toml", readme_toml("Scale out"));
+    let (ok, output) = ssegate_check(&file);
     assert!(ok, "{output}");
 }

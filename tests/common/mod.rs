@@ -96,3 +96,33 @@ pub fn init_tracing() {
         }
     });
 }
+
+/// A `[[certificate]]` table with the development certificate, to start a
+/// test's configuration file with.
+pub fn certificate_section() -> String {
+    format!(
+        "[[certificate]]\ncert = {:?}\nkey = {:?}\n\n",
+        dev_cert_path().display().to_string(),
+        dev_key_path().display().to_string()
+    )
+}
+
+/// The first TOML block of the README's section `## heading`, with the
+/// example certificate paths replaced by the development certificate's.
+pub fn readme_toml(heading: &str) -> String {
+    let readme = std::fs::read_to_string(repo_path("README.md")).expect("README.md");
+    let section = &readme[readme
+        .find(&format!("\n## {heading}\n"))
+        .unwrap_or_else(|| panic!("the README has a section {heading:?}"))..];
+    let start = section.find("```toml\n").expect("a configuration in it") + "```toml\n".len();
+    let end = start + section[start..].find("```").expect("the block ends");
+    section[start..end]
+        .replace(
+            "/etc/ssl/example.com/fullchain.pem",
+            &dev_cert_path().display().to_string(),
+        )
+        .replace(
+            "/etc/ssl/example.com/privkey.pem",
+            &dev_key_path().display().to_string(),
+        )
+}

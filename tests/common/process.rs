@@ -306,3 +306,16 @@ impl SsegateProcess {
         );
     }
 }
+
+/// Runs `ssegate check --config FILE`: its exit success and what it printed.
+pub fn ssegate_check(file: &std::path::Path) -> (bool, String) {
+    let output = ssegate_command()
+        .args(["check", "--config"])
+        .arg(file)
+        .output()
+        .expect("run ssegate check");
+    (
+        output.status.success(),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+    )
+}
