@@ -438,8 +438,19 @@ impl Metrics {
         Metrics(None)
     }
 
-    /// A registry with every family of ssegate registered.
+    /// A registry with every family of ssegate registered, but the
+    /// cluster's.
     pub fn new() -> Self {
+        Self::build(false)
+    }
+
+    /// The same with the cluster's families too (`--cluster`): without
+    /// it, a Redis gauge at 0 would read as Redis being down.
+    pub fn with_cluster() -> Self {
+        Self::build(true)
+    }
+
+    fn build(cluster: bool) -> Self {
         let mut registry = Registry::default();
         let connections_family = Family::<ProtocolLabel, Gauge>::default();
         registry.register(
@@ -539,23 +550,25 @@ impl Metrics {
             replay_miss: replay.get_or_create_owned(&ResultLabel { result: "miss" }),
         });
         let redis_up = Gauge::default();
-        registry.register(
-            "ssegate_cluster_redis_up",
-            "Whether Redis answered the last ping (--cluster): 1 up, 0 down (streams are read per instance)",
-            redis_up.clone(),
-        );
         let leases_held = Gauge::default();
-        registry.register(
-            "ssegate_cluster_leases_held",
-            "Shared streams whose upstream this instance reads for the cluster",
-            leases_held.clone(),
-        );
         let appends_refused = Counter::default();
-        registry.register(
-            "ssegate_cluster_appends_refused",
-            "Events a reader could not append to a shared log because its lease had passed to another instance",
-            appends_refused.clone(),
-        );
+        if cluster {
+            registry.register(
+                "ssegate_cluster_redis_up",
+                "Whether Redis answered the last ping (--cluster): 1 up, 0 down (streams are read per instance)",
+                redis_up.clone(),
+            );
+            registry.register(
+                "ssegate_cluster_leases_held",
+                "Shared streams whose upstream this instance reads for the cluster",
+                leases_held.clone(),
+            );
+            registry.register(
+                "ssegate_cluster_appends_refused",
+                "Events a reader could not append to a shared log because its lease had passed to another instance",
+                appends_refused.clone(),
+            );
+        }
         let cluster = Arc::new(ClusterCounters {
             redis_up,
             leases_held,
@@ -1125,6 +1138,21 @@ mod tests {
         assert_eq!(status_class(StatusCode::NOT_FOUND), "4xx");
         assert_eq!(status_class(StatusCode::BAD_GATEWAY), "5xx");
         assert_eq!(status_class(StatusCode::from_u16(999).unwrap()), "5xx");
+    }
+
+    #[test]
+    fn the_cluster_families_are_there_only_with_a_cluster() {
+        assert!(!Metrics::new().encode(&[], &[]).contains("ssegate_cluster_"));
+        let metrics = Metrics::with_cluster();
+        metrics.cluster().set_redis_up(true);
+        metrics.cluster().lease_taken();
+        let text = metrics.encode(&[], &[]);
+        assert_eq!(sample(&text, "ssegate_cluster_redis_up", ""), Some(1.0));
+        assert_eq!(sample(&text, "ssegate_cluster_leases_held", ""), Some(1.0));
+        assert_eq!(
+            sample(&text, "ssegate_cluster_appends_refused_total", ""),
+            Some(0.0)
+        );
     }
 
     #[test]

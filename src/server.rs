@@ -69,6 +69,7 @@ impl Server {
         };
         // Counted only when someone can read the counts.
         let metrics = match admin {
+            Some(_) if config.cluster.is_some() => Metrics::with_cluster(),
             Some(_) => Metrics::new(),
             None => Metrics::disabled(),
         };
