@@ -6,8 +6,9 @@
 //! connections with timeouts, and turning log entries into events. What a
 //! shared stream does with them is in `sse::hub::cluster`.
 //!
-//! Per shared stream there are three keys, with one hash tag so a Redis
-//! Cluster keeps them on one node (the scripts touch two at once):
+//! Per shared stream there are three keys, with one hash tag (the scripts
+//! touch two at once, which a Redis Cluster allows only on one node; the
+//! crate's cluster client is not built in today):
 //! `<prefix>shared:{<route>|<path>}:lease` (the reader's token,
 //! `<instance>#<epoch>`, with a TTL), `...:epoch` (a counter: each new
 //! holder's token is new) and `...:log` (a Redis Stream of events).
