@@ -921,6 +921,30 @@ impl BatchOutcome {
         parts.join(", ")
     }
 
+    /// The failure line for `label` when an event was lost or repeated or
+    /// a stream failed; None when the batch is clean.
+    pub fn failure(&self, label: &str) -> Option<String> {
+        if self.lost() == 0 && self.failed == 0 && self.duplicates == 0 {
+            return None;
+        }
+        Some(format!(
+            "{label}: lost {} of {} events, {} duplicates, {} of {} streams failed{}{}",
+            self.lost(),
+            self.expected,
+            self.duplicates,
+            self.failed,
+            self.streams,
+            self.first_error
+                .as_deref()
+                .map(|e| format!(" (first error: {e})"))
+                .unwrap_or_default(),
+            match self.missing_summary() {
+                m if m.is_empty() => String::new(),
+                m => format!("; missing: {m}"),
+            }
+        ))
+    }
+
     pub fn merge(plan: &StreamPlan, outcomes: Vec<StreamOutcome>) -> BatchOutcome {
         let mut batch = BatchOutcome {
             streams: outcomes.len(),

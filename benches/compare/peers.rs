@@ -328,10 +328,7 @@ async fn spawn_and_probe(
         .stderr(log_err)
         .process_group(0)
         .kill_on_drop(true);
-    // SAFETY: die_with_parent only calls prctl, which is async-signal-safe.
-    unsafe {
-        command.pre_exec(sys::die_with_parent);
-    }
+    sys::kill_with_harness(&mut command);
     let child = command
         .spawn()
         .map_err(|e| format!("{kind}: cannot start: {e}"))?;
@@ -698,10 +695,7 @@ impl RedisServer {
             .stderr(Stdio::null())
             .process_group(0)
             .kill_on_drop(true);
-        // SAFETY: die_with_parent only calls prctl, which is async-signal-safe.
-        unsafe {
-            command.pre_exec(sys::die_with_parent);
-        }
+        sys::kill_with_harness(&mut command);
         let child = command
             .spawn()
             .map_err(|e| format!("redis-server: cannot start: {e}"))?;

@@ -639,24 +639,8 @@ impl Bench {
             let _ = self.upstream.warmup(64).await;
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        if events.lost() > 0 || events.failed > 0 || events.duplicates > 0 {
-            results.failures.push(format!(
-                "{label}: lost {} of {} events, {} duplicates, {} of {} streams failed{}{}",
-                events.lost(),
-                events.expected,
-                events.duplicates,
-                events.failed,
-                events.streams,
-                events
-                    .first_error
-                    .as_deref()
-                    .map(|e| format!(" (first error: {e})"))
-                    .unwrap_or_default(),
-                match events.missing_summary() {
-                    m if m.is_empty() => String::new(),
-                    m => format!("; missing: {m}"),
-                }
-            ));
+        if let Some(failure) = events.failure(&label) {
+            results.failures.push(failure);
         }
         println!(
             "  {label}: delivered {}/{} p50 {} us p99 {} us max {} us (upstream: {} clients, {} open files)",
@@ -1195,24 +1179,8 @@ impl Bench {
                 None
             }
         };
-        if events.lost() > 0 || events.failed > 0 || events.duplicates > 0 {
-            results.failures.push(format!(
-                "{label}: lost {} of {} events, {} duplicates, {} of {} streams failed{}{}",
-                events.lost(),
-                events.expected,
-                events.duplicates,
-                events.failed,
-                events.streams,
-                events
-                    .first_error
-                    .as_deref()
-                    .map(|e| format!(" (first error: {e})"))
-                    .unwrap_or_default(),
-                match events.missing_summary() {
-                    m if m.is_empty() => String::new(),
-                    m => format!("; missing: {m}"),
-                }
-            ));
+        if let Some(failure) = events.failure(&label) {
+            results.failures.push(failure);
         }
         let expected_requests = layout.expected_upstream_requests();
         if upstream_requests.is_some_and(|n| n != expected_requests) {

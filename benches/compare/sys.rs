@@ -39,9 +39,17 @@ pub fn raise_open_file_limit() -> io::Result<u64> {
     Ok(limit.rlim_cur)
 }
 
+/// Makes `command`'s child die with the harness (see `die_with_parent`).
+pub fn kill_with_harness(command: &mut tokio::process::Command) {
+    // SAFETY: die_with_parent only calls prctl, which is async-signal-safe.
+    unsafe {
+        command.pre_exec(die_with_parent);
+    }
+}
+
 /// Asks the kernel to kill this child when the harness dies, so no peer
 /// outlives a crashed run. Call in `pre_exec`.
-pub fn die_with_parent() -> io::Result<()> {
+fn die_with_parent() -> io::Result<()> {
     // SAFETY: prctl with PR_SET_PDEATHSIG only sets a flag on the calling process.
     if unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) } != 0 {
         return Err(io::Error::last_os_error());

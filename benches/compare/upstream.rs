@@ -359,10 +359,7 @@ impl UpstreamProcess {
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .kill_on_drop(true);
-        // SAFETY: die_with_parent only calls prctl, which is async-signal-safe.
-        unsafe {
-            command.pre_exec(sys::die_with_parent);
-        }
+        sys::kill_with_harness(&mut command);
         let mut child = command
             .spawn()
             .map_err(|e| format!("cannot start the upstream ({}): {e}", harness_exe.display()))?;
