@@ -427,7 +427,7 @@ impl Cluster {
                 .query_async(&mut conn),
         )
         .await?;
-        Ok(reply.ids.iter().filter_map(decode).collect())
+        Ok(Batch::of(reply.ids).events)
     }
 
     /// The entries of `log` after entry `after`, waiting up to a few

@@ -470,6 +470,11 @@ impl Routing {
             .filter_map(|route| {
                 let (key, group) = groups.get(&route.upstream)?;
                 let base_path = key.0.base_path().to_owned();
+                let label = Arc::new(RouteLabel::new(
+                    route.host.as_ref(),
+                    &route.path,
+                    &route.upstream,
+                ));
                 let hub_settings = HubSettings {
                     prefixes: route.streams.shared_prefixes.clone(),
                     replay: route.streams.replay,
@@ -479,9 +484,7 @@ impl Routing {
                     idle_timeout: route.sse_idle_timeout,
                     base_path: base_path.clone(),
                     redis_prefixes: route.streams.redis_prefixes.clone(),
-                    route: RouteLabel::new(route.host.as_ref(), &route.path, "")
-                        .route
-                        .into(),
+                    route: label.route.to_string(),
                 };
                 let kept_hub = old.and_then(|old| {
                     old.routes
@@ -503,11 +506,6 @@ impl Routing {
                         cluster.cloned(),
                     )
                 });
-                let label = Arc::new(RouteLabel::new(
-                    route.host.as_ref(),
-                    &route.path,
-                    &route.upstream,
-                ));
                 let relay = |kind| Arc::new(relay_settings(&route, kind));
                 let served = Route {
                     metrics: metrics.route(&label.route),
